@@ -4,23 +4,30 @@ A config is a tree of dataclasses: ``BlendMaskConfig(model=..., input=..., solve
 ``get_config(name, overrides)`` returns a preset with dotted-key overrides applied, e.g.
 ``get_config("R_50_3x", {"solver.base_lr": 0.02, "model.blender.attn_size": 7})``.
 
-NOTE: skeleton; field defaults follow AdelaiDet's Base-BlendMask.yaml and are to be
-completed by the model work (issue 3).
+The AdelaiDet presets reproduce ``configs/BlendMask/<name>.yaml`` on top of
+``Base-BlendMask.yaml`` (and ``Base-550.yaml`` for the 550/RT variants), AdelaiDet's
+``adet/config/defaults.py`` and detectron2's defaults. Two deliberate translations:
+
+- AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here; the training engine converts BN layers
+  to SyncBN only when a process group exists (see DESIGN.md §4).
+- detectron2's ``FREEZE_AT: -1`` (nothing frozen) is ``freeze_at = 0`` here.
+
+``lite_mobilenet_v2`` is our own preset for CPU training on the built-in synthetic set.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 
 @dataclass
 class BackboneConfig:
     name: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v2"
-    layout: str = "msra"  # "msra" (detectron2/AdelaiDet) | "torchvision"
+    layout: str = "msra"  # "msra" (detectron2/AdelaiDet) | "torchvision" (mobilenet_v2: "torchvision" only)
     norm: str = "FrozenBN"  # "FrozenBN" | "BN" | "GN"
-    freeze_at: int = 2
+    freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ..., 5: everything
     fpn_out_channels: int = 256
     fpn_top_levels: int = 2  # P6/P7 from P5: 2 -> P3-P7, 1 -> P3-P6, 0 -> P3-P5
 
@@ -91,6 +98,7 @@ class SolverConfig:
     base_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # detectron2's SOLVER.WEIGHT_DECAY_NORM
     warmup_iters: int = 1000
     warmup_factor: float = 1.0 / 1000
     steps: Tuple[int, ...] = (60000, 80000)
@@ -110,28 +118,190 @@ class BlendMaskConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain dict (tuples become lists, so the result is JSON-friendly)."""
+        return _to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BlendMaskConfig":
+        """Inverse of :meth:`to_dict`. Missing keys keep their defaults; unknown keys and
+        values of the wrong type raise ``ValueError``/``TypeError`` naming the dotted key."""
         return _from_dict(cls, data, prefix="")
 
 
-def _from_dict(cls, data: Mapping[str, Any], prefix: str):
+# Allowed values of the enumerated fields, checked by from_dict/get_config.
+_CHOICES: Dict[str, Tuple[Any, ...]] = {
+    "model.backbone.name": ("resnet50", "resnet101", "mobilenet_v2"),
+    "model.backbone.layout": ("msra", "torchvision"),
+    "model.backbone.norm": ("FrozenBN", "BN", "GN"),
+    "model.backbone.fpn_top_levels": (0, 1, 2),
+    "model.blender.top_interp": ("bilinear", "nearest"),
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _coerce_scalar(kind: type, value: Any, key: str) -> Any:
+    """Check ``value`` against a scalar field type; ints are accepted for float fields."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every field of this module has one of the types above
+        raise TypeError(f"config key {key!r}: unsupported field type {kind!r}")
+    if not ok:
+        raise TypeError(f"config key {key!r} must be {kind.__name__}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if typing.get_origin(hint) in (tuple, Tuple):
+        (item_kind, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"config key {key!r} must be a list/tuple of {item_kind.__name__}, "
+                            f"got {type(value).__name__} ({value!r})")
+        return tuple(_coerce_scalar(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
+    value = _coerce_scalar(hint, value, key)
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ValueError(f"config key {key!r} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str):
+    where = prefix.rstrip(".") or "<root>"
     if not isinstance(data, Mapping):
-        raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
+        raise TypeError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown config keys in {prefix or '<root>'!r}: {unknown}")
+        raise ValueError(f"unknown config keys in {where!r}: {unknown}; known keys: {known}")
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if not dataclasses.is_dataclass(known[name].type) else None
-        sub = getattr(cls(), name)
-        if dataclasses.is_dataclass(sub):
-            kwargs[name] = _from_dict(type(sub), value, prefix + name + ".")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
+        hint = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, key + ".")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(hint, value, key)
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- presets
+
+_SCHEDULE_3X = {"solver.steps": (210000, 250000), "solver.max_iter": 270000}
+
+# Base-550.yaml: P3-P6, a shared 3-conv tower instead of separate cls/box towers, 2 basis convs.
+_BASE_550 = {
+    "model.backbone.fpn_top_levels": 1,
+    "model.fcos.fpn_strides": (8, 16, 32, 64),
+    "model.fcos.sizes_of_interest": (64, 128, 256),
+    "model.fcos.num_share_convs": 3,
+    "model.fcos.num_cls_convs": 0,
+    "model.fcos.num_box_convs": 0,
+    "model.basis.num_convs": 2,
+    "input.min_size_train": (440, 462, 484, 506, 528, 550),
+    "input.max_size_train": 916,
+    "input.min_size_test": 550,
+    "input.max_size_test": 916,
+}
+
+_PRESETS: Dict[str, Dict[str, Any]] = {
+    # Base-BlendMask.yaml + R_50_1x.yaml: the dataclass defaults.
+    "R_50_1x": {},
+    "R_50_3x": dict(_SCHEDULE_3X),
+    "R_101_3x": {"model.backbone.name": "resnet101", **_SCHEDULE_3X},
+    "550_R_50_3x": {**_BASE_550, **_SCHEDULE_3X},
+    # RT_R_50_4x.yaml derives from Base-550.yaml (P3-P6), with a trainable SyncBN ResNet.
+    "RT_R_50_4x": {
+        **_BASE_550,
+        "model.backbone.norm": "BN",
+        "model.backbone.freeze_at": 0,
+        "input.min_size_train": (256, 288, 320, 352, 384, 416, 448, 480, 512, 544, 576, 608),
+        "input.max_size_train": 900,
+        "input.min_size_test": 512,
+        "input.max_size_test": 736,
+        "solver.steps": (300000, 340000),
+        "solver.max_iter": 360000,
+    },
+    # Ours: MobileNetV2-FPN P3-P5 with light heads, for CPU training on ~300-512 px images.
+    "lite_mobilenet_v2": {
+        "model.backbone.name": "mobilenet_v2",
+        "model.backbone.layout": "torchvision",
+        "model.backbone.norm": "FrozenBN",
+        "model.backbone.freeze_at": 2,
+        "model.backbone.fpn_out_channels": 128,
+        "model.backbone.fpn_top_levels": 0,
+        "model.fcos.fpn_strides": (8, 16, 32),
+        "model.fcos.sizes_of_interest": (64, 128),
+        "model.fcos.num_cls_convs": 2,
+        "model.fcos.num_box_convs": 2,
+        "model.basis.convs_dim": 64,
+        "model.basis.num_convs": 2,
+        "model.blender.attn_size": 7,
+        "input.min_size_train": (288, 320, 352, 384, 416),
+        "input.max_size_train": 512,
+        "input.min_size_test": 352,
+        "input.max_size_test": 512,
+        "solver.ims_per_batch": 4,
+        "solver.base_lr": 0.01,
+        "solver.warmup_iters": 100,
+        "solver.steps": (1500, 1800),
+        "solver.max_iter": 2000,
+        "solver.checkpoint_period": 500,
+        "solver.amp": False,
+    },
+}
+
+
+def list_configs() -> List[str]:
+    """Names of the presets accepted by :func:`get_config`."""
+    return list(_PRESETS)
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """Set dotted keys (``"solver.base_lr"``) in a nested dict from :meth:`BlendMaskConfig.to_dict`.
+
+    Raises ``ValueError`` naming the key if a path does not exist; values are type-checked
+    later by :meth:`BlendMaskConfig.from_dict`.
+    """
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a mapping of dotted keys to values, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"override keys must be non-empty dotted strings, got {key!r}")
+        parts = key.split(".")
+        node = data
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[:depth]) or "<root>"
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
+                raise ValueError(f"unknown config key {key!r}: {where!r} has no field {part!r}; known: {known}")
+            if depth == len(parts) - 1:
+                if isinstance(node[part], dict):
+                    raise ValueError(f"config key {key!r} is a section; override its fields instead")
+                node[part] = value
+            else:
+                node = node[part]
+    return data
+
+
+def get_config(name: str, overrides: Optional[Mapping[str, Any]] = None) -> BlendMaskConfig:
+    """The preset ``name`` (see :func:`list_configs`) with dotted-key ``overrides`` applied."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown config name {name!r}; available: {list_configs()}")
+    data = apply_overrides(BlendMaskConfig(name=name).to_dict(), _PRESETS[name])
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return BlendMaskConfig.from_dict(data)
