@@ -1,0 +1,28 @@
+"""Data: the COCO-format dataset, training transforms, loaders and the synthetic shapes set."""
+from .coco import CocoInstanceDataset, load_coco_json, resolve_split
+from .loader import (
+    InferenceSampler,
+    TrainingSampler,
+    build_test_loader,
+    build_train_loader,
+    collate,
+    dist_rank_and_world_size,
+)
+from .shapes import SHAPE_CLASSES, make_shapes
+from .transforms import Compose, RandomHorizontalFlip
+
+__all__ = [
+    "CocoInstanceDataset",
+    "load_coco_json",
+    "resolve_split",
+    "InferenceSampler",
+    "TrainingSampler",
+    "build_test_loader",
+    "build_train_loader",
+    "collate",
+    "dist_rank_and_world_size",
+    "SHAPE_CLASSES",
+    "make_shapes",
+    "Compose",
+    "RandomHorizontalFlip",
+]

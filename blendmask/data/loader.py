@@ -1,0 +1,189 @@
+"""Batching and sampling: an iteration-based, resumable training loader and a test loader.
+
+Training data order (documented contract for resuming):
+
+- One infinite **global stream** of dataset indices is the concatenation of per-epoch
+  permutations; the permutation of epoch ``e`` is a function of ``(seed, e)`` only.
+- With ``W`` processes (``torch.distributed`` initialised), rank ``r`` takes the global positions
+  ``r, r + W, r + 2W, ...`` (DistributedSampler semantics over an infinite stream).
+- Every sample gets its own seed, a function of ``(seed, global position)``; the loader seeds
+  torch's global RNG with it (inside ``torch.random.fork_rng``) before loading and augmenting the
+  sample. Augmentation is therefore independent of worker count, prefetching and restarts.
+- Resuming at iteration ``i`` with per-process batch size ``B`` is
+  ``build_train_loader(..., start_iter=i)``: the sampler jumps straight to position ``i * B`` of
+  this rank's stream (cost O(dataset size), not O(i)), and yields exactly the batches the
+  uninterrupted run would have yielded from iteration ``i`` on.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = [
+    "collate",
+    "TrainingSampler",
+    "InferenceSampler",
+    "build_train_loader",
+    "build_test_loader",
+    "dist_rank_and_world_size",
+]
+
+
+def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
+    """``[(image, target), ...] -> ([image, ...], [target, ...])``; images keep their own sizes."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets
+
+
+def dist_rank_and_world_size(distributed: Optional[bool]) -> Tuple[int, int]:
+    """``(rank, world_size)`` of this process.
+
+    ``distributed=None`` detects an initialised ``torch.distributed`` process group; ``True``
+    requires one (``RuntimeError`` otherwise); ``False`` ignores it and returns ``(0, 1)``.
+    """
+    initialised = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = initialised
+    if not distributed:
+        return 0, 1
+    if not initialised:
+        raise RuntimeError("distributed=True but torch.distributed is not initialised (call init_process_group first)")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _derive_seed(seed: int, stream: str, n: int) -> int:
+    """A 63-bit seed that is a pure function of ``(seed, stream, n)``."""
+    digest = hashlib.blake2b(f"{seed}:{stream}:{n}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class TrainingSampler(Sampler[Tuple[int, int]]):
+    """Infinite stream of ``(dataset index, sample seed)`` for one rank (see the module doc).
+
+    Args:
+        size: dataset length (> 0).
+        seed: base seed of the order and of the per-sample seeds.
+        shuffle: permute every epoch (False: 0, 1, ..., size-1 repeated).
+        rank, world_size: this process's place in the global stream.
+        start: number of samples this rank has already consumed (fast-forward).
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+        if size <= 0:
+            raise ValueError(f"TrainingSampler: size must be positive, got {size} (empty dataset?)")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"TrainingSampler: need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+        if start < 0:
+            raise ValueError(f"TrainingSampler: start must be >= 0, got {start}")
+        self.size, self.seed, self.shuffle = int(size), int(seed), bool(shuffle)
+        self.rank, self.world_size, self.start = int(rank), int(world_size), int(start)
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        """The global order of the dataset indices in ``epoch``."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(_derive_seed(self.seed, "epoch", epoch))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch, order = -1, []
+        for k in itertools.count(self.start):
+            position = k * self.world_size + self.rank
+            if position // self.size != epoch:
+                epoch = position // self.size
+                order = self.epoch_order(epoch)
+            yield order[position % self.size], _derive_seed(self.seed, "sample", position)
+
+
+class InferenceSampler(Sampler[int]):
+    """Indices ``rank, rank + W, ...`` of a dataset: every image exactly once over all ranks."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"InferenceSampler: need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+        self.indices = range(rank, int(size), world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _SeededSamples(Dataset):
+    """Loads ``dataset[index]`` with torch's global RNG seeded by the sample seed."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, sample_seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed)
+            return self.dataset[index]
+
+
+def build_train_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    distributed: Optional[bool] = None,
+    start_iter: int = 0,
+    shuffle: bool = True,
+) -> DataLoader:
+    """An infinite training loader of ``(list[image], list[target])`` batches.
+
+    ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
+    iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
+    (module doc). ``distributed``: see :func:`dist_rank_and_world_size`. The loader never touches
+    torch's global RNG in the calling process.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"build_train_loader: batch_size must be positive, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"build_train_loader: num_workers must be >= 0, got {num_workers}")
+    if start_iter < 0:
+        raise ValueError(f"build_train_loader: start_iter must be >= 0, got {start_iter}")
+    rank, world_size = dist_rank_and_world_size(distributed)
+    sampler = TrainingSampler(
+        len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, start=start_iter * batch_size
+    )
+    return DataLoader(
+        _SeededSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        # Workers' base seed comes from this generator, not from the global RNG.
+        generator=torch.Generator().manual_seed(_derive_seed(seed, "workers", rank)),
+    )
+
+
+def build_test_loader(
+    dataset: Dataset, *, batch_size: int = 1, num_workers: int = 0, distributed: Optional[bool] = None
+) -> DataLoader:
+    """A finite, ordered loader of ``(list[image], list[target])`` batches.
+
+    With ``torch.distributed`` in use, rank ``r`` of ``W`` sees dataset indices ``r, r + W, ...``;
+    :class:`blendmask.evaluation.COCOEvaluator` gathers the predictions of all ranks.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"build_test_loader: batch_size must be positive, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"build_test_loader: num_workers must be >= 0, got {num_workers}")
+    rank, world_size = dist_rank_and_world_size(distributed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=InferenceSampler(len(dataset), rank=rank, world_size=world_size),
+        num_workers=num_workers,
+        collate_fn=collate,
+    )
