@@ -1,0 +1,89 @@
+"""Two CPU processes with gloo: DDP training agrees on the weights, metrics are reduced, and the
+CPU SyncBN matches BatchNorm over the whole batch. SyncBN conversion needs a process group."""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from blendmask.engine.distributed import CPUSyncBatchNorm2d, convert_sync_batchnorm, reduce_metrics
+
+WORLD_SIZE = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from blendmask.engine import Trainer
+    from blendmask.engine.distributed import destroy_distributed, init_distributed
+
+    assert init_distributed(torch.device("cpu"))
+    try:
+        # SyncBN check: each rank normalises half of a batch; compare with BN on the full batch.
+        torch.manual_seed(0)
+        full = torch.randn(4, 3, 5, 5)
+        bn = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        sync = convert_sync_batchnorm(nn.Sequential(bn), torch.device("cpu"))[0]
+        part = full[rank * 2:(rank + 1) * 2].clone().requires_grad_()
+        out = sync(part)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        torch.save({"out": out.detach(), "grad": part.grad, "running_var": sync.running_var.clone(),
+                    "type": type(sync).__name__}, os.path.join(out_dir, f"bn_{rank}.pt"))
+
+        # DDP training: ranks start from different weights; DDP must broadcast rank 0's.
+        torch.manual_seed(rank)
+        trainer = Trainer(model=TinyDetector(), cfg=tiny_cfg(max_iter=4, ims_per_batch=4),
+                          train_dataset=TinyShapes(), output_dir=os.path.join(out_dir, "train"), show_progress=False)
+        result = trainer.train()
+        torch.save({"state": trainer.model.state_dict(), "losses": result.losses,
+                    "bn_type": type(trainer.model.features[1]).__name__}, os.path.join(out_dir, f"rank_{rank}.pt"))
+    finally:
+        destroy_distributed()
+
+
+def test_two_gloo_processes_agree_on_weights(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(WORLD_SIZE))
+    assert r0["bn_type"] == r1["bn_type"] == "CPUSyncBatchNorm2d"
+    for key, value in r0["state"].items():
+        assert torch.equal(value, r1["state"][key]), key  # params and SyncBN running stats agree
+    assert [m["loss_total"] for m in r0["losses"]] == [m["loss_total"] for m in r1["losses"]]  # reduced
+    assert len(r0["losses"]) == 4
+    assert (tmp_path / "train" / "model_final.pth").is_file()  # written once, by rank 0
+
+    # SyncBN over 2 ranks == BatchNorm over the concatenated batch (outputs, input grads, running stats).
+    torch.manual_seed(0)
+    full = torch.randn(4, 3, 5, 5)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    full.requires_grad_()
+    out = bn(full)
+    weights = torch.cat([torch.arange(2 * 75).view(2, 3, 5, 5)] * 2).float()
+    (out * weights).sum().backward()
+    b0, b1 = (torch.load(tmp_path / f"bn_{r}.pt", weights_only=True) for r in range(WORLD_SIZE))
+    assert b0["type"] == "CPUSyncBatchNorm2d"
+    torch.testing.assert_close(torch.cat([b0["out"], b1["out"]]), out.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([b0["grad"], b1["grad"]]), full.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b0["running_var"], bn.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_single_process_keeps_plain_batchnorm_and_metrics():
+    model = nn.Sequential(nn.BatchNorm2d(3))
+    assert type(convert_sync_batchnorm(model, torch.device("cpu"))[0]) is nn.BatchNorm2d
+    assert reduce_metrics({"loss": 1.5}) == {"loss": 1.5}
+    assert not isinstance(model[0], CPUSyncBatchNorm2d)
