@@ -1,0 +1,89 @@
+"""Feature pyramid on top of a bottom-up network, named as detectron2's FPN.
+
+``fpn_lateral{3,4,5}`` (1x1) and ``fpn_output{3,4,5}`` (3x3) build P3-P5 from res3-res5 with
+nearest-neighbour top-down fusion; ``top_block.p6``/``top_block.p7`` (3x3, stride 2) add
+P6 = conv(P5) and P7 = conv(relu(P6)) as AdelaiDet's ``LastLevelP6P7(..., "p5")``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_IN_FEATURES = ("res3", "res4", "res5")
+
+
+def _xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
+    """Caffe2's XavierFill as detectron2's ``c2_xavier_fill``: kaiming-uniform(a=1), zero bias."""
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class TopBlock(nn.Module):
+    """Extra levels from P5: ``p6`` (num_levels >= 1) and ``p7`` on relu(P6) (num_levels == 2)."""
+
+    def __init__(self, *, channels: int, num_levels: int):
+        super().__init__()
+        if num_levels not in (1, 2):
+            raise ValueError(f"num_levels must be 1 or 2, got {num_levels!r}")
+        self.num_levels = num_levels
+        self.p6 = _xavier_fill(nn.Conv2d(channels, channels, 3, stride=2, padding=1))
+        if num_levels == 2:
+            self.p7 = _xavier_fill(nn.Conv2d(channels, channels, 3, stride=2, padding=1))
+
+    def forward(self, p5: torch.Tensor) -> List[torch.Tensor]:
+        p6 = self.p6(p5)
+        if self.num_levels == 1:
+            return [p6]
+        return [p6, self.p7(F.relu(p6))]
+
+
+class FPNBackbone(nn.Module):
+    """Bottom-up network + FPN; the module returned by :func:`build_backbone`.
+
+    forward: (N, 3, H, W) normalised image -> ``OrderedDict`` ``"p3"``..``"p{5+top_levels}"``,
+    each (N, out_channels, ceil(H/stride), ceil(W/stride)) for H, W multiples of 32.
+
+    Attributes: ``out_channels`` (int), ``strides`` ({"p3": 8, ...}), ``size_divisibility`` (32),
+    and the input convention ``input_format`` ("RGB"/"BGR"), ``pixel_mean``/``pixel_std``
+    (lists of 3 floats on the 0-255 scale, in ``input_format`` channel order).
+    """
+
+    def __init__(self, *, bottom_up: nn.Module, out_channels: int, top_levels: int,
+                 input_format: str, pixel_mean: Sequence[float], pixel_std: Sequence[float]):
+        super().__init__()
+        if not isinstance(out_channels, int) or isinstance(out_channels, bool) or out_channels <= 0:
+            raise ValueError(f"fpn_out_channels must be a positive int, got {out_channels!r}")
+        if top_levels not in (0, 1, 2):
+            raise ValueError(f"fpn_top_levels must be 0, 1 or 2, got {top_levels!r}")
+        self.bottom_up = bottom_up
+        for name in _IN_FEATURES:
+            level = name[-1]
+            in_channels = bottom_up.out_channels[name]
+            self.add_module(f"fpn_lateral{level}", _xavier_fill(nn.Conv2d(in_channels, out_channels, 1)))
+            self.add_module(f"fpn_output{level}", _xavier_fill(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.top_block = TopBlock(channels=out_channels, num_levels=top_levels) if top_levels else None
+        self.out_channels = out_channels
+        self.strides: Dict[str, int] = {f"p{level}": 2 ** level for level in range(3, 6 + top_levels)}
+        self.size_divisibility = max(bottom_up.strides.values())
+        self.input_format = input_format
+        self.pixel_mean = [float(v) for v in pixel_mean]
+        self.pixel_std = [float(v) for v in pixel_std]
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"backbone input must have shape (N, 3, H, W), got {tuple(x.shape)}")
+        bottom_up = self.bottom_up(x)
+        prev = self.fpn_lateral5(bottom_up["res5"])
+        outputs = [self.fpn_output5(prev)]
+        for level in (4, 3):
+            lateral = getattr(self, f"fpn_lateral{level}")(bottom_up[f"res{level}"])
+            prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
+            outputs.insert(0, getattr(self, f"fpn_output{level}")(prev))
+        if self.top_block is not None:
+            outputs.extend(self.top_block(outputs[2]))
+        return OrderedDict(zip(self.strides, outputs))

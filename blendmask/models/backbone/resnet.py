@@ -1,0 +1,126 @@
+"""ResNet-50/101 bottom-up networks in two layouts.
+
+- ``MSRAResNet``: detectron2/AdelaiDet layout (the stride sits in the first 1x1 conv of a
+  block; module names ``stem.conv1``, ``res2``..``res5`` with ``conv1/conv2/conv3/shortcut``,
+  each conv owning its ``.norm``), so AdelaiDet checkpoints map onto it by name.
+- ``TorchvisionResNet``: torchvision's layout and names (stride in the 3x3 conv;
+  ``conv1``, ``bn1``, ``layer1``..``layer4``), so torchvision ImageNet state dicts load.
+
+Both return ``{"res3": (N, 512, H/8, W/8), "res4": (N, 1024, H/16, W/16),
+"res5": (N, 2048, H/32, W/32)}`` for an input of shape (N, 3, H, W).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import Bottleneck, ResNet
+
+from .norm import get_norm
+
+RESNET_DEPTHS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+RESNET_OUT_CHANNELS = {"res3": 512, "res4": 1024, "res5": 2048}
+RESNET_STRIDES = {"res3": 8, "res4": 16, "res5": 32}
+
+
+class ConvNorm(nn.Conv2d):
+    """A conv (no bias) followed by its ``norm`` child, named as detectron2's ``Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 padding: int = 0, norm: str):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
+        self.norm = get_norm(norm, out_channels)
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(super().forward(x))
+
+
+class MSRABottleneck(nn.Module):
+    """1x1 (stride) -> 3x3 -> 1x1 bottleneck with a projection ``shortcut`` when shapes change."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, bottleneck_channels: int, stride: int, norm: str):
+        super().__init__()
+        if in_channels != out_channels or stride != 1:
+            self.shortcut: Optional[nn.Module] = ConvNorm(in_channels, out_channels, 1, stride=stride, norm=norm)
+        else:
+            self.shortcut = None
+        self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, stride=stride, norm=norm)
+        self.conv2 = ConvNorm(bottleneck_channels, bottleneck_channels, 3, padding=1, norm=norm)
+        self.conv3 = ConvNorm(bottleneck_channels, out_channels, 1, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out + identity)
+
+
+class MSRAStem(nn.Module):
+    """7x7/2 conv + norm + ReLU + 3x3/2 max pool: (N, 3, H, W) -> (N, 64, H/4, W/4)."""
+
+    def __init__(self, *, norm: str):
+        super().__init__()
+        self.conv1 = ConvNorm(3, 64, 7, stride=2, padding=3, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.relu_(self.conv1(x)), kernel_size=3, stride=2, padding=1)
+
+
+class MSRAResNet(nn.Module):
+    """ResNet in detectron2's MSRA layout (the one AdelaiDet's model zoo was trained with)."""
+
+    freeze_stage_names = (("stem",), ("res2",), ("res3",), ("res4",), ("res5",))
+    ignored_weight_prefixes = ()
+
+    def __init__(self, *, name: str, norm: str):
+        super().__init__()
+        if name not in RESNET_DEPTHS:
+            raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
+        self.stem = MSRAStem(norm=norm)
+        in_channels, bottleneck = 64, 64
+        for index, num_blocks in enumerate(RESNET_DEPTHS[name]):
+            out_channels = bottleneck * 4
+            blocks: List[nn.Module] = []
+            for block in range(num_blocks):
+                stride = 2 if block == 0 and index > 0 else 1
+                blocks.append(MSRABottleneck(in_channels=in_channels, out_channels=out_channels,
+                                             bottleneck_channels=bottleneck, stride=stride, norm=norm))
+                in_channels = out_channels
+            self.add_module(f"res{index + 2}", nn.Sequential(*blocks))
+            bottleneck *= 2
+        self.out_channels = dict(RESNET_OUT_CHANNELS)
+        self.strides = dict(RESNET_STRIDES)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = self.res2(self.stem(x))
+        res3 = self.res3(x)
+        res4 = self.res4(res3)
+        res5 = self.res5(res4)
+        return {"res3": res3, "res4": res4, "res5": res5}
+
+
+class TorchvisionResNet(ResNet):
+    """torchvision's ResNet without ``avgpool``/``fc``, returning the res3-res5 features."""
+
+    freeze_stage_names = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+    ignored_weight_prefixes = ("fc.",)
+
+    def __init__(self, *, name: str, norm: str):
+        if name not in RESNET_DEPTHS:
+            raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
+        super().__init__(Bottleneck, list(RESNET_DEPTHS[name]), norm_layer=lambda c: get_norm(norm, c))
+        del self.avgpool, self.fc
+        self.out_channels = dict(RESNET_OUT_CHANNELS)
+        self.strides = dict(RESNET_STRIDES)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        res3 = self.layer2(x)
+        res4 = self.layer3(res3)
+        res5 = self.layer4(res4)
+        return {"res3": res3, "res4": res4, "res5": res5}
