@@ -6,9 +6,6 @@ checkpoints and DDP are tested fast and in isolation.
 """
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -39,8 +36,8 @@ class TinyDetector(nn.Module):
 
 
 class TinyShapes(Dataset):
-    """``n`` 32x32 images with one bright square each; random flips via torch, numpy and python RNGs
-    (so exact resume must restore / seed all three)."""
+    """``n`` 32x32 images with one bright square each; random noise and flips from torch's global RNG
+    (the augmentation contract of ``blendmask.data.build_train_loader``)."""
 
     def __init__(self, n: int = 12, size: int = 32):
         gen = torch.Generator().manual_seed(0)
@@ -58,8 +55,7 @@ class TinyShapes(Dataset):
 
     def __getitem__(self, index):
         image, target = self.items[index]
-        noise = float(np.random.uniform(0, 0.05)) + random.uniform(0, 0.05)
-        image = image + noise
+        image = image + 0.1 * torch.rand(())
         if torch.rand(()) < 0.5:
             image = image.flip(-1)
             w = image.shape[-1]

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from blendmask.engine import NonFiniteLossError, Trainer, load_checkpoint
-from blendmask.engine.sampler import TrainingBatchSampler
 from blendmask.engine.solver import build_lr_scheduler, build_optimizer, lr_factor_at
 
 from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
@@ -39,19 +38,6 @@ def test_optimizer_excludes_norm_and_bias_from_weight_decay():
     assert decays[1] == 0.0 and decays[2] == cfg.solver.weight_decay and decays[4] == cfg.solver.weight_decay
     with pytest.raises(ValueError, match="base_lr"):
         build_optimizer(TinyDetector(), tiny_cfg(base_lr=0.0).solver)
-
-
-def test_sampler_is_deterministic_sharded_and_resumable():
-    full = TrainingBatchSampler(10, batch_size=2, seed=3, rank=0, world_size=1)
-    it = iter(full)
-    stream = [key for _ in range(10) for key in next(it)]  # 2 epochs
-    assert sorted(i for i, _ in stream[:10]) == list(range(10))
-    assert sorted(i for i, _ in stream[10:]) == list(range(10))
-    assert len({seed for _, seed in stream}) == 20  # every sample position gets its own augmentation seed
-    resumed = iter(TrainingBatchSampler(10, batch_size=2, seed=3, start_iter=4))
-    assert next(resumed) == stream[8:10]
-    rank1 = iter(TrainingBatchSampler(10, batch_size=1, seed=3, rank=1, world_size=2))
-    assert [next(rank1)[0] for _ in range(3)] == [stream[1], stream[3], stream[5]]
 
 
 def test_short_run_lowers_loss_and_writes_artifacts(tmp_path):

@@ -20,13 +20,11 @@ from .checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restor
 from .distributed import (
     barrier,
     convert_sync_batchnorm,
-    get_rank,
     get_world_size,
     is_distributed,
     is_main_process,
     reduce_metrics,
 )
-from .sampler import SeededDataset, TrainingBatchSampler, collate_image_target
 from .solver import build_lr_scheduler, build_optimizer
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "plot_loss_curve"]
@@ -67,13 +65,14 @@ class Trainer:
         model: ``model(images: list[Tensor(3,H,W)], targets: list[dict]) -> dict[str, Tensor]``.
         cfg: a ``BlendMaskConfig`` (its ``solver`` section drives the loop; the whole config is
             embedded in every checkpoint).
-        train_dataset: map-style data set of ``(image, target)``; random augmentations may use
-            the global torch/numpy/python RNGs (they are seeded per sample).
+        train_dataset: map-style data set of ``(image, target)``; random augmentations use torch's
+            global RNG, which :func:`blendmask.data.build_train_loader` seeds per sample.
         output_dir: where checkpoints, ``metrics.jsonl`` and ``loss_curve.png`` go.
         evaluate: optional ``evaluate(model) -> dict`` called on rank 0 every
             ``solver.eval_period`` iterations (and at the end); the dict is logged.
         device: where to train (the default is CUDA if available, else the CPU).
-        seed: seed of the data order and augmentations.
+        seed: seed of the data order and augmentations (the resumable order of
+            :func:`blendmask.data.build_train_loader`).
         num_workers: data-loader worker processes.
         show_progress: show a tqdm bar on rank 0.
     """
@@ -169,10 +168,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _data_loader(self) -> DataLoader:
-        sampler = TrainingBatchSampler(len(self.train_dataset), batch_size=self.batch_per_rank, seed=self.seed,
-                                       rank=get_rank(), world_size=get_world_size(), start_iter=self.start_iter)
-        return DataLoader(SeededDataset(self.train_dataset), batch_sampler=sampler, collate_fn=collate_image_target,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        from blendmask.data import build_train_loader
+
+        return build_train_loader(self.train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
+                                  seed=self.seed, start_iter=self.start_iter)
 
     def _step(self, images, targets) -> Dict[str, float]:
         with torch.autocast(self.device.type, enabled=self.use_amp):
