@@ -1,0 +1,2 @@
+"""Deployment: ONNX export of the whole inference graph, the onnxruntime predictor, and the
+traceable inference graph shared by ONNX export and ``torch.export``."""
