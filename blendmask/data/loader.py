@@ -7,8 +7,8 @@ Training data order (documented contract for resuming):
 - With ``W`` processes (``torch.distributed`` initialised), rank ``r`` takes the global positions
   ``r, r + W, r + 2W, ...`` (DistributedSampler semantics over an infinite stream).
 - Every sample gets its own seed, a function of ``(seed, global position)``; the loader seeds
-  torch's global RNG with it (inside ``torch.random.fork_rng``) before loading and augmenting the
-  sample. Augmentation is therefore independent of worker count, prefetching and restarts.
+  the torch, numpy and python global RNGs with it (restoring them afterwards) before loading and
+  augmenting the sample. Augmentation is therefore independent of worker count, prefetching and restarts.
 - Resuming at iteration ``i`` with per-process batch size ``B`` is
   ``build_train_loader(..., start_iter=i)``: the sampler jumps straight to position ``i * B`` of
   this rank's stream (cost O(dataset size), not O(i)), and yields exactly the batches the
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -117,16 +119,27 @@ class InferenceSampler(Sampler[int]):
 
 
 class _SeededSamples(Dataset):
-    """Loads ``dataset[index]`` with torch's global RNG seeded by the sample seed."""
+    """Loads ``dataset[index]`` with the torch, numpy and python global RNGs seeded by the sample
+    seed (so user transforms built on any of them are reproducible); restores them afterwards."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
+    def __len__(self) -> int:
+        return len(self.dataset)
+
     def __getitem__(self, key: Tuple[int, int]):
         index, sample_seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed)
-            return self.dataset[index]
+        numpy_state, python_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(sample_seed)
+                np.random.seed(sample_seed % 2**32)
+                random.seed(sample_seed)
+                return self.dataset[index]
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
 
 def build_train_loader(
@@ -143,8 +156,8 @@ def build_train_loader(
 
     ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
-    (module doc). ``distributed``: see :func:`dist_rank_and_world_size`. The loader never touches
-    torch's global RNG in the calling process.
+    (module doc). ``distributed``: see :func:`dist_rank_and_world_size`. The loader leaves the
+    global RNG states of the calling process unchanged.
     """
     if batch_size <= 0:
         raise ValueError(f"build_train_loader: batch_size must be positive, got {batch_size}")

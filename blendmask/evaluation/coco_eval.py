@@ -1,0 +1,279 @@
+"""COCO evaluation (bbox and segm) with pycocotools' COCOeval.
+
+Metrics are **fractions in [0, 1]** (not percentages): ``metrics["segm"]["AP"] >= 0.5`` is the
+demo goal. ``evaluate()`` returns::
+
+    {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class name>", ...},
+     "segm": {...same keys...}}
+
+A value is ``nan`` when COCO cannot define it (e.g. ``APs`` when the ground truth has no small
+objects, or the AP of a category without ground-truth instances in the evaluated images).
+Images evaluated are exactly the images passed to ``process``; an image with no predictions
+counts as all-missed, so zero predictions give AP 0 rather than an error.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from ..data.loader import build_test_loader, dist_rank_and_world_size
+
+__all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RESULTS_FILE = "coco_instances_results.json"
+_IOU_TYPES = ("bbox", "segm")
+_MASK_THRESHOLD = 0.5
+
+
+class COCOEvaluator:
+    """Accumulates model outputs over a data set and scores them with COCOeval.
+
+    Args:
+        dataset_or_coco_gt: a :class:`blendmask.data.CocoInstanceDataset` (anything with ``coco``
+            and ``category_ids`` attributes) or a pycocotools ``COCO`` ground truth.
+        category_ids: ``category_ids[label]`` is the COCO category id of the model's contiguous
+            label. Defaults to the dataset's; required with a bare ``COCO``.
+        output_dir: if given, ``evaluate()`` writes ``coco_instances_results.json`` there.
+        distributed: gather the predictions of all ranks in ``evaluate()`` (every rank must call
+            it). ``None`` detects an initialised process group; default False (single-process
+            evaluation, e.g. on rank 0 only).
+    """
+
+    def __init__(
+        self,
+        dataset_or_coco_gt: Any,
+        category_ids: Optional[Sequence[int]] = None,
+        *,
+        output_dir: Optional[Union[str, os.PathLike]] = None,
+        distributed: Optional[bool] = False,
+    ) -> None:
+        if isinstance(dataset_or_coco_gt, COCO):
+            coco_gt = dataset_or_coco_gt
+        elif isinstance(getattr(dataset_or_coco_gt, "coco", None), COCO):
+            coco_gt = dataset_or_coco_gt.coco
+            if category_ids is None:
+                category_ids = dataset_or_coco_gt.category_ids
+        else:
+            raise TypeError(
+                "COCOEvaluator: dataset_or_coco_gt must be a pycocotools COCO or a dataset with a .coco "
+                f"attribute, got {type(dataset_or_coco_gt).__name__}"
+            )
+        if category_ids is None:
+            raise ValueError("COCOEvaluator: category_ids is required when a bare COCO ground truth is given")
+        unknown = [c for c in category_ids if c not in coco_gt.cats]
+        if unknown:
+            raise ValueError(f"COCOEvaluator: category_ids {unknown} are not categories of the ground truth")
+        self.coco_gt = coco_gt
+        self.category_ids = [int(c) for c in category_ids]
+        self.output_dir = None if output_dir is None else os.fspath(output_dir)
+        self.distributed = distributed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        self._results: List[Dict[str, Any]] = []
+        self._image_ids: List[int] = []
+
+    def process(self, image_ids: Sequence[int], outputs: Sequence[Dict[str, torch.Tensor]]) -> None:
+        """Add the model outputs of a batch.
+
+        Args:
+            image_ids: COCO image id of each output.
+            outputs: model eval outputs, one dict per image: ``boxes (n, 4)`` xyxy pixels,
+                ``labels (n,)`` contiguous, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities in
+                the image's own size (binarised at 0.5).
+        """
+        if len(image_ids) != len(outputs):
+            raise ValueError(f"process: got {len(image_ids)} image ids but {len(outputs)} outputs")
+        for image_id, output in zip(image_ids, outputs):
+            image_id = int(image_id)
+            if image_id not in self.coco_gt.imgs:
+                raise ValueError(f"process: image id {image_id} is not in the ground truth")
+            self._results.extend(self._to_coco_results(image_id, output))
+            self._image_ids.append(image_id)
+
+    def _to_coco_results(self, image_id: int, output: Dict[str, torch.Tensor]) -> List[Dict[str, Any]]:
+        missing = [k for k in ("boxes", "labels", "scores", "masks") if k not in output]
+        if missing:
+            raise ValueError(f"process: output of image {image_id} lacks {missing}")
+        boxes = output["boxes"].detach().float().cpu()
+        labels = output["labels"].detach().cpu().long()
+        scores = output["scores"].detach().float().cpu()
+        masks = output["masks"].detach().cpu()
+        n = boxes.shape[0]
+        info = self.coco_gt.imgs[image_id]
+        size = (info["height"], info["width"])
+        if boxes.shape != (n, 4) or labels.shape != (n,) or scores.shape != (n,):
+            raise ValueError(
+                f"process: image {image_id}: need boxes (n, 4), labels (n,), scores (n,); got "
+                f"{tuple(boxes.shape)}, {tuple(labels.shape)}, {tuple(scores.shape)}"
+            )
+        if masks.dim() != 4 or masks.shape[0] != n or masks.shape[1] != 1 or tuple(masks.shape[2:]) != size:
+            raise ValueError(
+                f"process: image {image_id}: masks must be (n, 1, H, W) = ({n}, 1, {size[0]}, {size[1]}) "
+                f"(the image's size), got {tuple(masks.shape)}"
+            )
+        if n == 0:
+            return []
+        if labels.min() < 0 or labels.max() >= len(self.category_ids):
+            raise ValueError(
+                f"process: image {image_id}: labels must be in [0, {len(self.category_ids)}), "
+                f"got range [{int(labels.min())}, {int(labels.max())}]"
+            )
+        binary = (masks[:, 0] >= _MASK_THRESHOLD).numpy().astype(np.uint8)  # (n, H, W)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        results = []
+        for i in range(n):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": self.category_ids[int(labels[i])],
+                    "bbox": [round(v, 3) for v in xywh[i]],
+                    "score": float(scores[i]),
+                    "segmentation": {"size": [int(s) for s in rles[i]["size"]], "counts": rles[i]["counts"].decode("ascii")},
+                }
+            )
+        return results
+
+    def _gathered(self) -> tuple[List[Dict[str, Any]], List[int]]:
+        _, world_size = dist_rank_and_world_size(self.distributed)
+        if world_size == 1:
+            return self._results, self._image_ids
+        gathered: List[Any] = [None] * world_size
+        dist.all_gather_object(gathered, (self._results, self._image_ids))
+        results = [r for part, _ in gathered for r in part]
+        image_ids = [i for _, part in gathered for i in part]
+        return results, image_ids
+
+    def evaluate(self) -> Dict[str, Dict[str, float]]:
+        """Score everything processed; return the metrics (module doc) and write the results JSON."""
+        results, image_ids = self._gathered()
+        if not image_ids:
+            raise RuntimeError("COCOEvaluator.evaluate: no images were processed")
+        rank, _ = dist_rank_and_world_size(self.distributed)
+        if self.output_dir is not None and rank == 0:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, RESULTS_FILE), "w", encoding="utf-8") as f:
+                json.dump(results, f)
+        if not results:
+            logger.warning("COCOEvaluator: no predictions on %d images; every AP is 0", len(set(image_ids)))
+        return {iou_type: self._run_cocoeval(results, sorted(set(image_ids)), iou_type) for iou_type in _IOU_TYPES}
+
+    def _run_cocoeval(self, results: List[Dict[str, Any]], image_ids: List[int], iou_type: str) -> Dict[str, float]:
+        if iou_type == "segm":
+            # Without "bbox" pycocotools derives box and area from the mask, as it should for segm.
+            dets = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+        else:
+            dets = [dict(r) for r in results]  # loadRes writes into the dicts it gets
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco_dt = self.coco_gt.loadRes(dets) if dets else _empty_results(self.coco_gt)
+            coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
+            coco_eval.params.imgIds = image_ids
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        metrics = {name: _nan_if_undefined(coco_eval.stats[i]) for i, name in enumerate(MAIN_METRICS)}
+        precision = coco_eval.eval["precision"]  # (iou thresholds, recall, category, area, max dets)
+        for k, cat_id in enumerate(coco_eval.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            p = p[p > -1]
+            metrics[f"AP-{self.coco_gt.cats[cat_id]['name']}"] = float(p.mean()) if p.size else math.nan
+        return metrics
+
+
+def _empty_results(coco_gt: COCO) -> COCO:
+    """A results ``COCO`` without detections (``loadRes`` rejects an empty list)."""
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "annotations": [],
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+    }
+    coco_dt.createIndex()
+    return coco_dt
+
+
+def _nan_if_undefined(value: float) -> float:
+    return math.nan if value < 0 else float(value)  # COCOeval uses -1 for "no ground truth"
+
+
+def format_results_table(metrics: Dict[str, Dict[str, float]]) -> str:
+    """A plain-text table of ``evaluate()``'s metrics: the main metrics per task, then per-category AP."""
+    tasks = [t for t in _IOU_TYPES if t in metrics] + [t for t in metrics if t not in _IOU_TYPES]
+    if not tasks:
+        raise ValueError("format_results_table: metrics is empty")
+
+    def cell(value: Optional[float]) -> str:
+        return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+    lines = ["task  " + "".join(f"{m:>8}" for m in MAIN_METRICS)]
+    for task in tasks:
+        lines.append(f"{task:<6}" + "".join(f"{cell(metrics[task].get(m)):>8}" for m in MAIN_METRICS))
+    names = []
+    for task in tasks:
+        names += [k[3:] for k in metrics[task] if k.startswith("AP-") and k[3:] not in names]
+    if names:
+        width = max(8, max(len(n) for n in names) + 2)
+        lines.append("")
+        lines.append(f"{'category':<{width}}" + "".join(f"{'AP ' + t:>10}" for t in tasks))
+        for name in names:
+            lines.append(f"{name:<{width}}" + "".join(f"{cell(metrics[t].get('AP-' + name)):>10}" for t in tasks))
+    return "\n".join(lines)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    output_dir: Optional[Union[str, os.PathLike]] = None,
+    progress: bool = True,
+    num_workers: int = 0,
+    distributed: Optional[bool] = False,
+) -> Dict[str, Dict[str, float]]:
+    """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
+
+    ``dataset`` must yield ``(image, target)`` with ``target["image_id"]`` and carry ``coco`` and
+    ``category_ids`` (a :class:`blendmask.data.CocoInstanceDataset` built without training
+    transforms). The model's training mode is restored afterwards. With ``distributed=True`` (or
+    None and a process group), every rank must call this; each runs its shard and all get the
+    metrics.
+    """
+    evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed)
+    loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+                outputs = model([image.to(device) for image in images])
+                outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
+                evaluator.process([t["image_id"] for t in targets], outputs)
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()
