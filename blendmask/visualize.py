@@ -1,0 +1,257 @@
+"""Pictures: predictions over an image, bases and attentions (paper Figures 1 and 3), loss curves.
+
+All functions draw off-screen (PIL and matplotlib's Agg canvas, never pyplot), so they work on
+machines without a display and do not touch matplotlib's global state.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["instance_colours", "draw_instances", "draw_bases_and_attentions", "plot_curves"]
+
+# Base colours of the paper's Figure 3 (red, blue, yellow, green), then matplotlib's tab10.
+_BASE_COLOURS = [(0.89, 0.10, 0.11), (0.12, 0.35, 0.85), (0.98, 0.82, 0.10), (0.20, 0.70, 0.25),
+                 (0.58, 0.40, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.50, 0.50, 0.50),
+                 (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
+
+
+def instance_colours(n: int) -> List[Tuple[int, int, int]]:
+    """``n`` distinct saturated RGB colours (golden-ratio hue steps)."""
+    return [
+        tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb((0.1 + i * 0.618033988749895) % 1.0, 0.8, 1.0))
+        for i in range(n)
+    ]
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _image_to_uint8(image: Union[torch.Tensor, np.ndarray, Image.Image]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 from a PIL image or a ``(3, H, W)`` float array in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    array = _to_numpy(image)
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(f"draw_instances: image must be (3, H, W) or a PIL image, got shape {array.shape}")
+    return (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _font(height: int) -> ImageFont.ImageFont:
+    size = max(10, height // 40)
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _mask_edge(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` (H, W) bool that have a 4-neighbour outside it."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def draw_instances(
+    image: Union[torch.Tensor, np.ndarray, Image.Image],
+    result: Mapping[str, Any],
+    class_names: Sequence[str],
+    *,
+    score_threshold: float = 0.3,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Overlay instances on an image: masks in distinct colours, boxes and "name score" labels.
+
+    Args:
+        image: ``(3, H, W)`` float RGB in [0, 1] (tensor or array) or a PIL image.
+        result: ``boxes (n, 4)`` xyxy pixels, ``labels (n,)``, optional ``scores (n,)`` (absent:
+            ground truth, drawn without scores) and optional ``masks`` ``(n, 1, H, W)`` or
+            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5).
+        class_names: name of each contiguous label.
+        score_threshold: instances scoring below it are not drawn.
+        alpha: mask opacity.
+
+    Returns: an RGB PIL image of the input's size.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"draw_instances: alpha must be in [0, 1], got {alpha}")
+    for key in ("boxes", "labels"):
+        if key not in result:
+            raise ValueError(f"draw_instances: result lacks {key!r}")
+    pixels = _image_to_uint8(image)
+    height, width = pixels.shape[:2]
+    boxes = _to_numpy(result["boxes"]).astype(np.float64).reshape(-1, 4)
+    labels = _to_numpy(result["labels"]).astype(np.int64).reshape(-1)
+    n = len(labels)
+    scores = _to_numpy(result["scores"]).astype(np.float64).reshape(-1) if "scores" in result else None
+    masks = None
+    if "masks" in result:
+        masks = _to_numpy(result["masks"])
+        if masks.ndim == 4:
+            masks = masks[:, 0]
+        if masks.shape != (n, height, width):
+            raise ValueError(f"draw_instances: masks must be (n, [1,] H, W) = ({n}, {height}, {width}), got {masks.shape}")
+        masks = masks >= 0.5
+    if boxes.shape[0] != n or (scores is not None and scores.shape[0] != n):
+        raise ValueError(f"draw_instances: boxes, labels and scores must have the same length n={n}")
+    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"draw_instances: labels must be in [0, {len(class_names)}), got max {labels.max()}")
+
+    keep = np.arange(n) if scores is None else np.flatnonzero(scores >= score_threshold)
+    colours = instance_colours(len(keep))
+    canvas = pixels.astype(np.float32)
+    if masks is not None:
+        for colour, i in zip(colours, keep):
+            m = masks[i]
+            canvas[m] = canvas[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+            canvas[_mask_edge(m)] = colour
+    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    font = _font(height)
+    for colour, i in zip(colours, keep):
+        x1, y1, x2, y2 = boxes[i]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        text = class_names[labels[i]] if scores is None else f"{class_names[labels[i]]} {scores[i]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        label_w, label_h = right - left + 4, bottom - top + 4
+        tx, ty = max(0.0, min(x1, width - label_w)), max(0.0, y1 - label_h)  # keep the label inside
+        draw.rectangle([tx, ty, tx + label_w, ty + label_h], fill=colour)
+        draw.text((tx + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def _figure_to_image(fig: Figure) -> Image.Image:
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def draw_bases_and_attentions(
+    bases: Union[torch.Tensor, np.ndarray],
+    attns: Union[torch.Tensor, np.ndarray],
+    *,
+    max_instances: int = 4,
+    instance_titles: Optional[Sequence[str]] = None,
+) -> Image.Image:
+    """The blender's inputs as a picture, like Figures 1 and 3 of the paper.
+
+    Row 0 shows the K bases (signed, diverging colour map, each scaled to its own max |value|).
+    Each following row is one instance: its K attention maps after the softmax over K (0..1), and,
+    last, the attention as one colour image where every cell mixes the base colours (titles) by
+    its softmax weights (Figure 3, right).
+
+    Args:
+        bases: ``(K, Hb, Wb)`` bases of one image.
+        attns: ``(n, K, M, M)`` attention logits of its instances (best first).
+        max_instances: rows drawn for at most this many instances.
+        instance_titles: optional row labels (e.g. "circle 0.93"), one per instance.
+    """
+    bases_np = _to_numpy(bases).astype(np.float32)
+    attns_np = _to_numpy(attns).astype(np.float32)
+    if bases_np.ndim != 3:
+        raise ValueError(f"draw_bases_and_attentions: bases must be (K, Hb, Wb), got shape {bases_np.shape}")
+    k = bases_np.shape[0]
+    if attns_np.ndim != 4 or attns_np.shape[1] != k or attns_np.shape[2] != attns_np.shape[3]:
+        raise ValueError(f"draw_bases_and_attentions: attns must be (n, K={k}, M, M), got shape {attns_np.shape}")
+    if max_instances < 0:
+        raise ValueError(f"draw_bases_and_attentions: max_instances must be >= 0, got {max_instances}")
+    n = min(attns_np.shape[0], max_instances)
+    if instance_titles is not None and len(instance_titles) < n:
+        raise ValueError(f"draw_bases_and_attentions: need {n} instance_titles, got {len(instance_titles)}")
+    base_colours = np.array([_BASE_COLOURS[i % len(_BASE_COLOURS)] for i in range(k)], dtype=np.float32)
+
+    fig = Figure(figsize=(1.7 * (k + 1), 1.8 * (n + 1)), dpi=100)
+    axes = fig.subplots(n + 1, k + 1, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j in range(k):
+        scale = float(np.abs(bases_np[j]).max()) or 1.0
+        axes[0, j].imshow(bases_np[j], cmap="coolwarm", vmin=-scale, vmax=scale)
+        axes[0, j].set_title(f"base {j}", color=tuple(base_colours[j]), fontsize=9, fontweight="bold")
+    axes[0, k].set_axis_off()
+    logits = attns_np[:n]
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)  # (n, K, M, M), softmax over K
+    for i in range(n):
+        row = axes[i + 1]
+        for j in range(k):
+            row[j].imshow(weights[i, j], cmap="viridis", vmin=0.0, vmax=1.0)
+        row[0].set_ylabel(instance_titles[i] if instance_titles is not None else f"instance {i}", fontsize=8)
+        row[k].imshow(np.einsum("kyx,kc->yxc", weights[i], base_colours).clip(0.0, 1.0))
+        if i == 0:
+            row[k].set_title("attention", fontsize=9)
+            for j in range(k):
+                row[j].set_title(f"attn {j}", fontsize=9)
+    fig.tight_layout()
+    return _figure_to_image(fig)
+
+
+def _read_records(source: Union[str, os.PathLike, Iterable[Mapping[str, Any]]]) -> List[Mapping[str, Any]]:
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source)
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"plot_curves: metrics file {path!r} not found")
+    records = []
+    with open(path, "r", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"plot_curves: {path} line {number} is not JSON: {e.msg}") from e
+    return records
+
+
+def plot_curves(
+    jsonl_path_or_records: Union[str, os.PathLike, Iterable[Mapping[str, Any]]],
+    out_png: Union[str, os.PathLike],
+    keys: Sequence[str],
+    *,
+    x_key: str = "iteration",
+) -> str:
+    """Plot metric curves (one panel per key, against ``x_key``) from JSON-lines records; save a PNG.
+
+    Records lacking a key, or holding a non-finite value for it, are skipped for that key.
+    Raises ``ValueError`` if no record has ``x_key`` together with any of ``keys``. Returns the path.
+    """
+    if not keys:
+        raise ValueError("plot_curves: keys is empty")
+    records = _read_records(jsonl_path_or_records)
+    series: Dict[str, Tuple[List[float], List[float]]] = {}
+    for key in keys:
+        xs, ys = [], []
+        for rec in records:
+            x, y = rec.get(x_key), rec.get(key)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(y):
+                xs.append(float(x))
+                ys.append(float(y))
+        if xs:
+            series[key] = (xs, ys)
+    if not series:
+        raise ValueError(f"plot_curves: no record has {x_key!r} together with any of {list(keys)}")
+    fig = Figure(figsize=(7, 2.4 * len(series)), dpi=100)
+    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    for ax, (key, (xs, ys)) in zip(axes, series.items()):
+        ax.plot(xs, ys, linewidth=1.2)
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel(x_key)
+    fig.tight_layout()
+    out_png = os.fspath(out_png)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    FigureCanvasAgg(fig).print_png(out_png)
+    return out_png
