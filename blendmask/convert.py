@@ -1,0 +1,197 @@
+"""Convert AdelaiDet BlendMask checkpoints (detectron2 ``.pth``) into blendmask weights files.
+
+Our modules mirror AdelaiDet's names (``backbone.bottom_up.*`` in the MSRA layout,
+``backbone.fpn_*``, ``backbone.top_block.*``, ``proposal_generator.fcos_head.*``,
+``basis_module.*``, ``top_layer``), so the conversion is mostly bookkeeping:
+
+- the ``{"model": ...}`` wrapper (and a DistributedDataParallel ``module.`` prefix) is removed;
+- the old FCOS name ``centerness`` becomes ``ctrness``;
+- detectron2-only buffers (``pixel_mean``, ``pixel_std``) are dropped;
+- BN buffers are reconciled with the target model: ``num_batches_tracked`` is dropped where
+  we use FrozenBN and filled with 0 where we use a trainable BN.
+
+Nothing is loaded silently: every key that is still missing, unexpected or of the wrong
+shape is listed in a :class:`ConversionReport`, and :func:`convert_checkpoint` refuses to
+write a file unless the result loads into the model with ``strict=True``.
+Files are read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from .config import BlendMaskConfig, get_config
+
+__all__ = ["ConversionError", "ConversionReport", "from_adelaidet", "convert_state_dict",
+           "match_state_dict", "convert_checkpoint"]
+
+_RENAMES = (("proposal_generator.fcos_head.centerness.", "proposal_generator.fcos_head.ctrness."),)
+_DROPPED = ("pixel_mean", "pixel_std")
+_CLS_LOGITS = "proposal_generator.fcos_head.cls_logits.weight"
+_BN_COUNTER = "num_batches_tracked"
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not fit the target model; the message holds the full report."""
+
+
+@dataclass
+class ConversionReport:
+    """What the conversion did and what did not fit."""
+
+    renamed: List[Tuple[str, str]] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    filled: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    shape_mismatches: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def summary(self, limit: int = 20) -> str:
+        def listed(items: List[Any]) -> str:
+            shown = ", ".join(str(i) for i in items[:limit])
+            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+        lines = [f"renamed {len(self.renamed)}, dropped {len(self.dropped)}, filled {len(self.filled)} keys"]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.missing:
+            lines.append(f"MISSING in checkpoint ({len(self.missing)}): {listed(self.missing)}")
+        if self.unexpected:
+            lines.append(f"UNEXPECTED in checkpoint ({len(self.unexpected)}): {listed(self.unexpected)}")
+        if self.shape_mismatches:
+            shown = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in self.shape_mismatches]
+            lines.append(f"SHAPE MISMATCH ({len(shown)}): {listed(shown)}")
+        return "\n".join(lines)
+
+
+def _unwrap(checkpoint: Any) -> Mapping[str, Any]:
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"an AdelaiDet checkpoint must be a dict (state dict or {{'model': state dict}}), "
+                        f"got {type(checkpoint).__name__}")
+    if "model" in checkpoint:
+        checkpoint = checkpoint["model"]
+        if not isinstance(checkpoint, Mapping):
+            raise TypeError(f"checkpoint['model'] must be a state dict, got {type(checkpoint).__name__}")
+    if not checkpoint:
+        raise ValueError("the checkpoint's state dict is empty")
+    return checkpoint
+
+
+def convert_state_dict(checkpoint: Any) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
+    """Rename an AdelaiDet state dict to our names; see :func:`from_adelaidet`. Also returns the report
+    of renamed and dropped keys (missing/unexpected keys need a model: :func:`match_state_dict`)."""
+    report = ConversionReport()
+    converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in _unwrap(checkpoint).items():
+        if not isinstance(key, str):
+            raise TypeError(f"state dict keys must be strings, got {key!r}")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state dict entry {key!r} must be a Tensor, got {type(value).__name__}")
+        new_key = key[len("module."):] if key.startswith("module.") else key
+        if new_key.rsplit(".", 1)[-1] in _DROPPED:
+            report.dropped.append(key)
+            continue
+        for old, new in _RENAMES:
+            if new_key.startswith(old):
+                new_key = new + new_key[len(old):]
+        if new_key != key:
+            report.renamed.append((key, new_key))
+        if new_key in converted:
+            raise ValueError(f"two checkpoint keys map to {new_key!r} (e.g. both 'centerness' and 'ctrness')")
+        converted[new_key] = value
+    return converted, report
+
+
+def from_adelaidet(state_dict: Any) -> "OrderedDict[str, torch.Tensor]":
+    """AdelaiDet/detectron2 BlendMask state dict (optionally ``{"model": ...}``) -> our key names.
+
+    Raises ``TypeError`` for a non-dict or non-tensor values. BN buffers are reconciled, and
+    unknown/missing keys reported, by :func:`match_state_dict` against the target model.
+    """
+    return convert_state_dict(state_dict)[0]
+
+
+def match_state_dict(converted: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                     report: Optional[ConversionReport] = None
+                     ) -> Tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
+    """Fit ``converted`` to a model's ``expected`` state dict, key order and BN buffers included.
+
+    ``num_batches_tracked`` counters absent from ``expected`` (FrozenBN) are dropped; counters
+    that ``expected`` has but the checkpoint lacks (FrozenBN checkpoint into a trainable BN)
+    are filled with 0. Missing/unexpected keys and shape mismatches go to the report; only
+    the keys that fit are returned.
+    """
+    report = report if report is not None else ConversionReport()
+    matched: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, target in expected.items():
+        if key in converted:
+            value = converted[key]
+            if tuple(value.shape) != tuple(target.shape):
+                report.shape_mismatches.append((key, tuple(value.shape), tuple(target.shape)))
+            else:
+                matched[key] = value
+        elif key.endswith(_BN_COUNTER):
+            matched[key] = torch.zeros_like(target)
+            report.filled.append(key)
+        else:
+            report.missing.append(key)
+    for key in converted:
+        if key not in expected:
+            if key.endswith(_BN_COUNTER):
+                report.dropped.append(key)
+            else:
+                report.unexpected.append(key)
+    return matched, report
+
+
+def _load(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): it holds objects other "
+                         f"than tensors and plain containers, which we refuse to unpickle ({error})") from error
+
+
+def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike], config_name: str,
+                       *, overrides: Optional[Mapping[str, Any]] = None) -> ConversionReport:
+    """Convert the AdelaiDet checkpoint ``in_path`` for preset ``config_name`` and write ``out_path``.
+
+    The output is ``{"model": state_dict, "config": cfg.to_dict()}``. ``model.num_classes`` is
+    taken from the checkpoint's classifier when it differs from the preset (noted in the report).
+    Raises :class:`ConversionError` (with the report) unless every key fits and the result loads
+    into the model with ``strict=True``; nothing is written in that case.
+    """
+    from .models import build_model  # deferred: the model package imports this package's config
+
+    in_path, out_path = Path(in_path), Path(out_path)
+    converted, report = convert_state_dict(_load(in_path))
+    cfg = get_config(config_name, overrides)
+    cls_logits = converted.get(_CLS_LOGITS)
+    if cls_logits is not None and cls_logits.dim() >= 1 and cls_logits.shape[0] != cfg.model.num_classes:
+        report.notes.append(f"model.num_classes set to {cls_logits.shape[0]} from the checkpoint's classifier "
+                            f"(preset {config_name!r} has {cfg.model.num_classes})")
+        data = cfg.to_dict()
+        data["model"]["num_classes"] = int(cls_logits.shape[0])
+        cfg = BlendMaskConfig.from_dict(data)
+    model = build_model(cfg)
+    matched, report = match_state_dict(converted, model.state_dict(), report)
+    if not report.ok:
+        raise ConversionError(f"{in_path} does not fit the {config_name!r} model:\n{report.summary()}")
+    model.load_state_dict(matched, strict=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    torch.save({"model": matched, "config": cfg.to_dict()}, tmp)
+    os.replace(tmp, out_path)
+    return report
