@@ -1,0 +1,18 @@
+"""BlendMask models: backbones + FPN, FCOS, basis module, the meta-architecture and builders."""
+from .blendmask import BlendMask
+from .builders import (
+    blendmask_mobilenet_v2_fpn,
+    blendmask_resnet50_fpn,
+    blendmask_resnet101_fpn,
+    build_model,
+    load_weights,
+)
+
+__all__ = [
+    "BlendMask",
+    "build_model",
+    "load_weights",
+    "blendmask_resnet50_fpn",
+    "blendmask_resnet101_fpn",
+    "blendmask_mobilenet_v2_fpn",
+]

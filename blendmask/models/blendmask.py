@@ -1,0 +1,190 @@
+"""BlendMask meta-architecture: backbone + FPN, FCOS, basis module, top layer and blender.
+
+API as torchvision's detection models (see :class:`BlendMask`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import blend
+from .basis import ProtoNet
+from .fcos import FCOS
+from .fcos.fcos import FCOSPositives
+from .mask_ops import crop_and_resize_masks, paste_masks_in_image
+
+__all__ = ["BlendMask"]
+
+
+class BlendMask(nn.Module):
+    """BlendMask (Chen et al., CVPR 2020), FCOS-based and AdelaiDet-compatible.
+
+    Call it like torchvision's detection models:
+
+    - training, ``model(images, targets)`` returns a dict of scalar losses: ``loss_fcos_cls``,
+      ``loss_fcos_loc``, ``loss_fcos_ctr``, ``loss_mask`` and (when the basis module's semantic
+      loss is on) ``loss_basis_sem``;
+    - eval, ``model(images)`` returns one dict per image with ``boxes (n, 4)`` float xyxy,
+      ``labels (n,)`` int64, ``scores (n,)`` and ``masks (n, 1, H, W)`` mask probabilities in
+      ``[0, 1]``, all in that input image's own size ``(H, W)``. Binarise the masks at 0.5.
+
+    ``images`` are a list of float RGB ``(3, H, W)`` tensors in ``[0, 1]``, of any sizes; the model
+    resizes, normalises and pads them itself. ``targets`` are dicts with ``boxes (n, 4)`` float
+    xyxy pixels, ``labels (n,)`` int64 in ``[0, num_classes)`` and ``masks (n, H, W)`` uint8/bool.
+
+    Set the attribute ``return_internals = True`` to add, in eval, ``"bases"`` ``(K, Hb, Wb)``
+    (the bases at stride 4 of the resized image, cropped to its unpadded extent) and ``"attns"``
+    ``(n, K, M, M)`` (the detections' attention logits, before the softmax) to every result.
+
+    Masks: in training the bases are cropped with the GT boxes and the attentions are taken at
+    every FCOS positive; the loss is the per-instance mean BCE against the GT masks cropped and
+    resized to ``R x R``, weighted by the centerness targets and divided by their sum. In eval,
+    the detected boxes are clipped to the image *before* the blend, so that the crop and the
+    paste use the same box. This deliberately differs from AdelaiDet, which crops with unclipped
+    boxes and pastes into clipped ones, distorting masks at image borders.
+
+    Args:
+        backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
+        transform: resizes, normalises and batches images/targets
+            (:class:`blendmask.models.transform.ImageTransform`).
+        proposal_generator: the :class:`FCOS` detector.
+        basis_module: the :class:`ProtoNet` bottom module.
+        fcos_in_features: FPN level names FCOS runs on, one per FCOS stride.
+        in_channels: FPN channels (input of the top layer).
+        num_classes: foreground classes.
+        num_bases: K.
+        attn_size: M, the attention resolution.
+        bottom_resolution: R, the blended mask resolution.
+        top_interp: ``"bilinear"`` or ``"nearest"`` attention upsampling.
+        sampling_ratio, aligned: RoIAlign parameters of the bases crop.
+        return_internals: initial value of the ``return_internals`` attribute.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        transform: nn.Module,
+        proposal_generator: FCOS,
+        basis_module: ProtoNet,
+        fcos_in_features: Sequence[str],
+        in_channels: int,
+        num_classes: int,
+        num_bases: int,
+        attn_size: int,
+        bottom_resolution: int,
+        top_interp: str = "bilinear",
+        sampling_ratio: int = 1,
+        aligned: bool = True,
+        return_internals: bool = False,
+    ):
+        super().__init__()
+        if top_interp not in ("bilinear", "nearest"):
+            raise ValueError(f"top_interp must be 'bilinear' or 'nearest', got {top_interp!r}")
+        if attn_size < 1 or bottom_resolution < 1:
+            raise ValueError(f"attn_size and bottom_resolution must be >= 1, got {attn_size} and {bottom_resolution}")
+        if len(fcos_in_features) != len(proposal_generator.strides):
+            raise ValueError(f"fcos_in_features {list(fcos_in_features)} do not match FCOS strides {proposal_generator.strides}")
+        self.backbone = backbone
+        self.transform = transform
+        self.proposal_generator = proposal_generator
+        self.basis_module = basis_module
+        self.fcos_in_features = tuple(fcos_in_features)
+        self.num_classes = num_classes
+        self.num_bases = num_bases
+        self.attn_size = attn_size
+        self.bottom_resolution = bottom_resolution
+        self.top_interp = top_interp
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.return_internals = return_internals
+        self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
+        nn.init.normal_(self.top_layer.weight, std=0.01)
+        nn.init.constant_(self.top_layer.bias, 0.0)
+
+    def _blend(self, bases: Tensor, attns: Tensor, rois: Tensor) -> Tensor:
+        """``(D, R, R)`` mask logits from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``."""
+        attns = attns.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
+        return blend(
+            bases, attns, rois, self.bottom_resolution, 1.0 / self.basis_module.out_stride,
+            self.sampling_ratio, self.aligned, self.top_interp,
+        )
+
+    def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
+        """Losses (training) or detections (eval); see the class docstring."""
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            if isinstance(targets, (list, tuple)):
+                for i, t in enumerate(targets):
+                    if isinstance(t, dict) and "masks" not in t:
+                        raise ValueError(f"targets[{i}] needs 'masks' (n, H, W) uint8/bool to train BlendMask")
+        # the transform validates images and targets (shapes, dtypes, degenerate boxes, label range)
+        batch, targets = self.transform(images, targets if self.training else None)
+        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        features = self.backbone(batch.tensors)
+        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
+        top_feats = [self.top_layer(t) for t in head.bbox_towers]
+        if self.training:
+            return self._losses(features, head, top_feats, targets)
+        bases, _ = self.basis_module(features)
+        return self._inference(bases, head, top_feats, batch.image_sizes, original_sizes)
+
+    def _losses(self, features, head, top_feats, targets) -> Dict[str, Tensor]:
+        gt_boxes = [t["boxes"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        gt_masks = [t["masks"] for t in targets]
+        bases, losses = self.basis_module(features, gt_masks, gt_labels)
+        fcos_losses, positives = self.proposal_generator.losses(head, gt_boxes, gt_labels, top_feats)
+        losses.update(fcos_losses)
+        losses["loss_mask"] = self._mask_loss(bases, positives, gt_boxes, gt_masks)
+        return losses
+
+    def _mask_loss(self, bases: Tensor, positives: FCOSPositives, gt_boxes: List[Tensor], gt_masks: List[Tensor]) -> Tensor:
+        attns = positives.extras
+        if positives.gt_inds.numel() == 0:
+            return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
+        boxes = torch.cat(gt_boxes).to(bases.dtype)
+        image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
+        rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
+        logits = self._blend(bases, attns, rois)  # (Np, R, R)
+        mask_targets = torch.cat(
+            [crop_and_resize_masks(m, b, self.bottom_resolution) for m, b in zip(gt_masks, gt_boxes)]
+        )[positives.gt_inds]
+        per_instance = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none").flatten(1).mean(1)
+        return (per_instance * positives.ctr_targets).sum() / positives.loss_denorm
+
+    def _inference(self, bases, head, top_feats, image_sizes, original_sizes) -> List[Dict[str, Tensor]]:
+        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
+        counts = [d["boxes"].shape[0] for d in detections]
+        rois = torch.cat(
+            [torch.cat([torch.full((n, 1), float(i), device=bases.device, dtype=bases.dtype), d["boxes"]], dim=1)
+             for i, (n, d) in enumerate(zip(counts, detections))]
+        )
+        attns = torch.cat([d["extras"] for d in detections])
+        if rois.shape[0] > 0:
+            mask_probs = self._blend(bases, attns, rois).sigmoid()
+        else:
+            mask_probs = bases.new_zeros((0, self.bottom_resolution, self.bottom_resolution))
+        results = []
+        for i, (det, probs, size, orig) in enumerate(
+            zip(detections, mask_probs.split(counts), image_sizes, original_sizes)
+        ):
+            boxes = self.transform.postprocess_boxes(det["boxes"], size, orig)
+            result = {
+                "boxes": boxes,
+                "labels": det["labels"].to(torch.int64),
+                "scores": det["scores"],
+                "masks": paste_masks_in_image(probs, boxes, orig),
+            }
+            if self.return_internals:
+                stride = self.basis_module.out_stride
+                hb, wb = math.ceil(size[0] / stride), math.ceil(size[1] / stride)
+                result["bases"] = bases[i, :, :hb, :wb]
+                result["attns"] = det["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size)
+            results.append(result)
+        return results

@@ -1,0 +1,187 @@
+"""Builders: a :class:`BlendMask` from a config, and torchvision-style constructors."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from ..config import BlendMaskConfig, get_config
+from .backbone import build_backbone
+from .basis import ProtoNet
+from .blendmask import BlendMask
+from .fcos import FCOS
+from .transform import ImageTransform
+
+__all__ = [
+    "build_model",
+    "load_weights",
+    "blendmask_resnet50_fpn",
+    "blendmask_resnet101_fpn",
+    "blendmask_mobilenet_v2_fpn",
+]
+
+
+def _level_name(stride: int) -> str:
+    level = math.log2(stride)
+    if stride < 1 or level != int(level):
+        raise ValueError(f"FPN strides must be powers of two, got {stride}")
+    return f"p{int(level)}"
+
+
+def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None) -> BlendMask:
+    """A randomly initialised :class:`BlendMask` for ``cfg`` (backbone weights from ``weights_backbone``).
+
+    ``weights_backbone`` is forwarded to :func:`blendmask.models.backbone.build_backbone`.
+    The basis module uses plain BatchNorm; converting it to SyncBatchNorm for multi-GPU
+    training is the training engine's job (see :mod:`blendmask.models.basis`).
+    """
+    if not isinstance(cfg, BlendMaskConfig):
+        raise TypeError(f"cfg must be a BlendMaskConfig, got {type(cfg).__name__}")
+    m = cfg.model
+    if m.num_classes < 1:
+        raise ValueError(f"model.num_classes must be >= 1, got {m.num_classes}")
+    backbone = build_backbone(m.backbone, weights_backbone=weights_backbone)
+    fcos_in_features = [_level_name(s) for s in m.fcos.fpn_strides]
+    available = set(backbone.strides)
+    for name in list(fcos_in_features) + list(m.basis.in_features):
+        if name not in available:
+            raise ValueError(f"the backbone has no FPN level {name!r}; it provides {sorted(available)}")
+    proposal_generator = FCOS(
+        in_channels=backbone.out_channels,
+        num_classes=m.num_classes,
+        strides=m.fcos.fpn_strides,
+        sizes_of_interest=m.fcos.sizes_of_interest,
+        num_cls_convs=m.fcos.num_cls_convs,
+        num_box_convs=m.fcos.num_box_convs,
+        num_share_convs=m.fcos.num_share_convs,
+        norm=m.fcos.norm,
+        use_scale=m.fcos.use_scale,
+        prior_prob=m.fcos.prior_prob,
+        center_sample=m.fcos.center_sample,
+        pos_radius=m.fcos.pos_radius,
+        focal_alpha=m.fcos.focal_alpha,
+        focal_gamma=m.fcos.focal_gamma,
+        thresh_with_ctr=m.fcos.thresh_with_ctr,
+        score_thresh=m.fcos.inference_th,
+        pre_nms_topk=m.fcos.pre_nms_topk,
+        nms_thresh=m.fcos.nms_th,
+        post_nms_topk=m.fcos.post_nms_topk,
+    )
+    basis_module = ProtoNet(
+        in_features=m.basis.in_features,
+        in_channels=backbone.out_channels,
+        in_stride=backbone.strides[m.basis.in_features[0]],
+        num_bases=m.basis.num_bases,
+        convs_dim=m.basis.convs_dim,
+        num_convs=m.basis.num_convs,
+        norm=m.basis.norm,
+        num_classes=m.num_classes,
+        loss_on=m.basis.loss_on,
+        loss_weight=m.basis.loss_weight,
+    )
+    transform = ImageTransform(
+        min_size_train=cfg.input.min_size_train,
+        max_size_train=cfg.input.max_size_train,
+        min_size_test=cfg.input.min_size_test,
+        max_size_test=cfg.input.max_size_test,
+        size_divisibility=cfg.input.size_divisibility,
+        pixel_mean=backbone.pixel_mean,
+        pixel_std=backbone.pixel_std,
+        input_format=backbone.input_format,
+        num_classes=m.num_classes,
+    )
+    return BlendMask(
+        backbone=backbone,
+        transform=transform,
+        proposal_generator=proposal_generator,
+        basis_module=basis_module,
+        fcos_in_features=fcos_in_features,
+        in_channels=backbone.out_channels,
+        num_classes=m.num_classes,
+        num_bases=m.basis.num_bases,
+        attn_size=m.blender.attn_size,
+        bottom_resolution=m.blender.bottom_resolution,
+        top_interp=m.blender.top_interp,
+        sampling_ratio=m.blender.sampling_ratio,
+        aligned=m.blender.aligned,
+    )
+
+
+def load_weights(model: BlendMask, path: Union[str, os.PathLike], cfg: Optional[BlendMaskConfig] = None) -> Dict[str, Any]:
+    """Load a blendmask weights file (``{"model": state_dict, "config": ...}``) into ``model``, strictly.
+
+    The file is read with ``torch.load(weights_only=True)``. When both the file and ``cfg``
+    carry a config, their ``model`` sections must agree. Returns the loaded file's dict.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{path} is not a blendmask weights file: expected a dict with a 'model' state dict")
+    if cfg is not None and isinstance(ckpt.get("config"), dict):
+        saved = BlendMaskConfig.from_dict(ckpt["config"]).to_dict()["model"]
+        ours = cfg.to_dict()["model"]
+        diffs = _diff(saved, ours, "model")
+        if diffs:
+            raise ValueError(f"{path} was saved with a different model config: " + "; ".join(diffs))
+    model.load_state_dict(ckpt["model"], strict=True)
+    return ckpt
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}")
+        return out
+    return [] if a == b else [f"{prefix}: file has {a!r}, requested {b!r}"]
+
+
+def _build_named(preset: str, num_classes: int, weights, weights_backbone, overrides: Dict[str, Any]) -> BlendMask:
+    cfg = get_config(preset, {"model.num_classes": num_classes, **overrides})
+    model = build_model(cfg, weights_backbone=None if weights is not None else weights_backbone)
+    if weights is not None:
+        load_weights(model, weights, cfg)
+    return model
+
+
+def blendmask_resnet50_fpn(
+    num_classes: int = 80,
+    weights: Optional[Union[str, os.PathLike]] = None,
+    weights_backbone: Optional[str] = None,
+    **overrides: Any,
+) -> BlendMask:
+    """BlendMask R-50-FPN (AdelaiDet's ``R_50_3x`` model: R=56, M=14, K=4).
+
+    Args:
+        num_classes: foreground classes.
+        weights: path of a blendmask weights file to load strictly (its ``model`` config must
+            match); when given, ``weights_backbone`` is ignored.
+        weights_backbone: backbone ImageNet weights, see
+            :func:`blendmask.models.backbone.build_backbone`.
+        **overrides: dotted config keys, e.g. ``**{"model.blender.attn_size": 7}``.
+    """
+    return _build_named("R_50_3x", num_classes, weights, weights_backbone, overrides)
+
+
+def blendmask_resnet101_fpn(
+    num_classes: int = 80,
+    weights: Optional[Union[str, os.PathLike]] = None,
+    weights_backbone: Optional[str] = None,
+    **overrides: Any,
+) -> BlendMask:
+    """BlendMask R-101-FPN (AdelaiDet's ``R_101_3x``); arguments as :func:`blendmask_resnet50_fpn`."""
+    return _build_named("R_101_3x", num_classes, weights, weights_backbone, overrides)
+
+
+def blendmask_mobilenet_v2_fpn(
+    num_classes: int = 80,
+    weights: Optional[Union[str, os.PathLike]] = None,
+    weights_backbone: Optional[str] = None,
+    **overrides: Any,
+) -> BlendMask:
+    """Lite BlendMask on MobileNetV2-FPN P3-P5 (preset ``lite_mobilenet_v2``) for CPU work;
+    arguments as :func:`blendmask_resnet50_fpn`."""
+    return _build_named("lite_mobilenet_v2", num_classes, weights, weights_backbone, overrides)
