@@ -1,34 +1,104 @@
 """The blender: BlendMask's mask-assembly op (DESIGN.md section 1).
 
-``blend`` is the public entry point. ``blend_reference`` is the unfused pure-PyTorch
-chain (torchvision ``roi_align`` -> ``F.interpolate`` -> softmax over K -> weighted sum)
-that serves as the test oracle, the fallback and the ONNX export path.
+For roi ``d`` with batch index ``b`` and output pixel ``(i, j)``::
 
-NOTE: bootstrap version; the fused op (issue 2) replaces the body of ``blend``.
+    r[k]      = RoIAlign(bases[b, k], rois[d])(i, j)      # crop, torchvision roi_align rules
+    a[k]      = F.interpolate(attns[d, k], (R, R))(i, j)   # bilinear or nearest
+    out[d, i, j] = sum_k softmax_k(a)[k] * r[k]
+
+``blend`` runs the fused C++/CUDA op ``torch.ops.blendmask.blend`` (one kernel, custom
+backward ``torch.ops.blendmask.blend_backward`` that recomputes instead of storing).
+``blend_reference`` is the unfused pure-PyTorch chain (torchvision ``roi_align`` ->
+``F.interpolate`` -> softmax over K -> weighted sum): the test oracle, the fallback when
+the extension is missing, and the ONNX export path.
 """
 from __future__ import annotations
 
-from typing import List, Union
+import math
+from typing import List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-__all__ = ["blend", "blend_reference", "Blender"]
+from blendmask import _extension
+
+__all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES"]
 
 RoIs = Union[Tensor, List[Tensor]]
+TOP_INTERP_MODES = ("bilinear", "nearest")
 
 
 def _rois_to_tensor(rois: RoIs) -> Tensor:
     """Turn a list of per-image ``(Di, 4)`` boxes into ``(D, 5)`` rois with batch indices."""
     if isinstance(rois, (list, tuple)):
+        if len(rois) == 0:
+            raise ValueError("blend: rois is an empty list; pass one (Di, 4) tensor per image")
         parts = []
         for i, boxes in enumerate(rois):
+            if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+                shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+                raise ValueError(f"blend: rois[{i}] must be a (Di, 4) tensor of boxes, got {shape}")
             idx = torch.full((boxes.shape[0], 1), i, dtype=boxes.dtype, device=boxes.device)
             parts.append(torch.cat([idx, boxes], dim=1))
         return torch.cat(parts, dim=0)
+    if not isinstance(rois, Tensor):
+        raise TypeError(f"blend: rois must be a (D, 5) tensor or a list of (Di, 4) tensors, got {type(rois).__name__}")
     return rois
+
+
+def _check_args(
+    bases: Tensor, attns: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
+    top_interp: str,
+) -> None:
+    """Structural checks (ranks, shapes, dtypes, devices, scalars): cheap and trace-friendly."""
+    if not isinstance(bases, Tensor) or bases.dim() != 4:
+        raise ValueError(f"blend: bases must be a (N, K, Hb, Wb) tensor, got {_shape_of(bases)}")
+    if not isinstance(attns, Tensor) or attns.dim() != 4:
+        raise ValueError(f"blend: attns must be a (D, K, M, M) tensor, got {_shape_of(attns)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"blend: rois must be (D, 5) [batch_idx, x1, y1, x2, y2], got {tuple(rois.shape)}")
+    if attns.shape[1] != bases.shape[1]:
+        raise ValueError(f"blend: attns has K={attns.shape[1]} channels but bases has K={bases.shape[1]}")
+    if attns.shape[0] != rois.shape[0]:
+        raise ValueError(f"blend: attns has D={attns.shape[0]} rows but rois has D={rois.shape[0]}")
+    if not bases.is_floating_point():
+        raise ValueError(f"blend: bases must be floating point, got {bases.dtype}")
+    if attns.dtype != bases.dtype or rois.dtype != bases.dtype:
+        raise ValueError(
+            f"blend: bases, attns and rois must share one dtype, got {bases.dtype}, {attns.dtype} and {rois.dtype}"
+        )
+    if attns.device != bases.device or rois.device != bases.device:
+        raise ValueError(
+            f"blend: bases, attns and rois must be on one device, got {bases.device}, {attns.device} and {rois.device}"
+        )
+    if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
+        raise ValueError(f"blend: output_size must be an int >= 1, got {output_size!r}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int) or sampling_ratio < 0:
+        raise ValueError(f"blend: sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
+    if not (isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0):
+        raise ValueError(f"blend: spatial_scale must be a finite number > 0, got {spatial_scale!r}")
+    if top_interp not in TOP_INTERP_MODES:
+        raise ValueError(f"blend: top_interp must be one of {TOP_INTERP_MODES}, got {top_interp!r}")
+
+
+def _shape_of(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+
+
+def _check_roi_values(rois: Tensor, num_images: int) -> None:
+    """Value checks the fused op does in C++: finite coordinates, batch index in [0, N)."""
+    if rois.numel() == 0:
+        return
+    if not bool(torch.isfinite(rois).all()):
+        bad = int((~torch.isfinite(rois)).any(dim=1).nonzero()[0])
+        raise ValueError(f"blend: rois[{bad}] has a non-finite value ({rois[bad].tolist()})")
+    idx = rois[:, 0]
+    out_of_range = (idx < 0) | (idx >= num_images)
+    if bool(out_of_range.any()):
+        bad = int(out_of_range.nonzero()[0])
+        raise ValueError(f"blend: rois[{bad}] has batch index {float(idx[bad])} out of range for {num_images} images")
 
 
 def blend_reference(
@@ -43,35 +113,86 @@ def blend_reference(
 ) -> Tensor:
     """Unfused blender: crop, upsample, softmax over K, weighted sum.
 
-    Args:
-        bases: ``(N, K, Hb, Wb)`` bases.
-        attns: ``(D, K, M, M)`` attentions, one per roi.
-        rois: ``(D, 5)`` ``[batch_idx, x1, y1, x2, y2]`` in image pixels, or a list of
-            per-image ``(Di, 4)`` boxes.
-    Returns:
-        ``(D, R, R)`` mask logits with ``R = output_size``.
+    Same arguments and result as :func:`blend`; materialises four ``(D, K, R, R)`` tensors.
+    It checks shapes, dtypes and devices but not roi values (it must stay traceable for
+    ONNX export); :func:`blend` checks those.
     """
     rois = _rois_to_tensor(rois)
+    _check_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
     r = output_size
     cropped = roi_align(bases, rois, (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
     if top_interp == "bilinear":
         up = F.interpolate(attns, (r, r), mode="bilinear", align_corners=False)
     else:
         up = F.interpolate(attns, (r, r), mode="nearest")
-    weights = up.softmax(dim=1)
+    weights = up.softmax(dim=1)  # (D, K, R, R)
     return (weights * cropped).sum(dim=1)
 
 
-def blend(bases, attns, rois, output_size=56, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear"):
-    """Fused blender (bootstrap: forwards to the reference)."""
+def _fused_device_types() -> frozenset:
+    return frozenset(t for t in ("cpu", "cuda", "meta") if _extension.has_kernel(t))
+
+
+_FUSED_DEVICE_TYPES = _fused_device_types()
+
+
+def blend(
+    bases: Tensor,
+    attns: Tensor,
+    rois: RoIs,
+    output_size: int = 56,
+    spatial_scale: float = 0.25,
+    sampling_ratio: int = 1,
+    aligned: bool = True,
+    top_interp: str = "bilinear",
+) -> Tensor:
+    """Fused blender: RoIAlign crop of the bases, attention upsample, softmax over K, blend.
+
+    Args:
+        bases: ``(N, K, Hb, Wb)`` bases of N images at stride ``1 / spatial_scale``.
+        attns: ``(D, K, M, M)`` attentions, one per roi (M == 1 gives YOLACT-style
+            per-instance coefficients). Same dtype and device as ``bases``.
+        rois: ``(D, 5)`` ``[batch_idx, x1, y1, x2, y2]`` boxes in input-image pixels, or a
+            list of N per-image ``(Di, 4)`` ``[x1, y1, x2, y2]`` tensors (as torchvision's
+            ``roi_align``). Same dtype and device as ``bases``; no gradient flows to them.
+        output_size: R, the side of the output masks (>= 1).
+        spatial_scale: scale from image pixels to base pixels (0.25 for stride-4 bases).
+        sampling_ratio: samples per bin along each axis; 0 picks ``ceil(roi size / R)``.
+        aligned: shift boxes by -0.5 pixel (detectron2's ROIAlignV2) when True.
+        top_interp: ``"bilinear"`` (``align_corners=False``) or ``"nearest"`` upsampling of
+            the attentions, with ``F.interpolate`` semantics.
+
+    Returns:
+        ``(D, R, R)`` mask logits, differentiable w.r.t. ``bases`` and ``attns``.
+
+    Raises:
+        ValueError: wrong ranks or shapes, K or D mismatch, mixed dtypes or devices, a bad
+            scalar argument, NaN/inf box coordinates or a batch index outside ``[0, N)``.
+    """
+    rois = _rois_to_tensor(rois)
+    _check_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
+    if bases.device.type in _FUSED_DEVICE_TYPES:
+        # roi values are checked inside the op (it must stay graph-capturable)
+        return torch.ops.blendmask.blend.default(
+            bases, attns, rois, output_size, float(spatial_scale), sampling_ratio, bool(aligned), top_interp
+        )
+    _extension.warn_fallback_once(bases.device.type)
+    if not torch.compiler.is_compiling():
+        _check_roi_values(rois, bases.shape[0])
     return blend_reference(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp)
 
 
 class Blender(nn.Module):
-    """Holds the blender configuration and forwards to :func:`blend`."""
+    """Holds the blender configuration and forwards to :func:`blend`.
+
+    Keyword-only arguments are those of :func:`blend`. ``forward(bases (N, K, Hb, Wb),
+    attns (D, K, M, M), rois (D, 5) or list of (Di, 4)) -> (D, R, R)``.
+    """
 
     def __init__(self, *, output_size=56, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear"):
         super().__init__()
+        if top_interp not in TOP_INTERP_MODES:
+            raise ValueError(f"Blender: top_interp must be one of {TOP_INTERP_MODES}, got {top_interp!r}")
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -80,3 +201,56 @@ class Blender(nn.Module):
 
     def forward(self, bases: Tensor, attns: Tensor, rois: RoIs) -> Tensor:
         return blend(bases, attns, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.top_interp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
+            f"aligned={self.aligned}, top_interp={self.top_interp!r}"
+        )
+
+
+# --- torch.library registrations: fake (shape) kernels and autograd --------------------------
+
+
+def _blend_fake(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp):
+    torch._check(bases.dim() == 4 and attns.dim() == 4 and rois.dim() == 2, lambda: "blend: wrong ranks")
+    torch._check(attns.shape[1] == bases.shape[1], lambda: "blend: K mismatch between attns and bases")
+    torch._check(attns.shape[0] == rois.shape[0], lambda: "blend: D mismatch between attns and rois")
+    return bases.new_empty((rois.shape[0], output_size, output_size))
+
+
+def _blend_backward_fake(grad, bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp):
+    torch._check(grad.dim() == 3, lambda: "blend_backward: grad must be (D, R, R)")
+    return torch.empty_like(bases), torch.empty_like(attns)
+
+
+def _blend_setup_context(ctx, inputs: Sequence, output: Tensor) -> None:
+    bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp = inputs
+    ctx.save_for_backward(bases, attns, rois)
+    ctx.config = (output_size, spatial_scale, sampling_ratio, aligned, top_interp)
+
+
+def _blend_backward(ctx, grad: Tensor):
+    bases, attns, rois = ctx.saved_tensors
+    grad_bases, grad_attns = torch.ops.blendmask.blend_backward.default(grad, bases, attns, rois, *ctx.config)
+    return grad_bases, grad_attns, None, None, None, None, None, None
+
+
+def _no_double_backward(ctx, grad_bases, grad_attns):
+    raise RuntimeError(
+        "blendmask::blend does not support double backward (its backward op blend_backward is not differentiable); "
+        "use blend_reference if you need second-order gradients"
+    )
+
+
+def _no_double_backward_setup(ctx, inputs, output) -> None:
+    pass
+
+
+if _extension.extension_loaded():
+    torch.library.register_fake("blendmask::blend")(_blend_fake)
+    torch.library.register_fake("blendmask::blend_backward")(_blend_backward_fake)
+    torch.library.register_autograd("blendmask::blend", _blend_backward, setup_context=_blend_setup_context)
+    torch.library.register_autograd(
+        "blendmask::blend_backward", _no_double_backward, setup_context=_no_double_backward_setup
+    )
