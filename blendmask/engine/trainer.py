@@ -75,10 +75,12 @@ class Trainer:
             :func:`blendmask.data.build_train_loader`).
         num_workers: data-loader worker processes.
         show_progress: show a tqdm bar on rank 0.
+        extra_state: more entries for every checkpoint (e.g. ``class_names``); plain data only.
     """
 
     def __init__(self, *, model: nn.Module, cfg, train_dataset: Dataset, output_dir, evaluate: Optional[EvaluateFn] = None,
-                 device: Optional[torch.device] = None, seed: int = 0, num_workers: int = 0, show_progress: bool = True):
+                 device: Optional[torch.device] = None, seed: int = 0, num_workers: int = 0, show_progress: bool = True,
+                 extra_state: Optional[Dict[str, Any]] = None):
         self.cfg = cfg
         self.solver = cfg.solver
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,6 +90,7 @@ class Trainer:
         self.num_workers = num_workers
         self.show_progress = show_progress
         self.train_dataset = train_dataset
+        self.extra_state = dict(extra_state or {})
 
         world_size = get_world_size()
         if self.solver.ims_per_batch % world_size:
@@ -115,6 +118,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, iteration: int) -> Dict[str, Any]:
         return {
+            **self.extra_state,
             "model": self.model.state_dict(),
             "config": self.cfg.to_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -214,7 +218,8 @@ class Trainer:
         main = is_main_process()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.output_dir / "metrics.jsonl"
-        metrics_file = open(metrics_path, "a") if main else None
+        # A fresh run starts a new metrics file; a resumed one appends to it.
+        metrics_file = open(metrics_path, "a" if self.start_iter > 0 else "w") if main else None
 
         def log(record: Dict[str, Any]) -> None:
             if metrics_file is not None:

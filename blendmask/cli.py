@@ -1,0 +1,417 @@
+"""The ``blendmask`` command (also ``python -m blendmask``).
+
+Subcommands are registered in :data:`COMMANDS`: one ``(name, help, add_arguments, run)`` entry
+each, so adding one is a single function pair plus a table line. ``run(args)`` returns the exit
+code. User errors (bad paths, unknown config, bad override, malformed data...) print a one-line
+``error: ...`` to stderr and exit with status 1 (2 for command-line syntax errors); set
+``BLENDMASK_TRACEBACK=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+__all__ = ["main", "COMMANDS", "parse_overrides", "build_parser"]
+
+logger = logging.getLogger("blendmask")
+
+
+class UsageError(Exception):
+    """A command-line syntax error (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message instead of usage + message + ``SystemExit``."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["solver.max_iter=300", "input.min_size_train=(256,288)"]`` -> ``{dotted key: value}``.
+
+    Values are read as JSON (``300``, ``0.01``, ``true``, ``[256, 288]``, ``"text"``), then as a
+    Python literal (``(256, 288)``, ``True``), else kept as a plain string (``mobilenet_v2``).
+    """
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ValueError(f"bad override {item!r}: expected KEY=VALUE, e.g. solver.max_iter=300")
+        overrides[key] = _parse_value(text.strip())
+    return overrides
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _setup_logging() -> None:
+    from blendmask.engine.distributed import is_main_process
+
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _say(message: str = "") -> None:
+    """Print on rank 0 only."""
+    from blendmask.engine.distributed import is_main_process
+
+    if is_main_process():
+        print(message, flush=True)
+
+
+def _load_split(data: str, split: str, *, train_transforms: bool = False, hflip_prob: float = 0.5):
+    from blendmask.data import CocoInstanceDataset, RandomHorizontalFlip, resolve_split
+
+    ann_file, image_dir = resolve_split(data, split)
+    transforms = RandomHorizontalFlip(hflip_prob) if train_transforms and hflip_prob > 0 else None
+    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms)
+
+
+def _has_split(data: str, split: str) -> bool:
+    from blendmask.data import resolve_split
+
+    try:
+        resolve_split(data, split)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _backbone_weights(choice: str, cfg) -> Optional[str]:
+    """``auto`` -> the offline ImageNet weights for MobileNetV2, none for ResNets."""
+    if choice == "auto":
+        return "imagenet" if cfg.model.backbone.name == "mobilenet_v2" else None
+    return None if choice == "none" else choice
+
+
+def _eval_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+    return ", ".join(f"{task} AP={values['AP']:.3f} AP50={values['AP50']:.3f}"
+                     for task, values in metrics.items())
+
+
+# --------------------------------------------------------------------------- make-shapes
+
+def _add_make_shapes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output directory (annotations/instances_{train,val}.json + {train,val}/*.png)")
+    p.add_argument("--train", type=int, default=1000, help="number of training images (default 1000)")
+    p.add_argument("--val", type=int, default=100, help="number of validation images (default 100)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 64 (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed; the same arguments give identical files")
+    p.add_argument("--num-classes", type=int, default=4, help="shape classes, 1-4 (default 4)")
+
+
+def _run_make_shapes(args) -> int:
+    from blendmask.data import make_shapes
+
+    out = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+                      num_classes=args.num_classes, progress=True)
+    print(f"wrote {args.train} train + {args.val} val images to {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="lite_mobilenet_v2", help="preset name (default lite_mobilenet_v2)")
+    p.add_argument("--data", required=True,
+                   help="data set: a directory DIR/annotations/instances_{train,val}.json + DIR/{train,val}/, "
+                        "or a COCO JSON file")
+    p.add_argument("--output", default="runs/train", help="output directory (default runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--weights", help="initialise the model from this weights file (matching tensors only)")
+    p.add_argument("--backbone-weights", default="auto",
+                   help="'auto' (offline ImageNet weights for MobileNetV2), 'none', or a state-dict path")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set solver.max_iter=300 solver.base_lr=0.02")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+
+
+def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
+           weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0):
+    """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``."""
+    import torch
+
+    from blendmask.config import get_config
+    from blendmask.engine import Trainer
+    from blendmask.engine.distributed import device_for_rank
+    from blendmask.evaluation import evaluate_model
+    from blendmask.models import build_model
+
+    cfg = get_config(config, overrides)
+    train_set = _load_split(data, "train", train_transforms=True, hflip_prob=cfg.input.hflip_prob)
+    if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
+        raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
+                         f"{train_set.num_classes} categories")
+    cfg.model.num_classes = train_set.num_classes
+    val_set = _load_split(data, "val") if _has_split(data, "val") else None
+    output_dir = Path(output)
+    if not resume and (output_dir / "last_checkpoint").exists():
+        raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
+                              "or choose another --output")
+
+    def evaluate(model) -> Dict[str, Any]:
+        return evaluate_model(model, val_set, output_dir=output_dir / "eval", progress=False)
+
+    torch.manual_seed(seed)
+    device = device_for_rank()
+    model = build_model(cfg, weights_backbone=None if weights else _backbone_weights(backbone_weights, cfg))
+    trainer = Trainer(model=model, cfg=cfg, train_dataset=train_set, output_dir=output_dir,
+                      evaluate=evaluate if val_set is not None else None, device=device, seed=seed,
+                      num_workers=num_workers, extra_state={"class_names": train_set.class_names,
+                                                            "category_ids": train_set.category_ids})
+    if resume:
+        if not trainer.resume():
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
+    elif weights:
+        trainer.load_weights(weights)
+    _say(f"training {cfg.name} on {len(train_set)} images ({train_set.num_classes} classes) for "
+         f"{cfg.solver.max_iter} iterations, batch {cfg.solver.ims_per_batch}, output {output_dir}")
+    return trainer.train()
+
+
+def _run_train(args) -> int:
+    from blendmask.engine.distributed import destroy_distributed, device_for_rank, init_distributed
+
+    overrides = parse_overrides(args.overrides)
+    init_distributed(device_for_rank())
+    _setup_logging()
+    try:
+        result = _train(config=args.config, data=args.data, output=args.output, overrides=overrides,
+                        resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
+                        seed=args.seed, num_workers=args.num_workers)
+    finally:
+        destroy_distributed()
+    _say(f"final weights: {result.final_checkpoint}")
+    _say(f"metrics: {result.metrics_path}")
+    if result.loss_curve_path:
+        _say(f"loss curve: {result.loss_curve_path}")
+    if result.eval_results:
+        _say(f"val: {_eval_summary(result.eval_results)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="weights file written by 'blendmask train' or 'convert'")
+    p.add_argument("--data", required=True, help="data set directory or COCO JSON (as for train)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
+    p.add_argument("--output", help="where to write the results JSON and metrics (default: next to --weights)")
+
+
+def _evaluate(weights: str, data: str, split: str, output: Path) -> Dict[str, Dict[str, float]]:
+    from blendmask.engine import load_model_from_weights
+    from blendmask.evaluation import evaluate_model
+
+    model, cfg = load_model_from_weights(weights)
+    dataset = _load_split(data, split)
+    if dataset.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
+                         f"{dataset.num_classes} categories")
+    metrics = evaluate_model(model, dataset, output_dir=output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _run_eval(args) -> int:
+    from blendmask.evaluation import RESULTS_FILE, format_results_table
+
+    output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
+    metrics = _evaluate(args.weights, args.data, args.split, output)
+    print(format_results_table(metrics))
+    print(f"results: {output / RESULTS_FILE}")
+    print(f"metrics: {output / 'metrics.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--weights", required=True, help="weights file")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
+    p.add_argument("--show-bases", action="store_true",
+                   help="also draw the K bases and the attentions of the top instances")
+
+
+def _run_predict(args) -> int:
+    from blendmask.predict import Predictor, predict_files
+
+    predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold)
+    files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases)
+    for path in files.overlays + files.bases_figures:
+        print(path)
+    print(f"results: {files.results_json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- convert / bench
+
+def _add_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="AdelaiDet/detectron2 checkpoint (.pth or .pkl)")
+    p.add_argument("output", help="blendmask weights file to write")
+    p.add_argument("--config", required=True, help="preset the checkpoint was trained with, e.g. R_50_3x")
+
+
+def _run_convert(args) -> int:
+    from blendmask.convert import convert_checkpoint
+
+    convert_checkpoint(args.input, args.output, args.config)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="arguments of the blender benchmark ('blendmask bench --help' lists them)")
+
+
+def _run_bench(args) -> int:
+    from blendmask.bench import main as bench_main
+
+    return int(bench_main(args.bench_args) or 0)
+
+
+# --------------------------------------------------------------------------- demo
+
+# Built-in demo: data set size and the solver/input overrides of the lite preset. "--fast" is a
+# smoke run (a minute on a laptop) that exercises every step; its AP is meaningless.
+DEMO_DATA = {"train": 1000, "val": 100, "size": 256, "seed": 0}
+DEMO_OVERRIDES: Dict[str, Any] = {}
+FAST_DATA = {"train": 16, "val": 4, "size": 128, "seed": 0}
+FAST_OVERRIDES: Dict[str, Any] = {
+    "solver.max_iter": 8, "solver.warmup_iters": 2, "solver.steps": (6,), "solver.ims_per_batch": 2,
+    "solver.checkpoint_period": 0, "input.min_size_train": (128,), "input.max_size_train": 128,
+    "input.min_size_test": 128, "input.max_size_test": 128,
+}
+DEMO_PREDICT_IMAGES = 4
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="runs/demo", help="output directory, replaced if it exists (default runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a tiny smoke run of every step (meaningless AP)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for the training run")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+
+
+def _run_demo(args) -> int:
+    from blendmask.data import make_shapes
+    from blendmask.evaluation import RESULTS_FILE, format_results_table
+    from blendmask.predict import Predictor, predict_files
+
+    _setup_logging()
+    extra = parse_overrides(args.overrides)
+    data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (DEMO_DATA, DEMO_OVERRIDES)
+    overrides = {**overrides, **extra}
+    out = Path(args.output)
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    print(f"[1/4] generating the synthetic shapes set ({data_args['train']} train + {data_args['val']} val, "
+          f"{data_args['size']} px) in {out / 'data'}", flush=True)
+    data = make_shapes(out / "data", train=data_args["train"], val=data_args["val"], size=data_args["size"],
+                       seed=data_args["seed"], progress=True)
+    print("[2/4] training lite_mobilenet_v2 on the CPU", flush=True)
+    result = _train(config="lite_mobilenet_v2", data=str(data), output=str(out / "train"), overrides=overrides)
+    print("[3/4] evaluating on the val split", flush=True)
+    metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
+    print("[4/4] predicting on a few val images", flush=True)
+    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
+    predictor = Predictor.from_weights(result.final_checkpoint, score_threshold=0.3)
+    files = predict_files(predictor, val_images, out / "predictions", show_bases=True)
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print(format_results_table(metrics))
+    print()
+    segm = metrics["segm"]
+    print(f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} on {data_args['val']} val images "
+          f"(goal: AP >= 0.50, AP50 >= 0.85); total time {minutes:.1f} min")
+    print(f"weights:      {result.final_checkpoint}")
+    print(f"loss curve:   {result.loss_curve_path}")
+    print(f"results JSON: {out / 'eval' / RESULTS_FILE}")
+    print("pictures:")
+    for path in files.overlays + files.bases_figures:
+        print(f"  {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- registry and main
+
+class Command(NamedTuple):
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    add_help: bool = True
+
+
+COMMANDS: List[Command] = [
+    Command("make-shapes", "generate the built-in synthetic shapes data set (COCO JSON + PNG)",
+            _add_make_shapes, _run_make_shapes),
+    Command("train", "train a model (single process, or under torchrun for DDP)", _add_train, _run_train),
+    Command("eval", "COCO bbox + segm evaluation of a weights file on a data set", _add_eval, _run_eval),
+    Command("predict", "predict on images: overlay PNGs + results JSON", _add_predict, _run_predict),
+    Command("convert", "convert an AdelaiDet checkpoint to a blendmask weights file", _add_convert, _run_convert),
+    Command("bench", "run the blender benchmark (fused vs reference)", _add_bench, _run_bench, add_help=False),
+    Command("demo", "the README's main job: data, CPU training, evaluation and predictions", _add_demo, _run_demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="blendmask", description="BlendMask instance segmentation.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                    add_help=command.add_help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``blendmask`` console script; returns the exit status."""
+    from blendmask.engine.trainer import NonFiniteLossError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (NonFiniteLossError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
+        if os.environ.get("BLENDMASK_TRACEBACK"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1

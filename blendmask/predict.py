@@ -1,0 +1,144 @@
+"""Prediction on image files: run a trained model, write an overlay PNG per image, a JSON of the
+results, and optionally a picture of the bases and the attentions of the top instances."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
+from torch import nn
+
+__all__ = ["Predictor", "PredictionFiles", "read_image", "predict_files", "RESULTS_JSON"]
+
+RESULTS_JSON = "predictions.json"
+PathLike = Union[str, os.PathLike]
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """Read an image file as ``Tensor(3, H, W)`` float RGB in ``[0, 1]`` (EXIF orientation applied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            array = np.asarray(img, dtype=np.uint8).copy()
+    except Exception as exc:  # PIL raises several types for unreadable files
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+class Predictor:
+    """A model plus its class names and a score threshold.
+
+    Args:
+        model: a BlendMask (or any model with the same eval outputs).
+        class_names: name of every contiguous label.
+        score_threshold: detections scoring below it are dropped.
+        device: where the model runs.
+    """
+
+    def __init__(self, *, model: nn.Module, class_names: Sequence[str], score_threshold: float = 0.3,
+                 device: Union[str, torch.device] = "cpu"):
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        self.model = model.to(device).eval()
+        self.class_names = list(class_names)
+        self.score_threshold = score_threshold
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_weights(cls, path: PathLike, *, score_threshold: float = 0.3,
+                     device: Union[str, torch.device] = "cpu") -> "Predictor":
+        """Build the model from a weights file's embedded config; class names come from the file
+        (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
+        from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
+
+        model, cfg = load_model_from_weights(path, device=device)
+        names = load_checkpoint(path).get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
+        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, *, internals: bool = False) -> Dict[str, torch.Tensor]:
+        """Detections of one ``(3, H, W)`` image above the score threshold, on the CPU:
+        ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities,
+        and with ``internals`` also ``bases (K, Hb, Wb)`` and ``attns (n, K, M, M)``."""
+        previous = getattr(self.model, "return_internals", False)
+        self.model.return_internals = internals
+        try:
+            result = self.model([image.to(self.device)])[0]
+        finally:
+            self.model.return_internals = previous
+        keep = result["scores"] >= self.score_threshold
+        out = {k: v[keep].cpu() for k, v in result.items() if k != "bases"}
+        if internals:
+            out["bases"] = result["bases"].cpu()
+        return out
+
+
+def _instances_json(result: Dict[str, torch.Tensor], class_names: Sequence[str]) -> List[Dict[str, Any]]:
+    instances = []
+    binary = (result["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
+    for i in range(result["boxes"].shape[0]):
+        rle = mask_utils.encode(np.asfortranarray(binary[i]))
+        label = int(result["labels"][i])
+        instances.append({
+            "label": label,
+            "class_name": class_names[label] if label < len(class_names) else f"class_{label}",
+            "score": round(float(result["scores"][i]), 5),
+            "box_xyxy": [round(float(v), 2) for v in result["boxes"][i]],
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": int(binary[i].sum()),
+        })
+    return instances
+
+
+@dataclass
+class PredictionFiles:
+    """Files written by :func:`predict_files`."""
+
+    results_json: Path
+    overlays: List[Path] = field(default_factory=list)
+    bases_figures: List[Path] = field(default_factory=list)
+
+
+def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: PathLike, *,
+                  show_bases: bool = False, top_instances: int = 4) -> PredictionFiles:
+    """Predict every image; write ``<stem>_pred.png`` overlays (masks in distinct colours, boxes,
+    class names and scores), ``predictions.json``, and with ``show_bases`` a ``<stem>_bases.png``
+    showing the K bases and the attentions of the ``top_instances`` best detections."""
+    from blendmask.visualize import draw_bases_and_attentions, draw_instances
+
+    if not image_paths:
+        raise ValueError("no images given")
+    images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = PredictionFiles(results_json=out_dir / RESULTS_JSON)
+    records = []
+    stems: Dict[str, int] = {}
+    for path, image in zip(image_paths, images):
+        result = predictor(image, internals=show_bases)
+        stem = Path(path).stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # two inputs with the same name from different folders
+            stem = f"{stem}_{stems[stem]}"
+        overlay = out_dir / f"{stem}_pred.png"
+        draw_instances(image, result, class_names=predictor.class_names, path=overlay)
+        files.overlays.append(overlay)
+        if show_bases:
+            figure = out_dir / f"{stem}_bases.png"
+            draw_bases_and_attentions(image, result, path=figure, top_k=top_instances,
+                                      class_names=predictor.class_names)
+            files.bases_figures.append(figure)
+        records.append({"file": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
+                        "overlay": str(overlay), "instances": _instances_json(result, predictor.class_names)})
+    files.results_json.write_text(json.dumps({"score_threshold": predictor.score_threshold,
+                                              "class_names": predictor.class_names, "images": records}, indent=1))
+    return files
