@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -339,12 +340,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         h, w = info["height"], info["width"]
         boxes = torch.zeros((len(anns), 4), dtype=torch.float32)
         labels = torch.zeros((len(anns),), dtype=torch.int64)
-        masks = torch.zeros((len(anns), h, w), dtype=torch.uint8)
         for i, ann in enumerate(anns):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             boxes[i] = torch.tensor([x, y, x + bw, y + bh])
             labels[i] = self._label_of[ann["category_id"]]
-            masks[i] = torch.from_numpy(_decode_segmentation(ann["segmentation"], h, w))
+        masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
         return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(info["id"])}
@@ -362,12 +362,21 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         )
 
 
-def _decode_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
-    """Decode a validated COCO segmentation (polygons or RLE) into an ``(h, w)`` uint8 mask."""
+def _to_rle(seg: Any, h: int, w: int) -> Dict[str, Any]:
+    """A validated COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE."""
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    elif isinstance(seg["counts"], list):
-        rle = mask_utils.frPyObjects(seg, h, w)
-    else:
-        rle = seg
-    return mask_utils.decode(rle).astype(np.uint8)
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg["counts"], list):
+        return mask_utils.frPyObjects(seg, h, w)
+    return seg
+
+
+def _decode_segmentations(segs: Sequence[Any], h: int, w: int) -> torch.Tensor:
+    """Decode validated segmentations into ``(n, h, w)`` uint8 masks."""
+    if not segs:
+        return torch.zeros((0, h, w), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # pycocotools' Cython decoder trips a NumPy 2 DeprecationWarning on every call; harmless.
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        masks = mask_utils.decode([_to_rle(seg, h, w) for seg in segs])  # (h, w, n) Fortran order
+    return torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1)))
