@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from blendmask.data import CocoInstanceDataset, build_test_loader, make_shapes, resolve_split
+from blendmask.data import CocoInstanceDataset, RandomHorizontalFlip, build_test_loader, make_shapes, resolve_split
 from blendmask.evaluation import MAIN_METRICS, RESULTS_FILE, COCOEvaluator, evaluate_model, format_results_table
 
 from _data_utils import box_of, rle_of, write_coco
@@ -156,6 +156,9 @@ def test_evaluate_model_runs_the_model_and_restores_train_mode(val_set, tmp_path
     assert model.training and not model.queue
     assert metrics["segm"]["AP"] == pytest.approx(1.0) and metrics["bbox"]["AP50"] == pytest.approx(1.0)
     assert (tmp_path / RESULTS_FILE).is_file()
+    flipping = CocoInstanceDataset(val_set.ann_file, val_set.image_dir, transforms=RandomHorizontalFlip(0.5))
+    with pytest.raises(ValueError, match="transforms=None"):
+        evaluate_model(model, flipping, progress=False)
 
 
 def _distributed_worker(rank, world_size, init_file, ann_file, image_dir, out_dir, queue):

@@ -263,6 +263,11 @@ def evaluate_model(
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics.
     """
+    if getattr(dataset, "transforms", None) is not None:
+        raise ValueError(
+            "evaluate_model: the dataset has transforms; the ground truth is the untransformed file, "
+            "so build the evaluation dataset with transforms=None"
+        )
     evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
