@@ -15,7 +15,8 @@ bbox and area of the visible mask, ``iscrowd`` 0. Instance masks of one image ar
 
 Shapes span about 18-40% of the image side (at least ~20 px across their narrowest part at
 S = 256). Every image is generated from its own RNG seeded by ``(seed, split, index)``, so the same
-arguments give byte-identical files, and image ``i`` of a split does not depend on the split sizes.
+arguments give byte-identical files (pixel-identical across NumPy/Pillow/zlib versions that keep
+their RNG streams and encoders), and image ``i`` of a split does not depend on the split sizes.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def make_shapes(
             )
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels).save(image_dir / file_name, format="PNG")
+            Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             for label, mask in instances:
                 annotations.append(_annotation(len(annotations) + 1, image_id, label + 1, mask))
@@ -154,7 +155,7 @@ def render_shapes_image(
             vis &= ~mask
         colour = _distinct_colour(rng, used_colours)
         used_colours.append(colour)
-        canvas[mask] = _texture(rng, colour, xx, yy)[mask]
+        canvas[mask] = _texture(rng, colour, xx[mask], yy[mask])
         labels.append(label)
         full_areas.append(int(mask.sum()))
         visible.append(mask)
@@ -186,21 +187,22 @@ def _background(rng: np.random.Generator, colour: np.ndarray, xx: np.ndarray, yy
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / size - 0.5  # about [-0.7, 0.7]
     canvas = colour[None, None, :] + rng.uniform(10, 30) * ramp[..., None]
-    return canvas + rng.normal(0.0, 5.0, size=canvas.shape).astype(np.float32)
+    return canvas + 5.0 * rng.standard_normal(canvas.shape, dtype=np.float32)
 
 
-def _texture(rng: np.random.Generator, colour: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-    """Full-canvas texture of one object, (S, S, 3) float: solid, stripes or noise."""
+def _texture(rng: np.random.Generator, colour: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Texture of one object at pixel centres ``(xs, ys)`` (each (P,)), as (P, 3) float: solid,
+    stripes or noise."""
     kind = rng.choice(3, p=[0.4, 0.3, 0.3])
-    base = np.broadcast_to(colour, xx.shape + (3,))
+    base = np.broadcast_to(colour, xs.shape + (3,))
     if kind == 0:  # solid
-        return base + rng.normal(0.0, 3.0, size=base.shape)
+        return base + 3.0 * rng.standard_normal(base.shape, dtype=np.float32)
     if kind == 1:  # stripes of the colour and a darker shade
         angle, period = rng.uniform(0, np.pi), rng.uniform(6.0, 12.0)
-        phase = (np.cos(angle) * xx + np.sin(angle) * yy) / period
-        dark = (np.floor(phase) % 2 == 1)[..., None]
+        phase = (np.cos(angle) * xs + np.sin(angle) * ys) / period
+        dark = (np.floor(phase) % 2 == 1)[:, None]
         return np.where(dark, base * 0.6, base)
-    return base + rng.normal(0.0, 22.0, size=base.shape)  # noise
+    return base + 22.0 * rng.standard_normal(base.shape, dtype=np.float32)  # noise
 
 
 def _shape_mask(rng: np.random.Generator, label: int, size: int, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
