@@ -71,25 +71,22 @@ class TrainingSampler(Sampler[Tuple[int, int]]):
     Args:
         size: dataset length (> 0).
         seed: base seed of the order and of the per-sample seeds.
-        shuffle: permute every epoch (False: 0, 1, ..., size-1 repeated).
         rank, world_size: this process's place in the global stream.
         start: number of samples this rank has already consumed (fast-forward).
     """
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler: size must be positive, got {size} (empty dataset?)")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(f"TrainingSampler: need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         if start < 0:
             raise ValueError(f"TrainingSampler: start must be >= 0, got {start}")
-        self.size, self.seed, self.shuffle = int(size), int(seed), bool(shuffle)
+        self.size, self.seed = int(size), int(seed)
         self.rank, self.world_size, self.start = int(rank), int(world_size), int(start)
 
     def epoch_order(self, epoch: int) -> List[int]:
-        """The global order of the dataset indices in ``epoch``."""
-        if not self.shuffle:
-            return list(range(self.size))
+        """The global order of the dataset indices in ``epoch`` (a seeded permutation)."""
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, "epoch", epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
@@ -150,7 +147,6 @@ def build_train_loader(
     seed: int,
     distributed: Optional[bool] = None,
     start_iter: int = 0,
-    shuffle: bool = True,
 ) -> DataLoader:
     """An infinite training loader of ``(list[image], list[target])`` batches.
 
@@ -167,7 +163,7 @@ def build_train_loader(
         raise ValueError(f"build_train_loader: start_iter must be >= 0, got {start_iter}")
     rank, world_size = dist_rank_and_world_size(distributed)
     sampler = TrainingSampler(
-        len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size, start=start_iter * batch_size
+        len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size
     )
     return DataLoader(
         _SeededSamples(dataset),
