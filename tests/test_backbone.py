@@ -7,7 +7,6 @@ from torch import nn
 import torchvision
 
 from blendmask.config import BackboneConfig, get_config, list_configs
-from blendmask.models import backbone as backbone_pkg
 from blendmask.models.backbone import FrozenBatchNorm2d, build_backbone, get_norm
 from blendmask.models.backbone import mobilenet as mobilenet_mod
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from functools import partial
 from pathlib import Path
 from typing import Dict
 
@@ -41,7 +42,7 @@ class MobileNetV2Body(nn.Module):
 
     def __init__(self, *, norm: str):
         super().__init__()
-        full = MobileNetV2(norm_layer=lambda c: get_norm(norm, c))
+        full = MobileNetV2(norm_layer=partial(get_norm, norm))
         self.features = nn.Sequential(*list(full.features.children())[:_NUM_FEATURES])
         self.out_channels = {"res3": 32, "res4": 96, "res5": 320}
         self.strides = {"res3": 8, "res4": 16, "res5": 32}

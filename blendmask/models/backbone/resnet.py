@@ -11,6 +11,7 @@ Both return ``{"res3": (N, 512, H/8, W/8), "res4": (N, 1024, H/16, W/16),
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, List, Optional
 
 import torch
@@ -112,7 +113,7 @@ class TorchvisionResNet(ResNet):
     def __init__(self, *, name: str, norm: str):
         if name not in RESNET_DEPTHS:
             raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
-        super().__init__(Bottleneck, list(RESNET_DEPTHS[name]), norm_layer=lambda c: get_norm(norm, c))
+        super().__init__(Bottleneck, list(RESNET_DEPTHS[name]), norm_layer=partial(get_norm, norm))
         del self.avgpool, self.fc
         self.out_channels = dict(RESNET_OUT_CHANNELS)
         self.strides = dict(RESNET_STRIDES)
