@@ -143,3 +143,10 @@ def test_untrusted_pickle_is_refused(tmp_path):
         pickle.dump({"model": _Payload()}, handle, protocol=2)
     with pytest.raises(ValueError, match="weights_only=True"):
         convert_checkpoint(path, tmp_path / "out.pth", "R_50_3x")
+
+
+def test_r101_checkpoint_loads_strictly():
+    model = build_model(get_config("R_101_3x"))
+    matched, report = match_state_dict(from_adelaidet(adelaidet_state_dict(depth=101)), model.state_dict())
+    assert report.ok, report.summary()
+    model.load_state_dict(matched, strict=True)
