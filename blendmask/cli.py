@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
+from blendmask.deploy.export_cli import EXPORT_HELP, add_export_arguments, export_onnx_cli
+
 __all__ = ["main", "COMMANDS", "parse_overrides", "build_parser"]
 
 logger = logging.getLogger("blendmask")
@@ -378,6 +380,7 @@ COMMANDS: List[Command] = [
     Command("convert", "convert an AdelaiDet checkpoint to a blendmask weights file", _add_convert, _run_convert),
     Command("bench", "run the blender benchmark (fused vs reference)", _add_bench, _run_bench, add_help=False),
     Command("demo", "the README's main job: data, CPU training, evaluation and predictions", _add_demo, _run_demo),
+    Command("export-onnx", EXPORT_HELP, add_export_arguments, export_onnx_cli),
 ]
 
 

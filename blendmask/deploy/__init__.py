@@ -1,2 +1,26 @@
-"""Deployment: ONNX export of the whole inference graph, the onnxruntime predictor, and the
-traceable inference graph shared by ONNX export and ``torch.export``."""
+"""Deployment of BlendMask.
+
+- :func:`export_onnx` writes the whole inference graph (backbone, FCOS, decoding + NMS, basis
+  module, blender in standard ops) to ONNX; :class:`OnnxPredictor` runs it with onnxruntime and
+  returns what the PyTorch model returns.
+- :class:`InferenceGraph` is the traceable inference path shared by the ONNX export and
+  ``torch.export`` (which keeps the fused ``blendmask::blend`` op).
+- :func:`postprocess_detections` maps the graphs' raw outputs back into the original image.
+"""
+from .export_cli import add_export_arguments, add_export_parser, export_onnx_cli
+from .graph import InferenceGraph
+from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
+from .postprocess import postprocess_detections
+from .predictor import OnnxPredictor
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "InferenceGraph",
+    "OnnxPredictor",
+    "add_export_arguments",
+    "add_export_parser",
+    "export_onnx",
+    "export_onnx_cli",
+    "postprocess_detections",
+]

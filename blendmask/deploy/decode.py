@@ -21,9 +21,14 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from blendmask.models.fcos.inference import clip_boxes
-
 __all__ = ["class_aware_nms", "decode_detections"]
+
+
+def _clip_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
+    """Clip ``(n, 4)`` xyxy boxes to ``[0, w] x [0, h]``; ``image_size`` is a ``(2,)`` float ``[h, w]``
+    tensor (a traced input, unlike the Python ints of ``clip_boxes`` in the eager model)."""
+    upper = torch.stack([image_size[1], image_size[0], image_size[1], image_size[0]])
+    return torch.minimum(boxes.clamp(min=0), upper)
 
 
 def class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -52,7 +57,7 @@ def decode_detections(
     locations: Sequence[Tensor],
     strides: Sequence[int],
     extras: Sequence[Tensor],
-    image_size: Sequence[int],
+    image_size: Tensor,
     *,
     score_thresh: float,
     thresh_with_ctr: bool,
@@ -69,7 +74,7 @@ def decode_detections(
         locations: per level ``(Hl * Wl, 2)`` location coordinates.
         strides: per level stride.
         extras: per level ``(E, Hl, Wl)`` features gathered at the kept locations.
-        image_size: ``(height, width)`` the boxes are clipped to (ints or symbolic ints).
+        image_size: ``(2,)`` float ``[height, width]`` the boxes are clipped to.
     Returns:
         dict with ``boxes (n, 4)`` clipped xyxy, ``scores (n,)`` = sqrt(cls * ctr),
         ``labels (n,)`` int64 and ``extras (n, E)``, sorted by decreasing score, ``n <= post_nms_topk``.
@@ -99,7 +104,7 @@ def decode_detections(
     labels = torch.cat(all_labels)
     keep = class_aware_nms(boxes, scores, labels, nms_thresh)[:post_nms_topk]
     return {
-        "boxes": clip_boxes(boxes[keep], (image_size[0], image_size[1])),
+        "boxes": _clip_boxes(boxes[keep], image_size),
         "scores": scores[keep],
         "labels": labels[keep],
         "extras": torch.cat(all_extras)[keep],
