@@ -130,12 +130,14 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
         if stems[stem] > 1:  # two inputs with the same name from different folders
             stem = f"{stem}_{stems[stem]}"
         overlay = out_dir / f"{stem}_pred.png"
-        draw_instances(image, result, class_names=predictor.class_names, path=overlay)
+        draw_instances(image, result, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
         files.overlays.append(overlay)
         if show_bases:
             figure = out_dir / f"{stem}_bases.png"
-            draw_bases_and_attentions(image, result, path=figure, top_k=top_instances,
-                                      class_names=predictor.class_names)
+            titles = [f"{predictor.class_names[int(label)]} {float(score):.2f}"
+                      for label, score in zip(result["labels"], result["scores"])]
+            draw_bases_and_attentions(result["bases"], result["attns"], max_instances=top_instances,
+                                      instance_titles=titles).save(figure)
             files.bases_figures.append(figure)
         records.append({"file": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
                         "overlay": str(overlay), "instances": _instances_json(result, predictor.class_names)})

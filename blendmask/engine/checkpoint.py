@@ -144,7 +144,7 @@ def load_model_from_weights(path: PathLike, *, device: Union[str, torch.device] 
     if "config" not in data:
         raise ValueError(f"{path} has no embedded 'config'; convert AdelaiDet checkpoints with `blendmask convert`")
     cfg = BlendMaskConfig.from_dict(data["config"])
-    model = build_model(cfg, weights_backbone=False)
+    model = build_model(cfg, weights_backbone=None)
     missing, unexpected = model.load_state_dict(data["model"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not match its config {cfg.name!r}: missing keys {missing[:5]}, "

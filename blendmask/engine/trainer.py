@@ -279,30 +279,12 @@ class Trainer:
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> Optional[Path]:
-    """Plot every ``loss*`` series of a ``metrics.jsonl`` file (and the learning rate) to a PNG."""
-    import matplotlib
+    """Plot the loss terms and the learning rate of a ``metrics.jsonl`` file to a PNG (one panel each)."""
+    from blendmask.visualize import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    records = [r for r in records if "loss_total" in r]
-    if not records:
+    with open(metrics_path) as handle:
+        first = next((json.loads(line) for line in handle if '"loss_total"' in line), None)
+    if first is None:
         return None
-    iterations = [r["iteration"] for r in records]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for key in sorted(k for k in records[0] if k.startswith("loss")):
-        ax_loss.plot(iterations, [r.get(key, float("nan")) for r in records], label=key,
-                     linewidth=2 if key == "loss_total" else 1)
-    ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend(fontsize=8)
-    ax_loss.grid(alpha=0.3)
-    ax_lr.plot(iterations, [r["lr"] for r in records], color="black")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("iteration")
-    ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return Path(png_path)
+    keys = ["loss_total"] + sorted(k for k in first if k.startswith("loss") and k != "loss_total") + ["lr"]
+    return Path(plot_curves(metrics_path, png_path, keys))
