@@ -99,7 +99,7 @@ __device__ __forceinline__ acc_t attention_max(const scalar_t* attn, const Pixel
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kForwardThreads) blend_forward_kernel(
+__global__ void blend_forward_kernel(
     const scalar_t* __restrict__ bases, const scalar_t* __restrict__ attns, const scalar_t* __restrict__ rois,
     scalar_t* __restrict__ output, Dims n, at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -140,7 +140,7 @@ __device__ __forceinline__ void scatter_bilinear(
 }
 
 template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kBackwardThreads) blend_backward_kernel(
+__global__ void blend_backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ bases, const scalar_t* __restrict__ attns,
     const scalar_t* __restrict__ rois, at::opmath_type<scalar_t>* __restrict__ grad_bases,
     at::opmath_type<scalar_t>* __restrict__ grad_attns, Dims n, at::opmath_type<scalar_t> spatial_scale,

@@ -1,0 +1,357 @@
+"""Blender benchmark: fused op vs the unfused reference (DESIGN.md section 5).
+
+For every instance count D it measures, side by side in one process:
+- latency of the forward and of forward+backward (median of interleaved repeats; CUDA
+  events and synchronisation on the GPU);
+- peak extra memory of each: on CUDA ``torch.cuda.max_memory_allocated`` above the
+  baseline; on the CPU the peak resident set size above the baseline (``VmHWM`` after
+  resetting it through ``/proc/self/clear_refs``), with glibc's dynamic mmap threshold
+  pinned so every buffer >= 128 KiB is mapped on allocation and unmapped on free. This
+  counts every byte the call touches, the op's own scratch buffers included.
+
+It writes ``blender_<device>.json`` and a log-log plot ``blender_<device>.png`` to the
+output folder, logs to ``bench_blender.log`` there, and prints the table and the ratios at
+D=100. Run it with ``blendmask bench`` or ``python benchmarks/bench_blender.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from blendmask import _extension
+from blendmask.ops import blend, blend_reference
+
+__all__ = ["main", "run_benchmark", "BenchConfig"]
+
+LOG = logging.getLogger("blendmask.bench")
+DEFAULT_COUNTS = (1, 10, 50, 100, 200, 500, 1000)
+GOALS = {"forward_speedup": 4.0, "forward_backward_speedup": 8.0, "memory_ratio": 0.25}
+_MIB = 2.0**20
+
+
+@dataclass
+class BenchConfig:
+    """What to measure. Defaults are DESIGN.md's: K=4, R=56, M=14, bases 1x4x200x304 (stride 4)."""
+
+    counts: Sequence[int] = DEFAULT_COUNTS
+    num_bases: int = 4  # K
+    output_size: int = 56  # R
+    attn_size: int = 14  # M
+    base_height: int = 200
+    base_width: int = 304
+    spatial_scale: float = 0.25
+    sampling_ratio: int = 1
+    aligned: bool = True
+    top_interp: str = "bilinear"
+    min_time: float = 0.5  # seconds of timed work per (D, implementation, mode)
+    min_repeats: int = 3
+    max_repeats: int = 30
+    seed: int = 0
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def make_problem(cfg: BenchConfig, num_rois: int, device: torch.device):
+    """Bases ``(1, K, Hb, Wb)``, attentions ``(D, K, M, M)``, rois ``(D, 5)`` and an upstream gradient ``(D, R, R)``."""
+    g = torch.Generator().manual_seed(cfg.seed + num_rois)
+    k, m, r = cfg.num_bases, cfg.attn_size, cfg.output_size
+    bases = torch.randn(1, k, cfg.base_height, cfg.base_width, generator=g)
+    attns = 2 * torch.randn(num_rois, k, m, m, generator=g)
+    image_h, image_w = cfg.base_height / cfg.spatial_scale, cfg.base_width / cfg.spatial_scale
+    size = torch.exp(torch.empty(num_rois, 2).uniform_(math.log(24), math.log(500), generator=g))  # box w, h
+    x1 = torch.rand(num_rois, generator=g) * (image_w - size[:, 0])
+    y1 = torch.rand(num_rois, generator=g) * (image_h - size[:, 1])
+    rois = torch.stack([torch.zeros(num_rois), x1, y1, x1 + size[:, 0], y1 + size[:, 1]], dim=1)
+    grad = torch.randn(num_rois, r, r, generator=g)
+    return [t.to(device) for t in (bases, attns, rois, grad)]
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+class _Timer:
+    """Wall-clock on the CPU, CUDA events on the GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        """Milliseconds for one call of ``fn``."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def _pin_glibc_mmap_threshold() -> bool:
+    """Make glibc map every allocation >= 128 KiB with mmap and unmap it on free, so the RSS
+    follows large allocations exactly (setting the thresholds disables their dynamic growth)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
+
+
+def _rss() -> Dict[str, int]:
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                values[key] = int(value.split()[0]) * 1024
+    return values
+
+
+def _cpu_peak_memory_supported() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM" in _rss()
+    except OSError:
+        return False
+
+
+def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes allocated by one call of ``fn`` above what was live before it (results included)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _rss()["VmRSS"]
+        result = fn()
+        peak = _rss()["VmHWM"] - base
+    del result
+    return float(max(peak, 0))
+
+
+def _calls(cfg: BenchConfig, bases, attns, rois, grad):
+    """The four measured callables: {impl: {mode: fn}}."""
+    kw = dict(output_size=cfg.output_size, spatial_scale=cfg.spatial_scale, sampling_ratio=cfg.sampling_ratio,
+              aligned=cfg.aligned, top_interp=cfg.top_interp)
+    bases_g = bases.clone().requires_grad_(True)
+    attns_g = attns.clone().requires_grad_(True)
+
+    def forward(impl):
+        return lambda: impl(bases, attns, rois, **kw)
+
+    def forward_backward(impl):
+        return lambda: torch.autograd.grad(impl(bases_g, attns_g, rois, **kw), (bases_g, attns_g), grad)
+
+    return {
+        "reference": {"forward": forward(blend_reference), "forward_backward": forward_backward(blend_reference)},
+        "fused": {"forward": forward(blend), "forward_backward": forward_backward(blend)},
+    }
+
+
+def measure_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict:
+    """Latency (ms, median) and peak extra memory (bytes) of both implementations at one D."""
+    calls = _calls(cfg, *make_problem(cfg, num_rois, device))
+    timer = _Timer(device)
+    flat = [(impl, mode, fn) for impl, modes in calls.items() for mode, fn in modes.items()]
+    for _, _, fn in flat:  # warm-up (and first-call costs) outside the measurement
+        fn()
+    slowest = max(timer(fn) for _, _, fn in flat)
+    repeats = int(min(cfg.max_repeats, max(cfg.min_repeats, math.ceil(cfg.min_time / max(slowest / 1e3, 1e-6)))))
+    samples: Dict[tuple, List[float]] = {(impl, mode): [] for impl, mode, _ in flat}
+    for _ in range(repeats):  # interleaved, so shared-machine load hits both alike
+        for impl, mode, fn in flat:
+            samples[(impl, mode)].append(timer(fn))
+    row = {"D": num_rois, "repeats": repeats}
+    for impl, mode, fn in flat:
+        row[f"{impl}_{mode}_ms"] = statistics.median(samples[(impl, mode)])
+        row[f"{impl}_{mode}_peak_bytes"] = peak_extra_memory(fn, device)
+    return row
+
+
+def summarise(rows: List[dict], at: int = 100) -> Optional[dict]:
+    """Ratios at D=``at``: speed-ups of the fused op and its memory as a fraction of the reference."""
+    match = [r for r in rows if r["D"] == at]
+    if not match:
+        return None
+    r = match[0]
+    summary = {
+        "D": at,
+        "forward_speedup": r["reference_forward_ms"] / r["fused_forward_ms"],
+        "forward_backward_speedup": r["reference_forward_backward_ms"] / r["fused_forward_backward_ms"],
+        "memory_ratio": r["fused_forward_backward_peak_bytes"] / max(r["reference_forward_backward_peak_bytes"], 1.0),
+        "forward_memory_ratio": r["fused_forward_peak_bytes"] / max(r["reference_forward_peak_bytes"], 1.0),
+    }
+    summary["goals"] = GOALS
+    summary["goals_met"] = {
+        "forward_speedup": summary["forward_speedup"] >= GOALS["forward_speedup"],
+        "forward_backward_speedup": summary["forward_backward_speedup"] >= GOALS["forward_backward_speedup"],
+        "memory_ratio": summary["memory_ratio"] <= GOALS["memory_ratio"],
+    }
+    return summary
+
+
+def scaling_exponent(rows: List[dict], key: str, lo: int = 100) -> Optional[float]:
+    """Least-squares slope of log(latency) against log(D) for D >= ``lo`` (1.0 = linear)."""
+    pts = [(math.log(r["D"]), math.log(r[key])) for r in rows if r["D"] >= lo and r[key] > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def format_table(rows: List[dict]) -> str:
+    header = ("D", "ref fwd ms", "fused fwd ms", "x", "ref f+b ms", "fused f+b ms", "x", "ref f+b MiB", "fused f+b MiB", "mem")
+    lines = [" | ".join(f"{h:>13}" for h in header)]
+    for r in rows:
+        fwd_x = r["reference_forward_ms"] / r["fused_forward_ms"]
+        fb_x = r["reference_forward_backward_ms"] / r["fused_forward_backward_ms"]
+        mem = r["fused_forward_backward_peak_bytes"] / max(r["reference_forward_backward_peak_bytes"], 1.0)
+        values = (r["D"], f"{r['reference_forward_ms']:.3f}", f"{r['fused_forward_ms']:.3f}", f"{fwd_x:.1f}",
+                  f"{r['reference_forward_backward_ms']:.3f}", f"{r['fused_forward_backward_ms']:.3f}", f"{fb_x:.1f}",
+                  f"{r['reference_forward_backward_peak_bytes'] / _MIB:.2f}",
+                  f"{r['fused_forward_backward_peak_bytes'] / _MIB:.2f}", f"{mem:.3f}")
+        lines.append(" | ".join(f"{v:>13}" for v in values))
+    return "\n".join(lines)
+
+
+def plot(rows: List[dict], device: str, path: str) -> None:
+    """Latency and peak memory against D, log-log, both implementations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [r["D"] for r in rows]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"reference": "--", "fused": "-"}
+    for impl in ("reference", "fused"):
+        for mode, marker in (("forward", "o"), ("forward_backward", "s")):
+            label = f"{impl} {mode.replace('_', '+')}"
+            ax_t.plot(counts, [r[f"{impl}_{mode}_ms"] for r in rows], styles[impl], marker=marker, label=label)
+            ax_m.plot(counts, [max(r[f"{impl}_{mode}_peak_bytes"], 1.0) / _MIB for r in rows], styles[impl], marker=marker, label=label)
+    for ax, ylabel in ((ax_t, "latency (ms)"), (ax_m, "peak extra memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("instances D")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"blender, {device}: fused vs reference (K=4, R=56, M=14, bases 1x4x200x304)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
+    """Measures every D on ``device``; writes JSON + PNG into ``out_dir``; returns the results."""
+    if device.type == "cpu" and not (_pin_glibc_mmap_threshold() and _cpu_peak_memory_supported()):
+        raise RuntimeError("CPU peak-memory measurement needs glibc and a writable /proc/self/clear_refs (Linux)")
+    if not _extension.has_kernel(device.type):
+        raise RuntimeError(f"the fused op has no kernel for {device.type} ({_extension.load_error()}): build the extension first")
+    rows = []
+    for num_rois in tqdm(list(cfg.counts), desc=f"blender bench ({device.type})", unit="D"):
+        row = measure_count(cfg, num_rois, device)
+        LOG.info("D=%d %s", num_rois, json.dumps(row))
+        rows.append(row)
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+        "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM) with pinned glibc mmap threshold",
+        "rows": rows,
+        "summary_at_100": summarise(rows),
+        "scaling_exponent_fused": {
+            mode: scaling_exponent(rows, f"fused_{mode}_ms") for mode in ("forward", "forward_backward")
+        },
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"blender_{device.type}.json")
+    png_path = os.path.join(out_dir, f"blender_{device.type}.png")
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+    plot(rows, device.type, png_path)
+    result["files"] = {"json": json_path, "png": png_path}
+    return result
+
+
+def _report(result: dict) -> None:
+    print(f"\nblender benchmark on {result['device']} ({result['device_name']}, {result['threads']} threads, torch {result['torch']})")
+    print(format_table(result["rows"]))
+    s = result["summary_at_100"]
+    if s:
+        met = s["goals_met"]
+        print(
+            f"\nat D=100: forward {s['forward_speedup']:.1f}x (goal >= {GOALS['forward_speedup']:.0f}x: {'met' if met['forward_speedup'] else 'NOT met'}), "
+            f"forward+backward {s['forward_backward_speedup']:.1f}x (goal >= {GOALS['forward_backward_speedup']:.0f}x: "
+            f"{'met' if met['forward_backward_speedup'] else 'NOT met'}), peak memory fused/reference "
+            f"{s['memory_ratio']:.3f} (goal <= {GOALS['memory_ratio']}: {'met' if met['memory_ratio'] else 'NOT met'})"
+        )
+    exps = result["scaling_exponent_fused"]
+    if exps["forward"] is not None:
+        print(f"fused latency ~ D^{exps['forward']:.2f} (forward), D^{exps['forward_backward']:.2f} (forward+backward) for D >= 100")
+    print(f"wrote {result['files']['json']} and {result['files']['png']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blendmask bench", description="Fused blender vs reference: latency and peak memory against D.")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "all"), default="auto",
+                   help="auto: CPU, plus CUDA when available (default); all: the same; cpu/cuda: only that one")
+    p.add_argument("--counts", type=int, nargs="+", default=list(DEFAULT_COUNTS), help="instance counts D")
+    p.add_argument("--out-dir", default=os.path.join("benchmarks", "results"), help="where the JSON, PNG and log go")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timed work per measurement")
+    p.add_argument("--max-repeats", type=int, default=30)
+    p.add_argument("--top-interp", choices=("bilinear", "nearest"), default="bilinear")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if any(d < 1 for d in args.counts):
+        raise ValueError(f"--counts must be >= 1, got {args.counts}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.FileHandler(os.path.join(args.out_dir, "bench_blender.log"))])
+    devices = [torch.device("cpu")] if args.device != "cuda" else []
+    if args.device in ("auto", "all", "cuda"):
+        if torch.cuda.is_available():
+            devices.append(torch.device("cuda"))
+        elif args.device == "cuda":
+            raise RuntimeError("--device cuda but no GPU is visible")
+    cfg = BenchConfig(counts=tuple(args.counts), min_time=args.min_time, max_repeats=args.max_repeats, top_interp=args.top_interp)
+    for device in devices:
+        _report(run_benchmark(cfg, device, args.out_dir))
+    return 0
