@@ -4,11 +4,11 @@
   module, blender in standard ops) to ONNX; :class:`OnnxPredictor` runs it with onnxruntime and
   returns what the PyTorch model returns.
 - :class:`InferenceGraph` is the traceable inference path shared by the ONNX export and
-  ``torch.export`` (which keeps the fused ``blendmask::blend`` op).
+  :func:`export_program` (``torch.export``, which keeps the fused ``blendmask::blend`` op).
 - :func:`postprocess_detections` maps the graphs' raw outputs back into the original image.
 """
 from .export_cli import add_export_arguments, add_export_parser, export_onnx_cli
-from .graph import InferenceGraph
+from .graph import InferenceGraph, export_program
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
 from .postprocess import postprocess_detections
 from .predictor import OnnxPredictor
@@ -22,5 +22,6 @@ __all__ = [
     "add_export_parser",
     "export_onnx",
     "export_onnx_cli",
+    "export_program",
     "postprocess_detections",
 ]

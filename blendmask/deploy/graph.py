@@ -18,7 +18,7 @@ from blendmask.ops import blend, blend_reference
 
 from .decode import decode_detections
 
-__all__ = ["InferenceGraph"]
+__all__ = ["InferenceGraph", "export_program"]
 
 
 class InferenceGraph(nn.Module):
@@ -78,3 +78,30 @@ class InferenceGraph(nn.Module):
             model.sampling_ratio, model.aligned, model.top_interp,
         )
         return boxes, detections["scores"], detections["labels"], logits.sigmoid()
+
+
+def export_program(model: BlendMask, *, reference_blender: bool = False, max_side: int = 4096) -> torch.export.ExportedProgram:
+    """``torch.export`` of :class:`InferenceGraph` with dynamic image height and width.
+
+    Args:
+        model: the BlendMask model (put in eval mode here).
+        reference_blender: see :class:`InferenceGraph`. With ``False`` (the default) the graph
+            keeps the fused op as ``torch.ops.blendmask.blend.default``, traced through its fake
+            implementation; run the program where the compiled extension is loaded.
+        max_side: the largest padded image side the program accepts.
+    Returns:
+        the exported program; ``program.module()(images, image_size)`` runs it.
+    """
+    divisor = model.transform.size_divisibility
+    if max_side < divisor:
+        raise ValueError(f"max_side must be >= the size divisibility {divisor}, got {max_side}")
+    graph = InferenceGraph(model.eval(), reference_blender=reference_blender).eval()
+    # Any sample works: the shapes are dynamic. Several blocks per side keep every FPN level > 1 cell.
+    sample = torch.zeros(1, 3, 4 * divisor, 5 * divisor)
+    sample_size = torch.tensor([4 * divisor, 5 * divisor], dtype=torch.int64)
+    blocks_h = torch.export.Dim("height_blocks", min=1, max=max_side // divisor)
+    blocks_w = torch.export.Dim("width_blocks", min=1, max=max_side // divisor)
+    with torch.no_grad():
+        return torch.export.export(
+            graph, (sample, sample_size), dynamic_shapes=({2: divisor * blocks_h, 3: divisor * blocks_w}, None)
+        )

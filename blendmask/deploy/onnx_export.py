@@ -34,7 +34,7 @@ import torch
 from blendmask.config import BlendMaskConfig, get_config
 from blendmask.models import BlendMask, build_model, load_weights
 
-from .graph import InferenceGraph
+from .graph import export_program
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -147,28 +147,17 @@ def export_onnx(
     """
     check_opset(opset)
     model = resolve_model(model_or_cfg, weights)
-    divisor = model.transform.size_divisibility
-    if max_side < divisor:
-        raise ValueError(f"max_side must be >= the size divisibility {divisor}, got {max_side}")
-    graph = InferenceGraph(model, reference_blender=True).eval()
-    # Any sample works: the shapes are dynamic. Several blocks per side keep every FPN level > 1 cell.
-    sample = torch.zeros(1, 3, 4 * divisor, 5 * divisor)
-    sample_size = torch.tensor([4 * divisor, 5 * divisor], dtype=torch.int64)
-    blocks_h = torch.export.Dim("height_blocks", min=1, max=max_side // divisor)
-    blocks_w = torch.export.Dim("width_blocks", min=1, max=max_side // divisor)
+    exported = export_program(model, reference_blender=True, max_side=max_side)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (sample, sample_size),
-            dynamo=True,
-            opset_version=opset,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({2: divisor * blocks_h, 3: divisor * blocks_w}, None),
-            verbose=False,
-        )
+    program = torch.onnx.export(
+        exported,
+        dynamo=True,
+        opset_version=opset,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        verbose=False,
+    )
     program.model.metadata_props[TRANSFORM_METADATA_KEY] = _transform_metadata(model)
     program.save(str(out_path))
     return out_path

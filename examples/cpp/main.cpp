@@ -53,7 +53,8 @@ struct Case {
 
 }  // namespace
 
-int main() {
+int main() try {
+  // The schema is registered by libblendmask_ops' static initialisers when the library loads.
   auto blend = c10::Dispatcher::singleton().findSchemaOrThrow("blendmask::blend", "").typed<BlendFn>();
 
   const at::Tensor bases = deterministic({2, 4, 10, 12}, 0.37, 0.0, 2.0);  // (N, K, Hb, Wb)
@@ -74,4 +75,7 @@ int main() {
     for (int64_t i = 0; i < out.numel(); ++i) std::printf("%.9e\n", static_cast<double>(data[i]));
   }
   return 0;
+} catch (const c10::Error& e) {
+  std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
+  return 1;
 }
