@@ -150,8 +150,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
-           weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0):
-    """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``."""
+           weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0,
+           evaluate_on_val: bool = True):
+    """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``.
+
+    With ``evaluate_on_val`` and a val split in ``data``, evaluates every ``solver.eval_period``
+    iterations and at the end."""
     import torch
 
     from blendmask.config import get_config
@@ -166,7 +170,7 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     cfg.model.num_classes = train_set.num_classes
-    val_set = _load_split(data, "val") if _has_split(data, "val") else None
+    val_set = _load_split(data, "val") if evaluate_on_val and _has_split(data, "val") else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
@@ -338,7 +342,8 @@ def _run_demo(args) -> int:
     data = make_shapes(out / "data", train=data_args["train"], val=data_args["val"], size=data_args["size"],
                        seed=data_args["seed"], progress=True)
     print("[2/4] training lite_mobilenet_v2 on the CPU", flush=True)
-    result = _train(config="lite_mobilenet_v2", data=str(data), output=str(out / "train"), overrides=overrides)
+    result = _train(config="lite_mobilenet_v2", data=str(data), output=str(out / "train"), overrides=overrides,
+                    num_workers=args.num_workers, evaluate_on_val=False)
     print("[3/4] evaluating on the val split", flush=True)
     metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
     print("[4/4] predicting on a few val images", flush=True)

@@ -130,7 +130,10 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
         if stems[stem] > 1:  # two inputs with the same name from different folders
             stem = f"{stem}_{stems[stem]}"
         overlay = out_dir / f"{stem}_pred.png"
-        draw_instances(image, result, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
+        # Lowest score first, so that the best detections are drawn on top.
+        order = result["scores"].argsort()
+        ascending = {k: result[k][order] for k in ("boxes", "labels", "scores", "masks")}
+        draw_instances(image, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
         files.overlays.append(overlay)
         if show_bases:
             figure = out_dir / f"{stem}_bases.png"
