@@ -1,0 +1,320 @@
+"""The BlendMask model: presets, output structure, losses and gradients, empty cases, bad input,
+the paper's hyper-parameters, weights files and a short overfitting run."""
+import math
+
+import pytest
+import torch
+
+from blendmask.config import get_config, list_configs
+from blendmask.models import (
+    BlendMask,
+    blendmask_mobilenet_v2_fpn,
+    blendmask_resnet50_fpn,
+    blendmask_resnet101_fpn,
+    build_model,
+)
+from blendmask.models.basis import semantic_targets_from_instances
+
+LOSS_KEYS = {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_basis_sem"}
+
+
+def _tiny_sizes(size=64, max_size=96):
+    return {"input.min_size_train": (size,), "input.max_size_train": max_size,
+            "input.min_size_test": size, "input.max_size_test": max_size}
+
+
+def _lite(num_classes=3, **overrides):
+    torch.manual_seed(0)
+    return blendmask_mobilenet_v2_fpn(num_classes=num_classes, **{**_tiny_sizes(), **overrides})
+
+
+def _shapes_sample(seed, size, num_classes=2):
+    """One image of ``size = (h, w)`` with a filled rectangle (class 0) and a disc (class 1)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    image = torch.rand(3, h, w, generator=g) * 0.2 + 0.4
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    x0 = int(torch.randint(4, w // 3, (1,), generator=g))
+    y0 = int(torch.randint(4, h // 3, (1,), generator=g))
+    rect = (xx >= x0) & (xx < x0 + w // 3) & (yy >= y0) & (yy < y0 + h // 3)
+    cx, cy, r = int(w * 0.7), int(h * 0.7), int(min(h, w) * 0.17)
+    disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    image[:, rect] = torch.tensor([0.9, 0.1, 0.1])[:, None]
+    image[:, disc] = torch.tensor([0.1, 0.2, 0.9])[:, None]
+    masks = torch.stack([rect, disc])
+    boxes = []
+    for m in masks:
+        ys, xs = m.nonzero(as_tuple=True)
+        boxes.append([xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1])
+    target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([0, 1]) % num_classes,
+              "masks": masks.to(torch.uint8)}
+    return image, target
+
+
+def _empty_target(h, w):
+    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, h, w, dtype=torch.uint8)}
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_every_preset_builds_with_adelaidet_names(name):
+    model = build_model(get_config(name))
+    assert isinstance(model, BlendMask)
+    keys = set(model.state_dict())
+    cfg = get_config(name)
+    if cfg.model.fcos.num_share_convs:
+        assert "proposal_generator.fcos_head.share_tower.0.weight" in keys
+    else:
+        assert "proposal_generator.fcos_head.cls_tower.0.weight" in keys
+        assert "proposal_generator.fcos_head.bbox_tower.0.weight" in keys
+    for key in ("proposal_generator.fcos_head.cls_logits.weight", "proposal_generator.fcos_head.bbox_pred.weight",
+                "proposal_generator.fcos_head.ctrness.weight", "basis_module.refine.0.0.weight",
+                "basis_module.refine.0.1.running_mean", "basis_module.tower.0.0.weight",
+                "basis_module.seg_head.6.weight", "top_layer.weight"):
+        assert key in keys, key
+    k, m = cfg.model.basis.num_bases, cfg.model.blender.attn_size
+    assert model.top_layer.out_channels == k * m * m
+    assert model.proposal_generator.fcos_head.cls_logits.out_channels == cfg.model.num_classes
+
+
+@pytest.mark.parametrize("name", ["R_50_1x", "RT_R_50_4x"])
+def test_resnet_presets_run_on_a_tiny_image(name):
+    torch.manual_seed(0)
+    model = build_model(get_config(name, _tiny_sizes())).eval()
+    model.proposal_generator.score_thresh = 0.0
+    model.proposal_generator.post_nms_topk = 3
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 50, 70)])
+    assert out["boxes"].shape == (3, 4) and out["masks"].shape == (3, 1, 50, 70)
+
+
+def test_named_builders_apply_overrides():
+    r50 = blendmask_resnet50_fpn(num_classes=5, **{"model.blender.attn_size": 7, "model.basis.num_bases": 2})
+    assert r50.top_layer.out_channels == 2 * 7 * 7 and r50.num_classes == 5
+    assert r50.bottom_resolution == 56 and r50.proposal_generator.strides == (8, 16, 32, 64, 128)
+    r101 = blendmask_resnet101_fpn(num_classes=2)
+    assert sum(p.numel() for p in r101.parameters()) > sum(p.numel() for p in r50.parameters())
+    lite = blendmask_mobilenet_v2_fpn(num_classes=2)
+    assert lite.proposal_generator.strides == (8, 16, 32)
+    with pytest.raises(ValueError, match="unknown config key"):
+        blendmask_mobilenet_v2_fpn(num_classes=2, **{"model.blender.nope": 1})
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def test_eval_returns_documented_structure_in_original_sizes():
+    model = _lite().eval()
+    model.proposal_generator.score_thresh = 0.0  # force detections from the random model
+    model.proposal_generator.post_nms_topk = 7
+    model.return_internals = True
+    sizes = [(60, 90), (100, 40)]
+    with torch.no_grad():
+        outputs = model([torch.rand(3, h, w) for h, w in sizes])
+    assert len(outputs) == 2
+    k, m = model.num_bases, model.attn_size
+    for out, (h, w) in zip(outputs, sizes):
+        assert set(out) == {"boxes", "labels", "scores", "masks", "bases", "attns"}
+        n = out["boxes"].shape[0]
+        assert n == 7
+        assert out["boxes"].shape == (n, 4) and out["boxes"].dtype == torch.float32
+        assert out["labels"].shape == (n,) and out["labels"].dtype == torch.int64
+        assert out["scores"].shape == (n,) and torch.all(out["scores"][:-1] >= out["scores"][1:])
+        assert out["masks"].shape == (n, 1, h, w)
+        assert out["masks"].min() >= 0 and out["masks"].max() <= 1
+        boxes = out["boxes"]
+        assert torch.all(boxes[:, 0] >= 0) and torch.all(boxes[:, 2] <= w + 1e-4)
+        assert torch.all(boxes[:, 1] >= 0) and torch.all(boxes[:, 3] <= h + 1e-4)
+        assert torch.all((out["labels"] >= 0) & (out["labels"] < 3))
+        assert out["attns"].shape == (n, k, m, m)
+        assert out["bases"].shape[0] == k and out["bases"].dim() == 3
+    # bases cover the resized image (short side 64, long side <= 96) at stride 4
+    assert outputs[0]["bases"].shape[1:] == (math.ceil(64 / 4), math.ceil(96 / 4))
+
+
+def test_no_detection_gives_empty_tensors():
+    model = _lite().eval()
+    model.proposal_generator.score_thresh = 1.0  # no score can pass
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 50, 66)])
+    assert set(out) == {"boxes", "labels", "scores", "masks"}
+    assert out["boxes"].shape == (0, 4) and out["labels"].shape == (0,) and out["labels"].dtype == torch.int64
+    assert out["scores"].shape == (0,) and out["masks"].shape == (0, 1, 50, 66)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_losses_are_finite_and_reach_every_trainable_parameter():
+    model = _lite().train()
+    samples = [_shapes_sample(0, (64, 80)), _shapes_sample(1, (72, 64))]
+    losses = model([s[0] for s in samples], [s[1] for s in samples])
+    assert set(losses) == LOSS_KEYS
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) > 0
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    assert model.top_layer.weight.grad.abs().sum() > 0  # the mask loss reaches the attentions
+
+
+def test_empty_ground_truth_trains_with_connected_zero_mask_loss():
+    model = _lite().train()
+    losses = model([torch.rand(3, 64, 64), torch.rand(3, 70, 60)], [_empty_target(64, 64), _empty_target(70, 60)])
+    assert set(losses) == LOSS_KEYS
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_mask"].item() == 0.0 and losses["loss_mask"].requires_grad
+    assert losses["loss_fcos_loc"].item() == 0.0 and losses["loss_fcos_cls"].item() > 0
+    sum(losses.values()).backward()
+    assert model.top_layer.weight.grad is not None and model.basis_module.tower[-1].weight.grad is not None
+
+
+def test_mixed_batch_with_one_empty_image():
+    model = _lite().train()
+    image, target = _shapes_sample(2, (64, 64))
+    losses = model([image, torch.rand(3, 64, 64)], [target, _empty_target(64, 64)])
+    assert losses["loss_mask"].item() > 0 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_semantic_targets_from_instances():
+    masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    masks[0, :8, :8] = 1
+    masks[1, 4:12, 4:12] = 1  # painted later: wins where they overlap
+    sem = semantic_targets_from_instances([masks, masks[:0]], [torch.tensor([2, 0]), torch.tensor([], dtype=torch.int64)], (3, 3), 4)
+    # cells sample pixels (0, 4, 8); background 0, class c -> c + 1; cells beyond the image stay background
+    assert sem.tolist() == [[[3, 3, 0], [3, 1, 1], [0, 1, 1]], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]]
+
+
+# ----------------------------------------------------------------------------- the paper's hyper-parameters
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.blender.attn_size": 1},  # YOLACT-like scalar coefficients
+        {"model.blender.attn_size": 4, "model.blender.bottom_resolution": 28, "model.basis.num_bases": 1},
+        {"model.basis.num_bases": 8, "model.blender.top_interp": "nearest"},
+        {"model.basis.in_features": ("p3", "p5"), "model.blender.attn_size": 2},
+    ],
+)
+def test_paper_hyper_parameters(overrides):
+    model = _lite(num_classes=2, **overrides).train()
+    image, target = _shapes_sample(3, (64, 64))
+    losses = model([image], [target])
+    assert losses["loss_mask"].item() > 0 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    model.proposal_generator.score_thresh = 0.0
+    model.proposal_generator.post_nms_topk = 2
+    model.return_internals = True
+    with torch.no_grad():
+        (out,) = model([image])
+    k, m = model.num_bases, model.attn_size
+    assert out["attns"].shape == (2, k, m, m) and out["masks"].shape == (2, 1, 64, 64)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_errors():
+    model = _lite().train()
+    image, target = _shapes_sample(4, (64, 64))
+    with pytest.raises(ValueError, match="targets are required"):
+        model([image])
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        model([torch.rand(64, 64)], [target])
+    with pytest.raises(ValueError, match="targets"):
+        model([image, image], [target])
+    bad = dict(target, boxes=torch.tensor([[10.0, 10.0, 10.0, 20.0], [0.0, 0.0, 5.0, 5.0]]))
+    with pytest.raises(ValueError, match="degenerate"):
+        model([image], [bad])
+    bad = dict(target, labels=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        model([image], [bad])
+    bad = {k: v for k, v in target.items() if k != "masks"}
+    with pytest.raises(ValueError, match="masks"):
+        model([image], [bad])
+    bad = dict(target, masks=target["masks"][:, :32])
+    with pytest.raises(ValueError, match="masks"):
+        model([image], [bad])
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+def test_weights_file_roundtrip_and_errors(tmp_path):
+    model = _lite(num_classes=2)
+    path = tmp_path / "w.pth"
+    torch.save({"model": model.state_dict(), "config": get_config("lite_mobilenet_v2", {"model.num_classes": 2, **_tiny_sizes()}).to_dict()}, path)
+    torch.manual_seed(1)
+    loaded = blendmask_mobilenet_v2_fpn(num_classes=2, weights=path, **_tiny_sizes())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with pytest.raises(ValueError, match="num_classes"):
+        blendmask_mobilenet_v2_fpn(num_classes=3, weights=path, **_tiny_sizes())
+    with pytest.raises(FileNotFoundError):
+        blendmask_mobilenet_v2_fpn(num_classes=2, weights=tmp_path / "missing.pth")
+    torch.save([1, 2], tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a blendmask weights file"):
+        blendmask_mobilenet_v2_fpn(num_classes=2, weights=tmp_path / "bad.pth")
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def _mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    pred, gt = pred.bool(), gt.bool()
+    return ((pred & gt).sum() / (pred | gt).sum()).item()
+
+
+def _overfit(num_iters: int, size: int):
+    """Train the lite model (ImageNet backbone, frozen) on two synthetic images; return the
+    first and last loss dicts, the images and targets, and the eval outputs."""
+    torch.manual_seed(0)
+    samples = [_shapes_sample(10, (size, size)), _shapes_sample(11, (size, size))]
+    images, targets = [s[0] for s in samples], [s[1] for s in samples]
+    model = blendmask_mobilenet_v2_fpn(
+        num_classes=2, weights_backbone="imagenet", **{**_tiny_sizes(size, size), "model.backbone.freeze_at": 5}
+    ).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    first = last = None
+    for _ in range(num_iters):
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        last = {k: v.item() for k, v in losses.items()}
+        first = first or last
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    return first, last, targets, outputs
+
+
+def _check_learned(first, last, targets, outputs):
+    total_first, total_last = sum(first.values()), sum(last.values())
+    assert total_first / total_last > 4.0, (first, last)
+    # the centerness BCE cannot go below the entropy of its soft targets; everything else can go to 0
+    rest_first = total_first - first["loss_fcos_ctr"]
+    rest_last = total_last - last["loss_fcos_ctr"]
+    assert rest_first / rest_last > 20.0, (first, last)
+    for out, target in zip(outputs, targets):
+        for gt_mask, gt_label in zip(target["masks"], target["labels"]):
+            hits = ((out["labels"] == gt_label) & (out["scores"] > 0.3)).nonzero()
+            assert hits.numel() > 0, f"class {int(gt_label)} not detected"
+            best = hits[0, 0]  # the highest-scoring detection of this class
+            assert _mask_iou(out["masks"][best, 0] >= 0.5, gt_mask) > 0.7
+
+
+def test_lite_model_overfits_two_synthetic_images():
+    _check_learned(*_overfit(num_iters=120, size=96))
+
+
+@pytest.mark.slow
+def test_lite_model_overfits_two_synthetic_images_long():
+    _check_learned(*_overfit(num_iters=400, size=128))
