@@ -94,6 +94,30 @@ struct AttentionPlan {
   }
 };
 
+/// One k of the row-wise softmax blend: e = exp(a - max), sum += e, acc += e * crop
+/// (math::SoftmaxBlend::push for R pixels at once; restrict pointers let it vectorise).
+template <typename acc_t>
+void softmax_blend_accumulate(
+    const acc_t* __restrict a, const acc_t* __restrict max, const acc_t* __restrict crop, acc_t* __restrict e,
+    acc_t* __restrict sum, acc_t* __restrict acc, int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    const acc_t v = math::exp_of(a[pw] - max[pw]);
+    e[pw] = v;
+    sum[pw] += v;
+    acc[pw] += v * crop[pw];
+  }
+}
+
+/// line[x] = w_lo * row_lo[x] + w_hi * row_hi[x] for x in [begin, end).
+template <typename scalar_t, typename acc_t>
+void vertical_blend(
+    const scalar_t* __restrict row_lo, const scalar_t* __restrict row_hi, acc_t w_lo, acc_t w_hi,
+    acc_t* __restrict line, int begin, int end) {
+  for (int x = begin; x < end; ++x) {
+    line[x] = w_lo * static_cast<acc_t>(row_lo[x]) + w_hi * static_cast<acc_t>(row_hi[x]);
+  }
+}
+
 /// Per-thread state for one roi at a time: its crop taps and the row buffers.
 template <typename scalar_t, typename acc_t>
 struct RoiWorkspace {
@@ -102,15 +126,30 @@ struct RoiWorkspace {
   int64_t image = 0;
   std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
   std::vector<AxisTaps<acc_t>> x_taps;  // (R * grid_w)
+  int x_begin = 0;                      // base columns [x_begin, x_end) hold all valid x taps
+  int x_end = 0;
+  bool all_x_valid = false;             // no x tap falls outside the map: branch-free loops
+  std::vector<int> x_lo, x_hi;          // x_taps as separate arrays (R * grid_w)
+  std::vector<acc_t> x_w_lo, x_w_hi;
   std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
   std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
   std::vector<acc_t> crop_row;          // (K, R): crops of the current row
+  std::vector<acc_t> exp_row;           // (K, R): exp(a[k] - max_k a) of the current row
+  std::vector<acc_t> max_row;           // (R): max_k a[k]
+  std::vector<acc_t> inv_sum_row;       // (R): 1 / sum_k exp(a[k] - max)
+  std::vector<acc_t> out_row;           // (R): the blended values
+  std::vector<acc_t> line;              // (Wb): two base rows blended for one y sample
 
   explicit RoiWorkspace(const Dims& dims)
       : n(dims),
         width_pass(static_cast<size_t>(dims.channels) * dims.attn_h * dims.out),
         attn_row(static_cast<size_t>(dims.channels) * dims.out),
-        crop_row(static_cast<size_t>(dims.channels) * dims.out) {}
+        crop_row(static_cast<size_t>(dims.channels) * dims.out),
+        exp_row(static_cast<size_t>(dims.channels) * dims.out),
+        max_row(dims.out),
+        inv_sum_row(dims.out),
+        out_row(dims.out),
+        line(dims.width) {}
 
   /// Caches the crop taps of roi ``roi`` (5 values) for output rows [row_begin, row_end).
   void load_roi(const scalar_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
@@ -127,9 +166,28 @@ struct RoiWorkspace {
         y_taps[ph * gh + iy] = math::axis_taps(math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height);
       }
     }
+    x_begin = n.width;
+    x_end = 0;
+    all_x_valid = true;
+    const size_t num_x = static_cast<size_t>(n.out) * gw;
+    x_lo.resize(num_x);
+    x_hi.resize(num_x);
+    x_w_lo.resize(num_x);
+    x_w_hi.resize(num_x);
     for (int pw = 0; pw < n.out; ++pw) {
       for (int ix = 0; ix < gw; ++ix) {
-        x_taps[pw * gw + ix] = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
+        const AxisTaps<acc_t> x = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
+        const int i = pw * gw + ix;
+        x_taps[i] = x;
+        x_lo[i] = x.lo;
+        x_hi[i] = x.hi;
+        x_w_lo[i] = x.w_lo;
+        x_w_hi[i] = x.w_hi;
+        all_x_valid = all_x_valid && x.valid;
+        if (x.valid) {
+          x_begin = std::min(x_begin, x.lo);
+          x_end = std::max(x_end, x.hi + 1);
+        }
       }
     }
   }
@@ -167,27 +225,59 @@ struct RoiWorkspace {
       acc_t* crow = crop_row.data() + k * n.out;
       std::fill(crow, crow + n.out, acc_t(0));
       const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
-      for (int iy = 0; iy < gh; ++iy) {
+      // The bilinear sample evaluated separably: blend the two base rows of the y sample
+      // over the roi's columns (vectorised), then interpolate that line at the x taps.
+      // Same taps and weights as math::bilinear_sample; the products are grouped
+      // differently (w_y * (w_x * v) instead of (w_y * w_x) * v), a rounding-level change.
+      for (int iy = 0; iy < gh && x_end > x_begin; ++iy) {
         const AxisTaps<acc_t>& y = y_taps[ph * gh + iy];
         if (!y.valid) continue;
-        for (int pw = 0; pw < n.out; ++pw) {
-          for (int ix = 0; ix < gw; ++ix) {
-            const AxisTaps<acc_t>& x = x_taps[pw * gw + ix];
-            if (x.valid) crow[pw] += math::bilinear_sample(plane, n.width, y, x);
+        vertical_blend(plane + static_cast<int64_t>(y.lo) * n.width, plane + static_cast<int64_t>(y.hi) * n.width,
+                       y.w_lo, y.w_hi, line.data(), x_begin, x_end);
+        if (all_x_valid) {
+          for (int pw = 0; pw < n.out; ++pw) {
+            for (int ix = 0; ix < gw; ++ix) {
+              const int i = pw * gw + ix;
+              crow[pw] += line[x_lo[i]] * x_w_lo[i] + line[x_hi[i]] * x_w_hi[i];
+            }
+          }
+        } else {
+          for (int pw = 0; pw < n.out; ++pw) {
+            for (int ix = 0; ix < gw; ++ix) {
+              const AxisTaps<acc_t>& x = x_taps[pw * gw + ix];
+              if (x.valid) crow[pw] += line[x.lo] * x.w_lo + line[x.hi] * x.w_hi;
+            }
           }
         }
       }
-      for (int pw = 0; pw < n.out; ++pw) crow[pw] /= geo.count;
+      const acc_t inv_count = acc_t(1) / geo.count;
+      for (int pw = 0; pw < n.out; ++pw) crow[pw] *= inv_count;
     }
   }
 
-  /// Softmax statistics and blended value of pixel ``pw`` of the current row.
-  math::SoftmaxBlend<acc_t> blend_pixel(int pw) const {
-    acc_t max_a = attn_row[pw];
-    for (int64_t k = 1; k < n.channels; ++k) max_a = std::max(max_a, attn_row[k * n.out + pw]);
-    math::SoftmaxBlend<acc_t> blend(max_a);
-    for (int64_t k = 0; k < n.channels; ++k) blend.push(attn_row[k * n.out + pw], crop_row[k * n.out + pw]);
-    return blend;
+  /// Softmax over K and the blend for the whole current row: max_row, exp_row, inv_sum_row
+  /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
+  /// innermost so that it vectorises (exp included, see math::exp_vectorizable).
+  void blend_row() {
+    const int r = n.out;
+    acc_t* mx = max_row.data();
+    std::copy(attn_row.begin(), attn_row.begin() + r, mx);
+    for (int64_t k = 1; k < n.channels; ++k) {
+      const acc_t* a = attn_row.data() + k * r;
+      for (int pw = 0; pw < r; ++pw) mx[pw] = std::max(mx[pw], a[pw]);
+    }
+    acc_t* sum = inv_sum_row.data();
+    acc_t* acc = out_row.data();
+    std::fill(sum, sum + r, acc_t(0));
+    std::fill(acc, acc + r, acc_t(0));
+    for (int64_t k = 0; k < n.channels; ++k) {
+      softmax_blend_accumulate(
+          attn_row.data() + k * r, mx, crop_row.data() + k * r, exp_row.data() + k * r, sum, acc, r);
+    }
+    for (int pw = 0; pw < r; ++pw) {
+      sum[pw] = acc_t(1) / sum[pw];
+      acc[pw] *= sum[pw];
+    }
   }
 };
 
@@ -225,8 +315,9 @@ void blend_forward_kernel(
       ws.load_attention(attn, plan);
       for (int ph = row_begin; ph < row_end; ++ph) {
         ws.compute_row(bases_p, attn, plan, ph);
+        ws.blend_row();
         scalar_t* out_row = out_p + (d * n.out + ph) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.blend_pixel(pw).value());
+        for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.out_row[pw]);
       }
     }
   });
@@ -265,6 +356,8 @@ void blend_backward_kernel(
     std::vector<acc_t> grad_attn_row(static_cast<size_t>(n.channels) * n.out);
     std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
     std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
+    std::vector<acc_t> g_row(n.out);
+    std::vector<acc_t> grad_line(n.width);  // one base row: the x-scatter of one y sample
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* grad_bases_acc = accumulator_of(chunk);
       const int64_t d_begin = n.num_rois * chunk / chunks;
@@ -280,18 +373,19 @@ void blend_backward_kernel(
 
         for (int ph = 0; ph < n.out; ++ph) {
           ws.compute_row(bases_p, attn, plan, ph);
+          ws.blend_row();
           const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
-          for (int pw = 0; pw < n.out; ++pw) {
-            const math::SoftmaxBlend<acc_t> blend = ws.blend_pixel(pw);
-            const acc_t out = blend.value();
-            const acc_t inv_sum = acc_t(1) / blend.sum;
-            const acc_t g = static_cast<acc_t>(grad_row[pw]);
-            for (int64_t k = 0; k < n.channels; ++k) {
-              const int64_t i = k * n.out + pw;
-              const acc_t s = math::softmax_weight(ws.attn_row[i], blend.max, inv_sum);
-              const math::BlendGrads<acc_t> bg = math::blend_grads(g, s, ws.crop_row[i], out);
-              grad_crop_row[i] = bg.crop / ws.geo.count;
-              grad_attn_row[i] = bg.attention;
+          for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
+          const acc_t inv_count = acc_t(1) / ws.geo.count;
+          for (int64_t k = 0; k < n.channels; ++k) {
+            const acc_t* e = ws.exp_row.data() + k * n.out;
+            const acc_t* c = ws.crop_row.data() + k * n.out;
+            acc_t* gc = grad_crop_row.data() + k * n.out;
+            acc_t* ga = grad_attn_row.data() + k * n.out;
+            for (int pw = 0; pw < n.out; ++pw) {
+              const math::BlendGrads<acc_t> bg = math::blend_grads(g_row[pw], e[pw] * ws.inv_sum_row[pw], c[pw], ws.out_row[pw]);
+              gc[pw] = bg.crop * inv_count;
+              ga[pw] = bg.attention;
             }
           }
 
@@ -299,22 +393,37 @@ void blend_backward_kernel(
             // crop: scatter into the (image, k) plane of this chunk's accumulator
             acc_t* plane = grad_bases_acc + (ws.image * n.channels + k) * plane_size;
             const acc_t* gc = grad_crop_row.data() + k * n.out;
-            for (int iy = 0; iy < gh; ++iy) {
+            // The x taps are the same for every y sample of the row: scatter along x once
+            // into grad_line, then add it to the two base rows with the y weights.
+            if (ws.x_end > ws.x_begin) {
+              std::fill(grad_line.begin() + ws.x_begin, grad_line.begin() + ws.x_end, acc_t(0));
+              if (ws.all_x_valid) {
+                for (int pw = 0; pw < n.out; ++pw) {
+                  for (int ix = 0; ix < gw; ++ix) {
+                    const int i = pw * gw + ix;
+                    grad_line[ws.x_lo[i]] += gc[pw] * ws.x_w_lo[i];
+                    grad_line[ws.x_hi[i]] += gc[pw] * ws.x_w_hi[i];
+                  }
+                }
+              } else {
+                for (int pw = 0; pw < n.out; ++pw) {
+                  for (int ix = 0; ix < gw; ++ix) {
+                    const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
+                    if (!x.valid) continue;
+                    grad_line[x.lo] += gc[pw] * x.w_lo;
+                    grad_line[x.hi] += gc[pw] * x.w_hi;
+                  }
+                }
+              }
+            }
+            for (int iy = 0; iy < gh && ws.x_end > ws.x_begin; ++iy) {
               const AxisTaps<acc_t>& y = ws.y_taps[ph * gh + iy];
               if (!y.valid) continue;
               acc_t* row_lo = plane + static_cast<int64_t>(y.lo) * n.width;
               acc_t* row_hi = plane + static_cast<int64_t>(y.hi) * n.width;
-              for (int pw = 0; pw < n.out; ++pw) {
-                for (int ix = 0; ix < gw; ++ix) {
-                  const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
-                  if (!x.valid) continue;
-                  const acc_t gy_lo = gc[pw] * y.w_lo;
-                  const acc_t gy_hi = gc[pw] * y.w_hi;
-                  row_lo[x.lo] += gy_lo * x.w_lo;
-                  row_lo[x.hi] += gy_lo * x.w_hi;
-                  row_hi[x.lo] += gy_hi * x.w_lo;
-                  row_hi[x.hi] += gy_hi * x.w_hi;
-                }
+              for (int x = ws.x_begin; x < ws.x_end; ++x) {
+                row_lo[x] += grad_line[x] * y.w_lo;
+                row_hi[x] += grad_line[x] * y.w_hi;
               }
             }
             // attention: the transpose of the upsample
