@@ -314,7 +314,3 @@ def _check_learned(first, last, targets, outputs):
 def test_lite_model_overfits_two_synthetic_images():
     _check_learned(*_overfit(num_iters=120, size=96))
 
-
-@pytest.mark.slow
-def test_lite_model_overfits_two_synthetic_images_long():
-    _check_learned(*_overfit(num_iters=400, size=128))

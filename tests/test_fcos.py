@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from blendmask.models.fcos import FCOSHead
 from blendmask.models.fcos.inference import clip_boxes, fcos_inference_single_image
 from blendmask.models.fcos.losses import centerness_targets, fcos_losses, giou_loss, ltrb_iou_giou
-from blendmask.models.fcos.targets import INF, assign_targets, assign_targets_single, compute_locations
+from blendmask.models.fcos.targets import assign_targets, assign_targets_single, compute_locations
 
 
 def _single_level(size, stride, lo=-1.0, hi=64.0):

@@ -11,10 +11,10 @@ Layout and module names follow AdelaiDet's ``ProtoNet`` (``basis_module.refine``
   trained with cross-entropy against per-pixel class labels built on the fly from the instance
   masks (:func:`semantic_targets_from_instances`) and weighted by ``loss_weight``.
 
-Normalisation is plain BatchNorm. As with AdelaiDet's SyncBN, statistics should be synchronised
-in multi-GPU training: the training engine converts these layers with
-``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` when a process group exists (SyncBatchNorm
-cannot train on CPU tensors, so the model never converts itself).
+Normalisation is plain BatchNorm; the model never converts itself. As AdelaiDet's SyncBN,
+multi-process training synchronises the statistics: the trainer calls
+:func:`blendmask.engine.distributed.convert_sync_batchnorm` when a process group exists
+(``nn.SyncBatchNorm`` on CUDA, a gloo-capable variant on the CPU).
 """
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
     """A randomly initialised :class:`BlendMask` for ``cfg`` (backbone weights from ``weights_backbone``).
 
     ``weights_backbone`` is forwarded to :func:`blendmask.models.backbone.build_backbone`.
-    The basis module uses plain BatchNorm; converting it to SyncBatchNorm for multi-GPU
-    training is the training engine's job (see :mod:`blendmask.models.basis`).
+    The basis module uses plain BatchNorm; converting it to SyncBatchNorm for multi-process
+    training is the trainer's job (see :mod:`blendmask.models.basis`).
     """
     if not isinstance(cfg, BlendMaskConfig):
         raise TypeError(f"cfg must be a BlendMaskConfig, got {type(cfg).__name__}")

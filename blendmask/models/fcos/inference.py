@@ -8,7 +8,7 @@ a class-aware batched NMS and the ``post_nms_topk`` best detections. The reporte
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
