@@ -180,6 +180,38 @@ def test_mixed_batch_with_one_empty_image():
     assert losses["loss_mask"].item() > 0 and all(torch.isfinite(v) for v in losses.values())
 
 
+def test_mask_loss_matches_its_definition():
+    """Per-positive mean BCE of the blended logits against the cropped GT mask, weighted by the
+    centerness target and divided by loss_denorm; positives index boxes across images."""
+    from blendmask.models.fcos.fcos import FCOSPositives
+    from blendmask.models.mask_ops import crop_and_resize_masks
+    from blendmask.ops import blend_reference
+
+    model = _lite(**{"model.blender.bottom_resolution": 8, "model.blender.attn_size": 2})
+    torch.manual_seed(0)
+    k = model.num_bases
+    bases = torch.randn(2, k, 16, 16)
+    attns = torch.randn(3, k * 2 * 2)
+    gt_boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[0.0, 8.0, 20.0, 60.0], [30.0, 10.0, 60.0, 50.0]])]
+    gt_masks = [torch.zeros(1, 64, 64, dtype=torch.uint8), torch.zeros(2, 64, 64, dtype=torch.uint8)]
+    gt_masks[0][0, 6:28, 10:30] = 1
+    gt_masks[1][0, 10:60, 2:18] = 1
+    gt_masks[1][1, 20:40, 35:55] = 1
+    ctr = torch.tensor([0.5, 1.0, 0.25])
+    positives = FCOSPositives(gt_inds=torch.tensor([0, 2, 2]), ctr_targets=ctr, loss_denorm=3.0, extras=attns)
+    loss = model._mask_loss(bases, positives, gt_boxes, gt_masks)
+
+    expected = 0.0
+    for j, (image, box, mask) in enumerate([(0, gt_boxes[0][0], gt_masks[0][0]), (1, gt_boxes[1][1], gt_masks[1][1]),
+                                            (1, gt_boxes[1][1], gt_masks[1][1])]):
+        roi = torch.cat([torch.tensor([float(image)]), box])[None]
+        logits = blend_reference(bases, attns[j].reshape(1, k, 2, 2), roi, 8, 0.25, 1, True, "bilinear")
+        target = crop_and_resize_masks(mask[None], box[None], 8)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        expected += float(bce) * float(ctr[j])
+    assert loss.item() == pytest.approx(expected / 3.0, rel=1e-4)
+
+
 def test_semantic_targets_from_instances():
     masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
     masks[0, :8, :8] = 1
