@@ -30,6 +30,11 @@ def blend_problems(draw):
         aligned=draw(st.booleans()),
         top_interp=draw(st.sampled_from(["bilinear", "nearest"])),
     )
+    if config["sampling_ratio"] == 0 and config["aligned"]:
+        # torchvision's CPU roi_align (the reference) cannot size its sample grid for an
+        # inverted box in this mode (ceil of a negative size); test_adaptive_inverted_box_is_zero
+        # covers the fused op there.
+        boxes = [(b, min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)) for b, x1, y1, x2, y2 in boxes]
     seed = draw(st.integers(0, 2**31 - 1))
     return n, k, h, w, m, boxes, config, seed
 
@@ -53,3 +58,16 @@ def test_fuzz_forward_and_backward_match_reference(problem):
         results.append((out, *[torch.zeros_like(x) if gx is None else gx for gx, x in zip(grads, (b, a))]))
     for name, x, y in zip(("out", "grad bases", "grad attns"), *results):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10, msg=lambda s: f"{name} {config}: {s}")
+
+
+def test_adaptive_inverted_box_is_zero():
+    """An inverted box with sampling_ratio=0 and aligned=True has a negative sample grid: no
+    samples, so zero crops and zero gradients (torchvision's CUDA kernel gives the same; its
+    CPU kernel fails to allocate)."""
+    bases = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    attns = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0.0, 10.0, 16.0, 4.0, 0.0]], dtype=torch.float64)
+    out = blend(bases, attns, rois, output_size=4, spatial_scale=0.25, sampling_ratio=0, aligned=True)
+    assert out.shape == (1, 4, 4) and out.abs().max() == 0
+    grad_bases, grad_attns = torch.autograd.grad(out.sum(), (bases, attns))
+    assert grad_bases.abs().max() == 0 and grad_attns.abs().max() == 0
