@@ -108,13 +108,19 @@ void softmax_blend_accumulate(
   }
 }
 
-/// line[x] = w_lo * row_lo[x] + w_hi * row_hi[x] for x in [begin, end).
-template <typename scalar_t, typename acc_t>
-void vertical_blend(
-    const scalar_t* __restrict row_lo, const scalar_t* __restrict row_hi, acc_t w_lo, acc_t w_hi,
-    acc_t* __restrict line, int begin, int end) {
-  for (int x = begin; x < end; ++x) {
-    line[x] = w_lo * static_cast<acc_t>(row_lo[x]) + w_hi * static_cast<acc_t>(row_hi[x]);
+/// dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw] over R pixels.
+template <typename acc_t>
+void add_blended_rows(
+    const acc_t* __restrict src_lo, const acc_t* __restrict src_hi, acc_t w_lo, acc_t w_hi, acc_t* __restrict dst, int r) {
+  for (int pw = 0; pw < r; ++pw) dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw];
+}
+
+/// dst_lo[pw] += g[pw] * w_lo and dst_hi[pw] += g[pw] * w_hi over R pixels.
+template <typename acc_t>
+void scatter_rows(const acc_t* __restrict g, acc_t w_lo, acc_t w_hi, acc_t* __restrict dst_lo, acc_t* __restrict dst_hi, int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    dst_lo[pw] += g[pw] * w_lo;
+    dst_hi[pw] += g[pw] * w_hi;
   }
 }
 
@@ -126,11 +132,6 @@ struct RoiWorkspace {
   int64_t image = 0;
   std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
   std::vector<AxisTaps<acc_t>> x_taps;  // (R * grid_w)
-  int x_begin = 0;                      // base columns [x_begin, x_end) hold all valid x taps
-  int x_end = 0;
-  bool all_x_valid = false;             // no x tap falls outside the map: branch-free loops
-  std::vector<int> x_lo, x_hi;          // x_taps as separate arrays (R * grid_w)
-  std::vector<acc_t> x_w_lo, x_w_hi;
   std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
   std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
   std::vector<acc_t> crop_row;          // (K, R): crops of the current row
@@ -138,7 +139,16 @@ struct RoiWorkspace {
   std::vector<acc_t> max_row;           // (R): max_k a[k]
   std::vector<acc_t> inv_sum_row;       // (R): 1 / sum_k exp(a[k] - max)
   std::vector<acc_t> out_row;           // (R): the blended values
-  std::vector<acc_t> line;              // (Wb): two base rows blended for one y sample
+  // The crop is evaluated separably, x first: every base row the roi samples ("slot") is
+  // interpolated at the R x positions once (horizontal), then each output row blends the
+  // two slots of its y samples, vectorised over the R pixels. The backward runs the
+  // transpose: output rows scatter into per-slot lines, the lines into the base rows.
+  // Same taps and weights as math::bilinear_sample; the products are grouped as
+  // w_y * (w_x * v) instead of (w_y * w_x) * v, a rounding-level difference.
+  std::vector<int> row_slot;            // (Hb): slot of a base row, -1 when unused
+  std::vector<int> slot_rows;           // (slots): the base row of each slot
+  std::vector<int> y_slot_lo, y_slot_hi;  // (R * grid_h): slots of y_taps[i].lo / .hi
+  std::vector<acc_t> horizontal;        // (K, slots, R)
 
   explicit RoiWorkspace(const Dims& dims)
       : n(dims),
@@ -149,7 +159,7 @@ struct RoiWorkspace {
         max_row(dims.out),
         inv_sum_row(dims.out),
         out_row(dims.out),
-        line(dims.width) {}
+        row_slot(dims.height, -1) {}
 
   /// Caches the crop taps of roi ``roi`` (5 values) for output rows [row_begin, row_end).
   void load_roi(const scalar_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
@@ -166,27 +176,51 @@ struct RoiWorkspace {
         y_taps[ph * gh + iy] = math::axis_taps(math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height);
       }
     }
-    x_begin = n.width;
-    x_end = 0;
-    all_x_valid = true;
-    const size_t num_x = static_cast<size_t>(n.out) * gw;
-    x_lo.resize(num_x);
-    x_hi.resize(num_x);
-    x_w_lo.resize(num_x);
-    x_w_hi.resize(num_x);
     for (int pw = 0; pw < n.out; ++pw) {
       for (int ix = 0; ix < gw; ++ix) {
-        const AxisTaps<acc_t> x = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
-        const int i = pw * gw + ix;
-        x_taps[i] = x;
-        x_lo[i] = x.lo;
-        x_hi[i] = x.hi;
-        x_w_lo[i] = x.w_lo;
-        x_w_hi[i] = x.w_hi;
-        all_x_valid = all_x_valid && x.valid;
-        if (x.valid) {
-          x_begin = std::min(x_begin, x.lo);
-          x_end = std::max(x_end, x.hi + 1);
+        x_taps[pw * gw + ix] = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
+      }
+    }
+    for (int row : slot_rows) row_slot[row] = -1;
+    slot_rows.clear();
+    y_slot_lo.resize(y_taps.size());
+    y_slot_hi.resize(y_taps.size());
+    auto slot_of = [&](int row) {
+      if (row_slot[row] < 0) {
+        row_slot[row] = static_cast<int>(slot_rows.size());
+        slot_rows.push_back(row);
+      }
+      return row_slot[row];
+    };
+    for (int i = row_begin * gh; i < row_end * gh; ++i) {
+      if (!y_taps[i].valid) continue;
+      y_slot_lo[i] = slot_of(y_taps[i].lo);
+      y_slot_hi[i] = slot_of(y_taps[i].hi);
+    }
+  }
+
+  int num_slots() const {
+    return static_cast<int>(slot_rows.size());
+  }
+
+  /// horizontal (K, slots, R): every sampled base row interpolated at the R x positions
+  /// (sum over the x samples of a bin).
+  void load_crops(const scalar_t* bases) {
+    const int gw = std::max(geo.grid_w, 0);
+    const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
+    horizontal.assign(static_cast<size_t>(n.channels) * num_slots() * n.out, acc_t(0));
+    for (int64_t k = 0; k < n.channels; ++k) {
+      const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
+      for (int slot = 0; slot < num_slots(); ++slot) {
+        const scalar_t* row = plane + static_cast<int64_t>(slot_rows[slot]) * n.width;
+        acc_t* dst = horizontal.data() + (k * num_slots() + slot) * n.out;
+        for (int pw = 0; pw < n.out; ++pw) {
+          acc_t v = acc_t(0);
+          for (int ix = 0; ix < gw; ++ix) {
+            const AxisTaps<acc_t>& x = x_taps[pw * gw + ix];
+            if (x.valid) v += static_cast<acc_t>(row[x.lo]) * x.w_lo + static_cast<acc_t>(row[x.hi]) * x.w_hi;
+          }
+          dst[pw] = v;
         }
       }
     }
@@ -205,11 +239,9 @@ struct RoiWorkspace {
     }
   }
 
-  /// Fills attn_row and crop_row (K, R) for output row ``ph``.
-  void compute_row(const scalar_t* bases, const scalar_t* attn, const AttentionPlan<acc_t>& plan, int ph) {
+  /// Fills attn_row and crop_row (K, R) for output row ``ph`` (after load_roi, load_attention, load_crops).
+  void compute_row(const scalar_t* attn, const AttentionPlan<acc_t>& plan, int ph) {
     const int gh = std::max(geo.grid_h, 0);
-    const int gw = std::max(geo.grid_w, 0);
-    const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
     for (int64_t k = 0; k < n.channels; ++k) {
       acc_t* arow = attn_row.data() + k * n.out;
       if (plan.mode == TopInterp::Bilinear) {
@@ -224,31 +256,12 @@ struct RoiWorkspace {
 
       acc_t* crow = crop_row.data() + k * n.out;
       std::fill(crow, crow + n.out, acc_t(0));
-      const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
-      // The bilinear sample evaluated separably: blend the two base rows of the y sample
-      // over the roi's columns (vectorised), then interpolate that line at the x taps.
-      // Same taps and weights as math::bilinear_sample; the products are grouped
-      // differently (w_y * (w_x * v) instead of (w_y * w_x) * v), a rounding-level change.
-      for (int iy = 0; iy < gh && x_end > x_begin; ++iy) {
-        const AxisTaps<acc_t>& y = y_taps[ph * gh + iy];
+      const acc_t* hk = horizontal.data() + k * num_slots() * n.out;
+      for (int iy = 0; iy < gh; ++iy) {
+        const int i = ph * gh + iy;
+        const AxisTaps<acc_t>& y = y_taps[i];
         if (!y.valid) continue;
-        vertical_blend(plane + static_cast<int64_t>(y.lo) * n.width, plane + static_cast<int64_t>(y.hi) * n.width,
-                       y.w_lo, y.w_hi, line.data(), x_begin, x_end);
-        if (all_x_valid) {
-          for (int pw = 0; pw < n.out; ++pw) {
-            for (int ix = 0; ix < gw; ++ix) {
-              const int i = pw * gw + ix;
-              crow[pw] += line[x_lo[i]] * x_w_lo[i] + line[x_hi[i]] * x_w_hi[i];
-            }
-          }
-        } else {
-          for (int pw = 0; pw < n.out; ++pw) {
-            for (int ix = 0; ix < gw; ++ix) {
-              const AxisTaps<acc_t>& x = x_taps[pw * gw + ix];
-              if (x.valid) crow[pw] += line[x.lo] * x.w_lo + line[x.hi] * x.w_hi;
-            }
-          }
-        }
+        add_blended_rows(hk + y_slot_lo[i] * n.out, hk + y_slot_hi[i] * n.out, y.w_lo, y.w_hi, crow, n.out);
       }
       const acc_t inv_count = acc_t(1) / geo.count;
       for (int pw = 0; pw < n.out; ++pw) crow[pw] *= inv_count;
@@ -313,8 +326,9 @@ void blend_forward_kernel(
       const scalar_t* attn = attns_p + d * attn_size;
       ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, row_begin, row_end);
       ws.load_attention(attn, plan);
+      ws.load_crops(bases_p);
       for (int ph = row_begin; ph < row_end; ++ph) {
-        ws.compute_row(bases_p, attn, plan, ph);
+        ws.compute_row(attn, plan, ph);
         ws.blend_row();
         scalar_t* out_row = out_p + (d * n.out + ph) * n.out;
         for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.out_row[pw]);
@@ -357,7 +371,7 @@ void blend_backward_kernel(
     std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
     std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
     std::vector<acc_t> g_row(n.out);
-    std::vector<acc_t> grad_line(n.width);  // one base row: the x-scatter of one y sample
+    std::vector<acc_t> grad_horizontal;  // (K, slots, R): transpose of ws.horizontal
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* grad_bases_acc = accumulator_of(chunk);
       const int64_t d_begin = n.num_rois * chunk / chunks;
@@ -366,13 +380,16 @@ void blend_backward_kernel(
         const scalar_t* attn = attns_p + d * attn_size;
         ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, 0, n.out);
         ws.load_attention(attn, plan);
+        ws.load_crops(bases_p);
         const int gh = std::max(ws.geo.grid_h, 0);
         const int gw = std::max(ws.geo.grid_w, 0);
+        const int slots = ws.num_slots();
+        grad_horizontal.assign(static_cast<size_t>(n.channels) * slots * n.out, acc_t(0));
         std::fill(grad_attn.begin(), grad_attn.end(), acc_t(0));
         std::fill(grad_width_pass.begin(), grad_width_pass.end(), acc_t(0));
 
         for (int ph = 0; ph < n.out; ++ph) {
-          ws.compute_row(bases_p, attn, plan, ph);
+          ws.compute_row(attn, plan, ph);
           ws.blend_row();
           const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
           for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
@@ -390,40 +407,19 @@ void blend_backward_kernel(
           }
 
           for (int64_t k = 0; k < n.channels; ++k) {
-            // crop: scatter into the (image, k) plane of this chunk's accumulator
-            acc_t* plane = grad_bases_acc + (ws.image * n.channels + k) * plane_size;
+            // crop: scatter the row into the slots of its y samples
             const acc_t* gc = grad_crop_row.data() + k * n.out;
-            // The x taps are the same for every y sample of the row: scatter along x once
-            // into grad_line, then add it to the two base rows with the y weights.
-            if (ws.x_end > ws.x_begin) {
-              std::fill(grad_line.begin() + ws.x_begin, grad_line.begin() + ws.x_end, acc_t(0));
-              if (ws.all_x_valid) {
-                for (int pw = 0; pw < n.out; ++pw) {
-                  for (int ix = 0; ix < gw; ++ix) {
-                    const int i = pw * gw + ix;
-                    grad_line[ws.x_lo[i]] += gc[pw] * ws.x_w_lo[i];
-                    grad_line[ws.x_hi[i]] += gc[pw] * ws.x_w_hi[i];
-                  }
-                }
-              } else {
-                for (int pw = 0; pw < n.out; ++pw) {
-                  for (int ix = 0; ix < gw; ++ix) {
-                    const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
-                    if (!x.valid) continue;
-                    grad_line[x.lo] += gc[pw] * x.w_lo;
-                    grad_line[x.hi] += gc[pw] * x.w_hi;
-                  }
-                }
-              }
-            }
-            for (int iy = 0; iy < gh && ws.x_end > ws.x_begin; ++iy) {
-              const AxisTaps<acc_t>& y = ws.y_taps[ph * gh + iy];
+            acc_t* ghk = grad_horizontal.data() + k * slots * n.out;
+            for (int iy = 0; iy < gh; ++iy) {
+              const int i = ph * gh + iy;
+              const AxisTaps<acc_t>& y = ws.y_taps[i];
               if (!y.valid) continue;
-              acc_t* row_lo = plane + static_cast<int64_t>(y.lo) * n.width;
-              acc_t* row_hi = plane + static_cast<int64_t>(y.hi) * n.width;
-              for (int x = ws.x_begin; x < ws.x_end; ++x) {
-                row_lo[x] += grad_line[x] * y.w_lo;
-                row_hi[x] += grad_line[x] * y.w_hi;
+              acc_t* lo = ghk + ws.y_slot_lo[i] * n.out;
+              acc_t* hi = ghk + ws.y_slot_hi[i] * n.out;
+              if (lo == hi) {  // clamped at the last row: w_hi == 0
+                for (int pw = 0; pw < n.out; ++pw) lo[pw] += gc[pw] * (y.w_lo + y.w_hi);
+              } else {
+                scatter_rows(gc, y.w_lo, y.w_hi, lo, hi, n.out);
               }
             }
             // attention: the transpose of the upsample
@@ -439,6 +435,23 @@ void blend_backward_kernel(
             } else {
               acc_t* dst = grad_attn.data() + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
               for (int pw = 0; pw < n.out; ++pw) dst[plan.nearest_cols[pw]] += ga[pw];
+            }
+          }
+        }
+
+        // slots into the base rows of this chunk's grad_bases accumulator (x transpose)
+        for (int64_t k = 0; k < n.channels; ++k) {
+          acc_t* plane = grad_bases_acc + (ws.image * n.channels + k) * plane_size;
+          for (int slot = 0; slot < slots; ++slot) {
+            acc_t* row = plane + static_cast<int64_t>(ws.slot_rows[slot]) * n.width;
+            const acc_t* src = grad_horizontal.data() + (k * slots + slot) * n.out;
+            for (int pw = 0; pw < n.out; ++pw) {
+              for (int ix = 0; ix < gw; ++ix) {
+                const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
+                if (!x.valid) continue;
+                row[x.lo] += src[pw] * x.w_lo;
+                row[x.hi] += src[pw] * x.w_hi;
+              }
             }
           }
         }
