@@ -13,3 +13,12 @@ settings.register_profile(
 )
 settings.register_profile("thorough", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_sessionstart(session):
+    """In CI the compiled op must be there: its tests skip elsewhere, but must never skip silently there."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        from blendmask import _extension
+
+        if not _extension.extension_loaded():
+            raise RuntimeError(f"CI=true but blendmask._C is not built: {_extension.load_error()}")
