@@ -124,6 +124,32 @@ void scatter_rows(const acc_t* __restrict g, acc_t w_lo, acc_t w_hi, acc_t* __re
   }
 }
 
+/// Adds values into ``row[index]``, summing runs of equal consecutive indices in a register
+/// first. Interpolation taps are monotonic, so upsampling hits one index several times in a
+/// row; adding each value to memory would chain every add on the previous store.
+template <typename acc_t>
+struct RunAccumulator {
+  acc_t* row;
+  int index = -1;
+  acc_t sum = acc_t(0);
+
+  explicit RunAccumulator(acc_t* row_) : row(row_) {}
+
+  void add(int i, acc_t value) {
+    if (i != index) {
+      flush();
+      index = i;
+    }
+    sum += value;
+  }
+
+  void flush() {
+    if (index >= 0) row[index] += sum;
+    index = -1;
+    sum = acc_t(0);
+  }
+};
+
 /// Per-thread state for one roi at a time: its crop taps and the row buffers.
 template <typename scalar_t, typename acc_t>
 struct RoiWorkspace {
@@ -445,14 +471,17 @@ void blend_backward_kernel(
           for (int slot = 0; slot < slots; ++slot) {
             acc_t* row = plane + static_cast<int64_t>(ws.slot_rows[slot]) * n.width;
             const acc_t* src = grad_horizontal.data() + (k * slots + slot) * n.out;
+            RunAccumulator<acc_t> to_lo(row), to_hi(row);
             for (int pw = 0; pw < n.out; ++pw) {
               for (int ix = 0; ix < gw; ++ix) {
                 const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
                 if (!x.valid) continue;
-                row[x.lo] += src[pw] * x.w_lo;
-                row[x.hi] += src[pw] * x.w_hi;
+                to_lo.add(x.lo, src[pw] * x.w_lo);
+                to_hi.add(x.hi, src[pw] * x.w_hi);
               }
             }
+            to_lo.flush();
+            to_hi.flush();
           }
         }
 
@@ -460,11 +489,14 @@ void blend_backward_kernel(
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
             acc_t* dst = grad_attn.data() + km * n.attn_w;
+            RunAccumulator<acc_t> to_0(dst), to_1(dst);
             for (int pw = 0; pw < n.out; ++pw) {
               const LinearTaps<acc_t>& t = plan.cols[pw];
-              dst[t.i0] += src[pw] * t.w0;
-              dst[t.i1] += src[pw] * t.w1;
+              to_0.add(t.i0, src[pw] * t.w0);
+              to_1.add(t.i1, src[pw] * t.w1);
             }
+            to_0.flush();
+            to_1.flush();
           }
         }
         scalar_t* grad_attn_out = grad_attns_p + d * attn_size;
