@@ -1,8 +1,8 @@
 """Blender benchmark: fused op vs the unfused reference (DESIGN.md section 5).
 
 For every instance count D it measures, side by side in one process:
-- latency of the forward and of forward+backward (median of interleaved repeats; CUDA
-  events and synchronisation on the GPU);
+- latency of the forward and of forward+backward (median, and best, of interleaved
+  repeats; CUDA events and synchronisation on the GPU);
 - peak extra memory of each: on CUDA ``torch.cuda.max_memory_allocated`` above the
   baseline; on the CPU the peak resident set size above the baseline (``VmHWM`` after
   resetting it through ``/proc/self/clear_refs``), with glibc's dynamic mmap threshold
@@ -189,6 +189,7 @@ def measure_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict
     row = {"D": num_rois, "repeats": repeats}
     for impl, mode, fn in flat:
         row[f"{impl}_{mode}_ms"] = statistics.median(samples[(impl, mode)])
+        row[f"{impl}_{mode}_min_ms"] = min(samples[(impl, mode)])
         row[f"{impl}_{mode}_peak_bytes"] = peak_extra_memory(fn, device)
     return row
 
@@ -206,6 +207,9 @@ def summarise(rows: List[dict], at: int = 100) -> Optional[dict]:
         "memory_ratio": r["fused_forward_backward_peak_bytes"] / max(r["reference_forward_backward_peak_bytes"], 1.0),
         "forward_memory_ratio": r["fused_forward_peak_bytes"] / max(r["reference_forward_peak_bytes"], 1.0),
     }
+    # best-of-N ratios too: on a shared machine the median absorbs other processes' load
+    summary["forward_speedup_best"] = r["reference_forward_min_ms"] / r["fused_forward_min_ms"]
+    summary["forward_backward_speedup_best"] = r["reference_forward_backward_min_ms"] / r["fused_forward_backward_min_ms"]
     summary["goals"] = GOALS
     summary["goals_met"] = {
         "forward_speedup": summary["forward_speedup"] >= GOALS["forward_speedup"],
@@ -292,7 +296,7 @@ def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
         "rows": rows,
         "summary_at_100": summarise(rows),
         "scaling_exponent_fused": {
-            mode: scaling_exponent(rows, f"fused_{mode}_ms") for mode in ("forward", "forward_backward")
+            mode: scaling_exponent(rows, f"fused_{mode}_min_ms") for mode in ("forward", "forward_backward")
         },
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -317,10 +321,19 @@ def _report(result: dict) -> None:
             f"{'met' if met['forward_backward_speedup'] else 'NOT met'}), peak memory fused/reference "
             f"{s['memory_ratio']:.3f} (goal <= {GOALS['memory_ratio']}: {'met' if met['memory_ratio'] else 'NOT met'})"
         )
+        print(
+            f"at D=100, best of {_repeats_at(result)} interleaved runs: forward {s['forward_speedup_best']:.1f}x, "
+            f"forward+backward {s['forward_backward_speedup_best']:.1f}x"
+        )
     exps = result["scaling_exponent_fused"]
     if exps["forward"] is not None:
-        print(f"fused latency ~ D^{exps['forward']:.2f} (forward), D^{exps['forward_backward']:.2f} (forward+backward) for D >= 100")
+        print(f"fused best latency ~ D^{exps['forward']:.2f} (forward), D^{exps['forward_backward']:.2f} (forward+backward) for D >= 100")
     print(f"wrote {result['files']['json']} and {result['files']['png']}")
+
+
+def _repeats_at(result: dict, at: int = 100) -> int:
+    """How many interleaved repeats were timed at D=``at``."""
+    return next((r["repeats"] for r in result["rows"] if r["D"] == at), 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,8 +356,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        handlers=[logging.FileHandler(os.path.join(args.out_dir, "bench_blender.log"))])
+    log_file = logging.FileHandler(os.path.join(args.out_dir, "bench_blender.log"))
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    LOG.addHandler(log_file)
+    LOG.setLevel(logging.INFO)
     devices = [torch.device("cpu")] if args.device != "cuda" else []
     if args.device in ("auto", "all", "cuda"):
         if torch.cuda.is_available():
@@ -352,6 +367,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.device == "cuda":
             raise RuntimeError("--device cuda but no GPU is visible")
     cfg = BenchConfig(counts=tuple(args.counts), min_time=args.min_time, max_repeats=args.max_repeats, top_interp=args.top_interp)
-    for device in devices:
-        _report(run_benchmark(cfg, device, args.out_dir))
+    try:
+        for device in devices:
+            _report(run_benchmark(cfg, device, args.out_dir))
+    finally:
+        LOG.removeHandler(log_file)
+        log_file.close()
     return 0
