@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from blendmask.models.fcos import FCOSHead
-from blendmask.models.fcos.inference import clip_boxes, fcos_inference_single_image
+from blendmask.models.fcos.inference import class_aware_nms, clip_boxes, fcos_inference_single_image
 from blendmask.models.fcos.losses import centerness_targets, fcos_losses, giou_loss, ltrb_iou_giou
 from blendmask.models.fcos.targets import assign_targets, assign_targets_single, compute_locations
 
@@ -224,3 +224,39 @@ def test_inference_without_candidates_is_empty():
 def test_clip_boxes():
     boxes = torch.tensor([[-5.0, 2.0, 30.0, 50.0]])
     assert clip_boxes(boxes, (40, 20)).tolist() == [[0.0, 2.0, 20.0, 40.0]]
+    # the exported graph passes the image size as a (2,) tensor: same clip
+    assert clip_boxes(boxes, torch.tensor([40, 20])).tolist() == [[0.0, 2.0, 20.0, 40.0]]
+
+
+def test_inference_clips_to_image_size():
+    c, h, w, stride = 1, 2, 2, 8
+    args = ([torch.tensor([[[5.0, 1.0], [1.0, 1.0]]])], [torch.ones(4, h, w) * 4.0], [torch.full((1, h, w), 5.0)],
+            [compute_locations(h, w, stride)], [stride])
+    raw = fcos_inference_single_image(*args, post_nms_topk=1)
+    clipped = fcos_inference_single_image(*args, image_size=(16, 24), post_nms_topk=1)
+    assert raw["boxes"].tolist() == [[-28.0, -28.0, 36.0, 36.0]]
+    assert clipped["boxes"].tolist() == [[0.0, 0.0, 24.0, 16.0]]
+
+
+def test_inference_pre_nms_topk_keeps_the_best_candidates_per_level():
+    c, h, w, stride = 1, 1, 4, 8
+    logits = torch.tensor([[[0.0, 3.0, 1.0, 2.0]]])  # four disjoint small boxes, all above threshold
+    reg = torch.full((4, h, w), 0.25)  # 4-pixel boxes: no NMS suppression
+    ctr = torch.full((1, h, w), 20.0)
+    dets = fcos_inference_single_image(
+        [logits], [reg], [ctr], [compute_locations(h, w, stride)], [stride], score_thresh=0.05, pre_nms_topk=2
+    )
+    assert dets["boxes"][:, 0].tolist() == [10.0, 26.0]  # locations x = 12 and 28 (logits 3 and 2)
+    # thresh_with_ctr=False thresholds sigmoid(cls) alone: a low centerness no longer removes it
+    ctr_low = torch.full((1, h, w), -20.0)
+    args = ([logits], [reg], [ctr_low], [compute_locations(h, w, stride)], [stride])
+    assert fcos_inference_single_image(*args, score_thresh=0.05)["boxes"].shape == (0, 4)
+    assert fcos_inference_single_image(*args, score_thresh=0.05, thresh_with_ctr=False)["boxes"].shape == (4, 4)
+
+
+def test_class_aware_nms_never_suppresses_across_classes():
+    # negative coordinates: torchvision's offset label * (max + 1) = -9 would make the classes overlap
+    boxes = torch.tensor([[-50.0, -50.0, -10.0, -10.0], [-41.0, -50.0, -1.0, -10.0], [-49.0, -50.0, -10.0, -10.0]])
+    keep = class_aware_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
+    assert keep.tolist() == [0, 1]
+    assert class_aware_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).shape == (0,)

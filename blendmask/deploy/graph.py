@@ -5,6 +5,9 @@ export and ``torch.export``.
 :class:`~blendmask.models.transform.ImageTransform` has already resized, normalised and padded,
 and stops before the two steps that stay in Python: mapping boxes back to the original image
 size and pasting the ``R x R`` masks into it (see :mod:`blendmask.deploy.postprocess`).
+It calls the model's own traceable steps: FCOS inference
+(:func:`blendmask.models.fcos.inference.fcos_inference_single_image`) and
+:meth:`BlendMask.blend_masks <blendmask.models.BlendMask.blend_masks>`.
 """
 from __future__ import annotations
 
@@ -14,9 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from blendmask.models import BlendMask
+from blendmask.models.fcos.inference import fcos_inference_single_image
 from blendmask.ops import blend, blend_reference
-
-from .decode import decode_detections
 
 __all__ = ["InferenceGraph", "export_program"]
 
@@ -55,14 +57,14 @@ class InferenceGraph(nn.Module):
         head = fcos([features[f] for f in model.fcos_in_features])
         top_feats = [model.top_layer(t) for t in head.bbox_towers]
         bases, _ = model.basis_module(features)
-        detections = decode_detections(
+        detections = fcos_inference_single_image(
             [x[0] for x in head.logits],
             [x[0] for x in head.reg],
             [x[0] for x in head.ctrness],
             fcos.locations(head.logits),
             fcos.strides,
             [x[0] for x in top_feats],
-            image_size.to(images.dtype),
+            image_size=image_size.to(images.dtype),
             score_thresh=fcos.score_thresh,
             thresh_with_ctr=fcos.thresh_with_ctr,
             pre_nms_topk=fcos.pre_nms_topk,
@@ -71,12 +73,8 @@ class InferenceGraph(nn.Module):
         )
         boxes = detections["boxes"]
         rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # (n, 5), all in image 0
-        attns = detections["extras"].reshape(-1, model.num_bases, model.attn_size, model.attn_size)
         blender = blend_reference if self.reference_blender else blend
-        logits = blender(
-            bases, attns, rois, model.bottom_resolution, 1.0 / model.basis_module.out_stride,
-            model.sampling_ratio, model.aligned, model.top_interp,
-        )
+        logits = model.blend_masks(bases, detections["extras"], rois, blender=blender)
         return boxes, detections["scores"], detections["labels"], logits.sigmoid()
 
 

@@ -5,7 +5,7 @@ API as torchvision's detection models (see :class:`BlendMask`).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,49 @@ from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .mask_ops import crop_and_resize_masks, paste_masks_in_image
+from .transform import postprocess_boxes
 
-__all__ = ["BlendMask"]
+__all__ = ["BlendMask", "postprocess_detections"]
+
+
+def postprocess_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    *,
+    image_size: Sequence[int],
+    original_size: Sequence[int],
+) -> Dict[str, Tensor]:
+    """Rescale one image's boxes to its original size and paste the masks into it.
+
+    Shared by the eval path of :class:`BlendMask` and the exported graphs
+    (:mod:`blendmask.deploy.postprocess`).
+
+    Args:
+        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``.
+        scores: ``(n,)`` scores.
+        labels: ``(n,)`` integer labels.
+        masks: ``(n, R, R)`` mask probabilities inside the boxes.
+        image_size: ``(h, w)`` of the resized image (before padding).
+        original_size: ``(H, W)`` of the image given by the user.
+    Returns:
+        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
+        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model.
+    """
+    n = boxes.shape[0]
+    if boxes.shape != (n, 4) or scores.shape != (n,) or labels.shape != (n,) or masks.dim() != 3 or masks.shape[0] != n:
+        raise ValueError(
+            "expected boxes (n, 4), scores (n,), labels (n,) and masks (n, R, R) with the same n, got "
+            f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(masks.shape)}"
+        )
+    boxes = postprocess_boxes(boxes, image_size, original_size)
+    return {
+        "boxes": boxes,
+        "labels": labels.to(torch.int64),
+        "scores": scores,
+        "masks": paste_masks_in_image(masks, boxes, (int(original_size[0]), int(original_size[1]))),
+    }
 
 
 class BlendMask(nn.Module):
@@ -106,10 +147,14 @@ class BlendMask(nn.Module):
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.constant_(self.top_layer.bias, 0.0)
 
-    def _blend(self, bases: Tensor, attns: Tensor, rois: Tensor) -> Tensor:
-        """``(D, R, R)`` mask logits from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``."""
+    def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
+        """``(D, R, R)`` mask logits from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``.
+
+        ``blender`` is :func:`blendmask.ops.blend` (the fused op) or
+        :func:`blendmask.ops.blend_reference` (standard ops, for the ONNX export).
+        """
         attns = attns.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
-        return blend(
+        return blender(
             bases, attns, rois, self.bottom_resolution, 1.0 / self.basis_module.out_stride,
             self.sampling_ratio, self.aligned, self.top_interp,
         )
@@ -151,7 +196,7 @@ class BlendMask(nn.Module):
         boxes = torch.cat(gt_boxes).to(bases.dtype)
         image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
-        logits = self._blend(bases, attns, rois)  # (Np, R, R)
+        logits = self.blend_masks(bases, attns, rois)  # (Np, R, R)
         mask_targets = torch.cat(
             [crop_and_resize_masks(m, b, self.bottom_resolution) for m, b in zip(gt_masks, gt_boxes)]
         )[positives.gt_inds]
@@ -167,20 +212,16 @@ class BlendMask(nn.Module):
         )
         attns = torch.cat([d["extras"] for d in detections])
         if rois.shape[0] > 0:
-            mask_probs = self._blend(bases, attns, rois).sigmoid()
+            mask_probs = self.blend_masks(bases, attns, rois).sigmoid()
         else:
             mask_probs = bases.new_zeros((0, self.bottom_resolution, self.bottom_resolution))
         results = []
         for i, (det, probs, size, orig) in enumerate(
             zip(detections, mask_probs.split(counts), image_sizes, original_sizes)
         ):
-            boxes = self.transform.postprocess_boxes(det["boxes"], size, orig)
-            result = {
-                "boxes": boxes,
-                "labels": det["labels"].to(torch.int64),
-                "scores": det["scores"],
-                "masks": paste_masks_in_image(probs, boxes, orig),
-            }
+            result = postprocess_detections(
+                det["boxes"], det["scores"], det["labels"], probs, image_size=size, original_size=orig
+            )
             if self.return_internals:
                 stride = self.basis_module.out_stride
                 hb, wb = math.ceil(size[0] / stride), math.ceil(size[1] / stride)

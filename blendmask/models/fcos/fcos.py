@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .head import FCOSHead, FCOSHeadOutputs
-from .inference import clip_boxes, fcos_inference_single_image
+from .inference import fcos_inference_single_image
 from .losses import fcos_losses
 from .targets import assign_targets, compute_locations
 
@@ -164,21 +164,20 @@ class FCOS(nn.Module):
         """Detections per image: ``boxes (n, 4)`` clipped to the image, ``scores``, ``labels``, and
         ``extras (n, E)`` when ``extras`` (per level ``(N, E, Hl, Wl)``) is given."""
         locations = self.locations(head.logits)
-        results = []
-        for i, size in enumerate(image_sizes):
-            result = fcos_inference_single_image(
+        return [
+            fcos_inference_single_image(
                 [x[i] for x in head.logits],
                 [x[i] for x in head.reg],
                 [x[i] for x in head.ctrness],
                 locations,
                 self.strides,
                 [x[i] for x in extras] if extras is not None else None,
+                image_size=size,
                 score_thresh=self.score_thresh,
                 thresh_with_ctr=self.thresh_with_ctr,
                 pre_nms_topk=self.pre_nms_topk,
                 nms_thresh=self.nms_thresh,
                 post_nms_topk=self.post_nms_topk,
             )
-            result["boxes"] = clip_boxes(result["boxes"], size)
-            results.append(result)
-        return results
+            for i, size in enumerate(image_sizes)
+        ]

@@ -3,38 +3,62 @@
 Follows AdelaiDet's ``predict_proposals``: per level, scores ``sigmoid(cls) * sigmoid(ctr)``
 above ``score_thresh`` (``thresh_with_ctr``; otherwise the threshold is applied on
 ``sigmoid(cls)`` alone), at most ``pre_nms_topk`` candidates per level; then over all levels
-a class-aware batched NMS and the ``post_nms_topk`` best detections. The reported score is
+a class-aware NMS and the ``post_nms_topk`` best detections. The reported score is
 ``sqrt(cls * ctr)``.
+
+This is the only implementation, used both by the eager model and by the exported graph
+(:mod:`blendmask.deploy.graph`), so it has no data-dependent Python branches and ``torch.export``
+traces it:
+
+- per level, threshold-then-top-k is top-k over ``where(candidate, score, -1)`` followed by
+  dropping the non-candidates: every candidate outranks every non-candidate, so this keeps the
+  candidates, or the ``pre_nms_topk`` best of them when there are more;
+- class-aware NMS is one ``torchvision.ops.nms`` call (ONNX ``NonMaxSuppression``) on boxes
+  shifted to start at 0 and offset per class by more than their span, so that boxes of different
+  classes never overlap (the offset of torchvision's ``batched_nms``, ``label * (max + 1)``,
+  lets them overlap when coordinates are negative, which happens for unclipped boxes).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 __all__ = ["clip_boxes", "class_aware_nms", "fcos_inference_single_image"]
 
 
-def clip_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
-    """Clip ``(n, 4)`` xyxy boxes to an image of ``(height, width)``."""
-    h, w = image_size
-    x = boxes[:, 0::2].clamp(min=0, max=w)
-    y = boxes[:, 1::2].clamp(min=0, max=h)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+def clip_boxes(boxes: Tensor, image_size: Union[Tensor, Tuple[int, int]]) -> Tensor:
+    """Clip ``(n, 4)`` xyxy boxes to ``[0, w] x [0, h]``.
+
+    ``image_size`` is ``(height, width)``: Python ints (eager model) or a ``(2,)`` tensor
+    (a traced input of the exported graph).
+    """
+    if not isinstance(image_size, Tensor):
+        image_size = boxes.new_tensor([float(image_size[0]), float(image_size[1])])
+    image_size = image_size.to(boxes.dtype)
+    upper = torch.stack([image_size[1], image_size[0], image_size[1], image_size[0]])
+    return torch.minimum(boxes.clamp(min=0), upper)
 
 
 def class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
-    """Indices kept by per-class NMS, sorted by decreasing score.
+    """NMS run separately per label, as one ``nms`` call on class-offset boxes.
 
-    torchvision's ``batched_nms`` separates the classes by offsetting boxes by
-    ``label * (max_coordinate + 1)``, which lets classes overlap when coordinates are negative
-    (unclipped FCOS boxes); shifting all boxes to start at 0 first makes the offset exact.
+    Args:
+        boxes: ``(n, 4)`` xyxy boxes.
+        scores: ``(n,)`` scores.
+        labels: ``(n,)`` int64 labels.
+        iou_threshold: boxes with IoU above it (same label) are suppressed.
+    Returns:
+        ``(k,)`` int64 indices of the kept boxes, by decreasing score.
     """
-    if boxes.numel() == 0:
-        return torch.zeros((0,), dtype=torch.int64, device=boxes.device)
-    return batched_nms(boxes - boxes.min(), scores, labels, iou_threshold)
+    # min/max over the boxes and one 0, so that empty inputs need no data-dependent branch
+    coords = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)])
+    low = coords.min()
+    span = coords.max() - low + 1
+    shifted = boxes - low + (labels.to(boxes.dtype) * span)[:, None]
+    return nms(shifted, scores, iou_threshold)
 
 
 def fcos_inference_single_image(
@@ -45,6 +69,7 @@ def fcos_inference_single_image(
     strides: Sequence[int],
     extras: Optional[Sequence[Tensor]] = None,
     *,
+    image_size: Optional[Union[Tensor, Tuple[int, int]]] = None,
     score_thresh: float = 0.05,
     thresh_with_ctr: bool = True,
     pre_nms_topk: int = 1000,
@@ -61,37 +86,45 @@ def fcos_inference_single_image(
         strides: per level stride.
         extras: optional per level ``(E, Hl, Wl)`` features gathered at the kept locations
             (BlendMask's top-layer attentions).
+        image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) the boxes are
+            clipped to (see :func:`clip_boxes`); without it the boxes are not clipped.
     Returns:
-        dict with ``boxes (n, 4)`` xyxy (not clipped), ``scores (n,)``, ``labels (n,)`` int64,
-        ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score.
+        dict with ``boxes (n, 4)`` xyxy, ``scores (n,)``, ``labels (n,)`` int64 and
+        ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score,
+        ``n <= post_nms_topk``.
     """
     all_boxes, all_scores, all_labels, all_extras = [], [], [], []
     for level, (cls_l, reg_l, ctr_l, loc_l, stride) in enumerate(zip(logits, reg, ctrness, locations, strides)):
         num_classes = cls_l.shape[0]
         cls_prob = cls_l.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()  # (HW, C)
         ctr_prob = ctr_l.permute(1, 2, 0).reshape(-1).sigmoid()  # (HW,)
-        scores = cls_prob * ctr_prob[:, None]
+        scores = cls_prob * ctr_prob[:, None]  # (HW, C)
         candidates = (scores if thresh_with_ctr else cls_prob) > score_thresh
-        scores = scores[candidates]
-        loc_idx, labels = candidates.nonzero(as_tuple=True)
-        if scores.numel() > pre_nms_topk:
-            scores, top = scores.topk(pre_nms_topk)
-            loc_idx, labels = loc_idx[top], labels[top]
-        dist = reg_l.permute(1, 2, 0).reshape(-1, 4)[loc_idx] * stride
-        loc = loc_l[loc_idx]
+        ranked = torch.where(candidates, scores, torch.full_like(scores, -1.0)).reshape(-1)  # (HW * C,)
+        top_scores, top_idx = ranked.topk(min(pre_nms_topk, ranked.shape[0]))
+        keep = top_scores >= 0
+        top_scores, top_idx = top_scores[keep], top_idx[keep]
+        loc_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+        labels = top_idx - loc_idx * num_classes
+        dist = reg_l.permute(1, 2, 0).reshape(-1, 4)[loc_idx] * stride  # (k, 4)
+        loc = loc_l[loc_idx]  # (k, 2)
         all_boxes.append(torch.cat([loc - dist[:, :2], loc + dist[:, 2:]], dim=1))
-        all_scores.append(torch.sqrt(scores))
+        all_scores.append(torch.sqrt(top_scores))
         all_labels.append(labels)
         if extras is not None:
-            ext = extras[level]
-            all_extras.append(ext.permute(1, 2, 0).reshape(-1, ext.shape[0])[loc_idx])
+            ext_l = extras[level]
+            all_extras.append(ext_l.permute(1, 2, 0).reshape(-1, ext_l.shape[0])[loc_idx])
 
     boxes = torch.cat(all_boxes)
     scores = torch.cat(all_scores)
     labels = torch.cat(all_labels)
-    keep = class_aware_nms(boxes, scores, labels, nms_thresh)
-    keep = keep[:post_nms_topk]
-    result = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    keep = class_aware_nms(boxes, scores, labels, nms_thresh)[:post_nms_topk]
+    boxes = boxes[keep]
+    result = {
+        "boxes": clip_boxes(boxes, image_size) if image_size is not None else boxes,
+        "scores": scores[keep],
+        "labels": labels[keep],
+    }
     if extras is not None:
         result["extras"] = torch.cat(all_extras)[keep]
     return result
