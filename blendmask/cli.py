@@ -206,14 +206,14 @@ def _run_train(args) -> int:
         result = _train(config=args.config, data=args.data, output=args.output, overrides=overrides,
                         resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
                         seed=args.seed, num_workers=args.num_workers)
+        _say(f"final weights: {result.final_checkpoint}")
+        _say(f"metrics: {result.metrics_path}")
+        if result.loss_curve_path:
+            _say(f"loss curve: {result.loss_curve_path}")
+        if result.eval_results:
+            _say(f"val: {_eval_summary(result.eval_results)}")
     finally:
         destroy_distributed()
-    _say(f"final weights: {result.final_checkpoint}")
-    _say(f"metrics: {result.metrics_path}")
-    if result.loss_curve_path:
-        _say(f"loss curve: {result.loss_curve_path}")
-    if result.eval_results:
-        _say(f"val: {_eval_summary(result.eval_results)}")
     return 0
 
 

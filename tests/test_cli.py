@@ -181,6 +181,7 @@ def test_torchrun_two_processes(shapes, tmp_path):
            "--set", "solver.max_iter=2", "solver.checkpoint_period=0", "solver.eval_period=0", *TINY_SET]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("final weights:") == 1  # rank 0 reports, rank 1 stays quiet
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "loss_total" in l]
     assert [r["iteration"] for r in records] == [1, 2]  # one metrics file, written by rank 0
     final = torch.load(out / "model_final.pth", weights_only=True)
