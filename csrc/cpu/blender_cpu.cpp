@@ -1,16 +1,9 @@
-// CPU kernels of blendmask::blend and blendmask::blend_backward.
-//
-// Work is split into rois (and, for the forward with few rois, into row blocks of a roi).
-// Per roi the sample coordinates of the crop (separable: one list of y taps, one of x taps)
-// are computed once and kept; the attention upsample taps depend only on (M, R) and are
-// computed once per call. One output row of R pixels is then produced for all K at a
-// time from small per-thread row buffers (K x R), so the inner loops run over contiguous
-// memory and nothing of size D x K x R x R is ever allocated.
-//
-// The backward recomputes the forward row by row. Its gradient w.r.t. attns belongs to one
-// roi, so the thread owning the roi writes it. Its gradient w.r.t. bases is a scatter that
-// rois can share: every parallel chunk of rois accumulates into its own buffer (chunk 0
-// directly into the result when the dtypes allow), and the buffers are summed afterwards.
+// CPU entry points of blendmask::blend and blendmask::blend_backward: argument checks,
+// then the kernels of blender_cpu_kernels.h, compiled here for the baseline ISA of the
+// build and in blender_cpu_avx2.cpp for AVX2+FMA. The AVX2 copy runs when the CPU has
+// AVX2 and FMA, unless ATEN_CPU_CAPABILITY=default (ATen's own switch) asks for the
+// baseline. Both copies compute the same thing; with FMA the results differ from the
+// baseline's at rounding level only.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,35 +12,52 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../blender.h"
 #include "../blender_math.h"
+#include "blender_cpu_isa.h"
+
+#define BLENDMASK_CPU_ISA baseline
+#include "blender_cpu_kernels.h"
+#undef BLENDMASK_CPU_ISA
 
 namespace blendmask {
+
+#if BLENDMASK_CPU_HAS_AVX2
+namespace cpu {
+namespace avx2 {
+void blend_forward(
+    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
+    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output);
+void blend_backward(
+    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
+    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
+    at::Tensor& grad_attns);
+}  // namespace avx2
+}  // namespace cpu
+#endif
+
 namespace {
 
-using math::AxisTaps;
-using math::LinearTaps;
-using math::RoiGeometry;
+using cpu::Dims;
+using cpu::dims_of;
 
-/// Sizes of one call, in the kernels' own words.
-struct Dims {
-  int64_t num_images;  // N
-  int64_t channels;    // K
-  int height;          // Hb
-  int width;           // Wb
-  int64_t num_rois;    // D
-  int attn_h;          // Mh
-  int attn_w;          // Mw
-  int out;             // R
-};
-
-Dims dims_of(const at::Tensor& bases, const at::Tensor& attns, int64_t output_size) {
-  return Dims{bases.size(0), bases.size(1), static_cast<int>(bases.size(2)), static_cast<int>(bases.size(3)),
-              attns.size(0), static_cast<int>(attns.size(2)), static_cast<int>(attns.size(3)),
-              static_cast<int>(output_size)};
+#if BLENDMASK_CPU_HAS_AVX2
+/// True when the AVX2+FMA kernels may run: the CPU has both and ATEN_CPU_CAPABILITY does
+/// not ask for the baseline ("default").
+bool use_avx2() {
+  static const bool enabled = [] {
+    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return enabled;
 }
+#endif
 
 /// Rejects rois with NaN/inf coordinates or a batch index outside [0, N).
 template <typename scalar_t>
@@ -66,456 +76,6 @@ void check_roi_values(const scalar_t* rois, int64_t num_rois, int64_t num_images
   }
 }
 
-/// The upsample taps of the attentions; the same for every roi.
-template <typename acc_t>
-struct AttentionPlan {
-  TopInterp mode;
-  std::vector<LinearTaps<acc_t>> rows;  // bilinear, per output row
-  std::vector<LinearTaps<acc_t>> cols;  // bilinear, per output column
-  std::vector<int> nearest_rows;        // nearest, per output row
-  std::vector<int> nearest_cols;        // nearest, per output column
-
-  AttentionPlan(TopInterp mode_, const Dims& n) : mode(mode_) {
-    if (mode == TopInterp::Bilinear) {
-      rows.resize(n.out);
-      cols.resize(n.out);
-      for (int p = 0; p < n.out; ++p) {
-        rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
-        cols[p] = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
-      }
-    } else {
-      nearest_rows.resize(n.out);
-      nearest_cols.resize(n.out);
-      for (int p = 0; p < n.out; ++p) {
-        nearest_rows[p] = math::upsample_nearest_index(p, n.attn_h, n.out);
-        nearest_cols[p] = math::upsample_nearest_index(p, n.attn_w, n.out);
-      }
-    }
-  }
-};
-
-/// One k of the row-wise softmax blend: e = exp(a - max), sum += e, acc += e * crop
-/// (math::SoftmaxBlend::push for R pixels at once; restrict pointers let it vectorise).
-template <typename acc_t>
-void softmax_blend_accumulate(
-    const acc_t* __restrict a, const acc_t* __restrict max, const acc_t* __restrict crop, acc_t* __restrict e,
-    acc_t* __restrict sum, acc_t* __restrict acc, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    const acc_t v = math::exp_of(a[pw] - max[pw]);
-    e[pw] = v;
-    sum[pw] += v;
-    acc[pw] += v * crop[pw];
-  }
-}
-
-/// dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw] over R pixels.
-template <typename acc_t>
-void add_blended_rows(
-    const acc_t* __restrict src_lo, const acc_t* __restrict src_hi, acc_t w_lo, acc_t w_hi, acc_t* __restrict dst, int r) {
-  for (int pw = 0; pw < r; ++pw) dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw];
-}
-
-/// dst_lo[pw] += g[pw] * w_lo and dst_hi[pw] += g[pw] * w_hi over R pixels.
-template <typename acc_t>
-void scatter_rows(const acc_t* __restrict g, acc_t w_lo, acc_t w_hi, acc_t* __restrict dst_lo, acc_t* __restrict dst_hi, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    dst_lo[pw] += g[pw] * w_lo;
-    dst_hi[pw] += g[pw] * w_hi;
-  }
-}
-
-/// Adds values into ``row[index]``, summing runs of equal consecutive indices in a register
-/// first. Interpolation taps are monotonic, so upsampling hits one index several times in a
-/// row; adding each value to memory would chain every add on the previous store.
-template <typename acc_t>
-struct RunAccumulator {
-  acc_t* row;
-  int index = -1;
-  acc_t sum = acc_t(0);
-
-  explicit RunAccumulator(acc_t* row_) : row(row_) {}
-
-  void add(int i, acc_t value) {
-    if (i != index) {
-      flush();
-      index = i;
-    }
-    sum += value;
-  }
-
-  void flush() {
-    if (index >= 0) row[index] += sum;
-    index = -1;
-    sum = acc_t(0);
-  }
-};
-
-/// Per-thread state for one roi at a time: its crop taps and the row buffers.
-template <typename scalar_t, typename acc_t>
-struct RoiWorkspace {
-  const Dims& n;
-  RoiGeometry<acc_t> geo{};
-  int64_t image = 0;
-  std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
-  std::vector<AxisTaps<acc_t>> x_taps;  // (R * grid_w)
-  std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
-  std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
-  std::vector<acc_t> crop_row;          // (K, R): crops of the current row
-  std::vector<acc_t> exp_row;           // (K, R): exp(a[k] - max_k a) of the current row
-  std::vector<acc_t> max_row;           // (R): max_k a[k]
-  std::vector<acc_t> inv_sum_row;       // (R): 1 / sum_k exp(a[k] - max)
-  std::vector<acc_t> out_row;           // (R): the blended values
-  // The crop is evaluated separably, x first: every base row the roi samples ("slot") is
-  // interpolated at the R x positions once (horizontal), then each output row blends the
-  // two slots of its y samples, vectorised over the R pixels. The backward runs the
-  // transpose: output rows scatter into per-slot lines, the lines into the base rows.
-  // Same taps and weights as math::bilinear_sample; the products are grouped as
-  // w_y * (w_x * v) instead of (w_y * w_x) * v, a rounding-level difference.
-  std::vector<int> row_slot;            // (Hb): slot of a base row, -1 when unused
-  std::vector<int> slot_rows;           // (slots): the base row of each slot
-  std::vector<int> y_slot_lo, y_slot_hi;  // (R * grid_h): slots of y_taps[i].lo / .hi
-  std::vector<acc_t> horizontal;        // (K, slots, R)
-
-  explicit RoiWorkspace(const Dims& dims)
-      : n(dims),
-        width_pass(static_cast<size_t>(dims.channels) * dims.attn_h * dims.out),
-        attn_row(static_cast<size_t>(dims.channels) * dims.out),
-        crop_row(static_cast<size_t>(dims.channels) * dims.out),
-        exp_row(static_cast<size_t>(dims.channels) * dims.out),
-        max_row(dims.out),
-        inv_sum_row(dims.out),
-        out_row(dims.out),
-        row_slot(dims.height, -1) {}
-
-  /// Caches the crop taps of roi ``roi`` (5 values) for output rows [row_begin, row_end).
-  void load_roi(const scalar_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
-    image = static_cast<int64_t>(roi[0]);
-    geo = math::roi_geometry<acc_t>(
-        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-        spatial_scale, n.out, sampling_ratio, aligned);
-    const int gh = std::max(geo.grid_h, 0);
-    const int gw = std::max(geo.grid_w, 0);
-    y_taps.resize(static_cast<size_t>(n.out) * gh);
-    x_taps.resize(static_cast<size_t>(n.out) * gw);
-    for (int ph = row_begin; ph < row_end; ++ph) {
-      for (int iy = 0; iy < gh; ++iy) {
-        y_taps[ph * gh + iy] = math::axis_taps(math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height);
-      }
-    }
-    for (int pw = 0; pw < n.out; ++pw) {
-      for (int ix = 0; ix < gw; ++ix) {
-        x_taps[pw * gw + ix] = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
-      }
-    }
-    for (int row : slot_rows) row_slot[row] = -1;
-    slot_rows.clear();
-    y_slot_lo.resize(y_taps.size());
-    y_slot_hi.resize(y_taps.size());
-    auto slot_of = [&](int row) {
-      if (row_slot[row] < 0) {
-        row_slot[row] = static_cast<int>(slot_rows.size());
-        slot_rows.push_back(row);
-      }
-      return row_slot[row];
-    };
-    for (int i = row_begin * gh; i < row_end * gh; ++i) {
-      if (!y_taps[i].valid) continue;
-      y_slot_lo[i] = slot_of(y_taps[i].lo);
-      y_slot_hi[i] = slot_of(y_taps[i].hi);
-    }
-  }
-
-  int num_slots() const {
-    return static_cast<int>(slot_rows.size());
-  }
-
-  /// horizontal (K, slots, R): every sampled base row interpolated at the R x positions
-  /// (sum over the x samples of a bin).
-  void load_crops(const scalar_t* bases) {
-    const int gw = std::max(geo.grid_w, 0);
-    const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
-    horizontal.assign(static_cast<size_t>(n.channels) * num_slots() * n.out, acc_t(0));
-    for (int64_t k = 0; k < n.channels; ++k) {
-      const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
-      for (int slot = 0; slot < num_slots(); ++slot) {
-        const scalar_t* row = plane + static_cast<int64_t>(slot_rows[slot]) * n.width;
-        acc_t* dst = horizontal.data() + (k * num_slots() + slot) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) {
-          acc_t v = acc_t(0);
-          for (int ix = 0; ix < gw; ++ix) {
-            const AxisTaps<acc_t>& x = x_taps[pw * gw + ix];
-            if (x.valid) v += static_cast<acc_t>(row[x.lo]) * x.w_lo + static_cast<acc_t>(row[x.hi]) * x.w_hi;
-          }
-          dst[pw] = v;
-        }
-      }
-    }
-  }
-
-  /// Interpolates the roi's attentions (K, Mh, Mw) along x: width_pass (K, Mh, R).
-  void load_attention(const scalar_t* attn, const AttentionPlan<acc_t>& plan) {
-    if (plan.mode != TopInterp::Bilinear) return;
-    for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
-      const scalar_t* src = attn + km * n.attn_w;
-      acc_t* dst = width_pass.data() + km * n.out;
-      for (int pw = 0; pw < n.out; ++pw) {
-        const LinearTaps<acc_t>& t = plan.cols[pw];
-        dst[pw] = static_cast<acc_t>(src[t.i0]) * t.w0 + static_cast<acc_t>(src[t.i1]) * t.w1;
-      }
-    }
-  }
-
-  /// Fills attn_row and crop_row (K, R) for output row ``ph`` (after load_roi, load_attention, load_crops).
-  void compute_row(const scalar_t* attn, const AttentionPlan<acc_t>& plan, int ph) {
-    const int gh = std::max(geo.grid_h, 0);
-    for (int64_t k = 0; k < n.channels; ++k) {
-      acc_t* arow = attn_row.data() + k * n.out;
-      if (plan.mode == TopInterp::Bilinear) {
-        const LinearTaps<acc_t>& ty = plan.rows[ph];
-        const acc_t* top = width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
-        const acc_t* bottom = width_pass.data() + (k * n.attn_h + ty.i1) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) arow[pw] = top[pw] * ty.w0 + bottom[pw] * ty.w1;
-      } else {
-        const scalar_t* src = attn + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
-        for (int pw = 0; pw < n.out; ++pw) arow[pw] = static_cast<acc_t>(src[plan.nearest_cols[pw]]);
-      }
-
-      acc_t* crow = crop_row.data() + k * n.out;
-      std::fill(crow, crow + n.out, acc_t(0));
-      const acc_t* hk = horizontal.data() + k * num_slots() * n.out;
-      for (int iy = 0; iy < gh; ++iy) {
-        const int i = ph * gh + iy;
-        const AxisTaps<acc_t>& y = y_taps[i];
-        if (!y.valid) continue;
-        add_blended_rows(hk + y_slot_lo[i] * n.out, hk + y_slot_hi[i] * n.out, y.w_lo, y.w_hi, crow, n.out);
-      }
-      const acc_t inv_count = acc_t(1) / geo.count;
-      for (int pw = 0; pw < n.out; ++pw) crow[pw] *= inv_count;
-    }
-  }
-
-  /// Softmax over K and the blend for the whole current row: max_row, exp_row, inv_sum_row
-  /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
-  /// innermost so that it vectorises (exp included, see math::exp_vectorizable).
-  void blend_row() {
-    const int r = n.out;
-    acc_t* mx = max_row.data();
-    std::copy(attn_row.begin(), attn_row.begin() + r, mx);
-    for (int64_t k = 1; k < n.channels; ++k) {
-      const acc_t* a = attn_row.data() + k * r;
-      for (int pw = 0; pw < r; ++pw) mx[pw] = std::max(mx[pw], a[pw]);
-    }
-    acc_t* sum = inv_sum_row.data();
-    acc_t* acc = out_row.data();
-    std::fill(sum, sum + r, acc_t(0));
-    std::fill(acc, acc + r, acc_t(0));
-    for (int64_t k = 0; k < n.channels; ++k) {
-      softmax_blend_accumulate(
-          attn_row.data() + k * r, mx, crop_row.data() + k * r, exp_row.data() + k * r, sum, acc, r);
-    }
-    for (int pw = 0; pw < r; ++pw) {
-      sum[pw] = acc_t(1) / sum[pw];
-      acc[pw] *= sum[pw];
-    }
-  }
-};
-
-/// How many rows of one roi a forward work item covers: whole rois when there are enough
-/// of them to keep every thread busy, row blocks otherwise.
-int rows_per_item(const Dims& n) {
-  const int64_t wanted_items = 4 * static_cast<int64_t>(at::get_num_threads());
-  if (n.num_rois >= wanted_items) return n.out;
-  const int64_t blocks = std::min<int64_t>((wanted_items + n.num_rois - 1) / n.num_rois, n.out);
-  return static_cast<int>((n.out + blocks - 1) / blocks);
-}
-
-template <typename scalar_t>
-void blend_forward_kernel(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
-  scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
-  const AttentionPlan<acc_t> plan(mode, n);
-  const int rows = rows_per_item(n);
-  const int blocks = (n.out + rows - 1) / rows;
-  const int64_t attn_size = n.channels * n.attn_h * n.attn_w;
-
-  at::parallel_for(0, n.num_rois * blocks, 1, [&](int64_t begin, int64_t end) {
-    RoiWorkspace<scalar_t, acc_t> ws(n);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t d = item / blocks;
-      const int row_begin = static_cast<int>(item % blocks) * rows;
-      const int row_end = std::min(row_begin + rows, n.out);
-      const scalar_t* attn = attns_p + d * attn_size;
-      ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, row_begin, row_end);
-      ws.load_attention(attn, plan);
-      ws.load_crops(bases_p);
-      for (int ph = row_begin; ph < row_end; ++ph) {
-        ws.compute_row(attn, plan, ph);
-        ws.blend_row();
-        scalar_t* out_row = out_p + (d * n.out + ph) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.out_row[pw]);
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void blend_backward_kernel(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad_p = grad.const_data_ptr<scalar_t>();
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
-  scalar_t* grad_attns_p = grad_attns.mutable_data_ptr<scalar_t>();
-  const AttentionPlan<acc_t> plan(mode, n);
-  const int64_t attn_size = n.channels * n.attn_h * n.attn_w;
-  const int64_t bases_size = bases.numel();
-  const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
-
-  // One accumulator of grad_bases per chunk of rois; chunk 0 writes into grad_bases itself
-  // when it already has the accumulation dtype.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n.num_rois));
-  const bool direct = std::is_same<scalar_t, acc_t>::value;
-  const int64_t buffers = direct ? chunks - 1 : chunks;
-  std::vector<acc_t> partial(static_cast<size_t>(buffers * bases_size), acc_t(0));
-  auto accumulator_of = [&](int64_t chunk) -> acc_t* {
-    if (direct && chunk == 0) return reinterpret_cast<acc_t*>(grad_bases.mutable_data_ptr<scalar_t>());
-    return partial.data() + (direct ? chunk - 1 : chunk) * bases_size;
-  };
-
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    RoiWorkspace<scalar_t, acc_t> ws(n);
-    std::vector<acc_t> grad_crop_row(static_cast<size_t>(n.channels) * n.out);
-    std::vector<acc_t> grad_attn_row(static_cast<size_t>(n.channels) * n.out);
-    std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
-    std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
-    std::vector<acc_t> g_row(n.out);
-    std::vector<acc_t> grad_horizontal;  // (K, slots, R): transpose of ws.horizontal
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* grad_bases_acc = accumulator_of(chunk);
-      const int64_t d_begin = n.num_rois * chunk / chunks;
-      const int64_t d_end = n.num_rois * (chunk + 1) / chunks;
-      for (int64_t d = d_begin; d < d_end; ++d) {
-        const scalar_t* attn = attns_p + d * attn_size;
-        ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, 0, n.out);
-        ws.load_attention(attn, plan);
-        ws.load_crops(bases_p);
-        const int gh = std::max(ws.geo.grid_h, 0);
-        const int gw = std::max(ws.geo.grid_w, 0);
-        const int slots = ws.num_slots();
-        grad_horizontal.assign(static_cast<size_t>(n.channels) * slots * n.out, acc_t(0));
-        std::fill(grad_attn.begin(), grad_attn.end(), acc_t(0));
-        std::fill(grad_width_pass.begin(), grad_width_pass.end(), acc_t(0));
-
-        for (int ph = 0; ph < n.out; ++ph) {
-          ws.compute_row(attn, plan, ph);
-          ws.blend_row();
-          const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
-          for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
-          const acc_t inv_count = acc_t(1) / ws.geo.count;
-          for (int64_t k = 0; k < n.channels; ++k) {
-            const acc_t* e = ws.exp_row.data() + k * n.out;
-            const acc_t* c = ws.crop_row.data() + k * n.out;
-            acc_t* gc = grad_crop_row.data() + k * n.out;
-            acc_t* ga = grad_attn_row.data() + k * n.out;
-            for (int pw = 0; pw < n.out; ++pw) {
-              const math::BlendGrads<acc_t> bg = math::blend_grads(g_row[pw], e[pw] * ws.inv_sum_row[pw], c[pw], ws.out_row[pw]);
-              gc[pw] = bg.crop * inv_count;
-              ga[pw] = bg.attention;
-            }
-          }
-
-          for (int64_t k = 0; k < n.channels; ++k) {
-            // crop: scatter the row into the slots of its y samples
-            const acc_t* gc = grad_crop_row.data() + k * n.out;
-            acc_t* ghk = grad_horizontal.data() + k * slots * n.out;
-            for (int iy = 0; iy < gh; ++iy) {
-              const int i = ph * gh + iy;
-              const AxisTaps<acc_t>& y = ws.y_taps[i];
-              if (!y.valid) continue;
-              acc_t* lo = ghk + ws.y_slot_lo[i] * n.out;
-              acc_t* hi = ghk + ws.y_slot_hi[i] * n.out;
-              if (lo == hi) {  // clamped at the last row: w_hi == 0
-                for (int pw = 0; pw < n.out; ++pw) lo[pw] += gc[pw] * (y.w_lo + y.w_hi);
-              } else {
-                scatter_rows(gc, y.w_lo, y.w_hi, lo, hi, n.out);
-              }
-            }
-            // attention: the transpose of the upsample
-            const acc_t* ga = grad_attn_row.data() + k * n.out;
-            if (mode == TopInterp::Bilinear) {
-              const LinearTaps<acc_t>& ty = plan.rows[ph];
-              acc_t* top = grad_width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
-              acc_t* bottom = grad_width_pass.data() + (k * n.attn_h + ty.i1) * n.out;
-              for (int pw = 0; pw < n.out; ++pw) {
-                top[pw] += ga[pw] * ty.w0;
-                bottom[pw] += ga[pw] * ty.w1;
-              }
-            } else {
-              acc_t* dst = grad_attn.data() + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
-              for (int pw = 0; pw < n.out; ++pw) dst[plan.nearest_cols[pw]] += ga[pw];
-            }
-          }
-        }
-
-        // slots into the base rows of this chunk's grad_bases accumulator (x transpose)
-        for (int64_t k = 0; k < n.channels; ++k) {
-          acc_t* plane = grad_bases_acc + (ws.image * n.channels + k) * plane_size;
-          for (int slot = 0; slot < slots; ++slot) {
-            acc_t* row = plane + static_cast<int64_t>(ws.slot_rows[slot]) * n.width;
-            const acc_t* src = grad_horizontal.data() + (k * slots + slot) * n.out;
-            RunAccumulator<acc_t> to_lo(row), to_hi(row);
-            for (int pw = 0; pw < n.out; ++pw) {
-              for (int ix = 0; ix < gw; ++ix) {
-                const AxisTaps<acc_t>& x = ws.x_taps[pw * gw + ix];
-                if (!x.valid) continue;
-                to_lo.add(x.lo, src[pw] * x.w_lo);
-                to_hi.add(x.hi, src[pw] * x.w_hi);
-              }
-            }
-            to_lo.flush();
-            to_hi.flush();
-          }
-        }
-
-        if (mode == TopInterp::Bilinear) {
-          for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
-            const acc_t* src = grad_width_pass.data() + km * n.out;
-            acc_t* dst = grad_attn.data() + km * n.attn_w;
-            RunAccumulator<acc_t> to_0(dst), to_1(dst);
-            for (int pw = 0; pw < n.out; ++pw) {
-              const LinearTaps<acc_t>& t = plan.cols[pw];
-              to_0.add(t.i0, src[pw] * t.w0);
-              to_1.add(t.i1, src[pw] * t.w1);
-            }
-            to_0.flush();
-            to_1.flush();
-          }
-        }
-        scalar_t* grad_attn_out = grad_attns_p + d * attn_size;
-        for (int64_t i = 0; i < attn_size; ++i) grad_attn_out[i] = static_cast<scalar_t>(grad_attn[i]);
-      }
-    }
-  });
-
-  // Sum the per-chunk accumulators into grad_bases, in parallel over elements.
-  scalar_t* grad_bases_p = grad_bases.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, bases_size, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t total = direct ? static_cast<acc_t>(grad_bases_p[i]) : acc_t(0);
-      for (int64_t b = 0; b < buffers; ++b) total += partial[b * bases_size + i];
-      grad_bases_p[i] = static_cast<scalar_t>(total);
-    }
-  });
-}
-
 at::Tensor blend_cpu(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
     double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
@@ -530,9 +90,15 @@ at::Tensor blend_cpu(
   const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_cpu", [&] {
     check_roi_values(rois_c.const_data_ptr<scalar_t>(), n.num_rois, n.num_images);
-    blend_forward_kernel<scalar_t>(
-        bases_c, attns_c, rois_c, n, spatial_scale, static_cast<int>(sampling_ratio), aligned, mode, output);
   });
+  const int sampling = static_cast<int>(sampling_ratio);
+#if BLENDMASK_CPU_HAS_AVX2
+  if (use_avx2()) {
+    cpu::avx2::blend_forward(bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, output);
+    return output;
+  }
+#endif
+  cpu::baseline::blend_forward(bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, output);
   return output;
 }
 
@@ -552,10 +118,17 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
   const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_backward_cpu", [&] {
     check_roi_values(rois_c.const_data_ptr<scalar_t>(), n.num_rois, n.num_images);
-    blend_backward_kernel<scalar_t>(
-        grad_c, bases_c, attns_c, rois_c, n, spatial_scale, static_cast<int>(sampling_ratio), aligned, mode,
-        grad_bases, grad_attns);
   });
+  const int sampling = static_cast<int>(sampling_ratio);
+#if BLENDMASK_CPU_HAS_AVX2
+  if (use_avx2()) {
+    cpu::avx2::blend_backward(
+        grad_c, bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, grad_bases, grad_attns);
+    return {grad_bases, grad_attns};
+  }
+#endif
+  cpu::baseline::blend_backward(
+      grad_c, bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, grad_bases, grad_attns);
   return {grad_bases, grad_attns};
 }
 
