@@ -89,14 +89,21 @@ def _load_split(data: str, split: str, *, train_transforms: bool = False, hflip_
     return CocoInstanceDataset(ann_file, image_dir, transforms=transforms)
 
 
-def _has_split(data: str, split: str) -> bool:
+def _val_source(data: str, val_data: Optional[str]) -> Optional[str]:
+    """Where the val split comes from: ``--val-data`` if given, else ``data`` when it is a
+    directory holding a val split. A single COCO JSON is the training set only, so training on
+    it alone evaluates nothing (rather than scoring the training images)."""
     from blendmask.data import resolve_split
 
+    if val_data:
+        return val_data
+    if not Path(data).is_dir():
+        return None
     try:
-        resolve_split(data, split)
+        resolve_split(data, "val")
     except FileNotFoundError:
-        return False
-    return True
+        return None
+    return data
 
 
 def _backbone_weights(choice: str, cfg) -> Optional[str]:
@@ -138,6 +145,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
                    help="data set: a directory DIR/annotations/instances_{train,val}.json + DIR/{train,val}/, "
                         "or a COCO JSON file")
+    p.add_argument("--val-data", default=None,
+                   help="val set for evaluation during training (a directory as for --data, or a COCO JSON); "
+                        "default: the val split of --data when it is a directory")
     p.add_argument("--output", default="runs/train", help="output directory (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     p.add_argument("--weights", help="initialise the model from this weights file (matching tensors only)")
@@ -151,11 +161,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
            weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0,
-           evaluate_on_val: bool = True):
+           evaluate_on_val: bool = True, val_data: Optional[str] = None):
     """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``.
 
-    With ``evaluate_on_val`` and a val split in ``data``, evaluates every ``solver.eval_period``
-    iterations and at the end."""
+    With ``evaluate_on_val`` and a val set (see :func:`_val_source`), evaluates every
+    ``solver.eval_period`` iterations and at the end."""
     import torch
 
     from blendmask.config import get_config
@@ -170,7 +180,8 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     cfg.model.num_classes = train_set.num_classes
-    val_set = _load_split(data, "val") if evaluate_on_val and _has_split(data, "val") else None
+    val_source = _val_source(data, val_data) if evaluate_on_val else None
+    val_set = _load_split(val_source, "val") if val_source else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
@@ -205,7 +216,7 @@ def _run_train(args) -> int:
     try:
         result = _train(config=args.config, data=args.data, output=args.output, overrides=overrides,
                         resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
-                        seed=args.seed, num_workers=args.num_workers)
+                        seed=args.seed, num_workers=args.num_workers, val_data=args.val_data)
         _say(f"final weights: {result.final_checkpoint}")
         _say(f"metrics: {result.metrics_path}")
         if result.loss_curve_path:

@@ -63,6 +63,21 @@ def test_train_writes_checkpoints_metrics_and_curve(trained):
     assert final["config"]["model"]["num_classes"] == 4 and final["config"]["solver"]["max_iter"] == 4
 
 
+def test_train_on_one_json_evaluates_only_an_explicit_val_set(shapes, tmp_path):
+    train_json = str(shapes / "annotations" / "instances_train.json")
+    args = ["train", "--data", train_json, "--backbone-weights", "none", "--set", "solver.max_iter=2",
+            "solver.checkpoint_period=0", *TINY_SET]
+
+    def evaluated(out):
+        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return any("eval" in r for r in records)
+
+    assert main([*args, "--output", str(tmp_path / "alone")]) == 0
+    assert not evaluated(tmp_path / "alone")  # never scores the training images as "val"
+    assert main([*args, "--output", str(tmp_path / "with_val"), "--val-data", str(shapes)]) == 0
+    assert evaluated(tmp_path / "with_val")
+
+
 def test_train_resume_continues_to_a_new_max_iter(shapes, trained, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
