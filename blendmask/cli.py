@@ -335,11 +335,26 @@ DEMO_PREDICT_IMAGES = 4
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", default="runs/demo", help="output directory, replaced if it exists (default runs/demo)")
+    p.add_argument("--output", default="runs/demo", help="output directory; a previous demo output there is replaced (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a tiny smoke run of every step (meaningless AP)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the training run")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+
+
+DEMO_MARKER = ".blendmask-demo"
+
+
+def _clear_demo_output(out: Path) -> None:
+    """Empty ``out`` for a new demo run, but only if a previous demo made it (it holds
+    :data:`DEMO_MARKER`): a directory the user filled with anything else is never deleted."""
+    if out.exists():
+        if not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
+            raise FileExistsError(f"--output {out} exists and was not made by 'blendmask demo': "
+                                  "choose a new or empty directory")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
 
 
 def _run_demo(args) -> int:
@@ -352,8 +367,7 @@ def _run_demo(args) -> int:
     data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (DEMO_DATA, DEMO_OVERRIDES)
     overrides = {**overrides, **extra}
     out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
+    _clear_demo_output(out)
     start = time.perf_counter()
     print(f"[1/4] generating the synthetic shapes set ({data_args['train']} train + {data_args['val']} val, "
           f"{data_args['size']} px) in {out / 'data'}", flush=True)

@@ -32,6 +32,15 @@ def test_demo_fast_runs_every_step(tmp_path, capsys):
     assert main(["demo", "--fast", "--output", str(out_dir)]) == 0
 
 
+def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert main(["demo", "--fast", "--output", str(precious)]) == 1
+    assert "was not made by 'blendmask demo'" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
 @pytest.mark.slow
 def test_full_demo_reaches_the_goal(tmp_path, capsys):
     """The issue's figure: mask AP >= 0.50 and AP50 >= 0.85 on the synthetic val split."""
