@@ -379,6 +379,35 @@ void blend_forward_kernel(
   });
 }
 
+/// Splits the rois [0, D) into ``chunks`` consecutive runs of about equal backward work
+/// (returns the chunks + 1 bounds). A roi costs K x R x R for its pixels plus K x R per
+/// base row it samples (at most 2 per sample row), so tall boxes cost up to three times
+/// as much as short ones; an even split by count would leave one thread waiting.
+template <typename scalar_t, typename acc_t>
+std::vector<int64_t> balanced_roi_chunks(
+    const scalar_t* rois, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned, int64_t chunks) {
+  std::vector<double> prefix(n.num_rois + 1, 0.0);
+  for (int64_t d = 0; d < n.num_rois; ++d) {
+    const scalar_t* roi = rois + d * 5;
+    const RoiGeometry<acc_t> geo = math::roi_geometry<acc_t>(
+        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
+        spatial_scale, n.out, sampling_ratio, aligned);
+    const double sample_rows = static_cast<double>(n.out) * std::max(geo.grid_h, 0);
+    const double height = std::abs(static_cast<double>(geo.bin_h) * n.out);
+    const double base_rows = std::min({2.0 * sample_rows, height + 2.0, static_cast<double>(n.height)});
+    prefix[d + 1] = prefix[d] + static_cast<double>(n.out) * (n.out + base_rows);
+  }
+  std::vector<int64_t> bounds(chunks + 1, n.num_rois);
+  bounds[0] = 0;
+  int64_t d = 0;
+  for (int64_t c = 1; c < chunks; ++c) {
+    const double target = prefix[n.num_rois] * static_cast<double>(c) / static_cast<double>(chunks);
+    while (d < n.num_rois && prefix[d + 1] <= target) ++d;
+    bounds[c] = d;
+  }
+  return bounds;
+}
+
 template <typename scalar_t>
 void blend_backward_kernel(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
@@ -399,6 +428,8 @@ void blend_backward_kernel(
   // when it already has the accumulation dtype.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n.num_rois));
   const bool direct = std::is_same<scalar_t, acc_t>::value;
+  const std::vector<int64_t> chunk_bounds =
+      balanced_roi_chunks(rois_p, n, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, chunks);
   const int64_t buffers = direct ? chunks - 1 : chunks;
   std::vector<acc_t> partial(static_cast<size_t>(buffers * bases_size), acc_t(0));
   auto accumulator_of = [&](int64_t chunk) -> acc_t* {
@@ -416,8 +447,8 @@ void blend_backward_kernel(
     std::vector<acc_t> grad_horizontal;  // (K, slots, R): transpose of ws.horizontal
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       acc_t* grad_bases_acc = accumulator_of(chunk);
-      const int64_t d_begin = n.num_rois * chunk / chunks;
-      const int64_t d_end = n.num_rois * (chunk + 1) / chunks;
+      const int64_t d_begin = chunk_bounds[chunk];
+      const int64_t d_end = chunk_bounds[chunk + 1];
       for (int64_t d = d_begin; d < d_end; ++d) {
         const scalar_t* attn = attns_p + d * attn_size;
         ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, 0, n.out);
@@ -466,9 +497,10 @@ void blend_backward_kernel(
               const LinearTaps<acc_t>& ty = plan.rows[ph];
               acc_t* top = grad_width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
               acc_t* bottom = grad_width_pass.data() + (k * n.attn_h + ty.i1) * n.out;
-              for (int pw = 0; pw < n.out; ++pw) {
-                top[pw] += ga[pw] * ty.w0;
-                bottom[pw] += ga[pw] * ty.w1;
+              if (top == bottom) {  // the last attention row: both taps on it
+                for (int pw = 0; pw < n.out; ++pw) top[pw] = (top[pw] + ga[pw] * ty.w0) + ga[pw] * ty.w1;
+              } else {
+                scatter_rows(ga, ty.w0, ty.w1, top, bottom, n.out);
               }
             } else {
               acc_t* dst = grad_attn.data() + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
