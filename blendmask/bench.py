@@ -3,7 +3,7 @@
 For every instance count D it measures, side by side in one process:
 - latency of the forward and of forward+backward (median, and best, of interleaved
   repeats; CUDA events and synchronisation on the GPU);
-- peak extra memory of each: on CUDA ``torch.cuda.max_memory_allocated`` above the
+- peak extra memory of each, in a second pass after all timings: on CUDA ``torch.cuda.max_memory_allocated`` above the
   baseline; on the CPU the peak resident set size above the baseline (``VmHWM`` after
   resetting it through ``/proc/self/clear_refs``), with glibc's dynamic mmap threshold
   pinned so every buffer >= 128 KiB is mapped on allocation and unmapped on free. This
@@ -173,8 +173,8 @@ def _calls(cfg: BenchConfig, bases, attns, rois, grad):
     }
 
 
-def measure_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict:
-    """Latency (ms, median) and peak extra memory (bytes) of both implementations at one D."""
+def time_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict:
+    """Latency (ms: median and best of interleaved repeats) of both implementations at one D."""
     calls = _calls(cfg, *make_problem(cfg, num_rois, device))
     timer = _Timer(device)
     flat = [(impl, mode, fn) for impl, modes in calls.items() for mode, fn in modes.items()]
@@ -187,11 +187,20 @@ def measure_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict
         for impl, mode, fn in flat:
             samples[(impl, mode)].append(timer(fn))
     row = {"D": num_rois, "repeats": repeats}
-    for impl, mode, fn in flat:
+    for impl, mode, _ in flat:
         row[f"{impl}_{mode}_ms"] = statistics.median(samples[(impl, mode)])
         row[f"{impl}_{mode}_min_ms"] = min(samples[(impl, mode)])
-        row[f"{impl}_{mode}_peak_bytes"] = peak_extra_memory(fn, device)
     return row
+
+
+def memory_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict:
+    """Peak extra memory (bytes) of one call of each implementation and mode at one D."""
+    calls = _calls(cfg, *make_problem(cfg, num_rois, device))
+    return {
+        f"{impl}_{mode}_peak_bytes": peak_extra_memory(fn, device)
+        for impl, modes in calls.items()
+        for mode, fn in modes.items()
+    }
 
 
 def summarise(rows: List[dict], at: int = 100) -> Optional[dict]:
@@ -277,15 +286,19 @@ def plot(rows: List[dict], device: str, path: str) -> None:
 
 def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
     """Measures every D on ``device``; writes JSON + PNG into ``out_dir``; returns the results."""
-    if device.type == "cpu" and not (_pin_glibc_mmap_threshold() and _cpu_peak_memory_supported()):
-        raise RuntimeError("CPU peak-memory measurement needs glibc and a writable /proc/self/clear_refs (Linux)")
+    if device.type == "cpu" and not _cpu_peak_memory_supported():
+        raise RuntimeError("CPU peak-memory measurement needs a writable /proc/self/clear_refs (Linux)")
     if not _extension.has_kernel(device.type):
         raise RuntimeError(f"the fused op has no kernel for {device.type} ({_extension.load_error()}): build the extension first")
-    rows = []
-    for num_rois in tqdm(list(cfg.counts), desc=f"blender bench ({device.type})", unit="D"):
-        row = measure_count(cfg, num_rois, device)
-        LOG.info("D=%d %s", num_rois, json.dumps(row))
-        rows.append(row)
+    # Timings first, with the allocator as users have it: pinning glibc's mmap threshold (needed
+    # to see peak memory in the RSS) makes every large buffer a fresh mmap with page faults, which
+    # slows the reference's big intermediates far more than the fused op.
+    rows = [time_count(cfg, d, device) for d in tqdm(list(cfg.counts), desc=f"latency ({device.type})", unit="D")]
+    if device.type == "cpu" and not _pin_glibc_mmap_threshold():
+        raise RuntimeError("CPU peak-memory measurement needs glibc (mallopt)")
+    for row in tqdm(rows, desc=f"peak memory ({device.type})", unit="D"):
+        row.update(memory_count(cfg, row["D"], device))
+        LOG.info("D=%d %s", row["D"], json.dumps(row))
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
