@@ -3,8 +3,8 @@
 For every instance count D it measures, side by side in one process:
 - latency of the forward and of forward+backward (median, and best, of interleaved
   repeats; CUDA events and synchronisation on the GPU);
-- peak extra memory of each, in a second pass after all timings: on CUDA ``torch.cuda.max_memory_allocated`` above the
-  baseline; on the CPU the peak resident set size above the baseline (``VmHWM`` after
+- peak extra memory of each, in a separate process (:func:`measure_memory`): on CUDA
+  ``torch.cuda.max_memory_allocated`` above the baseline; on the CPU the peak resident set size above the baseline (``VmHWM`` after
   resetting it through ``/proc/self/clear_refs``), with glibc's dynamic mmap threshold
   pinned so every buffer >= 128 KiB is mapped on allocation and unmapped on free. This
   counts every byte the call touches, the op's own scratch buffers included.
@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -203,6 +204,25 @@ def memory_count(cfg: BenchConfig, num_rois: int, device: torch.device) -> dict:
     }
 
 
+def _memory_rows(cfg: BenchConfig, device_name: str, threads: int) -> List[dict]:
+    """:func:`memory_count` for every D, run in a fresh process (see :func:`measure_memory`)."""
+    device = torch.device(device_name)
+    if device.type == "cpu" and not _pin_glibc_mmap_threshold():
+        raise RuntimeError("CPU peak-memory measurement needs glibc (mallopt)")
+    torch.set_num_threads(threads)
+    return [memory_count(cfg, d, device) for d in cfg.counts]
+
+
+def measure_memory(cfg: BenchConfig, device: torch.device) -> List[dict]:
+    """Peak memory per D, measured in a spawned process whose glibc mmap threshold is pinned
+    before its first allocation. The timing process keeps the allocator as users have it:
+    pinned, every large buffer becomes a fresh mmap with page faults, which slows the
+    reference's big intermediates far more than the fused op; and memory freed by earlier
+    calls would hide later peaks from the RSS."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_memory_rows, (cfg, str(device), torch.get_num_threads()))
+
+
 def summarise(rows: List[dict], at: int = 100) -> Optional[dict]:
     """Ratios at D=``at``: speed-ups of the fused op and its memory as a fraction of the reference."""
     match = [r for r in rows if r["D"] == at]
@@ -290,14 +310,10 @@ def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
         raise RuntimeError("CPU peak-memory measurement needs a writable /proc/self/clear_refs (Linux)")
     if not _extension.has_kernel(device.type):
         raise RuntimeError(f"the fused op has no kernel for {device.type} ({_extension.load_error()}): build the extension first")
-    # Timings first, with the allocator as users have it: pinning glibc's mmap threshold (needed
-    # to see peak memory in the RSS) makes every large buffer a fresh mmap with page faults, which
-    # slows the reference's big intermediates far more than the fused op.
     rows = [time_count(cfg, d, device) for d in tqdm(list(cfg.counts), desc=f"latency ({device.type})", unit="D")]
-    if device.type == "cpu" and not _pin_glibc_mmap_threshold():
-        raise RuntimeError("CPU peak-memory measurement needs glibc (mallopt)")
-    for row in tqdm(rows, desc=f"peak memory ({device.type})", unit="D"):
-        row.update(memory_count(cfg, row["D"], device))
+    LOG.info("measuring peak memory in a separate process")
+    for row, memory in zip(rows, measure_memory(cfg, device)):
+        row.update(memory)
         LOG.info("D=%d %s", row["D"], json.dumps(row))
     result = {
         "device": str(device),
