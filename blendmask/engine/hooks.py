@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
