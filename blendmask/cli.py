@@ -201,7 +201,7 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
         if not trainer.resume():
             logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
     elif weights:
-        trainer.load_weights(weights)
+        trainer.load_matching_weights(weights)
     _say(f"training {cfg.name} on {len(train_set)} images ({train_set.num_classes} classes) for "
          f"{cfg.solver.max_iter} iterations, batch {cfg.solver.ims_per_batch}, output {output_dir}")
     return trainer.train()

@@ -13,17 +13,20 @@ from torch.utils.data import Dataset
 
 class TinyDetector(nn.Module):
     """Predicts each image's mean box from pooled conv features; returns two losses.
-    Has a BatchNorm layer so SyncBN conversion is exercised."""
+    Has a BatchNorm layer so SyncBN conversion is exercised; ``dropout > 0`` makes every training
+    step draw from torch's global RNG (so resume tests see whether each rank's RNG is restored)."""
 
-    def __init__(self, *, loss_scale: float = 1.0):
+    def __init__(self, *, loss_scale: float = 1.0, dropout: float = 0.0, num_classes: int = 3):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.box = nn.Linear(8, 4)
-        self.cls = nn.Linear(8, 3)
+        self.cls = nn.Linear(8, num_classes)
         self.loss_scale = loss_scale
 
     def forward(self, images, targets=None):
         feats = torch.stack([self.features(img[None]).mean(dim=(2, 3))[0] for img in images])  # (N, 8)
+        feats = self.dropout(feats)
         if targets is None:
             return [{"boxes": b[None], "scores": torch.ones(1), "labels": torch.zeros(1, dtype=torch.long)}
                     for b in self.box(feats)]

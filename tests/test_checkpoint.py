@@ -13,9 +13,12 @@ import torch
 from blendmask.engine.checkpoint import (
     Checkpointer,
     atomic_save,
+    capture_all_ranks_rng_state,
     capture_rng_state,
     load_checkpoint,
+    preserved_rng_state,
     restore_rng_state,
+    rng_state_of_this_rank,
 )
 
 
@@ -64,7 +67,10 @@ def test_process_killed_during_save_keeps_previous_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    ckpt = Checkpointer(tmp_path)
+    left = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].startswith(".model_0000001.pth."), left  # the killed save's temp file
+    ckpt = Checkpointer(tmp_path)  # the next start cleans it up
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
     assert ckpt.last_checkpoint() == tmp_path / "model_0000001.pth"
     data = load_checkpoint(tmp_path / "model_0000001.pth")
     assert data["iteration"] == 1 and torch.equal(data["model"]["w"], torch.ones(3))
@@ -113,3 +119,41 @@ def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
     got = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
     assert expected[2:] == got[2:]
+
+
+def test_checkpointer_start_removes_only_its_own_temp_files(tmp_path):
+    own = [".model_0000010.pth.k2j4_x9a.tmp", ".model_final.pth.abcd1234.tmp", ".last_checkpoint.zz_99xyz.tmp"]
+    others = [".notes.tmp", "model.pth.tmp", ".model_final.pth.tmp", ".data.json.abcd1234.tmp", "x.pth",
+              ".model_0000010.pth.k2j4_x9a.tmp.bak"]
+    for name in own + others:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".sub.pth.abcd1234.tmp").mkdir()
+    removed = Checkpointer(tmp_path).remove_stale_temp_files()  # already cleaned at construction
+    assert removed == []
+    assert sorted(os.listdir(tmp_path)) == sorted(others + [".sub.pth.abcd1234.tmp"])
+    Checkpointer(tmp_path / "does-not-exist-yet")  # nothing to clean, no error
+
+
+def test_rng_states_of_all_ranks_single_process(tmp_path):
+    torch.manual_seed(5)
+    saved = capture_all_ranks_rng_state()
+    assert saved["world_size"] == 1 and len(saved["ranks"]) == 1
+    expected = torch.rand(3)
+    restore_rng_state(rng_state_of_this_rank(saved, source="x.pth"))
+    assert torch.equal(torch.rand(3), expected)
+    # The single-state format of older checkpoints counts as one process.
+    restore_rng_state(rng_state_of_this_rank(saved["ranks"][0], source="old.pth"))
+    assert torch.equal(torch.rand(3), expected)
+    two = {"world_size": 2, "ranks": saved["ranks"] * 2}
+    with pytest.raises(ValueError, match=r"cannot resume two\.pth: .*2 process\(es\), this run has 1"):
+        rng_state_of_this_rank(two, source="two.pth")
+
+
+def test_preserved_rng_state_undoes_draws_inside_the_block():
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    with preserved_rng_state():
+        torch.rand(10), np.random.rand(10), random.random()
+    got = (torch.rand(2), np.random.rand(), random.random())
+    assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]

@@ -1,5 +1,6 @@
-"""Two CPU processes with gloo: DDP training agrees on the weights, metrics are reduced, and the
-CPU SyncBN matches BatchNorm over the whole batch. SyncBN conversion needs a process group."""
+"""Two CPU processes with gloo: DDP training agrees on the weights, metrics are reduced, the
+CPU SyncBN matches BatchNorm over the whole batch, and resuming (every rank its own RNG, the new
+schedule) gives the weights of uninterrupted training. SyncBN conversion needs a process group."""
 import os
 import socket
 import sys
@@ -53,6 +54,75 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                     "bn_type": type(trainer.model.features[1]).__name__}, os.path.join(out_dir, f"rank_{rank}.pt"))
     finally:
         destroy_distributed()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _resume_worker(rank: int, port: int, out_dir: str) -> None:
+    """Uninterrupted: 8 iterations with steps=(6,). Interrupted: the old schedule steps=(20,), stopped
+    after the checkpoint at 4, then resumed with steps=(6,) to 8. The model has dropout and the ranks
+    have different RNG streams, so the result depends on every rank restoring its own RNG state."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from blendmask.engine import HookBase, Trainer
+    from blendmask.engine.distributed import destroy_distributed, init_distributed
+
+    class StopAt(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 4:
+                raise _Interrupted
+
+    def trainer(name, steps, hooks=()):
+        torch.manual_seed(100 + rank)  # a different global RNG stream on every rank
+        cfg = tiny_cfg(max_iter=8, checkpoint_period=4, steps=steps, warmup_iters=2)
+        return Trainer(model=TinyDetector(dropout=0.5), cfg=cfg, train_dataset=TinyShapes(),
+                       output_dir=os.path.join(out_dir, name), show_progress=False, hooks=hooks)
+
+    assert init_distributed(torch.device("cpu"))
+    try:
+        full = trainer("full", (6,)).train()
+        try:
+            trainer("split", (20,), hooks=[StopAt()]).train()
+        except _Interrupted:
+            pass
+        resumed_trainer = trainer("split", (6,))
+        assert resumed_trainer.resume() and resumed_trainer.start_iter == 4
+        resumed = resumed_trainer.train()
+        torch.save({"full": full.losses, "resumed": resumed.losses}, os.path.join(out_dir, f"losses_{rank}.pt"))
+    finally:
+        destroy_distributed()
+
+
+def test_resume_on_two_gloo_ranks_with_a_changed_schedule_matches_uninterrupted_training(tmp_path):
+    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from blendmask.engine import Trainer, load_checkpoint
+
+    mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    middle = load_checkpoint(tmp_path / "split" / "model_0000004.pth")
+    assert middle["rng"]["world_size"] == 2
+    torch_states = [state["torch"] for state in middle["rng"]["ranks"]]
+    assert not torch.equal(*torch_states)  # each rank's own RNG state is in the checkpoint
+    full, resumed = (load_checkpoint(tmp_path / run / "model_final.pth") for run in ("full", "split"))
+    assert resumed["iteration"] == full["iteration"] == 8
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    losses = torch.load(tmp_path / "losses_0.pt", weights_only=True)
+    assert [m["iteration"] for m in losses["resumed"]] == [5, 6, 7, 8]
+    assert [m["lr"] for m in losses["resumed"]] == [m["lr"] for m in losses["full"][4:]]
+    assert losses["resumed"][-1]["lr"] == pytest.approx(0.03)  # the new steps=(6,) took effect
+    assert [m["loss_total"] for m in losses["resumed"]] == [m["loss_total"] for m in losses["full"][4:]]
+
+    # One process cannot take over the RNG streams of two.
+    trainer = Trainer(model=TinyDetector(), cfg=tiny_cfg(max_iter=8), train_dataset=TinyShapes(),
+                      output_dir=tmp_path / "split", show_progress=False)
+    (tmp_path / "split" / "last_checkpoint").write_text("model_0000004.pth")
+    with pytest.raises(ValueError, match=r"model_0000004\.pth: it holds the RNG states of 2 process\(es\), this run has 1"):
+        trainer.resume()
 
 
 def test_two_gloo_processes_agree_on_weights(tmp_path):

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from blendmask.engine import NonFiniteLossError, Trainer, load_checkpoint
+from blendmask.engine import HookBase, NonFiniteLossError, Trainer, atomic_save, load_checkpoint
+from blendmask.engine.hooks import TensorBoardWriter, tensorboard_available
 from blendmask.engine.solver import build_lr_scheduler, build_optimizer, lr_factor_at
 
 from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
@@ -147,3 +148,219 @@ def test_real_lite_model_short_run_lowers_the_loss(tmp_path):
     totals = [m["loss_total"] for m in result.losses]
     first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
     assert last < 0.7 * first, (first, last)
+
+
+def _strict_json(line):
+    """``json.loads`` that refuses NaN/Infinity, as jq and JavaScript do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def _start_from(checkpoint, out_dir):
+    """An output dir whose newest checkpoint is a copy of ``checkpoint`` (as a killed run leaves it)."""
+    out_dir.mkdir()
+    shutil.copy(checkpoint, out_dir)
+    (out_dir / "last_checkpoint").write_text(checkpoint.name)
+    return out_dir
+
+
+def test_resume_with_a_changed_schedule_applies_the_new_steps(tmp_path, caplog):
+    """The steps and max_iter given on resume win over the checkpoint's (old solver state kept only counters)."""
+    new = tiny_cfg(max_iter=12, checkpoint_period=6, steps=(9,))
+    full = _trainer(tmp_path / "full", new).train()
+
+    old = tiny_cfg(max_iter=20, checkpoint_period=6, steps=(15,))  # same lr as `new` up to iteration 8
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "old", old, hooks=[_StopAt(6)]).train()
+    assert load_checkpoint(tmp_path / "old" / "model_0000006.pth")["iteration"] == 6
+
+    trainer = _trainer(tmp_path / "old", new, model_seed=123)
+    with caplog.at_level("WARNING", logger="blendmask.engine.trainer"):
+        assert trainer.resume() and trainer.start_iter == 6
+    assert "steps" in caplog.text and "(15,)" in caplog.text.replace("[15]", "(15,)") and "max_iter" in caplog.text
+    resumed = trainer.train()
+    assert [m["lr"] for m in resumed.losses] == pytest.approx([m["lr"] for m in full.losses[6:]])
+    assert resumed.losses[-1]["lr"] == pytest.approx(0.3 * 0.1)  # decayed at 9, as the new config says
+    assert [m["loss_total"] for m in resumed.losses] == [m["loss_total"] for m in full.losses[6:]]
+    a, b = load_checkpoint(full.final_checkpoint)["model"], load_checkpoint(resumed.final_checkpoint)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_applies_a_new_base_lr_and_momentum(tmp_path):
+    cfg = tiny_cfg(max_iter=6, checkpoint_period=3, warmup_iters=0, steps=())
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, cfg, hooks=[_StopAt(3)]).train()
+    changed = tiny_cfg(max_iter=6, checkpoint_period=3, warmup_iters=0, steps=(), base_lr=0.05, momentum=0.5)
+    trainer = _trainer(tmp_path, changed)
+    assert trainer.resume()
+    assert {g["lr"] for g in trainer.optimizer.param_groups} == {0.05}
+    assert {g["momentum"] for g in trainer.optimizer.param_groups} == {0.5}
+    assert [m["lr"] for m in trainer.train().losses] == [0.05] * 3
+    assert trainer.optimizer.state  # momentum buffers were restored and used
+
+
+class _Recorder(HookBase):
+    def __init__(self, calls):
+        self.calls = calls
+
+    def before_train(self):
+        self.calls.append(("before_train", self.trainer.iter))
+
+    def before_step(self):
+        self.calls.append(("before_step", self.trainer.iter))
+
+    def after_step(self):
+        step = self.trainer.storage.latest_step()
+        self.calls.append(("after_step", self.trainer.iter, step["iteration"]))
+
+    def after_train(self):
+        self.calls.append(("after_train", self.trainer.iter, type(self.trainer.error).__name__))
+
+
+class _StopAt(HookBase):
+    """Stops the run like Ctrl-C once ``iteration`` steps are done (after the checkpoint hook ran)."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt
+
+
+def test_user_hooks_run_after_the_defaults_at_every_point(tmp_path):
+    calls, late = [], []
+    trainer = _trainer(tmp_path, tiny_cfg(max_iter=3), hooks=[_Recorder(calls)])
+    trainer.register_hooks([_Recorder(late)])
+    assert [type(h).__name__ for h in trainer.hooks][-2:] == ["_Recorder", "_Recorder"]
+    assert [type(h).__name__ for h in trainer.hooks][:2] == ["ProgressBar", "PeriodicCheckpoint"]
+    result = trainer.train()
+    expected = [("before_train", 0)]
+    for i in range(3):
+        expected += [("before_step", i), ("after_step", i + 1, i + 1)]
+    expected.append(("after_train", 3, "NoneType"))
+    assert calls == expected and late == expected
+    assert result.final_checkpoint == tmp_path / "model_final.pth"
+    with pytest.raises(TypeError, match="HookBase"):
+        trainer.register_hooks([lambda: None])
+
+
+def test_after_train_hooks_run_when_training_fails(tmp_path):
+    calls = []
+    trainer = _trainer(tmp_path, tiny_cfg(), model=_NaNAfter(bad_call=3), hooks=[_Recorder(calls)])
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()
+    assert calls[-1] == ("after_train", 2, "NonFiniteLossError")
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "stopped", tiny_cfg(), hooks=[_StopAt(2), _Recorder(calls)]).train()
+    assert calls[-1] == ("after_train", 2, "KeyboardInterrupt")
+    assert not (tmp_path / "stopped" / "model_final.pth").exists()
+    assert [_strict_json(l)["iteration"] for l in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_metrics_file_is_valid_json_with_null_for_nan(tmp_path):
+    def evaluate(model):
+        return {"segm": {"AP": 0.5, "APm": float("nan"), "APl": float("inf")}}
+
+    result = _trainer(tmp_path, tiny_cfg(max_iter=2), evaluate=evaluate).train()
+    records = [_strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1] == {"iteration": 2, "eval": {"segm": {"AP": 0.5, "APm": None, "APl": None}}}
+    assert result.eval_results["segm"]["AP"] == 0.5
+
+
+def test_in_memory_history_is_bounded_but_the_file_and_plot_have_everything(tmp_path):
+    result = _trainer(tmp_path, tiny_cfg(max_iter=12), history_size=5).train()
+    assert [m["iteration"] for m in result.losses] == list(range(8, 13))
+    records = [_strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(1, 13))
+    assert result.loss_curve_path == tmp_path / "loss_curve.png" and result.loss_curve_path.stat().st_size > 1000
+
+
+def test_resume_writes_each_iteration_once_to_the_metrics_file(tmp_path):
+    """A run killed at iteration 9 after a checkpoint at 6 (and mid-line): the resumed run redoes 7..9."""
+    _trainer(tmp_path, tiny_cfg(max_iter=9, checkpoint_period=6)).train()
+    (tmp_path / "last_checkpoint").write_text("model_0000006.pth")
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"iteration": 10, "loss_to')  # cut short by the kill
+    trainer = _trainer(tmp_path, tiny_cfg(max_iter=12, checkpoint_period=6))
+    assert trainer.resume()
+    trainer.train()
+    records = [_strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == list(range(1, 13))
+
+
+def test_evaluation_does_not_change_the_training_rng(tmp_path):
+    """An evaluation that draws random numbers leaves the (dropout) training identical."""
+    def noisy_evaluate(model):
+        torch.rand(100)
+        return {"segm": {"AP": 0.0}}
+
+    def model():
+        torch.manual_seed(0)
+        return TinyDetector(dropout=0.5)
+
+    cfg = tiny_cfg(max_iter=6, eval_period=2)
+    plain = _trainer(tmp_path / "plain", cfg, model=model()).train()
+    evaluated = _trainer(tmp_path / "eval", cfg, model=model(), evaluate=noisy_evaluate).train()
+    assert [m["loss_total"] for m in plain.losses] == [m["loss_total"] for m in evaluated.losses]
+
+
+def test_load_matching_weights_reports_what_it_skipped(tmp_path, caplog):
+    torch.manual_seed(1)
+    other = TinyDetector(num_classes=5).state_dict()
+    other["extra.weight"] = torch.ones(2)
+    del other["box.bias"]
+    atomic_save({"model": other, "config": {}}, tmp_path / "other.pth")
+    trainer = _trainer(tmp_path / "out", tiny_cfg())
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with caplog.at_level("WARNING", logger="blendmask.engine.trainer"):
+        report = trainer.load_matching_weights(tmp_path / "other.pth")
+    assert report.shape_mismatched == [("cls.bias", (5,), (3,)), ("cls.weight", (5, 8), (3, 8))]
+    assert report.missing == ["box.bias"] and report.unexpected == ["extra.weight"]
+    assert report.skipped == ["box.bias", "cls.bias", "cls.weight"]
+    assert "cls.weight (file [5, 8], model [3, 8])" in caplog.text and "extra.weight" in caplog.text
+    state = trainer.model.state_dict()
+    assert torch.equal(state["box.weight"], other["box.weight"]) and "box.weight" in report.loaded
+    assert all(torch.equal(state[k], before[k]) for k in report.skipped)
+
+
+class _FakeSummaryWriter:
+    instances = []
+
+    def __init__(self, log_dir, purge_step):
+        self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+        _FakeSummaryWriter.instances.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_writer_hook_writes_every_number(tmp_path):
+    hook = TensorBoardWriter(tmp_path / "tb", writer_factory=_FakeSummaryWriter)
+    evaluate = lambda model: {"segm": {"AP": 0.25, "APm": float("nan")}}  # noqa: E731
+    _trainer(tmp_path, tiny_cfg(max_iter=3, checkpoint_period=2), hooks=[hook], evaluate=evaluate).train()
+    writer = _FakeSummaryWriter.instances[-1]
+    assert writer.closed and writer.purge_step is None and writer.log_dir == str(tmp_path / "tb")
+    assert [s for t, _, s in writer.scalars if t == "loss_total"] == [1, 2, 3]
+    assert ("eval/segm/AP", 0.25, 3) in writer.scalars and not any(t == "eval/segm/APm" for t, _, _ in writer.scalars)
+    (tmp_path / "last_checkpoint").write_text("model_0000002.pth")
+    trainer = _trainer(tmp_path, tiny_cfg(max_iter=3), hooks=[TensorBoardWriter(tmp_path / "tb", _FakeSummaryWriter)])
+    assert trainer.resume()
+    trainer.train()
+    assert _FakeSummaryWriter.instances[-1].purge_step == 3
+
+
+def test_tensorboard_is_a_default_hook_only_when_importable(tmp_path):
+    names = [type(h).__name__ for h in _trainer(tmp_path, tiny_cfg()).hooks]
+    assert ("TensorBoardWriter" in names) == tensorboard_available()
+    if not tensorboard_available():
+        return
+    _trainer(tmp_path, tiny_cfg(max_iter=2)).train()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -6,7 +6,6 @@ from .loader import (
     build_test_loader,
     build_train_loader,
     collate,
-    dist_rank_and_world_size,
 )
 from .shapes import SHAPE_CLASSES, make_shapes
 from .transforms import Compose, RandomHorizontalFlip
@@ -20,7 +19,6 @@ __all__ = [
     "build_test_loader",
     "build_train_loader",
     "collate",
-    "dist_rank_and_world_size",
     "SHAPE_CLASSES",
     "make_shapes",
     "Compose",

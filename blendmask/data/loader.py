@@ -23,8 +23,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..engine.distributed import dist_rank_and_world_size
 
 __all__ = [
     "collate",
@@ -32,7 +33,6 @@ __all__ = [
     "InferenceSampler",
     "build_train_loader",
     "build_test_loader",
-    "dist_rank_and_world_size",
 ]
 
 
@@ -41,22 +41,6 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
     return images, targets
-
-
-def dist_rank_and_world_size(distributed: Optional[bool]) -> Tuple[int, int]:
-    """``(rank, world_size)`` of this process.
-
-    ``distributed=None`` detects an initialised ``torch.distributed`` process group; ``True``
-    requires one (``RuntimeError`` otherwise); ``False`` ignores it and returns ``(0, 1)``.
-    """
-    initialised = dist.is_available() and dist.is_initialized()
-    if distributed is None:
-        distributed = initialised
-    if not distributed:
-        return 0, 1
-    if not initialised:
-        raise RuntimeError("distributed=True but torch.distributed is not initialised (call init_process_group first)")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def _derive_seed(seed: int, stream: str, n: int) -> int:
@@ -152,7 +136,7 @@ def build_train_loader(
 
     ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
-    (module doc). ``distributed``: see :func:`dist_rank_and_world_size`. The loader leaves the
+    (module doc). ``distributed``: see :func:`blendmask.engine.distributed.dist_rank_and_world_size`. The loader leaves the
     global RNG states of the calling process unchanged.
     """
     if batch_size <= 0:

@@ -1,8 +1,12 @@
-"""Training engine: the training loop, solver, checkpoints and distributed helpers."""
+"""Training engine: the training loop and its hooks, solver, checkpoints and distributed helpers.
+
+Nothing here imports ``blendmask.models`` or ``blendmask.data`` at module level, so those
+packages can use :mod:`blendmask.engine.distributed` without an import cycle."""
 from .checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_from_weights
 from .distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
 from .solver import WarmupMultiStepLR, build_lr_scheduler, build_optimizer
-from .trainer import NonFiniteLossError, Trainer, TrainResult, plot_loss_curve
+from .hooks import HookBase, TrainResult, plot_loss_curve
+from .trainer import MatchingWeightsReport, NonFiniteLossError, Trainer
 
 __all__ = [
     "Checkpointer",
@@ -17,6 +21,8 @@ __all__ = [
     "WarmupMultiStepLR",
     "build_lr_scheduler",
     "build_optimizer",
+    "HookBase",
+    "MatchingWeightsReport",
     "NonFiniteLossError",
     "Trainer",
     "TrainResult",

@@ -1,10 +1,14 @@
-"""Distributed helpers: process-group setup from torchrun's environment, rank queries,
-metric reduction, and SyncBN conversion (only when a process group exists)."""
+"""Distributed helpers, the package's one home for them: process-group setup from torchrun's
+environment, rank queries, metric and tensor reduction, object gathering, and SyncBN conversion
+(only when a process group exists).
+
+This module imports only torch, so any part of the package (models, data, evaluation) can use
+it without an import cycle."""
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,9 +20,11 @@ __all__ = [
     "is_distributed",
     "get_rank",
     "get_world_size",
+    "dist_rank_and_world_size",
     "is_main_process",
     "barrier",
     "reduce_metrics",
+    "reduce_mean",
     "all_gather_objects",
     "convert_sync_batchnorm",
     "CPUSyncBatchNorm2d",
@@ -36,6 +42,22 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def dist_rank_and_world_size(distributed: Optional[bool]) -> Tuple[int, int]:
+    """``(rank, world_size)`` of this process.
+
+    ``distributed=None`` detects an initialised ``torch.distributed`` process group; ``True``
+    requires one (``RuntimeError`` otherwise); ``False`` ignores it and returns ``(0, 1)``.
+    """
+    initialised = is_distributed()
+    if distributed is None:
+        distributed = initialised
+    if not distributed:
+        return 0, 1
+    if not initialised:
+        raise RuntimeError("distributed=True but torch.distributed is not initialised (call init_process_group first)")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def is_main_process() -> bool:
@@ -90,8 +112,19 @@ def reduce_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
     return {k: float(v) for k, v in zip(keys, values.tolist())}
 
 
-def all_gather_objects(obj):
-    """A list with ``obj`` from every rank (``[obj]`` for a single process)."""
+def reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` (any shape) over all ranks when a process group exists, else ``value`` itself.
+    The result is detached: it is meant for normalisers, not for gradients."""
+    if get_world_size() < 2:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """A list with ``obj`` from every rank, in rank order (``[obj]`` for a single process).
+    ``obj`` must be picklable; every rank must call this."""
     if not is_distributed():
         return [obj]
     gathered = [None] * get_world_size()

@@ -1,14 +1,33 @@
 """Optimiser and learning-rate schedule: SGD with momentum and weight decay, linear warmup,
-multi-step decay (AdelaiDet/detectron2's ``WarmupMultiStepLR``)."""
+multi-step decay (AdelaiDet/detectron2's ``WarmupMultiStepLR``), and their resume semantics.
+
+Resume semantics (:func:`load_solver_state`): a checkpoint supplies only *counters and state*
+(the scheduler's iteration count, the optimiser's momentum buffers); every *hyperparameter*
+(``base_lr``, ``momentum``, ``weight_decay``, ``warmup_iters``, ``warmup_factor``, ``steps``,
+``gamma``) comes from the config of the resumed run. Resuming with ``--set solver.steps=(500,)``
+therefore decays at 500 from the resume point on; :func:`changed_solver_keys` names what changed
+so the trainer can log it.
+"""
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "WarmupMultiStepLR", "build_lr_scheduler", "lr_factor_at"]
+__all__ = [
+    "build_optimizer",
+    "WarmupMultiStepLR",
+    "build_lr_scheduler",
+    "lr_factor_at",
+    "load_solver_state",
+    "changed_solver_keys",
+    "SCHEDULE_KEYS",
+]
+
+# The solver settings that shape the optimisation; on resume they come from the new config.
+SCHEDULE_KEYS = ("base_lr", "momentum", "weight_decay", "warmup_iters", "warmup_factor", "steps", "gamma", "max_iter")
 
 
 def build_optimizer(model: nn.Module, solver_cfg) -> torch.optim.SGD:
@@ -62,15 +81,54 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
         return lr_factor_at(iteration, warmup_iters=self.warmup_iters, warmup_factor=self.warmup_factor,
                             steps=self.steps, gamma=self.gamma)
 
-    def state_dict(self):
-        # LambdaLR would try to pickle the bound method; the schedule is fully described by
-        # the constructor arguments, so only the counters are saved.
-        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "lr_lambdas")}
+    def state_dict(self) -> Dict[str, int]:
+        """Only the counters: the schedule itself comes from the config (module doc)."""
+        return {"last_epoch": int(self.last_epoch), "_step_count": int(self._step_count)}
 
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the counters and set the optimiser's learning rates for the restored iteration
+        under *this* scheduler's schedule. Schedule entries in older checkpoints (``steps``,
+        ``gamma``, ``base_lrs``...) are ignored on purpose (module doc)."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict["_step_count"])
+        factor = self._factor(self.last_epoch)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver_cfg) -> WarmupMultiStepLR:
     return WarmupMultiStepLR(optimizer, warmup_iters=solver_cfg.warmup_iters, warmup_factor=solver_cfg.warmup_factor,
                              steps=solver_cfg.steps, gamma=solver_cfg.gamma)
+
+
+def load_solver_state(optimizer: torch.optim.Optimizer, scheduler: WarmupMultiStepLR, *,
+                      optimizer_state: Mapping[str, Any], scheduler_state: Mapping[str, Any]) -> None:
+    """Resume ``optimizer`` and ``scheduler`` (both built from the *new* config) from a checkpoint.
+
+    The optimiser's per-parameter state (momentum buffers) and the scheduler's counters are
+    restored; each parameter group keeps the hyperparameters it was built with (``lr``,
+    ``initial_lr``, ``momentum``, ``weight_decay``...), so the new config wins (module doc).
+    """
+    built_with = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_state)
+    for group, hyperparameters in zip(optimizer.param_groups, built_with):
+        group.update(hyperparameters)
+    scheduler.load_state_dict(scheduler_state)
+
+
+def _comparable(value: Any) -> Any:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def changed_solver_keys(saved_solver: Mapping[str, Any], solver_cfg) -> Dict[str, Tuple[Any, Any]]:
+    """``{key: (saved value, new value)}`` for the :data:`SCHEDULE_KEYS` that differ between a
+    checkpoint's embedded ``config["solver"]`` and ``solver_cfg``."""
+    changed = {}
+    for key in SCHEDULE_KEYS:
+        if key not in saved_solver:
+            continue
+        old, new = saved_solver[key], getattr(solver_cfg, key)
+        if _comparable(old) != _comparable(new):
+            changed[key] = (old, new)
+    return changed

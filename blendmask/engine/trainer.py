@@ -1,37 +1,35 @@
 """The training loop: SGD + warmup/multi-step LR, AMP on CUDA, optional gradient clipping, DDP,
-periodic atomic checkpoints, exact resume, metrics as JSON lines, a loss-curve PNG, periodic
-evaluation, and a clean stop on a non-finite loss."""
+exact resume (every rank's RNG, the new config's schedule), and a clean stop on a non-finite loss.
+
+Everything around the step (checkpoints, evaluation, metrics, plots, TensorBoard) is a hook
+(:mod:`blendmask.engine.hooks`); :meth:`Trainer.train` is a loop of steps that calls them."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from .checkpoint import Checkpointer, capture_rng_state, load_checkpoint, restore_rng_state
-from .distributed import (
-    barrier,
-    convert_sync_batchnorm,
-    get_world_size,
-    is_distributed,
-    is_main_process,
-    reduce_metrics,
+from .checkpoint import (
+    Checkpointer,
+    capture_all_ranks_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state_of_this_rank,
 )
-from .solver import build_lr_scheduler, build_optimizer
+from .distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
+from .hooks import EvaluateFn, HookBase, RunRecords, TrainResult, default_hooks
+from .solver import build_lr_scheduler, build_optimizer, changed_solver_keys, load_solver_state
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "plot_loss_curve"]
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "MatchingWeightsReport"]
 
 logger = logging.getLogger(__name__)
-
-EvaluateFn = Callable[[nn.Module], Dict[str, Any]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,16 +37,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class TrainResult:
-    """What a training run produced."""
+class MatchingWeightsReport:
+    """What :meth:`Trainer.load_matching_weights` did with a weights file.
 
-    output_dir: Path
-    iteration: int
-    final_checkpoint: Optional[Path]
-    metrics_path: Path
-    loss_curve_path: Optional[Path]
-    losses: List[Dict[str, float]] = field(default_factory=list)  # per-iteration metrics of this run
-    eval_results: Dict[str, Any] = field(default_factory=dict)  # last evaluation
+    ``missing``: model tensors absent from the file (left as initialised); ``unexpected``: file
+    tensors the model does not have; ``shape_mismatched``: ``(name, shape in file, shape in model)``
+    of tensors present in both but not loaded.
+    """
+
+    path: Path
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    shape_mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> List[str]:
+        """Model tensors not initialised from the file (missing or of another shape)."""
+        return sorted(self.missing + [name for name, _, _ in self.shape_mismatched])
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} tensors loaded from {self.path}"]
+        if self.shape_mismatched:
+            parts.append(f"{len(self.shape_mismatched)} of another shape, not loaded: " + ", ".join(
+                f"{name} (file {list(a)}, model {list(b)})" for name, a, b in self.shape_mismatched[:5]))
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing from the file: {', '.join(self.missing[:5])}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} not in the model, ignored: {', '.join(self.unexpected[:5])}")
+        return "; ".join(parts)
 
 
 def _to_device(images, targets, device: torch.device):
@@ -76,21 +93,28 @@ class Trainer:
         num_workers: data-loader worker processes.
         show_progress: show a tqdm bar on rank 0.
         extra_state: more entries for every checkpoint (e.g. ``class_names``); plain data only.
+        hooks: more hooks (:class:`blendmask.engine.hooks.HookBase`), run after the default ones.
+        history_size: how many records of the run (step metrics, evaluations) stay in memory;
+            ``TrainResult.losses`` holds the step records among them. The metrics file has all.
+
+    State that hooks read: ``iter`` (completed iterations), ``start_iter``, ``max_iter``,
+    ``storage`` (:class:`~blendmask.engine.hooks.RunRecords` of the current run), ``result``
+    (the :class:`TrainResult` being filled), ``error`` (the exception that ended the run, or None),
+    ``model``, ``optimizer``, ``scheduler``, ``cfg``, ``output_dir``; and :meth:`save_checkpoint`.
     """
 
     def __init__(self, *, model: nn.Module, cfg, train_dataset: Dataset, output_dir, evaluate: Optional[EvaluateFn] = None,
                  device: Optional[torch.device] = None, seed: int = 0, num_workers: int = 0, show_progress: bool = True,
-                 extra_state: Optional[Dict[str, Any]] = None):
+                 extra_state: Optional[Dict[str, Any]] = None, hooks: Iterable[HookBase] = (), history_size: int = 1000):
         self.cfg = cfg
         self.solver = cfg.solver
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.output_dir = Path(output_dir)
-        self.evaluate_fn = evaluate
         self.seed = seed
         self.num_workers = num_workers
-        self.show_progress = show_progress
         self.train_dataset = train_dataset
         self.extra_state = dict(extra_state or {})
+        self.history_size = history_size
 
         world_size = get_world_size()
         if self.solver.ims_per_batch % world_size:
@@ -99,6 +123,7 @@ class Trainer:
         if self.solver.max_iter <= 0:
             raise ValueError(f"solver.max_iter must be > 0, got {self.solver.max_iter}")
         self.batch_per_rank = self.solver.ims_per_batch // world_size
+        self.max_iter = self.solver.max_iter
 
         model = convert_sync_batchnorm(model.to(self.device), self.device)
         self.model = model
@@ -113,10 +138,36 @@ class Trainer:
             self.train_model = model
         self.checkpointer = Checkpointer(self.output_dir)
         self.start_iter = 0
+        self.iter = 0
+        self.error: Optional[BaseException] = None
+        self.storage = RunRecords(history_size)
+        self.result = TrainResult(output_dir=self.output_dir, iteration=0)
         self._resumed_rng: Optional[Dict[str, Any]] = None
+        self._hooks: List[HookBase] = []
+        self.register_hooks(default_hooks(self, evaluate, show_progress))
+        self.register_hooks(hooks)
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    def hooks(self) -> List[HookBase]:
+        """The registered hooks, in the order they are called."""
+        return list(self._hooks)
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        """Append ``hooks`` (called after those already registered) and give them this trainer."""
+        for hook in hooks:
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"Trainer.register_hooks: {hook!r} is not a HookBase")
+            hook.trainer = self
+            self._hooks.append(hook)
+
+    def _call_hooks(self, stage: str) -> None:
+        for hook in self._hooks:
+            getattr(hook, stage)()
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self, iteration: int) -> Dict[str, Any]:
+    def checkpoint_state(self, rng: Dict[str, Any]) -> Dict[str, Any]:
+        """The checkpoint of the current iteration; ``rng`` from :func:`capture_all_ranks_rng_state`."""
         return {
             **self.extra_state,
             "model": self.model.state_dict(),
@@ -124,51 +175,75 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "iteration": iteration,
+            "iteration": self.iter,
             "data_order": {"seed": self.seed, "ims_per_batch": self.solver.ims_per_batch},
-            "rng": capture_rng_state(),
+            "rng": rng,
         }
 
-    def save_checkpoint(self, name: str, iteration: int) -> Optional[Path]:
-        path = None
-        if is_main_process():
-            path = self.checkpointer.save(name, self.checkpoint_state(iteration))
+    def save_checkpoint(self, name: str) -> Optional[Path]:
+        """Write ``output_dir/NAME.pth`` at the current iteration (rank 0 writes; every rank must
+        call this, since the RNG states of all ranks are gathered). Returns the path on rank 0."""
+        rng = capture_all_ranks_rng_state()
+        path = self.checkpointer.save(name, self.checkpoint_state(rng)) if is_main_process() else None
         barrier()
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in ``output_dir`` (model, optimiser, scheduler, iteration,
-        RNG state, data order). Returns False if there is none."""
+        """Load the newest checkpoint in ``output_dir``. Returns False if there is none.
+
+        Restored: the model, the optimiser's state (momentum), the scheduler's and scaler's
+        counters, the iteration, the data order and this rank's RNG state (each rank its own).
+        Not restored: hyperparameters. The current config's solver settings apply from the
+        resume point on (those that differ from the checkpoint's are logged), see
+        :mod:`blendmask.engine.solver`. Refused (``ValueError``): another ``solver.ims_per_batch``
+        (the data order depends on it) or another number of processes (the RNG states do).
+        """
         path = self.checkpointer.last_checkpoint()
         if path is None:
             return False
         data = load_checkpoint(path)
+        if data["data_order"]["ims_per_batch"] != self.solver.ims_per_batch:
+            raise ValueError(f"cannot resume {path}: it was trained with solver.ims_per_batch="
+                             f"{data['data_order']['ims_per_batch']}, the config now says {self.solver.ims_per_batch}")
+        rng = rng_state_of_this_rank(data["rng"], source=path)
         self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        self.scheduler.load_state_dict(data["scheduler"])
+        load_solver_state(self.optimizer, self.scheduler, optimizer_state=data["optimizer"],
+                          scheduler_state=data["scheduler"])
         if "scaler" in data:
             self.scaler.load_state_dict(data["scaler"])
         self.start_iter = int(data["iteration"])
         self.seed = int(data["data_order"]["seed"])
-        if data["data_order"]["ims_per_batch"] != self.solver.ims_per_batch:
-            raise ValueError(f"cannot resume {path}: it was trained with solver.ims_per_batch="
-                             f"{data['data_order']['ims_per_batch']}, the config now says {self.solver.ims_per_batch}")
-        self._resumed_rng = data["rng"]
+        self._resumed_rng = rng
+        changed = changed_solver_keys(data.get("config", {}).get("solver", {}), self.solver)
         logger.info("resumed from %s at iteration %d", path, self.start_iter)
+        if changed:
+            logger.warning("the config changes the solver of %s; the new values apply from iteration %d on: %s",
+                           path, self.start_iter + 1, ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
         return True
 
-    def load_weights(self, path) -> List[str]:
-        """Initialise the model from a weights file; parameters whose name or shape does not match
-        (e.g. a classifier for another number of classes) are skipped. Returns the skipped names."""
+    def load_matching_weights(self, path) -> MatchingWeightsReport:
+        """Initialise the model from a weights file, leniently: tensors whose name or shape does not
+        match (e.g. a classifier for another number of classes) are skipped, and reported.
+
+        For a file that must match exactly use :func:`blendmask.models.load_weights` (strict).
+        Returns the report and logs it (a warning when something was skipped).
+        """
         state = load_checkpoint(path)["model"]
         own = self.model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(own) - set(usable))
-        self.model.load_state_dict(usable, strict=False)
-        if skipped:
-            logger.warning("%d tensors not initialised from %s (absent or of another shape), e.g. %s",
-                           len(skipped), path, skipped[:3])
-        return skipped
+        report = MatchingWeightsReport(path=Path(path))
+        for name, value in state.items():
+            if name not in own:
+                report.unexpected.append(name)
+            elif tuple(own[name].shape) != tuple(value.shape):
+                report.shape_mismatched.append((name, tuple(value.shape), tuple(own[name].shape)))
+            else:
+                report.loaded.append(name)
+        report.missing = sorted(set(own) - set(state))
+        report.unexpected.sort()
+        report.shape_mismatched.sort()
+        self.model.load_state_dict({name: state[name] for name in report.loaded}, strict=False)
+        (logger.warning if report.skipped or report.unexpected else logger.info)("%s", report.summary())
+        return report
 
     # ------------------------------------------------------------------ loop
     def _data_loader(self) -> DataLoader:
@@ -177,7 +252,14 @@ class Trainer:
         return build_train_loader(self.train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
                                   seed=self.seed, start_iter=self.start_iter)
 
-    def _step(self, images, targets) -> Dict[str, float]:
+    def run_step(self) -> Dict[str, float]:
+        """One optimisation step on the next batch. Returns its rank-averaged metrics
+        (``loss_*``, ``loss_total``, ``lr``, ``time``, ``data_time``); raises
+        :class:`NonFiniteLossError` before updating anything if the loss is NaN/inf."""
+        start = time.perf_counter()
+        images, targets = next(self._data_iter)
+        images, targets = _to_device(images, targets, self.device)
+        data_time = time.perf_counter() - start
         with torch.autocast(self.device.type, enabled=self.use_amp):
             loss_dict = self.train_model(images, targets)
         total = sum(loss_dict.values())
@@ -199,92 +281,47 @@ class Trainer:
         self.scaler.update()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
+        metrics.update(time=time.perf_counter() - start, data_time=data_time)
         return metrics
 
-    def _evaluate(self, iteration: int, log) -> Dict[str, Any]:
-        results: Dict[str, Any] = {}
-        if self.evaluate_fn is not None and is_main_process():
-            self.model.eval()
-            with torch.no_grad():
-                results = self.evaluate_fn(self.model)
-            self.model.train()
-            log({"iteration": iteration, "eval": results})
-        barrier()
-        return results
-
     def train(self) -> TrainResult:
-        """Run from ``start_iter`` to ``solver.max_iter``. Raises :class:`NonFiniteLossError` (after
-        logging) if the loss becomes NaN/inf; the last good checkpoint is left untouched."""
-        main = is_main_process()
+        """Run from ``start_iter`` to ``solver.max_iter``: ``before_train`` hooks, then for every
+        iteration ``before_step`` hooks, :meth:`run_step`, ``after_step`` hooks, and finally the
+        ``after_train`` hooks (also on failure, with ``self.error`` set).
+
+        Raises :class:`NonFiniteLossError` (after the hooks have logged it) if the loss becomes
+        NaN/inf; the last good checkpoint is left untouched and named in the message.
+        """
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.output_dir / "metrics.jsonl"
-        # A fresh run starts a new metrics file; a resumed one appends to it.
-        metrics_file = open(metrics_path, "a" if self.start_iter > 0 else "w") if main else None
-
-        def log(record: Dict[str, Any]) -> None:
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-
-        if self._resumed_rng is not None:
-            restore_rng_state(self._resumed_rng)
-        max_iter = self.solver.max_iter
-        period = self.solver.checkpoint_period
-        eval_period = self.solver.eval_period
-        history: List[Dict[str, float]] = []
-        eval_results: Dict[str, Any] = {}
-        iteration = self.start_iter
-        bar = tqdm(total=max_iter, initial=iteration, desc="train", disable=not (main and self.show_progress),
-                   dynamic_ncols=True)
+        self.iter = self.start_iter
+        self.error = None
+        self.storage = RunRecords(self.history_size)
+        self.result = TrainResult(output_dir=self.output_dir, iteration=self.iter)
         self.train_model.train()
         try:
-            data_iter = iter(self._data_loader())
-            while iteration < max_iter:
-                start = time.perf_counter()
-                images, targets = next(data_iter)
-                images, targets = _to_device(images, targets, self.device)
-                data_time = time.perf_counter() - start
-                metrics = self._step(images, targets)
-                iteration += 1
-                metrics.update(iteration=iteration, time=time.perf_counter() - start, data_time=data_time)
-                history.append(metrics)
-                log(metrics)
-                bar.set_postfix(loss=f"{metrics['loss_total']:.3f}", lr=f"{metrics['lr']:.2e}", refresh=False)
-                bar.update(1)
-                if period > 0 and iteration % period == 0 and iteration < max_iter:
-                    self.save_checkpoint(f"model_{iteration:07d}", iteration)
-                if eval_period > 0 and iteration % eval_period == 0 and iteration < max_iter:
-                    eval_results = self._evaluate(iteration, log)
+            self._call_hooks("before_train")
+            if self._resumed_rng is not None:
+                restore_rng_state(self._resumed_rng)
+            self._data_iter = iter(self._data_loader())
+            while self.iter < self.max_iter:
+                self._call_hooks("before_step")
+                metrics = self.run_step()
+                self.iter += 1
+                self.storage.put({"iteration": self.iter, **metrics})
+                self._call_hooks("after_step")
         except NonFiniteLossError as exc:
-            log({"iteration": iteration + 1, "error": str(exc)})
+            self.error = exc
+            self.storage.put({"iteration": self.iter + 1, "error": str(exc)})
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self._data_iter = None
+            self._call_hooks("after_train")
+        self.result.iteration = self.iter
+        self.result.losses = self.storage.steps()
+        if self.error is not None:
             last = self.checkpointer.last_checkpoint()
             note = f" The last good checkpoint is {last}." if last else " No checkpoint had been written yet."
-            raise NonFiniteLossError(f"{exc}{note}") from None
-        finally:
-            bar.close()
-            if metrics_file is not None:
-                metrics_file.close()
-
-        final = self.save_checkpoint("model_final", iteration)
-        if self.evaluate_fn is not None:
-            metrics_file = open(metrics_path, "a") if main else None
-            try:
-                eval_results = self._evaluate(iteration, log)
-            finally:
-                if metrics_file is not None:
-                    metrics_file.close()
-        curve = plot_loss_curve(metrics_path, self.output_dir / "loss_curve.png") if main else None
-        return TrainResult(output_dir=self.output_dir, iteration=iteration, final_checkpoint=final,
-                           metrics_path=metrics_path, loss_curve_path=curve, losses=history, eval_results=eval_results)
-
-
-def plot_loss_curve(metrics_path: Path, png_path: Path) -> Optional[Path]:
-    """Plot the loss terms and the learning rate of a ``metrics.jsonl`` file to a PNG (one panel each)."""
-    from blendmask.visualize import plot_curves
-
-    with open(metrics_path) as handle:
-        first = next((json.loads(line) for line in handle if '"loss_total"' in line), None)
-    if first is None:
-        return None
-    keys = ["loss_total"] + sorted(k for k in first if k.startswith("loss") and k != "loss_total") + ["lr"]
-    return Path(plot_curves(metrics_path, png_path, keys))
+            raise NonFiniteLossError(f"{self.error}{note}") from None
+        return self.result

@@ -30,7 +30,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from ..data.loader import build_test_loader, dist_rank_and_world_size
+from ..data.loader import build_test_loader
+from ..engine.distributed import dist_rank_and_world_size
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
 

@@ -11,28 +11,19 @@ from __future__ import annotations
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
+from ...engine.distributed import reduce_mean
+
 __all__ = [
-    "reduce_mean",
     "centerness_targets",
     "ltrb_iou_giou",
     "giou_loss",
     "FCOSLossOutputs",
     "fcos_losses",
 ]
-
-
-def reduce_mean(value: Tensor) -> Tensor:
-    """Mean of ``value`` over all ranks when a process group exists, else ``value`` itself."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / dist.get_world_size()
 
 
 def centerness_targets(reg_targets: Tensor) -> Tensor:
