@@ -266,7 +266,7 @@ def _run_eval(args) -> int:
     from blendmask.evaluation import RESULTS_FILE, format_results_table
 
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
-    _check_output(output, "--output", is_dir=True)
+    _check_output(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
     metrics = _evaluate(args.weights, args.data, args.split, output)
     print(format_results_table(metrics))
     print(f"results: {output / RESULTS_FILE}")
