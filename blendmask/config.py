@@ -16,10 +16,14 @@ The AdelaiDet presets reproduce ``configs/BlendMask/<name>.yaml`` on top of
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from blendmask.errors import InputTypeError
 
 
 @dataclass
@@ -124,7 +128,8 @@ class BlendMaskConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BlendMaskConfig":
         """Inverse of :meth:`to_dict`. Missing keys keep their defaults; unknown keys and
-        values of the wrong type raise ``ValueError``/``TypeError`` naming the dotted key."""
+        values of the wrong type raise ``ValueError``/:class:`~blendmask.errors.InputTypeError`
+        (a ``TypeError``) naming the dotted key."""
         return _from_dict(cls, data, prefix="")
 
 
@@ -160,7 +165,7 @@ def _coerce_scalar(kind: type, value: Any, key: str) -> Any:
     else:  # pragma: no cover - every field of this module has one of the types above
         raise TypeError(f"config key {key!r}: unsupported field type {kind!r}")
     if not ok:
-        raise TypeError(f"config key {key!r} must be {kind.__name__}, got {type(value).__name__} ({value!r})")
+        raise InputTypeError(f"config key {key!r} must be {kind.__name__}, got {type(value).__name__} ({value!r})")
     return value
 
 
@@ -168,7 +173,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if typing.get_origin(hint) in (tuple, Tuple):
         (item_kind, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"config key {key!r} must be a list/tuple of {item_kind.__name__}, "
+            raise InputTypeError(f"config key {key!r} must be a list/tuple of {item_kind.__name__}, "
                             f"got {type(value).__name__} ({value!r})")
         return tuple(_coerce_scalar(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
     value = _coerce_scalar(hint, value, key)
@@ -181,7 +186,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 def _from_dict(cls: type, data: Mapping[str, Any], prefix: str):
     where = prefix.rstrip(".") or "<root>"
     if not isinstance(data, Mapping):
-        raise TypeError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
+        raise InputTypeError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(known))
@@ -295,6 +300,34 @@ def apply_overrides(data: Dict[str, Any], overrides: Mapping[str, Any]) -> Dict[
             else:
                 node = node[part]
     return data
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """Command-line overrides, ``["solver.max_iter=300", "input.min_size_train=(256,288)"]``,
+    as ``{dotted key: value}`` for :func:`get_config`.
+
+    Values are read as JSON (``300``, ``0.01``, ``true``, ``[256, 288]``, ``"text"``), then as a
+    Python literal (``(256, 288)``, ``True``), else kept as a plain string (``mobilenet_v2``);
+    lists become tuples. Raises ``ValueError`` for an item that is not ``KEY=VALUE``.
+    """
+    overrides: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ValueError(f"bad override {item!r}: expected KEY=VALUE, e.g. solver.max_iter=300")
+        overrides[key] = _parse_value(text.strip())
+    return overrides
+
+
+def _parse_value(text: str) -> Any:
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # not this syntax, or too deep
+            continue
+        return tuple(value) if isinstance(value, list) else value
+    return text
 
 
 def get_config(name: str, overrides: Optional[Mapping[str, Any]] = None) -> BlendMaskConfig:

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from blendmask.config import BlendMaskConfig, get_config, list_configs
+from blendmask.config import BlendMaskConfig, get_config, list_configs, parse_overrides
+from blendmask.errors import InputTypeError, is_user_error
 
 PRESETS = ["R_50_1x", "R_50_3x", "R_101_3x", "550_R_50_3x", "RT_R_50_4x", "lite_mobilenet_v2"]
 
@@ -97,3 +98,26 @@ def test_unknown_preset_and_bad_dicts():
         get_config("R_50_1x", [("solver.base_lr", 0.1)])
     partial = BlendMaskConfig.from_dict({"solver": {"max_iter": 10}})
     assert partial.solver.max_iter == 10 and partial.model == BlendMaskConfig().model
+
+
+def test_parse_overrides_reads_json_then_python_literals_then_strings():
+    assert parse_overrides(["solver.max_iter=300", "solver.steps=(10, 20)", "solver.amp=false",
+                            "model.backbone.name=mobilenet_v2", "input.min_size_train=[256,288]",
+                            "solver.base_lr = 0.5"]) == {
+        "solver.max_iter": 300, "solver.steps": (10, 20), "solver.amp": False,
+        "model.backbone.name": "mobilenet_v2", "input.min_size_train": (256, 288), "solver.base_lr": 0.5}
+    assert parse_overrides(["a=" + "(" * 10000, "b={[1]: 2}"]) == {"a": "(" * 10000, "b": "{[1]: 2}"}
+
+
+@pytest.mark.parametrize("item", ["solver.max_iter", "=3", "solver.max_iter=", "solver.max_iter=  "])
+def test_parse_overrides_refuses_items_without_key_or_value(item):
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides([item])
+
+
+def test_wrong_types_are_input_errors_but_still_type_errors():
+    """The CLI prints these as one line (blendmask.errors); Python callers can still catch TypeError."""
+    with pytest.raises(InputTypeError, match=r"solver\.max_iter.*int.*str"):
+        get_config("R_50_1x", parse_overrides(["solver.max_iter=abc"]))
+    assert issubclass(InputTypeError, TypeError) and is_user_error(InputTypeError("x"))
+    assert not is_user_error(TypeError("a bug")) and not is_user_error(RuntimeError("out of memory"))

@@ -7,7 +7,6 @@
   :func:`export_program` (``torch.export``, which keeps the fused ``blendmask::blend`` op).
 - :func:`postprocess_detections` maps the graphs' raw outputs back into the original image.
 """
-from .export_cli import add_export_arguments, add_export_parser, export_onnx_cli
 from .graph import InferenceGraph, export_program
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
 from .postprocess import postprocess_detections
@@ -18,10 +17,7 @@ __all__ = [
     "MIN_OPSET",
     "InferenceGraph",
     "OnnxPredictor",
-    "add_export_arguments",
-    "add_export_parser",
     "export_onnx",
-    "export_onnx_cli",
     "export_program",
     "postprocess_detections",
 ]
