@@ -12,9 +12,8 @@ Policy (what ``blendmask`` does with an exception, see :func:`blendmask.cli.main
     ``PermissionError``...);
   - :class:`BlendMaskError`: raised on purpose but neither of the above, e.g.
     :class:`InputTypeError` (a value of the wrong type in a config override or a file);
-  - the engine's ``NonFiniteLossError`` (a ``RuntimeError``: the training diverged, with the
-    checkpoint to resume from). :func:`is_user_error` recognises it without importing the
-    engine.
+    and the engine's ``NonFiniteLossError`` (also a ``RuntimeError``: the training diverged,
+    with the checkpoint to resume from);
 
   Their messages name the argument, the file and the record.
 - **Everything else** (``RuntimeError``, ``TypeError``, ``KeyError``, ``ImportError``,
@@ -28,8 +27,6 @@ Python type must be another (a wrong type is a ``TypeError``), a subclass of bot
 :class:`BlendMaskError` and that type, so that ``except TypeError`` keeps working.
 """
 from __future__ import annotations
-
-import sys
 
 __all__ = ["BlendMaskError", "InputTypeError", "USER_ERRORS", "is_user_error"]
 
@@ -48,7 +45,4 @@ USER_ERRORS = (BlendMaskError, ValueError, OSError)
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` was raised on purpose for bad input (see the module docstring)."""
-    if isinstance(exc, USER_ERRORS):
-        return True
-    engine = sys.modules.get("blendmask.engine")  # loaded if and only if a NonFiniteLossError can exist
-    return engine is not None and isinstance(exc, getattr(engine, "NonFiniteLossError", ()))
+    return isinstance(exc, USER_ERRORS)

@@ -9,8 +9,13 @@ packages that enclose the importing module (they are already being initialised w
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "blendmask"
@@ -127,3 +132,17 @@ def test_no_import_cycle_among_blendmask_modules():
     assert "blendmask.cli" in graph and "blendmask.config" in graph["blendmask.cli"]
     cycle = _find_cycle(graph)
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("first", ["blendmask.models", "blendmask.data", "blendmask.evaluation",
+                                   "blendmask.engine.distributed", "blendmask.engine"])
+def test_each_package_imports_first_in_a_fresh_process(first):
+    """Importing any of them first works, and the distributed helpers pull in neither models nor data."""
+    code = (f"import sys, {first}\n"
+            "from blendmask.engine.distributed import dist_rank_and_world_size, reduce_mean\n"
+            "print(sorted(m for m in ('blendmask.models', 'blendmask.data') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    if first.startswith("blendmask.engine"):
+        assert proc.stdout.strip() == "[]"

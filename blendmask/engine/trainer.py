@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import BlendMaskError
 from .checkpoint import (
     Checkpointer,
     capture_all_ranks_rng_state,
@@ -32,7 +33,7 @@ __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "MatchingWeightsRepor
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(BlendMaskError, RuntimeError):
     """Raised when the (rank-averaged) training loss is NaN or infinite."""
 
 
