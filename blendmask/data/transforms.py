@@ -138,7 +138,7 @@ class RandomInstanceCrop:
         if "masks" in target:
             target["masks"] = target["masks"][:, y0:y0 + crop_h, x0:x0 + crop_w]
             target["boxes"] = _mask_boxes(target["masks"])
-            keep = target["masks"].flatten(1).any(dim=1)
+            keep = target["masks"].flatten(1).any(dim=1).bool()  # any() of uint8 masks is uint8
         elif "boxes" in target:
             shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
             shifted[:, 0::2] = shifted[:, 0::2].clamp(0, crop_w)
