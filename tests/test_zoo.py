@@ -389,3 +389,25 @@ def test_build_train_transforms_follows_the_config():
     assert recipe.transforms[0].crop_size == (0.9, 0.9) and recipe.transforms[0].crop_type == "relative_range"
     assert [type(t) for t in build_train_transforms(InputConfig()).transforms] == [RandomHorizontalFlip]
     assert build_train_transforms(InputConfig(hflip_prob=0.0)).transforms == []
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_a_checkpoint_of_another_architecture_is_named_in_a_sentence(zoo_models):
+    dcn = _r101_dcni3()
+    plain_r101 = build_model(get_config("R_101_3x")).state_dict()
+    _, report = match_state_dict(convert_state_dict(dcn)[0], plain_r101)
+    assert ("the checkpoint's backbone is ResNet-101 with deformable convs in res3.0, res3.3, res4.0, res4.3, "
+            "res4.6, res4.9, res4.12, res4.15, res4.18, res4.21, res5.0, but the config's model has ResNet-101 "
+            "without deformable convs") in report.summary()
+    _, report = match_state_dict(convert_state_dict(dcn)[0], zoo_models["DLA_34_syncbn_4x"].state_dict())
+    notes = "\n".join(report.notes)
+    assert "backbone is ResNet-101 with deformable convs" in notes and "config's model has DLA-34" in notes
+    assert "FPN levels is P3-P7, but the config's model has P3-P5" in notes
+    _, report = match_state_dict(convert_state_dict(_rt_shtw())[0],
+                                 zoo_models["RT_R_50_4x_bn-head_syncbn_shtw"].state_dict())
+    assert report.notes == ["the checkpoint's FCOS head norm is GN, but the config's model has per-level BN"]
+    _, report = match_state_dict(convert_state_dict(_rt_bn_head_shtw())[0], zoo_models["Base-RT"].state_dict())
+    assert "the checkpoint's FCOS head norm is per-level BN, but the config's model has GN" in report.notes
+    _, report = match_state_dict(convert_state_dict(_base_rt())[0], zoo_models["Base-RT"].state_dict())
+    assert report.ok and not report.notes
