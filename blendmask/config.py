@@ -5,12 +5,16 @@ A config is a tree of dataclasses: ``BlendMaskConfig(model=..., input=..., solve
 ``get_config("R_50_3x", {"solver.base_lr": 0.02, "model.blender.attn_size": 7})``.
 
 The AdelaiDet presets reproduce ``configs/BlendMask/<name>.yaml`` on top of
-``Base-BlendMask.yaml`` (and ``Base-550.yaml`` for the 550/RT variants), AdelaiDet's
-``adet/config/defaults.py`` and detectron2's defaults. Two deliberate translations:
+``Base-BlendMask.yaml`` (and ``Base-550.yaml`` / ``Base-RT.yaml`` for the 550/RT/DLA variants),
+AdelaiDet's ``adet/config/defaults.py`` and detectron2's defaults. ``RT_R_50_4x`` and
+``RT_R_50_4x-BN-head`` are configs AdelaiDet removed in May 2020 (P3-P6, from ``Base-550.yaml``),
+kept for the checkpoints trained with them. Deliberate translations:
 
-- AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here; the training engine converts BN layers
-  to SyncBN only when a process group exists (see DESIGN.md §4).
+- AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here (backbone, DLA and FCOS head norms); the
+  training engine converts BN layers to SyncBN only when a process group exists (DESIGN.md §4).
 - detectron2's ``FREEZE_AT: -1`` (nothing frozen) is ``freeze_at = 0`` here.
+- ``INPUT.CROP`` is ``input.crop_enabled/crop_type/crop_size`` and ``INPUT.MIN_SIZE_TRAIN_SAMPLING``
+  is ``input.min_size_train_sampling``; AdelaiDet's ``CROP.CROP_INSTANCE`` is always True here.
 
 ``lite_mobilenet_v2`` is our own preset for CPU training on the built-in synthetic set.
 """

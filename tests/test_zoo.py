@@ -411,3 +411,15 @@ def test_a_checkpoint_of_another_architecture_is_named_in_a_sentence(zoo_models)
     assert "the checkpoint's FCOS head norm is per-level BN, but the config's model has GN" in report.notes
     _, report = match_state_dict(convert_state_dict(_base_rt())[0], zoo_models["Base-RT"].state_dict())
     assert report.ok and not report.notes
+
+
+@pytest.mark.parametrize("name", ["DLA_34_syncbn_4x", "550_R_50_dcni3_5x", "RT_R_50_4x-BN-head"])
+def test_zoo_models_detect_on_a_tiny_image(name):
+    torch.manual_seed(0)
+    model = build_model(get_config(name, {"input.min_size_test": 64, "input.max_size_test": 96})).eval()
+    model.proposal_generator.score_thresh = 0.0
+    model.proposal_generator.post_nms_topk = 3
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 50, 70)])
+    assert out["boxes"].shape == (3, 4) and out["masks"].shape == (3, 1, 50, 70)
+    assert torch.isfinite(out["scores"]).all()

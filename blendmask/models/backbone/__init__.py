@@ -61,7 +61,8 @@ def _validate(cfg: BackboneConfig) -> None:
 
 
 def build_bottom_up(cfg: BackboneConfig) -> nn.Module:
-    """The randomly initialised bottom-up network (no freezing) returning res3-res5."""
+    """The randomly initialised bottom-up network (no freezing) returning its stride-8/16/32 maps
+    (res3-res5 of a ResNet or MobileNetV2, level3-level5 of DLA-34)."""
     _validate(cfg)
     if cfg.name == "mobilenet_v2":
         return MobileNetV2Body(norm=cfg.norm)
