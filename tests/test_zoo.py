@@ -7,7 +7,6 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from blendmask.config import BackboneConfig, InputConfig, get_config
 from blendmask.convert import convert_state_dict, match_state_dict
