@@ -5,12 +5,16 @@ A config is a tree of dataclasses: ``BlendMaskConfig(model=..., input=..., solve
 ``get_config("R_50_3x", {"solver.base_lr": 0.02, "model.blender.attn_size": 7})``.
 
 The AdelaiDet presets reproduce ``configs/BlendMask/<name>.yaml`` on top of
-``Base-BlendMask.yaml`` (and ``Base-550.yaml`` for the 550/RT variants), AdelaiDet's
-``adet/config/defaults.py`` and detectron2's defaults. Two deliberate translations:
+``Base-BlendMask.yaml`` (and ``Base-550.yaml`` / ``Base-RT.yaml`` for the 550/RT/DLA variants),
+AdelaiDet's ``adet/config/defaults.py`` and detectron2's defaults. ``RT_R_50_4x`` and
+``RT_R_50_4x-BN-head`` are configs AdelaiDet removed in May 2020 (P3-P6, from ``Base-550.yaml``),
+kept for the checkpoints trained with them. Deliberate translations:
 
-- AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here; the training engine converts BN layers
-  to SyncBN only when a process group exists (see DESIGN.md §4).
+- AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here (backbone, DLA and FCOS head norms); the
+  training engine converts BN layers to SyncBN only when a process group exists (DESIGN.md §4).
 - detectron2's ``FREEZE_AT: -1`` (nothing frozen) is ``freeze_at = 0`` here.
+- ``INPUT.CROP`` is ``input.crop_enabled/crop_type/crop_size`` and ``INPUT.MIN_SIZE_TRAIN_SAMPLING``
+  is ``input.min_size_train_sampling``; AdelaiDet's ``CROP.CROP_INSTANCE`` is always True here.
 
 ``lite_mobilenet_v2`` is our own preset for CPU training on the built-in synthetic set.
 """
@@ -28,12 +32,19 @@ from blendmask.errors import InputTypeError
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v2"
-    layout: str = "msra"  # "msra" (detectron2/AdelaiDet) | "torchvision" (mobilenet_v2: "torchvision" only)
+    name: str = "resnet50"  # "resnet50" | "resnet101" | "dla34" | "mobilenet_v2"
+    # "msra" (detectron2/AdelaiDet names and input convention; dla34: "msra" only)
+    # | "torchvision" (mobilenet_v2: "torchvision" only)
+    layout: str = "msra"
     norm: str = "FrozenBN"  # "FrozenBN" | "BN" | "GN"
     freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ..., 5: everything
     fpn_out_channels: int = 256
     fpn_top_levels: int = 2  # P6/P7 from P5: 2 -> P3-P7, 1 -> P3-P6, 0 -> P3-P5
+    # Deformable 3x3 convs in the MSRA ResNet (detectron2's RESNETS.DEFORM_*, AdelaiDet's DEFORM_INTERVAL):
+    # one flag per stage res2..res5; in a deformable stage, blocks 0, interval, 2*interval, ... get a DCN.
+    deform_on_per_stage: Tuple[bool, ...] = (False, False, False, False)
+    deform_modulated: bool = False  # DCNv2 (offsets + sigmoid modulation mask) instead of DCNv1
+    deform_interval: int = 1
 
 
 @dataclass
@@ -43,7 +54,7 @@ class FCOSConfig:
     num_cls_convs: int = 4
     num_box_convs: int = 4
     num_share_convs: int = 0
-    norm: str = "GN"
+    norm: str = "GN"  # "GN" | "BN" (one BatchNorm per FPN level, AdelaiDet's "BN"/"SyncBN") | "none"
     use_scale: bool = False
     prior_prob: float = 0.01
     center_sample: bool = True
@@ -89,11 +100,19 @@ class ModelConfig:
 @dataclass
 class InputConfig:
     min_size_train: Tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    # "choice": one of min_size_train; "range": an int drawn uniformly from [min_size_train[0], min_size_train[1]]
+    min_size_train_sampling: str = "choice"
     max_size_train: int = 1333
     min_size_test: int = 800
     max_size_test: int = 1333
     size_divisibility: int = 32
     hflip_prob: float = 0.5
+    # detectron2's INPUT.CROP (AdelaiDet's instance-aware variant), applied before the resize:
+    # a crop of (h * u, w * v), u ~ U[crop_size[0], 1], v ~ U[crop_size[1], 1] ("relative_range")
+    # or exactly (h * crop_size[0], w * crop_size[1]) ("relative"), containing the centre of a random instance.
+    crop_enabled: bool = False
+    crop_type: str = "relative_range"  # "relative_range" | "relative"
+    crop_size: Tuple[float, ...] = (0.9, 0.9)
 
 
 @dataclass
@@ -135,10 +154,13 @@ class BlendMaskConfig:
 
 # Allowed values of the enumerated fields, checked by from_dict/get_config.
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
-    "model.backbone.name": ("resnet50", "resnet101", "mobilenet_v2"),
+    "model.backbone.name": ("resnet50", "resnet101", "dla34", "mobilenet_v2"),
     "model.backbone.layout": ("msra", "torchvision"),
     "model.backbone.norm": ("FrozenBN", "BN", "GN"),
     "model.backbone.fpn_top_levels": (0, 1, 2),
+    "model.fcos.norm": ("GN", "BN", "none"),
+    "input.min_size_train_sampling": ("choice", "range"),
+    "input.crop_type": ("relative_range", "relative"),
     "model.blender.top_interp": ("bilinear", "nearest"),
 }
 
@@ -222,24 +244,79 @@ _BASE_550 = {
     "input.max_size_test": 916,
 }
 
+# Base-RT.yaml: P3-P5 on Base-BlendMask.yaml, smaller images, the 4x schedule.
+_BASE_RT = {
+    "model.backbone.fpn_top_levels": 0,
+    "model.fcos.fpn_strides": (8, 16, 32),
+    "model.fcos.sizes_of_interest": (64, 128),
+    "input.min_size_train": (256, 288, 320, 352, 384, 416, 448, 480, 512, 544, 576, 608),
+    "input.max_size_train": 900,
+    "input.min_size_test": 512,
+    "input.max_size_test": 736,
+    "solver.steps": (300000, 340000),
+    "solver.max_iter": 360000,
+}
+
+# RESNETS.NORM "SyncBN" with FREEZE_AT -1: a trainable BN ResNet, nothing frozen.
+_SYNCBN_BACKBONE = {"model.backbone.norm": "BN", "model.backbone.freeze_at": 0}
+
+# The shared-tower ("shtw") head of Base-550.yaml and the RT_*_shtw configs.
+_SHARED_TOWER = {
+    "model.fcos.num_share_convs": 3,
+    "model.fcos.num_cls_convs": 0,
+    "model.fcos.num_box_convs": 0,
+    "model.basis.num_convs": 2,
+}
+
+# DEFORM_ON_PER_STAGE [False, True, True, True], DEFORM_MODULATED True, DEFORM_INTERVAL 3.
+_DCNI3 = {
+    "model.backbone.deform_on_per_stage": (False, True, True, True),
+    "model.backbone.deform_modulated": True,
+    "model.backbone.deform_interval": 3,
+}
+
+# The dcni3_5x recipe: MIN_SIZE_TRAIN_SAMPLING "range" and INPUT.CROP.ENABLED (relative_range 0.9).
+_RANGE_AND_CROP = {"input.min_size_train_sampling": "range", "input.crop_enabled": True}
+
+# RT_R_50_4x.yaml (removed from AdelaiDet in May 2020): Base-550.yaml (P3-P6) with the RT images and schedule.
+_RT_R_50_4X = {
+    **_BASE_550,
+    **_SYNCBN_BACKBONE,
+    **{k: v for k, v in _BASE_RT.items() if k.startswith(("input.", "solver."))},
+}
+
 _PRESETS: Dict[str, Dict[str, Any]] = {
     # Base-BlendMask.yaml + R_50_1x.yaml: the dataclass defaults.
     "R_50_1x": {},
     "R_50_3x": dict(_SCHEDULE_3X),
     "R_101_3x": {"model.backbone.name": "resnet101", **_SCHEDULE_3X},
-    "550_R_50_3x": {**_BASE_550, **_SCHEDULE_3X},
-    # RT_R_50_4x.yaml derives from Base-550.yaml (P3-P6), with a trainable SyncBN ResNet.
-    "RT_R_50_4x": {
-        **_BASE_550,
-        "model.backbone.norm": "BN",
-        "model.backbone.freeze_at": 0,
-        "input.min_size_train": (256, 288, 320, 352, 384, 416, 448, 480, 512, 544, 576, 608),
-        "input.max_size_train": 900,
-        "input.min_size_test": 512,
-        "input.max_size_test": 736,
-        "solver.steps": (300000, 340000),
-        "solver.max_iter": 360000,
+    "R_101_dcni3_5x": {
+        "model.backbone.name": "resnet101",
+        **_DCNI3,
+        **_RANGE_AND_CROP,
+        "input.min_size_train": (640, 864),
+        "input.max_size_train": 1440,
+        "solver.steps": (280000, 360000),
+        "solver.max_iter": 400000,
+        "solver.eval_period": 20000,
     },
+    "550_R_50_3x": {**_BASE_550, **_SCHEDULE_3X},
+    "550_R_50_dcni3_5x": {
+        **_BASE_550,
+        **_DCNI3,
+        **_RANGE_AND_CROP,
+        "input.min_size_train": (440, 594),
+        "input.max_size_train": 990,
+        **_SCHEDULE_3X,
+    },
+    "Base-RT": dict(_BASE_RT),
+    "RT_R_50_4x": dict(_RT_R_50_4X),
+    # RT_R_50_4x-BN-head.yaml (removed with RT_R_50_4x.yaml): FCOS.NORM "SyncBN", per-level BN in the head.
+    "RT_R_50_4x-BN-head": {**_RT_R_50_4X, "model.fcos.norm": "BN"},
+    "RT_R_50_4x_syncbn_shtw": {**_BASE_RT, **_SYNCBN_BACKBONE, **_SHARED_TOWER},
+    "RT_R_50_4x_bn-head_syncbn_shtw": {**_BASE_RT, **_SYNCBN_BACKBONE, **_SHARED_TOWER, "model.fcos.norm": "BN"},
+    # DLA_34_syncbn_4x.yaml: Base-RT.yaml with DLA-34 (DLA.NORM "SyncBN", FREEZE_AT -1) and its FPN on level3-level5.
+    "DLA_34_syncbn_4x": {**_BASE_RT, "model.backbone.name": "dla34", **_SYNCBN_BACKBONE},
     # Ours: MobileNetV2-FPN P3-P5 with light heads, for CPU training on ~300-512 px images.
     "lite_mobilenet_v2": {
         "model.backbone.name": "mobilenet_v2",

@@ -11,7 +11,9 @@ Our modules mirror AdelaiDet's names (``backbone.bottom_up.*`` in the MSRA layou
   we use FrozenBN and filled with 0 where we use a trainable BN.
 
 Nothing is loaded silently: every key that is still missing, unexpected or of the wrong
-shape is listed in a :class:`ConversionReport`, and :func:`convert_checkpoint` refuses to
+shape is listed in a :class:`ConversionReport`, with a sentence naming the architecture
+difference when one explains them (ResNet depth, deformable convs, DLA-34, FPN levels, the
+FCOS head's norm), and :func:`convert_checkpoint` refuses to
 write a file unless the result loads into the model with ``strict=True``.
 Files are read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ import torch
 
 from .config import BlendMaskConfig, get_config
 
-__all__ = ["ConversionError", "ConversionReport", "from_adelaidet", "convert_state_dict",
+__all__ = ["ConversionError", "ConversionReport", "architecture_notes", "from_adelaidet", "convert_state_dict",
            "match_state_dict", "convert_checkpoint"]
 
 _RENAMES = (("proposal_generator.fcos_head.centerness.", "proposal_generator.fcos_head.ctrness."),)
@@ -151,7 +154,45 @@ def match_state_dict(converted: Mapping[str, torch.Tensor], expected: Mapping[st
                 report.dropped.append(key)
             else:
                 report.unexpected.append(key)
+    if not report.ok:
+        report.notes.extend(architecture_notes(converted, expected))
     return matched, report
+
+
+_BOTTOM_UP = "backbone.bottom_up."
+_TOWER_BN = re.compile(r"^proposal_generator\.fcos_head\.\w+_tower\.\d+\.\d+\.running_mean$")
+_TOWER_WEIGHT = re.compile(r"^proposal_generator\.fcos_head\.\w+_tower\.\d+\.weight$")
+
+
+def _architecture(state: Mapping[str, Any]) -> Dict[str, str]:
+    """What a BlendMask state dict's names (and tower weight ranks) say about its architecture."""
+    names = set(state)
+    facts: Dict[str, str] = {}
+    if any(k.startswith(_BOTTOM_UP + "level") for k in names):
+        facts["backbone"] = "DLA-34"
+    elif any(k.startswith(_BOTTOM_UP + "res4.") for k in names):
+        res4 = {int(k.split(".")[3]) for k in names if k.startswith(_BOTTOM_UP + "res4.")}
+        depth = {6: "ResNet-50", 23: "ResNet-101"}.get(max(res4) + 1, f"a ResNet with {max(res4) + 1} res4 blocks")
+        offsets = sorted({".".join(k.split(".")[2:4]) for k in names if ".conv2_offset." in k},
+                         key=lambda b: (b.split(".")[0], int(b.split(".")[1])))
+        facts["backbone"] = depth + (f" with deformable convs in {', '.join(offsets)}" if offsets else
+                                     " without deformable convs")
+    if any(k.startswith("backbone.fpn_") for k in names):
+        top = "p7" if "backbone.top_block.p7.weight" in names else "p6" if "backbone.top_block.p6.weight" in names else "p5"
+        facts["FPN levels"] = f"P3-{top.upper()}"
+    tower_weights = [state[k] for k in names if _TOWER_WEIGHT.match(k)]
+    if any(_TOWER_BN.match(k) for k in names):
+        facts["FCOS head norm"] = "per-level BN"
+    elif tower_weights:  # GN weights are 1-d, conv weights 4-d
+        facts["FCOS head norm"] = "GN" if any(getattr(w, "dim", lambda: 4)() == 1 for w in tower_weights) else "none"
+    return facts
+
+
+def architecture_notes(converted: Mapping[str, Any], expected: Mapping[str, Any]) -> List[str]:
+    """Sentences naming where the checkpoint's architecture differs from the target model's."""
+    ours, theirs = _architecture(expected), _architecture(converted)
+    return [f"the checkpoint's {aspect} is {theirs[aspect]}, but the config's model has {ours[aspect]}"
+            for aspect in ours if aspect in theirs and theirs[aspect] != ours[aspect]]
 
 
 def _load(path: Path) -> Any:

@@ -28,7 +28,9 @@ def test_distinct_backbones_cover_every_preset():
         return dataclasses.astuple(get_config(n).model.backbone)
 
     assert {key(n) for n in _distinct_preset_backbones()} == {key(n) for n in list_configs()}
-    assert len(_distinct_preset_backbones()) == 5
+    # R-50 FrozenBN, R-101, R-50 P3-P6, R-50 BN P3-P6, R-101 DCN, R-50 DCN P3-P6, R-50 P3-P5,
+    # R-50 BN P3-P5, DLA-34 and MobileNetV2.
+    assert len(_distinct_preset_backbones()) == 10
 
 
 @pytest.mark.parametrize("name", _distinct_preset_backbones())
@@ -73,7 +75,8 @@ def test_layouts_put_the_stride_in_the_right_conv_and_names_mirror_detectron2():
     assert len(r101.res4) == 23 and len(msra.res4) == 6
 
 
-@pytest.mark.parametrize("name, layout", [("resnet50", "msra"), ("resnet50", "torchvision"), ("mobilenet_v2", "torchvision")])
+@pytest.mark.parametrize("name, layout", [("resnet50", "msra"), ("resnet50", "torchvision"), ("mobilenet_v2", "torchvision"),
+                                          ("dla34", "msra")])
 @pytest.mark.parametrize("freeze_at", [0, 2, 5])
 def test_freeze_at_freezes_leading_stages_and_freezes_their_bn(name, layout, freeze_at):
     net = build_backbone(_cfg(name=name, layout=layout, norm="BN", freeze_at=freeze_at))

@@ -6,7 +6,9 @@ import pytest
 from blendmask.config import BlendMaskConfig, get_config, list_configs, parse_overrides
 from blendmask.errors import InputTypeError, is_user_error
 
-PRESETS = ["R_50_1x", "R_50_3x", "R_101_3x", "550_R_50_3x", "RT_R_50_4x", "lite_mobilenet_v2"]
+PRESETS = ["R_50_1x", "R_50_3x", "R_101_3x", "R_101_dcni3_5x", "550_R_50_3x", "550_R_50_dcni3_5x", "Base-RT",
+           "RT_R_50_4x", "RT_R_50_4x-BN-head", "RT_R_50_4x_syncbn_shtw", "RT_R_50_4x_bn-head_syncbn_shtw",
+           "DLA_34_syncbn_4x", "lite_mobilenet_v2"]
 
 
 def test_list_configs_names_exactly_the_presets():
@@ -81,6 +83,10 @@ def test_overrides_with_dotted_keys_and_type_coercion():
     ({"solver.steps": [1, "a"]}, TypeError, r"solver\.steps\[1\]"),
     ({"model.backbone.norm": "SyncBN"}, ValueError, r"model\.backbone\.norm.*FrozenBN"),
     ({"model.blender.top_interp": "cubic"}, ValueError, r"top_interp"),
+    ({"model.fcos.norm": "SyncBN"}, ValueError, r"model\.fcos\.norm.*'GN', 'BN', 'none'"),
+    ({"input.min_size_train_sampling": "uniform"}, ValueError, r"min_size_train_sampling.*choice"),
+    ({"input.crop_type": "absolute"}, ValueError, r"input\.crop_type.*relative_range"),
+    ({"model.backbone.deform_on_per_stage": [0, 1, 1, 1]}, TypeError, r"deform_on_per_stage\[0\].*bool"),
 ])
 def test_bad_overrides_name_the_key(overrides, error, match):
     with pytest.raises(error, match=match):

@@ -83,6 +83,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
     )
     transform = ImageTransform(
         min_size_train=cfg.input.min_size_train,
+        min_size_train_sampling=cfg.input.min_size_train_sampling,
         max_size_train=cfg.input.max_size_train,
         min_size_test=cfg.input.min_size_test,
         max_size_test=cfg.input.max_size_test,

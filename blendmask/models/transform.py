@@ -2,7 +2,9 @@
 
 Input images are ``list[Tensor(3, H, W)]``, float RGB in [0, 1] (the package convention).
 Each image is resized so that its short side is ``min_size`` (random choice among
-``min_size_train`` in training, ``min_size_test`` in eval; 0 disables resizing) unless the
+``min_size_train`` in training, or with ``min_size_train_sampling="range"`` an int drawn
+uniformly from ``[min_size_train[0], min_size_train[1]]``; ``min_size_test`` in eval; 0
+disables resizing) unless the
 long side would exceed ``max_size`` (detectron2's ResizeShortestEdge, sizes rounded
 half-up), bilinearly without antialiasing. It is then scaled to 0-255, put in the
 backbone's channel order (``input_format``), normalised with ``(x - pixel_mean) / pixel_std``
@@ -68,7 +70,8 @@ class ImageTransform(nn.Module):
 
     def __init__(self, *, min_size_train: Sequence[int], max_size_train: int, min_size_test: int,
                  max_size_test: int, size_divisibility: int, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], input_format: str, num_classes: Optional[int] = None):
+                 pixel_std: Sequence[float], input_format: str, num_classes: Optional[int] = None,
+                 min_size_train_sampling: str = "choice"):
         super().__init__()
         if isinstance(min_size_train, int):
             min_size_train = (min_size_train,)
@@ -86,7 +89,13 @@ class ImageTransform(nn.Module):
             raise ValueError(f"pixel_mean and pixel_std must have 3 values, std > 0; got {pixel_mean!r}, {pixel_std!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        if min_size_train_sampling not in ("choice", "range"):
+            raise ValueError(f"min_size_train_sampling must be 'choice' or 'range', got {min_size_train_sampling!r}")
+        if min_size_train_sampling == "range" and (len(min_size_train) != 2 or min_size_train[0] > min_size_train[1]):
+            raise ValueError(f"min_size_train_sampling='range' needs min_size_train = (low, high) with low <= high, "
+                             f"got {tuple(min_size_train)!r}")
         self.min_size_train = tuple(min_size_train)
+        self.min_size_train_sampling = min_size_train_sampling
         self.max_size_train = max_size_train
         self.min_size_test = min_size_test
         self.max_size_test = max_size_test
@@ -159,6 +168,9 @@ class ImageTransform(nn.Module):
     def _pick_min_size(self) -> int:
         if not self.training:
             return self.min_size_test
+        if self.min_size_train_sampling == "range":  # detectron2's ResizeShortestEdge(sample_style="range")
+            low, high = self.min_size_train
+            return int(torch.randint(low, high + 1, ()).item())
         index = int(torch.randint(len(self.min_size_train), ()).item())
         return self.min_size_train[index]
 

@@ -1,9 +1,10 @@
-"""Backbones with FPN: ResNet-50/101 (MSRA or torchvision layout) and MobileNetV2 ("lite").
+"""Backbones with FPN: ResNet-50/101 (MSRA or torchvision layout; MSRA optionally with deformable
+convs), DLA-34 (AdelaiDet's names) and MobileNetV2 ("lite").
 
 ``build_backbone(cfg, weights_backbone=...)`` returns an :class:`FPNBackbone`; see its
 docstring for the output and the input convention. The input convention per layout:
 
-- ``layout="msra"`` (detectron2/AdelaiDet): BGR on the 0-255 scale, mean
+- ``layout="msra"`` (detectron2/AdelaiDet; DLA-34 too, as AdelaiDet trains it): BGR on the 0-255 scale, mean
   [103.53, 116.28, 123.675], std [1, 1, 1] (what AdelaiDet's model zoo was trained with).
 - ``layout="torchvision"`` and MobileNetV2: RGB on the 0-255 scale, ImageNet mean
   [123.675, 116.28, 103.53] and std [58.395, 57.12, 57.375] (torchvision's 0-1 statistics x 255).
@@ -18,13 +19,14 @@ import torch
 from torch import nn
 
 from ...config import BackboneConfig
+from .dla import DLA34
 from .fpn import FPNBackbone, TopBlock
 from .mobilenet import MobileNetV2Body, mobilenet_v2_imagenet_weights_path
 from .norm import NORMS, FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_stages, get_norm
 from .resnet import RESNET_DEPTHS, MSRAResNet, TorchvisionResNet
 
 __all__ = [
-    "BackboneConfig", "FPNBackbone", "FrozenBatchNorm2d", "MSRAResNet", "MobileNetV2Body", "TopBlock",
+    "BackboneConfig", "DLA34", "FPNBackbone", "FrozenBatchNorm2d", "MSRAResNet", "MobileNetV2Body", "TopBlock",
     "TorchvisionResNet", "build_backbone", "build_bottom_up", "convert_frozen_batchnorm", "freeze_stages",
     "get_norm", "input_convention", "load_bottom_up_weights",
 ]
@@ -42,24 +44,33 @@ def input_convention(cfg: BackboneConfig):
 def _validate(cfg: BackboneConfig) -> None:
     if not isinstance(cfg, BackboneConfig):
         raise TypeError(f"cfg must be a blendmask.config.BackboneConfig, got {type(cfg).__name__}")
-    names = list(RESNET_DEPTHS) + ["mobilenet_v2"]
+    names = list(RESNET_DEPTHS) + ["dla34", "mobilenet_v2"]
     if cfg.name not in names:
         raise ValueError(f"backbone name must be one of {names}, got {cfg.name!r}")
     if cfg.layout not in ("msra", "torchvision"):
         raise ValueError(f"backbone layout must be 'msra' or 'torchvision', got {cfg.layout!r}")
     if cfg.name == "mobilenet_v2" and cfg.layout != "torchvision":
         raise ValueError(f"mobilenet_v2 exists only in the 'torchvision' layout, got layout={cfg.layout!r}")
+    if cfg.name == "dla34" and cfg.layout != "msra":
+        raise ValueError(f"dla34 exists only in the 'msra' layout (AdelaiDet's names and input), got layout={cfg.layout!r}")
+    deformable = any(cfg.deform_on_per_stage)
+    if deformable and (cfg.name not in RESNET_DEPTHS or cfg.layout != "msra"):
+        raise ValueError(f"deform_on_per_stage needs an MSRA-layout ResNet, got name={cfg.name!r}, layout={cfg.layout!r}")
     if cfg.norm not in NORMS:
         raise ValueError(f"backbone norm must be one of {list(NORMS)}, got {cfg.norm!r}")
 
 
 def build_bottom_up(cfg: BackboneConfig) -> nn.Module:
-    """The randomly initialised bottom-up network (no freezing) returning res3-res5."""
+    """The randomly initialised bottom-up network (no freezing) returning its stride-8/16/32 maps
+    (res3-res5 of a ResNet or MobileNetV2, level3-level5 of DLA-34)."""
     _validate(cfg)
     if cfg.name == "mobilenet_v2":
         return MobileNetV2Body(norm=cfg.norm)
+    if cfg.name == "dla34":
+        return DLA34(norm=cfg.norm)
     if cfg.layout == "msra":
-        return MSRAResNet(name=cfg.name, norm=cfg.norm)
+        return MSRAResNet(name=cfg.name, norm=cfg.norm, deform_on_per_stage=cfg.deform_on_per_stage,
+                          deform_modulated=cfg.deform_modulated, deform_interval=cfg.deform_interval)
     return TorchvisionResNet(name=cfg.name, norm=cfg.norm)
 
 

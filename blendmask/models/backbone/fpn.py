@@ -1,11 +1,13 @@
 """Feature pyramid on top of a bottom-up network, named as detectron2's FPN.
 
-``fpn_lateral{3,4,5}`` (1x1) and ``fpn_output{3,4,5}`` (3x3) build P3-P5 from res3-res5 with
+``fpn_lateral{3,4,5}`` (1x1) and ``fpn_output{3,4,5}`` (3x3) build P3-P5 from the bottom-up
+network's three outputs at strides 8, 16, 32 (res3-res5 of a ResNet, level3-level5 of DLA-34) with
 nearest-neighbour top-down fusion; ``top_block.p6``/``top_block.p7`` (3x3, stride 2) add
 P6 = conv(P5) and P7 = conv(relu(P6)) as AdelaiDet's ``LastLevelP6P7(..., "p5")``.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_IN_FEATURES = ("res3", "res4", "res5")
+_IN_STRIDES = (8, 16, 32)
 
 
 def _xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
@@ -61,8 +63,12 @@ class FPNBackbone(nn.Module):
         if top_levels not in (0, 1, 2):
             raise ValueError(f"fpn_top_levels must be 0, 1 or 2, got {top_levels!r}")
         self.bottom_up = bottom_up
-        for name in _IN_FEATURES:
-            level = name[-1]
+        # The bottom-up outputs, in stride order 8, 16, 32 (``bottom_up.strides`` maps name -> stride).
+        self.in_features = sorted(bottom_up.strides, key=bottom_up.strides.get)
+        if tuple(bottom_up.strides[name] for name in self.in_features) != _IN_STRIDES:
+            raise ValueError(f"the bottom-up network must give strides {_IN_STRIDES}, got {bottom_up.strides}")
+        for name in self.in_features:
+            level = int(math.log2(bottom_up.strides[name]))
             in_channels = bottom_up.out_channels[name]
             self.add_module(f"fpn_lateral{level}", _xavier_fill(nn.Conv2d(in_channels, out_channels, 1)))
             self.add_module(f"fpn_output{level}", _xavier_fill(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
@@ -78,10 +84,11 @@ class FPNBackbone(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"backbone input must have shape (N, 3, H, W), got {tuple(x.shape)}")
         bottom_up = self.bottom_up(x)
-        prev = self.fpn_lateral5(bottom_up["res5"])
+        c3, c4, c5 = (bottom_up[name] for name in self.in_features)
+        prev = self.fpn_lateral5(c5)
         outputs = [self.fpn_output5(prev)]
-        for level in (4, 3):
-            lateral = getattr(self, f"fpn_lateral{level}")(bottom_up[f"res{level}"])
+        for level, feature in ((4, c4), (3, c3)):
+            lateral = getattr(self, f"fpn_lateral{level}")(feature)
             prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
             outputs.insert(0, getattr(self, f"fpn_output{level}")(prev))
         if self.top_block is not None:

@@ -2,7 +2,8 @@
 
 - ``MSRAResNet``: detectron2/AdelaiDet layout (the stride sits in the first 1x1 conv of a
   block; module names ``stem.conv1``, ``res2``..``res5`` with ``conv1/conv2/conv3/shortcut``,
-  each conv owning its ``.norm``), so AdelaiDet checkpoints map onto it by name.
+  each conv owning its ``.norm``), so AdelaiDet checkpoints map onto it by name. Optionally
+  with deformable blocks (:mod:`.deform`) at an interval, as AdelaiDet's ``resnet_interval``.
 - ``TorchvisionResNet``: torchvision's layout and names (stride in the 3x3 conv;
   ``conv1``, ``bn1``, ``layer1``..``layer4``), so torchvision ImageNet state dicts load.
 
@@ -12,7 +13,7 @@ Both return ``{"res3": (N, 512, H/8, W/8), "res4": (N, 1024, H/16, W/16),
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +78,21 @@ class MSRAResNet(nn.Module):
     freeze_stage_names = (("stem",), ("res2",), ("res3",), ("res4",), ("res5",))
     ignored_weight_prefixes = ()
 
-    def __init__(self, *, name: str, norm: str):
+    def __init__(self, *, name: str, norm: str, deform_on_per_stage: Sequence[bool] = (False,) * 4,
+                 deform_modulated: bool = False, deform_interval: int = 1):
+        """``deform_on_per_stage``: one flag per stage res2..res5; in a flagged stage, the blocks
+        whose index is a multiple of ``deform_interval`` are :class:`MSRADeformBottleneck`
+        (DCNv2 when ``deform_modulated``), the others plain."""
         super().__init__()
+        from .deform import MSRADeformBottleneck  # deferred: .deform builds on this module's ConvNorm
+
         if name not in RESNET_DEPTHS:
             raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
+        deform_on_per_stage = tuple(deform_on_per_stage)
+        if len(deform_on_per_stage) != 4 or not all(isinstance(flag, bool) for flag in deform_on_per_stage):
+            raise ValueError(f"deform_on_per_stage must be 4 bools (res2..res5), got {deform_on_per_stage!r}")
+        if not isinstance(deform_interval, int) or isinstance(deform_interval, bool) or deform_interval < 1:
+            raise ValueError(f"deform_interval must be an int >= 1, got {deform_interval!r}")
         self.stem = MSRAStem(norm=norm)
         in_channels, bottleneck = 64, 64
         for index, num_blocks in enumerate(RESNET_DEPTHS[name]):
@@ -88,8 +100,12 @@ class MSRAResNet(nn.Module):
             blocks: List[nn.Module] = []
             for block in range(num_blocks):
                 stride = 2 if block == 0 and index > 0 else 1
-                blocks.append(MSRABottleneck(in_channels=in_channels, out_channels=out_channels,
-                                             bottleneck_channels=bottleneck, stride=stride, norm=norm))
+                shape = dict(in_channels=in_channels, out_channels=out_channels,
+                             bottleneck_channels=bottleneck, stride=stride, norm=norm)
+                if deform_on_per_stage[index] and block % deform_interval == 0:
+                    blocks.append(MSRADeformBottleneck(**shape, modulated=deform_modulated))
+                else:
+                    blocks.append(MSRABottleneck(**shape))
                 in_channels = out_channels
             self.add_module(f"res{index + 2}", nn.Sequential(*blocks))
             bottleneck *= 2

@@ -2,7 +2,9 @@
 
 Module names mirror AdelaiDet's ``FCOSHead`` (``cls_tower``, ``bbox_tower``, ``share_tower``,
 ``cls_logits``, ``bbox_pred``, ``ctrness``, ``scales``) so that converted checkpoints load
-with an almost identity key mapping.
+with an almost identity key mapping. With ``norm="BN"`` every tower conv is followed by one
+BatchNorm per FPN level (AdelaiDet's ``ModuleListDial``: keys ``<tower>.<i>.<level>.*``), the
+conv weights being shared across levels and the normalisation statistics not.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Scale", "FCOSHead", "FCOSHeadOutputs"]
+__all__ = ["Scale", "FCOSHead", "FCOSHeadOutputs", "PerLevelBatchNorm"]
 
 _GN_GROUPS = 32
 
@@ -44,14 +46,32 @@ class FCOSHeadOutputs(NamedTuple):
     bbox_towers: List[Tensor]
 
 
-def _make_tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
+class PerLevelBatchNorm(nn.ModuleList):
+    """One ``BatchNorm2d(channels)`` per FPN level; ``forward(x, level)`` normalises with ``self[level]``."""
+
+    def __init__(self, channels: int, num_levels: int):
+        super().__init__([nn.BatchNorm2d(channels) for _ in range(num_levels)])
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self[level](x)
+
+
+def _make_tower(num_convs: int, channels: int, norm: str, num_levels: int) -> nn.Sequential:
     layers: List[nn.Module] = []
     for _ in range(num_convs):
         layers.append(nn.Conv2d(channels, channels, kernel_size=3, stride=1, padding=1, bias=True))
         if norm == "GN":
             layers.append(nn.GroupNorm(_GN_GROUPS, channels))
+        elif norm == "BN":
+            layers.append(PerLevelBatchNorm(channels, num_levels))
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def _run_tower(tower: nn.Sequential, x: Tensor, level: int) -> Tensor:
+    for layer in tower:
+        x = layer(x, level) if isinstance(layer, PerLevelBatchNorm) else layer(x)
+    return x
 
 
 class FCOSHead(nn.Module):
@@ -65,9 +85,10 @@ class FCOSHead(nn.Module):
     Args:
         in_channels: channels of every FPN level.
         num_classes: number of foreground classes (sigmoid classification, no background logit).
-        num_levels: number of FPN levels the head runs on (for the optional per-level scales).
+        num_levels: number of FPN levels the head runs on (for the per-level scales and BN).
         num_cls_convs, num_box_convs, num_share_convs: tower depths.
-        norm: ``"GN"`` (GroupNorm with 32 groups, AdelaiDet's default) or ``"none"``.
+        norm: ``"GN"`` (GroupNorm with 32 groups, AdelaiDet's default), ``"BN"`` (one BatchNorm
+            per level, AdelaiDet's ``"BN"``/``"SyncBN"``) or ``"none"``.
         use_scale: learn one scalar per level multiplying the box regression.
         prior_prob: initial foreground probability of the classifier (focal-loss prior).
     """
@@ -86,16 +107,18 @@ class FCOSHead(nn.Module):
         prior_prob: float = 0.01,
     ):
         super().__init__()
-        if norm not in ("GN", "none"):
-            raise ValueError(f"FCOS head norm must be 'GN' or 'none', got {norm!r}")
+        if norm not in ("GN", "BN", "none"):
+            raise ValueError(f"FCOS head norm must be 'GN', 'BN' or 'none', got {norm!r}")
         if norm == "GN" and in_channels % _GN_GROUPS != 0:
             raise ValueError(f"in_channels={in_channels} must be divisible by {_GN_GROUPS} for GN")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         self.num_classes = num_classes
-        self.cls_tower = _make_tower(num_cls_convs, in_channels, norm)
-        self.bbox_tower = _make_tower(num_box_convs, in_channels, norm)
-        self.share_tower = _make_tower(num_share_convs, in_channels, norm)
+        self.norm = norm
+        self.num_levels = num_levels
+        self.cls_tower = _make_tower(num_cls_convs, in_channels, norm, num_levels)
+        self.bbox_tower = _make_tower(num_box_convs, in_channels, norm, num_levels)
+        self.share_tower = _make_tower(num_share_convs, in_channels, norm, num_levels)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, kernel_size=3, stride=1, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, kernel_size=3, stride=1, padding=1)
         self.ctrness = nn.Conv2d(in_channels, 1, kernel_size=3, stride=1, padding=1)
@@ -109,13 +132,13 @@ class FCOSHead(nn.Module):
 
     def forward(self, features: List[Tensor]) -> FCOSHeadOutputs:
         """Run the head on ``features``, a list of ``(N, in_channels, Hl, Wl)`` FPN maps."""
-        if self.scales is not None and len(features) != len(self.scales):
-            raise ValueError(f"expected {len(self.scales)} FPN levels, got {len(features)}")
+        if (self.scales is not None or self.norm == "BN") and len(features) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} FPN levels, got {len(features)}")
         logits, reg, ctrness, towers = [], [], [], []
         for level, feature in enumerate(features):
-            feature = self.share_tower(feature)
-            cls_feat = self.cls_tower(feature)
-            box_feat = self.bbox_tower(feature)
+            feature = _run_tower(self.share_tower, feature, level)
+            cls_feat = _run_tower(self.cls_tower, feature, level)
+            box_feat = _run_tower(self.bbox_tower, feature, level)
             logits.append(self.cls_logits(cls_feat))
             ctrness.append(self.ctrness(box_feat))
             box = self.bbox_pred(box_feat)
