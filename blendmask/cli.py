@@ -88,11 +88,14 @@ def _say(message: str = "") -> None:
         print(message, flush=True)
 
 
-def _load_split(data: str, split: str, *, train_transforms: bool = False, hflip_prob: float = 0.5):
-    from blendmask.data import CocoInstanceDataset, RandomHorizontalFlip, resolve_split
+def _load_split(data: str, split: str, *, train_input=None):
+    """The dataset of ``split``; with ``train_input`` (a config's ``input`` section), with its
+    training augmentation (``build_train_transforms``: the instance crop when enabled, the flip)."""
+    from blendmask.data import CocoInstanceDataset, resolve_split
+    from blendmask.data.transforms import build_train_transforms
 
     ann_file, image_dir = resolve_split(data, split)
-    transforms = RandomHorizontalFlip(hflip_prob) if train_transforms and hflip_prob > 0 else None
+    transforms = build_train_transforms(train_input) if train_input is not None else None
     return CocoInstanceDataset(ann_file, image_dir, transforms=transforms)
 
 
@@ -184,7 +187,7 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
     from blendmask.models import build_model
 
     cfg = get_config(config, overrides)
-    train_set = _load_split(data, "train", train_transforms=True, hflip_prob=cfg.input.hflip_prob)
+    train_set = _load_split(data, "train", train_input=cfg.input)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")

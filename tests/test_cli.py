@@ -278,3 +278,20 @@ def test_torchrun_two_processes(shapes, tmp_path):
     assert [r["iteration"] for r in records] == [1, 2]  # one metrics file, written by rank 0
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == 2
+
+
+def test_train_split_gets_the_config_augmentation(shapes):
+    """``train`` builds its augmentation from the config: the instance crop of the 5x/dcni3 recipe
+    when ``input.crop_enabled``, then the flip; evaluation splits get none."""
+    from blendmask.cli import _load_split
+    from blendmask.config import get_config
+    from blendmask.data.transforms import RandomHorizontalFlip, RandomInstanceCrop
+
+    crop_cfg = get_config("R_101_dcni3_5x").input
+    assert crop_cfg.crop_enabled
+    kinds = [type(t) for t in _load_split(str(shapes), "train", train_input=crop_cfg).transforms.transforms]
+    assert kinds == [RandomInstanceCrop, RandomHorizontalFlip]
+    plain = get_config("lite_mobilenet_v2").input
+    kinds = [type(t) for t in _load_split(str(shapes), "train", train_input=plain).transforms.transforms]
+    assert kinds == [RandomHorizontalFlip]
+    assert _load_split(str(shapes), "val").transforms is None
