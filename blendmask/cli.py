@@ -420,6 +420,12 @@ def _run_export_onnx(args) -> int:
     cfg = get_config(args.config, parse_overrides(args.overrides))
     out = _check_output(args.out, "--out", is_dir=False)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
+    if cfg.model.panoptic.enabled:  # the graph adds the semantic logits; the fusion stays in Python
+        from blendmask.deploy.onnx_export import resolve_model
+        from blendmask.deploy.panoptic import export_panoptic_onnx
+
+        print(f"wrote {export_panoptic_onnx(resolve_model(cfg, args.weights), out, opset=opset)}")
+        return 0
     print(f"wrote {export_onnx(cfg, out, weights=args.weights, opset=opset)}")
     return 0
 

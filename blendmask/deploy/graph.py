@@ -51,9 +51,12 @@ class InferenceGraph(nn.Module):
         self.reference_blender = reference_blender
 
     def forward(self, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.detect(self.model.backbone(images), images, image_size)
+
+    def detect(self, features, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`forward` after the backbone: ``features`` are its FPN maps of ``images``."""
         model = self.model
         fcos = model.proposal_generator
-        features = model.backbone(images)
         head = fcos([features[f] for f in model.fcos_in_features])
         top_feats = [model.top_layer(t) for t in head.bbox_towers]
         bases, _ = model.basis_module(features)

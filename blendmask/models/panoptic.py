@@ -237,17 +237,22 @@ class PanopticBlendMask(BlendMask):
             return losses
         bases, _ = self.basis_module(features)
         results = self._inference(bases, head, top_feats, batch.image_sizes, original_sizes)
-        full = self.sem_seg_head.upsample(sem_logits)
-        for i, (result, size, orig) in enumerate(zip(results, batch.image_sizes, original_sizes)):
-            logits = full[i:i + 1, :, :size[0], :size[1]]
-            if tuple(size) != tuple(orig):
-                logits = F.interpolate(logits, size=orig, mode="bilinear", align_corners=False)
-            probs = logits[0].softmax(dim=0)
-            panoptic, segments = combine_panoptic(
-                result["masks"][:, 0] >= 0.5, result["scores"], result["labels"], probs.argmax(dim=0),
-                overlap_thresh=self.overlap_thresh, stuff_area_limit=self.stuff_area_limit,
-                instances_score_thresh=self.instances_score_thresh)
-            result["sem_seg"] = probs
-            result["panoptic_seg"] = panoptic
-            result["segments_info"] = segments
-        return results
+        return [self.add_panoptic(result, sem_logits[i], image_size=size, original_size=orig)
+                for i, (result, size, orig) in enumerate(zip(results, batch.image_sizes, original_sizes))]
+
+    def add_panoptic(self, result: Dict[str, Any], sem_logits: Tensor, *, image_size: Sequence[int],
+                     original_size: Sequence[int]) -> Dict[str, Any]:
+        """Add ``sem_seg``, ``panoptic_seg`` and ``segments_info`` to one image's instance ``result``
+        (BlendMask's eval output, in the original size) from its semantic logits ``(C, Hp/4, Wp/4)`` of
+        the padded batch; ``image_size`` is the resized size before padding. Shared by the eval path and
+        the post-processing of the exported graphs (:mod:`blendmask.deploy.panoptic`)."""
+        full = self.sem_seg_head.upsample(sem_logits[None])[:, :, :int(image_size[0]), :int(image_size[1])]
+        if tuple(int(v) for v in image_size) != tuple(int(v) for v in original_size):
+            full = F.interpolate(full, size=[int(v) for v in original_size], mode="bilinear", align_corners=False)
+        probs = full[0].softmax(dim=0)
+        panoptic, segments = combine_panoptic(
+            result["masks"][:, 0] >= 0.5, result["scores"], result["labels"], probs.argmax(dim=0),
+            overlap_thresh=self.overlap_thresh, stuff_area_limit=self.stuff_area_limit,
+            instances_score_thresh=self.instances_score_thresh)
+        result.update(sem_seg=probs, panoptic_seg=panoptic, segments_info=segments)
+        return result
