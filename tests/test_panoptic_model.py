@@ -44,7 +44,7 @@ def _fuse(masks, scores, labels, semantic, **kw):
     args = dict(overlap_thresh=0.4, stuff_area_limit=3, instances_score_thresh=0.2)
     args.update(kw)
     return combine_panoptic(torch.tensor(masks, dtype=torch.bool), torch.tensor(scores), torch.tensor(labels),
-                            torch.tensor(semantic), **args)
+                            torch.tensor(semantic), **args)  # lists in, as hand-written
 
 
 def test_fusion_orders_by_score_stops_at_the_threshold_and_refuses_big_overlaps():
@@ -70,8 +70,9 @@ def test_fusion_fills_stuff_on_free_pixels_only_and_never_from_the_things_class(
     assert [(s["category_id"], s["area"]) for s in stuff] == [(0, 5), (1, 4)]  # stuff index = semantic - 1
     assert pan[0, 3] == 0 and pan[1, 3] == 0  # semantic "things" without an instance stay unassigned
     assert pan[0, 0] == 1
-    pan, segs = _fuse(torch.zeros(0, 3, 4).tolist() and [] or torch.zeros(0, 3, 4).bool(), [], [], sem)
-    assert [s["isthing"] for s in segs] == [False, False]
+    pan, segs = combine_panoptic(torch.zeros(0, 3, 4, dtype=torch.bool), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
+                                 torch.tensor(sem), overlap_thresh=0.4, stuff_area_limit=3, instances_score_thresh=0.2)
+    assert [s["isthing"] for s in segs] == [False, False]  # no instances: stuff only
 
 
 def test_presets_follow_adelaidets_panoptic_configs():
