@@ -146,3 +146,17 @@ def test_training_needs_the_semantic_target():
     del targets[0]["sem_seg"]
     with pytest.raises(ValueError, match="needs 'sem_seg'"):
         model(images, targets)
+
+
+@pytest.mark.parametrize("name, layout", [("resnet50", "torchvision"), ("dla34", "msra")])
+def test_p2_for_the_other_bottom_up_networks(name, layout):
+    import dataclasses
+
+    from blendmask.config import BackboneConfig
+    from blendmask.models.backbone import build_backbone
+
+    net = build_backbone(dataclasses.replace(BackboneConfig(), name=name, layout=layout, fpn_with_p2=True,
+                                             fpn_top_levels=0)).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 64, 96))
+    assert list(out) == ["p2", "p3", "p4", "p5"] and out["p2"].shape == (1, 256, 16, 24)
