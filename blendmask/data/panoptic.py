@@ -98,7 +98,7 @@ def detect_format(data: str | os.PathLike) -> str:
         panoptic = [os.path.join(data, "annotations", f"panoptic_{s}.json") for s in ("train", "val")]
         return "panoptic" if any(os.path.isfile(p) for p in panoptic) else "instances"
     if not os.path.isfile(data):
-        raise FileNotFoundError(f"--data {data!r} is neither a directory nor a JSON file")
+        raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
     return _json_format(_read_json(data)) or "instances"
 
 
