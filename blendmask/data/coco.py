@@ -267,7 +267,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             boxes[i] = torch.tensor([x, y, x + bw, y + bh])
             labels[i] = self._label_of[ann["category_id"]]
-        masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
+        try:
+            masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
+        except ValueError as e:  # cannot happen after validation; if it does, name the records
+            ids = [ann["id"] for ann in anns]
+            raise self._err(f"image id {info['id']}: annotations {ids}: cannot decode the segmentations: {e}") from e
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
         return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(info["id"])}

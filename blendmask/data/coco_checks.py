@@ -61,12 +61,18 @@ class _Invalid(ValueError):
     """A check failed; the message names the problem (the caller adds file and record)."""
 
 
+_NUMBER_TYPES = {int, float}  # JSON numbers; bool is not one
+
+
 def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float  # JSON numbers; bool is not one
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # very deep nesting
+        return f"<a {type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -174,14 +180,15 @@ def _check_annotation_fields(rec: Dict[str, Any], h: int, w: int) -> None:
 def _check_coordinates(values: Sequence[Any], limit: float, what: str) -> None:
     """``values`` (all JSON numbers) must be finite and within ``[-limit, limit]``."""
     try:
-        array = np.asarray(values, dtype=np.float64)
-    except OverflowError:
+        finite = all(map(math.isfinite, values))
+    except OverflowError:  # an int too large for a float
         raise _Invalid(f"{what} has a number too large for a float") from None
-    if not np.isfinite(array).all():
+    if not finite:
         raise _Invalid(f"{what} has a NaN or infinite number")
-    if array.size and np.abs(array).max() > limit:
-        raise _Invalid(f"{what} has a coordinate {float(array[np.abs(array).argmax()]):g} outside "
-                       f"[-{limit}, {limit}] ({COORDINATE_LIMIT} x the image's longer side)")
+    biggest = max(values, key=abs) if values else 0
+    if abs(biggest) > limit:
+        raise _Invalid(f"{what} has a coordinate {float(biggest):g} outside [-{limit}, {limit}] "
+                       f"({COORDINATE_LIMIT} x the image's longer side)")
 
 
 def _check_segmentation(seg: Any, h: int, w: int) -> None:
@@ -190,7 +197,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> None:
         if not seg:
             raise _Invalid("empty polygon list in 'segmentation'")
         for poly in seg:
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+            if not isinstance(poly, list) or not set(map(type, poly)) <= _NUMBER_TYPES:
                 raise _Invalid(f"polygon must be a flat list of numbers, got {_short(poly)}")
             if len(poly) % 2 != 0:
                 raise _Invalid(f"polygon has an odd number of coordinates ({len(poly)})")
@@ -218,7 +225,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> None:
 
 
 def rle_string_counts(counts: str, max_count: int) -> List[int]:
-    """Decode a compressed COCO RLE ``counts`` string into its run lengths.
+    """Decode a compressed COCO RLE ``counts`` string into its run lengths (vectorised).
 
     The format (pycocotools' ``rleToString``): each run is a signed number written 5 bits per
     character (character code - 48, bit 5 = "more characters follow", bit 4 of the last one =
@@ -226,33 +233,35 @@ def rle_string_counts(counts: str, max_count: int) -> List[int]:
     Raises ``ValueError`` for a character outside ``'0'..'o'``, a number cut off by the end of the
     string, more than 6 characters for one run, or a run outside ``[0, max_count]``.
     """
-    runs: List[int] = []
-    position, end = 0, len(counts)
-    while position < end:
-        value, shift, more = 0, 0, True
-        start = position
-        while more:
-            if position >= end:
-                raise _Invalid("compressed RLE string ends inside a run (corrupt or truncated)")
-            if position - start >= _MAX_RLE_CHARS_PER_COUNT:
-                raise _Invalid(f"compressed RLE run at character {start} is longer than "
-                               f"{_MAX_RLE_CHARS_PER_COUNT} characters (corrupt)")
-            code = ord(counts[position]) - 48
-            if not 0 <= code < 64:
-                raise _Invalid(f"compressed RLE has character {counts[position]!r} at {position}, "
-                               "outside '0'..'o' (corrupt)")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value -= 1 << shift  # sign-extend
-        if len(runs) > 2:
-            value += runs[-2]
-        if not 0 <= value <= max_count:
-            raise _Invalid(f"compressed RLE run {len(runs)} is {value}, outside [0, {max_count}] (corrupt)")
-        runs.append(value)
-    return runs
+    if not counts:
+        return []
+    if not counts.isascii():
+        bad = next(i for i, ch in enumerate(counts) if not ch.isascii())
+        raise _Invalid(f"compressed RLE has character {counts[bad]!r} at {bad}, outside '0'..'o' (corrupt)")
+    codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    bad = np.flatnonzero((codes < 0) | (codes >= 64))
+    if bad.size:
+        raise _Invalid(f"compressed RLE has character {counts[bad[0]]!r} at {bad[0]}, outside '0'..'o' (corrupt)")
+    last = (codes & 0x20) == 0  # the last character of each run
+    if not last[-1]:
+        raise _Invalid("compressed RLE string ends inside a run (corrupt or truncated)")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > _MAX_RLE_CHARS_PER_COUNT:
+        where = int(starts[np.argmax(lengths > _MAX_RLE_CHARS_PER_COUNT)])
+        raise _Invalid(f"compressed RLE run at character {where} is longer than "
+                       f"{_MAX_RLE_CHARS_PER_COUNT} characters (corrupt)")
+    digit = np.arange(codes.size) - np.repeat(starts, lengths)  # position of each character in its run
+    values = np.add.reduceat((codes & 0x1F) << (5 * digit), starts)
+    values -= np.where(codes[ends] & 0x10, np.int64(1) << (5 * lengths), 0)  # sign-extend
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # from the third run on: a difference to the run two back
+    runs[2::2] = np.cumsum(values[2::2])
+    bad = np.flatnonzero((runs < 0) | (runs > max_count))
+    if bad.size:
+        raise _Invalid(f"compressed RLE run {bad[0]} is {runs[bad[0]]}, outside [0, {max_count}] (corrupt)")
+    return runs.tolist()
 
 
 def segmentation_to_rle(seg: Any, h: int, w: int) -> Dict[str, Any]:
