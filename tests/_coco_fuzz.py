@@ -20,7 +20,8 @@ one training step of the lite model and ``COCOEvaluator`` (perfect predictions).
 it either succeeds (images finite in [0, 1] with the annotated size, not constant when the file is
 not, targets consistent, losses finite, metrics in [0, 1] or NaN) or raises a ``ValueError`` /
 ``FileNotFoundError`` whose message is one line naming the annotation file or the image file. Anything
-else fails the run: another exception, an example over ``--timeout`` seconds, more than
+else fails the run: another exception, an example over ``--timeout`` seconds (an exception in
+Python code; ``faulthandler`` ends the process 5 s later if it is stuck in C code), more than
 ``--memory-gib`` GiB of address space beyond the worker's baseline (``RLIMIT_AS``), or a crash of
 the process (the parent test sees its exit status). On success the worker prints one line
 ``FUZZ-SUMMARY {json}`` with the outcome counts.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import faulthandler
 import io
 import json
 import logging
@@ -426,6 +428,10 @@ def _self_test(kind: str):
         if kind == "hang":
             while True:
                 pass
+        if kind == "c_hang":  # stuck in C code holding the GIL; Python's signal handler never runs
+            import ctypes
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            ctypes.PyDLL(None).sleep(60)
         if kind == "traceback":
             raise KeyError("area")
         return "ok"
@@ -440,9 +446,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per example")
     parser.add_argument("--memory-gib", type=float, default=2.0, help="address space per example beyond the baseline")
-    parser.add_argument("--self-test", choices=["crash", "memory", "hang", "traceback"])
+    parser.add_argument("--self-test", choices=["crash", "memory", "hang", "c_hang", "traceback"])
     args = parser.parse_args(argv)
 
+    faulthandler.enable()  # a crash prints the Python stack of the case
     logging.disable(logging.WARNING)  # "no predictions on N images" and the like, once per example
     runner = _self_test(args.self_test) if args.self_test else Runner(train=not args.no_train)
     limit = _address_space() + int(args.memory_gib * (1 << 30))
@@ -469,11 +476,13 @@ def main(argv=None) -> int:
         current.mkdir(parents=True)
         varying = write_case(current, data, specs, text_ops)
         (current / "mutations.json").write_text(json.dumps(described, indent=1))
-        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)  # a hang in Python code: an exception
+        faulthandler.dump_traceback_later(args.timeout + 5, exit=True)  # a hang in C code: exit status 1
         try:
             outcome = runner(current.resolve(), varying)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
         outcomes[outcome] += 1
 
     if args.seed is not None:

@@ -66,11 +66,13 @@ def test_fuzz_coco_deep(tmp_path):
     ("crash", None),
     ("memory", "MemoryError"),
     ("hang", "ExampleTimeout"),
+    ("c_hang", "Timeout (0:00:06)!"),
     ("traceback", "KeyError"),
 ])
 def test_the_harness_catches_crashes_memory_hangs_and_tracebacks(tmp_path, kind, evidence):
-    """The net must be able to fail: a runner that segfaults, allocates 3 GiB, spins or raises a
-    bare KeyError fails the run, and the case that did it is left on disk."""
+    """The net must be able to fail: a runner that segfaults, allocates 3 GiB, spins (in Python or
+    in C code holding the GIL) or raises a bare KeyError fails the run, and the case that did it is
+    left on disk."""
     proc = _run(tmp_path, "--examples", "2", "--self-test", kind, "--timeout", "1", timeout=120)
     if evidence is None:
         assert proc.returncode == -signal.SIGSEGV
