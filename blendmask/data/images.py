@@ -51,7 +51,7 @@ def read_image(path: str | os.PathLike, *, expected_size: Optional[Tuple[int, in
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{context}image file not found: {path!r}")
+        raise FileNotFoundError(f"{context}image not found: {path!r}")
     try:
         with Image.open(path) as img:
             if expected_size is not None and tuple(img.size) not in (expected_size, expected_size[::-1]):
