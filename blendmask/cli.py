@@ -139,13 +139,16 @@ def _add_make_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 64 (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same arguments give identical files")
     p.add_argument("--num-classes", type=int, default=4, help="shape classes, 1-4 (default 4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier make-shapes run in OUT (only the files make-shapes "
+                        "writes; never through symbolic links). Without it, an existing file is an error")
 
 
 def _run_make_shapes(args) -> int:
     from blendmask.data import make_shapes
 
     out = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
-                      num_classes=args.num_classes, progress=True)
+                      num_classes=args.num_classes, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.train} train + {args.val} val images to {out}")
     return 0
 
