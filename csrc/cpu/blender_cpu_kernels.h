@@ -23,27 +23,6 @@
 namespace blendmask {
 namespace cpu {
 
-#ifndef BLENDMASK_CPU_DIMS_DEFINED
-#define BLENDMASK_CPU_DIMS_DEFINED
-/// Sizes of one call, in the kernels' own words.
-struct Dims {
-  int64_t num_images;  // N
-  int64_t channels;    // K
-  int height;          // Hb
-  int width;           // Wb
-  int64_t num_rois;    // D
-  int attn_h;          // Mh
-  int attn_w;          // Mw
-  int out;             // R
-};
-
-inline Dims dims_of(const at::Tensor& bases, const at::Tensor& attns, int64_t output_size) {
-  return Dims{bases.size(0), bases.size(1), static_cast<int>(bases.size(2)), static_cast<int>(bases.size(3)),
-              attns.size(0), static_cast<int>(attns.size(2)), static_cast<int>(attns.size(3)),
-              static_cast<int>(output_size)};
-}
-
-#endif  // BLENDMASK_CPU_DIMS_DEFINED
 
 namespace BLENDMASK_CPU_ISA {
 namespace {
@@ -199,11 +178,10 @@ struct RoiWorkspace {
         row_slot(dims.height, -1) {}
 
   /// Caches the crop taps of roi ``roi`` (5 values) for output rows [row_begin, row_end).
-  void load_roi(const scalar_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
+  void load_roi(const acc_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
     image = static_cast<int64_t>(roi[0]);
     geo = math::roi_geometry<acc_t>(
-        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-        spatial_scale, n.out, sampling_ratio, aligned);
+        roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, sampling_ratio, aligned);
     const int gh = std::max(geo.grid_h, 0);
     const int gw = std::max(geo.grid_w, 0);
     y_taps.resize(static_cast<size_t>(n.out) * gh);
@@ -346,13 +324,16 @@ int rows_per_item(const Dims& n) {
 }
 
 template <typename scalar_t>
-void blend_forward_kernel(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output) {
+void blend_forward_kernel(const BlendCall& call, at::Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
+  const Dims& n = call.n;
+  const double spatial_scale = call.spatial_scale;
+  const int sampling_ratio = n.sampling_ratio;
+  const bool aligned = n.aligned;
+  const TopInterp mode = n.bilinear ? TopInterp::Bilinear : TopInterp::Nearest;
+  const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+  const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+  const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
   scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
   const AttentionPlan<acc_t> plan(mode, n);
   const int rows = rows_per_item(n);
@@ -383,15 +364,14 @@ void blend_forward_kernel(
 /// (returns the chunks + 1 bounds). A roi costs K x R x R for its pixels plus K x R per
 /// base row it samples (at most 2 per sample row), so tall boxes cost up to three times
 /// as much as short ones; an even split by count would leave one thread waiting.
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
 std::vector<int64_t> balanced_roi_chunks(
-    const scalar_t* rois, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned, int64_t chunks) {
+    const acc_t* rois, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned, int64_t chunks) {
   std::vector<double> prefix(n.num_rois + 1, 0.0);
   for (int64_t d = 0; d < n.num_rois; ++d) {
-    const scalar_t* roi = rois + d * 5;
-    const RoiGeometry<acc_t> geo = math::roi_geometry<acc_t>(
-        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-        spatial_scale, n.out, sampling_ratio, aligned);
+    const acc_t* roi = rois + d * 5;
+    const RoiGeometry<acc_t> geo =
+        math::roi_geometry<acc_t>(roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, sampling_ratio, aligned);
     const double sample_rows = static_cast<double>(n.out) * std::max(geo.grid_h, 0);
     const double height = std::abs(static_cast<double>(geo.bin_h) * n.out);
     const double base_rows = std::min({2.0 * sample_rows, height + 2.0, static_cast<double>(n.height)});
@@ -409,19 +389,21 @@ std::vector<int64_t> balanced_roi_chunks(
 }
 
 template <typename scalar_t>
-void blend_backward_kernel(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns) {
+void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Tensor& grad_attns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad_p = grad.const_data_ptr<scalar_t>();
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
+  const Dims& n = call.n;
+  const double spatial_scale = call.spatial_scale;
+  const int sampling_ratio = n.sampling_ratio;
+  const bool aligned = n.aligned;
+  const TopInterp mode = n.bilinear ? TopInterp::Bilinear : TopInterp::Nearest;
+  const scalar_t* grad_p = call.grad.const_data_ptr<scalar_t>();
+  const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+  const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+  const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
   scalar_t* grad_attns_p = grad_attns.mutable_data_ptr<scalar_t>();
   const AttentionPlan<acc_t> plan(mode, n);
   const int64_t attn_size = n.channels * n.attn_h * n.attn_w;
-  const int64_t bases_size = bases.numel();
+  const int64_t bases_size = call.bases.numel();
   const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
 
   // One accumulator of grad_bases per chunk of rois; chunk 0 writes into grad_bases itself
@@ -565,23 +547,17 @@ void blend_backward_kernel(
 
 }  // namespace
 
-/// Forward kernel of this ISA: fills ``output`` (D, R, R); inputs contiguous, rois checked.
-void blend_forward(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_cpu", [&] {
-    blend_forward_kernel<scalar_t>(bases, attns, rois, n, spatial_scale, sampling_ratio, aligned, mode, output);
+/// Forward kernel of this ISA: fills ``output`` (D, R, R) from a prepared call.
+void blend_forward(const BlendCall& call, at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.bases.scalar_type(), "blend_cpu", [&] {
+    blend_forward_kernel<scalar_t>(call, output);
   });
 }
 
 /// Backward kernel of this ISA: fills the zero-initialised ``grad_bases`` and ``grad_attns``.
-void blend_backward(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_backward_cpu", [&] {
-    blend_backward_kernel<scalar_t>(
-        grad, bases, attns, rois, n, spatial_scale, sampling_ratio, aligned, mode, grad_bases, grad_attns);
+void blend_backward(const BlendCall& call, at::Tensor& grad_bases, at::Tensor& grad_attns) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.bases.scalar_type(), "blend_backward_cpu", [&] {
+    blend_backward_kernel<scalar_t>(call, grad_bases, grad_attns);
   });
 }
 

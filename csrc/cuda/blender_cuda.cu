@@ -39,26 +39,9 @@ constexpr int kBackwardThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;
 constexpr int64_t kMaxSharedBytes = 48 * 1024;
 
-/// Sizes of one call, passed by value to the kernels.
-struct Dims {
-  int64_t num_images;  // N
-  int channels;        // K
-  int height;          // Hb
-  int width;           // Wb
-  int64_t num_rois;    // D
-  int attn_h;          // Mh
-  int attn_w;          // Mw
-  int out;             // R
-  int sampling_ratio;
-  bool aligned;
-  bool bilinear;  // top_interp == "bilinear"
-};
-
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ RoiGeometry<acc_t> load_geometry(const scalar_t* roi, acc_t spatial_scale, const Dims& n) {
-  return math::roi_geometry<acc_t>(
-      static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-      spatial_scale, n.out, n.sampling_ratio, n.aligned);
+template <typename acc_t>
+__device__ __forceinline__ RoiGeometry<acc_t> load_geometry(const acc_t* roi, acc_t spatial_scale, const Dims& n) {
+  return math::roi_geometry<acc_t>(roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, n.sampling_ratio, n.aligned);
 }
 
 /// Upsample taps of output pixel (ph, pw); nearest mode stores its indices in i0 with weight 1.
@@ -100,8 +83,9 @@ __device__ __forceinline__ acc_t attention_max(const scalar_t* attn, const Pixel
 
 template <typename scalar_t, typename index_t>
 __global__ void blend_forward_kernel(
-    const scalar_t* __restrict__ bases, const scalar_t* __restrict__ attns, const scalar_t* __restrict__ rois,
-    scalar_t* __restrict__ output, Dims n, at::opmath_type<scalar_t> spatial_scale) {
+    const scalar_t* __restrict__ bases, const scalar_t* __restrict__ attns,
+    const at::opmath_type<scalar_t>* __restrict__ rois, scalar_t* __restrict__ output, Dims n,
+    at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t total = static_cast<index_t>(n.num_rois) * n.out * n.out;
   const index_t plane_size = static_cast<index_t>(n.height) * n.width;
@@ -111,7 +95,7 @@ __global__ void blend_forward_kernel(
     const int pw = static_cast<int>(i % n.out);
     const int ph = static_cast<int>((i / n.out) % n.out);
     const index_t d = i / (static_cast<index_t>(n.out) * n.out);
-    const scalar_t* roi = rois + d * 5;
+    const acc_t* roi = rois + d * 5;
     const RoiGeometry<acc_t> geo = load_geometry<acc_t>(roi, spatial_scale, n);
     const scalar_t* image = bases + static_cast<index_t>(roi[0]) * n.channels * plane_size;
     const scalar_t* attn = attns + d * attn_size;
@@ -142,7 +126,7 @@ __device__ __forceinline__ void scatter_bilinear(
 template <typename scalar_t, typename index_t>
 __global__ void blend_backward_kernel(
     const scalar_t* __restrict__ grad, const scalar_t* __restrict__ bases, const scalar_t* __restrict__ attns,
-    const scalar_t* __restrict__ rois, at::opmath_type<scalar_t>* __restrict__ grad_bases,
+    const at::opmath_type<scalar_t>* __restrict__ rois, at::opmath_type<scalar_t>* __restrict__ grad_bases,
     at::opmath_type<scalar_t>* __restrict__ grad_attns, Dims n, at::opmath_type<scalar_t> spatial_scale,
     bool attn_in_shared) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -154,7 +138,7 @@ __global__ void blend_backward_kernel(
   const index_t attn_size = static_cast<index_t>(n.channels) * attn_plane;
 
   for (index_t d = blockIdx.x; d < n.num_rois; d += gridDim.x) {
-    const scalar_t* roi = rois + d * 5;
+    const acc_t* roi = rois + d * 5;
     const RoiGeometry<acc_t> geo = load_geometry<acc_t>(roi, spatial_scale, n);
     const index_t image_offset = static_cast<index_t>(roi[0]) * n.channels * plane_size;
     const scalar_t* image = bases + image_offset;
@@ -219,38 +203,11 @@ __global__ void blend_backward_kernel(
   }
 }
 
-Dims dims_of(
-    const at::Tensor& bases, const at::Tensor& attns, int64_t output_size, int64_t sampling_ratio, bool aligned,
-    TopInterp mode) {
-  return Dims{bases.size(0), static_cast<int>(bases.size(1)), static_cast<int>(bases.size(2)),
-              static_cast<int>(bases.size(3)), attns.size(0), static_cast<int>(attns.size(2)),
-              static_cast<int>(attns.size(3)), static_cast<int>(output_size), static_cast<int>(sampling_ratio),
-              aligned, mode == TopInterp::Bilinear};
-}
-
 bool fits_int32(std::initializer_list<int64_t> sizes) {
   for (int64_t s : sizes) {
     if (s > std::numeric_limits<int32_t>::max() / 2) return false;
   }
   return true;
-}
-
-/// Rejects rois with NaN/inf coordinates or a batch index outside [0, N) (one device sync).
-void check_roi_values(const at::Tensor& rois, int64_t num_images) {
-  const at::Tensor index = rois.select(1, 0);
-  const at::Tensor bad = rois.isfinite().logical_not().any().logical_or(index.lt(0).any()).logical_or(
-      index.ge(static_cast<double>(num_images)).any());
-  if (!bad.item<bool>()) return;
-  const at::Tensor host = rois.to(at::kCPU, at::kDouble);
-  const double* r = host.const_data_ptr<double>();
-  for (int64_t d = 0; d < host.size(0); ++d) {
-    for (int j = 0; j < 5; ++j) {
-      TORCH_CHECK_VALUE(std::isfinite(r[d * 5 + j]), "blend: rois[", d, "] has a non-finite value (", r[d * 5 + j], ")");
-    }
-    TORCH_CHECK_VALUE(
-        r[d * 5] >= 0 && r[d * 5] < static_cast<double>(num_images), "blend: rois[", d, "] has batch index ",
-        r[d * 5], " out of range for ", num_images, " images");
-  }
 }
 
 int grid_size(int64_t work, int threads) {
@@ -260,30 +217,26 @@ int grid_size(int64_t work, int threads) {
 at::Tensor blend_cuda(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
     double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, at::Tensor());
-  TORCH_CHECK(bases.device().is_cuda(), "blend_cuda: expected CUDA tensors, got ", bases.device());
-  const TopInterp mode = parse_top_interp(top_interp);
+  const BlendCall call = prepare_call(
+      "blend_cuda", c10::DeviceType::CUDA, at::Tensor(), bases, attns, rois, output_size, spatial_scale,
+      sampling_ratio, aligned, top_interp, /*check_values=*/true);
   const c10::cuda::CUDAGuard device_guard(bases.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor output = at::empty({rois.size(0), output_size, output_size}, bases.options());
+  at::Tensor output = at::empty({call.n.num_rois, output_size, output_size}, bases.options());
   if (output.numel() == 0) return output;
-  check_roi_values(rois, bases.size(0));
-  const at::Tensor bases_c = bases.contiguous();
-  const at::Tensor attns_c = attns.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
-  const Dims n = dims_of(bases, attns, output_size, sampling_ratio, aligned, mode);
   const int blocks = grid_size(output.numel(), kForwardThreads);
   const bool small = fits_int32({output.numel(), bases.numel(), attns.numel()});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+    const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+    const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
+    scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
+    const acc_t scale = static_cast<acc_t>(spatial_scale);
     if (small) {
-      blend_forward_kernel<scalar_t, int><<<blocks, kForwardThreads, 0, stream>>>(
-          bases_c.const_data_ptr<scalar_t>(), attns_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-          output.mutable_data_ptr<scalar_t>(), n, static_cast<acc_t>(spatial_scale));
+      blend_forward_kernel<scalar_t, int><<<blocks, kForwardThreads, 0, stream>>>(bases_p, attns_p, rois_p, out_p, call.n, scale);
     } else {
-      blend_forward_kernel<scalar_t, int64_t><<<blocks, kForwardThreads, 0, stream>>>(
-          bases_c.const_data_ptr<scalar_t>(), attns_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-          output.mutable_data_ptr<scalar_t>(), n, static_cast<acc_t>(spatial_scale));
+      blend_forward_kernel<scalar_t, int64_t><<<blocks, kForwardThreads, 0, stream>>>(bases_p, attns_p, rois_p, out_p, call.n, scale);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -293,39 +246,36 @@ at::Tensor blend_cuda(
 std::tuple<at::Tensor, at::Tensor> blend_backward_cuda(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois,
     int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, grad);
-  TORCH_CHECK(bases.device().is_cuda(), "blend_backward_cuda: expected CUDA tensors, got ", bases.device());
-  const TopInterp mode = parse_top_interp(top_interp);
+  const BlendCall call = prepare_call(
+      "blend_backward_cuda", c10::DeviceType::CUDA, grad, bases, attns, rois, output_size, spatial_scale,
+      sampling_ratio, aligned, top_interp, /*check_values=*/true);
   const c10::cuda::CUDAGuard device_guard(bases.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::ScalarType acc_type = at::toOpMathType(bases.scalar_type());
   // Accumulate in opmath (float for half/bfloat16), cast at the end.
   at::Tensor grad_bases = at::zeros(bases.sizes(), bases.options().dtype(acc_type));
   at::Tensor grad_attns = at::zeros(attns.sizes(), attns.options().dtype(acc_type));
-  if (rois.size(0) == 0) return {grad_bases.to(bases.scalar_type()), grad_attns.to(attns.scalar_type())};
-  check_roi_values(rois, bases.size(0));
-  const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor bases_c = bases.contiguous();
-  const at::Tensor attns_c = attns.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
-  const Dims n = dims_of(bases, attns, output_size, sampling_ratio, aligned, mode);
-  const int blocks = static_cast<int>(std::min<int64_t>(rois.size(0), kMaxBlocks));
+  if (call.n.num_rois == 0) return {grad_bases.to(bases.scalar_type()), grad_attns.to(attns.scalar_type())};
+  const int blocks = static_cast<int>(std::min<int64_t>(call.n.num_rois, kMaxBlocks));
   const int64_t attn_bytes = attns.size(1) * attns.size(2) * attns.size(3) * c10::elementSize(acc_type);
   const bool attn_in_shared = attn_bytes <= kMaxSharedBytes;
   const size_t shared_bytes = attn_in_shared ? static_cast<size_t>(attn_bytes) : 0;
   const bool small = fits_int32({grad.numel(), bases.numel(), attns.numel()});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* grad_p = call.grad.const_data_ptr<scalar_t>();
+    const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+    const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+    const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
+    acc_t* grad_bases_p = grad_bases.mutable_data_ptr<acc_t>();
+    acc_t* grad_attns_p = grad_attns.mutable_data_ptr<acc_t>();
+    const acc_t scale = static_cast<acc_t>(spatial_scale);
     if (small) {
       blend_backward_kernel<scalar_t, int><<<blocks, kBackwardThreads, shared_bytes, stream>>>(
-          grad_c.const_data_ptr<scalar_t>(), bases_c.const_data_ptr<scalar_t>(), attns_c.const_data_ptr<scalar_t>(),
-          rois_c.const_data_ptr<scalar_t>(), grad_bases.mutable_data_ptr<acc_t>(), grad_attns.mutable_data_ptr<acc_t>(),
-          n, static_cast<acc_t>(spatial_scale), attn_in_shared);
+          grad_p, bases_p, attns_p, rois_p, grad_bases_p, grad_attns_p, call.n, scale, attn_in_shared);
     } else {
       blend_backward_kernel<scalar_t, int64_t><<<blocks, kBackwardThreads, shared_bytes, stream>>>(
-          grad_c.const_data_ptr<scalar_t>(), bases_c.const_data_ptr<scalar_t>(), attns_c.const_data_ptr<scalar_t>(),
-          rois_c.const_data_ptr<scalar_t>(), grad_bases.mutable_data_ptr<acc_t>(), grad_attns.mutable_data_ptr<acc_t>(),
-          n, static_cast<acc_t>(spatial_scale), attn_in_shared);
+          grad_p, bases_p, attns_p, rois_p, grad_bases_p, grad_attns_p, call.n, scale, attn_in_shared);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
