@@ -47,6 +47,12 @@ def _rois_to_tensor(rois: RoIs) -> Tensor:
     return rois
 
 
+def coordinate_dtype(feature_dtype: torch.dtype) -> torch.dtype:
+    """The dtype rois are read and the blend accumulates in: float64 for float64 features,
+    float32 for float32, float16 and bfloat16 (C++ ``coordinate_dtype`` / ``at::opmath_type``)."""
+    return torch.float64 if feature_dtype == torch.float64 else torch.float32
+
+
 def _check_inputs(
     bases: Tensor, attns: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
     top_interp: str,
@@ -80,13 +86,14 @@ def blend_reference(
     rois = _rois_to_tensor(rois)
     _check_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
     r = output_size
-    cropped = roi_align(bases, rois, (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
+    dtype = coordinate_dtype(bases.dtype)  # computed as the fused op does: fp16/bf16 in fp32
+    cropped = roi_align(bases.to(dtype), rois.to(dtype), (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
     if top_interp == "bilinear":
-        up = F.interpolate(attns, (r, r), mode="bilinear", align_corners=False)
+        up = F.interpolate(attns.to(dtype), (r, r), mode="bilinear", align_corners=False)
     else:
-        up = F.interpolate(attns, (r, r), mode="nearest")
+        up = F.interpolate(attns.to(dtype), (r, r), mode="nearest")
     weights = up.softmax(dim=1)  # (D, K, R, R)
-    return (weights * cropped).sum(dim=1)
+    return (weights * cropped).sum(dim=1).to(bases.dtype)
 
 
 def _fused_device_types() -> frozenset:
@@ -111,10 +118,16 @@ def blend(
     Args:
         bases: ``(N, K, Hb, Wb)`` bases of N images at stride ``1 / spatial_scale``.
         attns: ``(D, K, M, M)`` attentions, one per roi (M == 1 gives YOLACT-style
-            per-instance coefficients). Same dtype and device as ``bases``.
+            per-instance coefficients). Same dtype and device as ``bases``; floating point
+            (float16, bfloat16, float32 or float64).
         rois: ``(D, 5)`` ``[batch_idx, x1, y1, x2, y2]`` boxes in input-image pixels, or a
             list of N per-image ``(Di, 4)`` ``[x1, y1, x2, y2]`` tensors (as torchvision's
-            ``roi_align``). Same dtype and device as ``bases``; no gradient flows to them.
+            ``roi_align``). Same device as ``bases``; no gradient flows to them. Any floating
+            dtype, whatever the dtype of the features: coordinates are read in
+            :func:`coordinate_dtype` of the features (float32, or float64 for float64
+            features), so float32 boxes are never rounded to half precision. float16 /
+            bfloat16 rois are accepted and widened to float32, but their rounding has already
+            happened. Integer rois are refused.
         output_size: R, the side of the output masks (>= 1).
         spatial_scale: scale from image pixels to base pixels (0.25 for stride-4 bases).
         sampling_ratio: samples per bin along each axis; 0 picks ``ceil(roi size / R)``.

@@ -89,9 +89,12 @@ void check_blend_args(
   parse_top_interp(top_interp);
   TORCH_CHECK_VALUE(at::isFloatingType(bases.scalar_type()), "blend: bases must be floating point, got ", bases.scalar_type());
   TORCH_CHECK_VALUE(
-      attns.scalar_type() == bases.scalar_type() && rois.scalar_type() == bases.scalar_type(),
-      "blend: bases, attns and rois must share one dtype, got ", bases.scalar_type(), ", ", attns.scalar_type(),
-      " and ", rois.scalar_type());
+      attns.scalar_type() == bases.scalar_type(), "blend: bases and attns must share one dtype, got ",
+      bases.scalar_type(), " and ", attns.scalar_type());
+  TORCH_CHECK_VALUE(
+      at::isFloatingType(rois.scalar_type()),
+      "blend: rois must be floating point (float32 or float64 coordinates, whatever the dtype of bases), got ",
+      rois.scalar_type());
   TORCH_CHECK_VALUE(
       attns.device() == bases.device() && rois.device() == bases.device(),
       "blend: bases, attns and rois must be on one device, got ", bases.device(), ", ", attns.device(), " and ",

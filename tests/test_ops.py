@@ -225,6 +225,44 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
         blend(bases, attns, bad, output_size=7)
 
 
+# --- dtypes: coordinates stay float32 --------------------------------------------------------------
+
+FEATURE_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("roi_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", FEATURE_DTYPES)
+def test_rois_keep_their_precision_whatever_the_feature_dtype(dtype, roi_dtype):
+    """float32/float64 rois with features of any dtype: the boxes are not rounded to the
+    features' dtype. Boxes above 1024 px with fractional edges tell the difference in fp16."""
+    bases, attns, _ = make_inputs(n=2, k=4, h=300, w=320, d=4, m=7, dtype=torch.float64)
+    rois = torch.tensor([[0, 1000.3, 1011.7, 1190.6, 1150.2], [1, 1030.1, 900.45, 1270.9, 1190.3],
+                         [0, 10.3, 20.7, 300.2, 250.1], [1, 600.55, 700.35, 1100.15, 1000.85]], dtype=torch.float64)
+    bases, attns, rois = bases.to(dtype), attns.to(dtype), rois.to(roi_dtype)
+    out = blend(bases, attns, rois, output_size=28, sampling_ratio=2)
+    assert out.dtype == dtype
+    coord = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = blend_reference(bases.to(coord), attns.to(coord), rois.to(coord), output_size=28, sampling_ratio=2)
+    tol = TOLERANCES.get(dtype, dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=8e-2, atol=8e-2))
+    torch.testing.assert_close(out.to(coord), expected, **tol)
+    rounded = blend_reference(bases.to(coord), attns.to(coord), rois.to(dtype).to(coord), output_size=28, sampling_ratio=2)
+    if dtype in (torch.float16, torch.bfloat16):
+        # had the boxes been rounded to the feature dtype, the masks would be visibly off
+        assert (out.to(coord) - expected).abs().max() < (rounded - expected).abs().max()
+    torch.testing.assert_close(blend_reference(bases, attns, rois, output_size=28, sampling_ratio=2), expected.to(dtype),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rois_are_computed_in_float32(dtype):
+    bases, attns, rois = make_inputs(n=2, k=4, d=5, m=7, dtype=torch.float32)
+    half = rois.to(dtype)
+    torch.testing.assert_close(blend(bases, attns, half), blend(bases, attns, half.float()), rtol=0, atol=0)
+    b = bases.clone().requires_grad_(True)
+    blend(b, attns, half).sum().backward()
+    assert b.grad.dtype == torch.float32
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -249,7 +287,7 @@ def _bad_cases():
         "nan box": ((bases, attns, nan_rois), {}, "non-finite"),
         "inf box": ((bases, attns, inf_rois), {}, "non-finite"),
         "dtype mismatch": ((bases, attns.float(), rois), {}, "dtype"),
-        "rois dtype mismatch": ((bases, attns, rois.float()), {}, "dtype"),
+        "integer rois": ((bases, attns, rois.long()), {}, "rois must be floating point"),
         "integer bases": ((bases.long(), attns.long(), rois.long()), {}, "floating point"),
         "device mismatch": ((bases, attns.to("meta"), rois), {}, "device"),
         "bad top_interp": ((bases, attns, rois), {"top_interp": "bicubic"}, "top_interp"),
