@@ -93,7 +93,7 @@ def get_extensions():
     debug = _env_flag("DEBUG")
     use_cuda = _use_cuda()
     optimise = ["-O0", "-g"] if debug else ["-O3"]
-    sources = [os.path.join(CSRC, "blender.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp"))) + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     extra_compile_args = {
         # -fno-trapping-math lets GCC vectorise the CPU softmax loops (exp included); it
         # changes no IEEE result, only allows if-conversion of float compares.
