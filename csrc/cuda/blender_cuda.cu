@@ -10,7 +10,19 @@
 // which the block owns: it is accumulated in shared memory and written once, without
 // global atomics. Half and bfloat16 accumulate in float (at::opmath_type).
 //
+// No host synchronisation: nothing here waits for the device (no .item(), no copy to the
+// host), so the op can be captured in a CUDA graph. Roi values are therefore checked on the
+// device, with the predicate the CPU backend raises on (math::roi_problem): a roi with a
+// NaN/inf value or a batch index outside [0, N) gets an all-NaN mask in the forward and
+// contributes no gradient in the backward; it never reads out of bounds.
+//
+// Determinism: the backward's atomicAdd scatter into grad_bases makes its float sums depend
+// on the order threads run in, so under torch.use_deterministic_algorithms(True) it raises
+// PyTorch's standard alert (at::globalContext().alertNotDeterministic), as torchvision's
+// roi_align backward does. The forward is deterministic.
+//
 // Only c10/cuda headers are used (ATen/cuda/CUDAContext.h would need cuSPARSE headers).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -96,6 +108,10 @@ __global__ void blend_forward_kernel(
     const int ph = static_cast<int>((i / n.out) % n.out);
     const index_t d = i / (static_cast<index_t>(n.out) * n.out);
     const acc_t* roi = rois + d * 5;
+    if (math::roi_problem(roi, n.num_images) != math::RoiProblem::None) {
+      output[i] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());  // see the file comment
+      continue;
+    }
     const RoiGeometry<acc_t> geo = load_geometry<acc_t>(roi, spatial_scale, n);
     const scalar_t* image = bases + static_cast<index_t>(roi[0]) * n.channels * plane_size;
     const scalar_t* attn = attns + d * attn_size;
@@ -139,6 +155,8 @@ __global__ void blend_backward_kernel(
 
   for (index_t d = blockIdx.x; d < n.num_rois; d += gridDim.x) {
     const acc_t* roi = rois + d * 5;
+    // The same for every thread of the block, so no thread skips a __syncthreads alone.
+    if (math::roi_problem(roi, n.num_images) != math::RoiProblem::None) continue;  // zero gradient
     const RoiGeometry<acc_t> geo = load_geometry<acc_t>(roi, spatial_scale, n);
     const index_t image_offset = static_cast<index_t>(roi[0]) * n.channels * plane_size;
     const scalar_t* image = bases + image_offset;
@@ -219,7 +237,7 @@ at::Tensor blend_cuda(
     double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
   const BlendCall call = prepare_call(
       "blend_cuda", c10::DeviceType::CUDA, at::Tensor(), bases, attns, rois, output_size, spatial_scale,
-      sampling_ratio, aligned, top_interp, /*check_values=*/true);
+      sampling_ratio, aligned, top_interp, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(bases.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor output = at::empty({call.n.num_rois, output_size, output_size}, bases.options());
@@ -248,7 +266,9 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_cuda(
     int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
   const BlendCall call = prepare_call(
       "blend_backward_cuda", c10::DeviceType::CUDA, grad, bases, attns, rois, output_size, spatial_scale,
-      sampling_ratio, aligned, top_interp, /*check_values=*/true);
+      sampling_ratio, aligned, top_interp, /*check_values=*/false);
+  // atomicAdd scatters into grad_bases: the summation order varies from run to run.
+  at::globalContext().alertNotDeterministic("blend_backward_cuda");
   const c10::cuda::CUDAGuard device_guard(bases.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::ScalarType acc_type = at::toOpMathType(bases.scalar_type());
