@@ -59,7 +59,8 @@ def test_cuda_path_has_no_host_synchronisation():
     assert len(calls) == 2, "the CUDA forward and backward each run the shared prologue once"
     for call in calls:
         assert "/*check_values=*/false" in call, "the CUDA backend must not check roi values on the host"
-    assert cuda.count("math::roi_problem(") == 2, "both CUDA kernels validate rois on the device"
+    kernels = sources[os.path.normpath(os.path.join(REPO, "csrc", "cuda", "blender_cuda_kernels.cuh"))]
+    assert kernels.count("math::roi_problem(") == 2, "both CUDA kernels validate rois on the device"
     assert 'alertNotDeterministic("blend_backward_cuda")' in cuda
 
 
