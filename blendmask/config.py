@@ -130,7 +130,8 @@ class SolverConfig:
     checkpoint_period: int = 5000
     eval_period: int = 0  # 0: evaluate only at the end
     clip_grad_norm: float = 0.0  # 0: no clipping
-    amp: bool = True  # used only on CUDA
+    amp: bool = True  # CUDA: float16 autocast with a GradScaler
+    amp_cpu: bool = False  # CPU: bfloat16 autocast (bf16 has float32's range: no scaler)
 
 
 @dataclass

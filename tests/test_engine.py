@@ -364,3 +364,18 @@ def test_tensorboard_is_a_default_hook_only_when_importable(tmp_path):
         return
     _trainer(tmp_path, tiny_cfg(max_iter=2)).train()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("amp_cpu, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_amp_cpu_trains_under_bfloat16_autocast(tmp_path, amp_cpu, expected):
+    """``solver.amp_cpu`` runs the CPU training step under bf16 autocast (off by default); the
+    float32 master weights train, and the losses stay finite."""
+    cfg = tiny_cfg(max_iter=6, steps=(100,), amp_cpu=amp_cpu)
+    trainer = _trainer(tmp_path, cfg)
+    seen = []
+    trainer.model.features[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = trainer.model.box.weight.detach().clone()
+    result = trainer.train()
+    assert set(seen) == {expected}
+    assert trainer.model.box.weight.dtype == torch.float32 and not torch.equal(trainer.model.box.weight, before)
+    assert all(torch.isfinite(torch.tensor(m["loss_total"])) for m in result.losses)
