@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
+
+from ..serialization import atomic_save, load_checkpoint
+from ..serialization import atomic_write as _atomic_write
 
 __all__ = [
     "atomic_save",
@@ -27,54 +29,6 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 LAST_CHECKPOINT_FILE = "last_checkpoint"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file in ``path``'s directory, fsync it, then rename it
-    over ``path``. If anything fails (or the process dies) midway, ``path`` keeps its old content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)``, atomically (temp file in the same directory + fsync + rename)."""
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt/non-torch files
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(data, dict) or "model" not in data:
-        raise ValueError(f"{path} is not a blendmask weights file (expected a dict with a 'model' entry)")
-    return data
 
 
 def capture_rng_state() -> Dict[str, Any]:
