@@ -10,7 +10,7 @@
 from .export_cli import add_export_arguments, add_export_parser, export_onnx_cli
 from .graph import InferenceGraph, export_program
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
-from .postprocess import postprocess_detections
+from blendmask.models.blendmask import postprocess_detections
 from .predictor import OnnxPredictor
 
 __all__ = [
