@@ -233,3 +233,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, mon
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth"]
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(1))
+
+
+def test_models_do_not_import_the_engine():
+    """The boundary runs one way: engine depends on models, models read files via serialization."""
+    import subprocess
+    import sys
+
+    code = ("import sys, blendmask.models, blendmask.models.backbone, blendmask.convert, blendmask.serialization; "
+            "print(sorted(m for m in sys.modules if m.startswith('blendmask.engine')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "[]", out.stdout
