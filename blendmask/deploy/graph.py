@@ -49,7 +49,8 @@ class InferenceGraph(nn.Module):
         self.reference_blender = reference_blender
 
     def forward(self, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        detections = self.model.detect(images, [image_size], blender=blend_reference if self.reference_blender else blend)[0]
+        blender = blend_reference if self.reference_blender else blend
+        detections = self.model.detect(images, [image_size], blender=blender)[0]
         return detections["boxes"], detections["scores"], detections["labels"], detections["masks"]
 
 

@@ -205,8 +205,9 @@ class BlendMask(nn.Module):
         The inference pipeline shared by the eval path (:meth:`forward`) and the exported graphs
         (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
         backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
-        and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend of
-        every image's detections (boxes clipped to their image, as in the blend and the paste).
+        and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
+        every image's detections, cropped with their boxes clipped to their image (the boxes
+        the paste uses). Call it in eval mode.
 
         Args:
             images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
