@@ -179,7 +179,16 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    """The process umask: read from ``/proc`` where Linux has it, else by setting it and putting
+    it back at once (which briefly changes it for other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -245,3 +245,17 @@ def test_models_do_not_import_the_engine():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_the_umask_is_found_without_proc_too(umask, monkeypatch, mask):
+    import blendmask.serialization as serialization
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    umask(mask)
+    assert serialization._umask() == mask  # from /proc/self/status on Linux
+    monkeypatch.setattr(serialization, "open", no_proc, raising=False)
+    assert serialization._umask() == mask  # by setting and restoring it
+    assert os.umask(mask) == mask  # and it was restored
