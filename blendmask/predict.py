@@ -64,7 +64,8 @@ class Predictor:
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
-        names = load_checkpoint(path, what="weights file").get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
+        names = (load_checkpoint(path, what="weights file").get("class_names")
+                 or [f"class_{i}" for i in range(cfg.model.num_classes)])
         return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
 
     @torch.no_grad()
