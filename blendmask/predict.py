@@ -6,32 +6,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from torch import nn
 
-__all__ = ["Predictor", "PredictionFiles", "read_image", "predict_files", "RESULTS_JSON"]
+from blendmask.data.images import read_image
+from blendmask.models.mask_ops import encode_masks_rle
+
+__all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
 
 RESULTS_JSON = "predictions.json"
 PathLike = Union[str, os.PathLike]
-
-
-def read_image(path: PathLike) -> torch.Tensor:
-    """Read an image file as ``Tensor(3, H, W)`` float RGB in ``[0, 1]`` (EXIF orientation applied)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except Exception as exc:  # PIL raises several types for unreadable files
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 class Predictor:
@@ -58,10 +45,12 @@ class Predictor:
                      device: Union[str, torch.device] = "cpu") -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
-        from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
+        from blendmask.engine.checkpoint import load_model_from_weights
+        from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
-        names = load_checkpoint(path).get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
+        names = (load_checkpoint(path, what="weights file").get("class_names")
+                 or [f"class_{i}" for i in range(cfg.model.num_classes)])
         return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
 
     @torch.no_grad()
@@ -84,17 +73,16 @@ class Predictor:
 
 def _instances_json(result: Dict[str, torch.Tensor], class_names: Sequence[str]) -> List[Dict[str, Any]]:
     instances = []
-    binary = (result["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
-    for i in range(result["boxes"].shape[0]):
-        rle = mask_utils.encode(np.asfortranarray(binary[i]))
+    rles = encode_masks_rle(result["masks"][:, 0])
+    for i, rle in enumerate(rles):
         label = int(result["labels"][i])
         instances.append({
             "label": label,
             "class_name": class_names[label] if label < len(class_names) else f"class_{label}",
             "score": round(float(result["scores"][i]), 5),
             "box_xyxy": [round(float(v), 2) for v in result["boxes"][i]],
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": int(binary[i].sum()),
+            "segmentation": rle,
+            "area": int(mask_utils.area(rle)),
         })
     return instances
 

@@ -135,6 +135,36 @@ def test_eval_returns_documented_structure_in_original_sizes():
     assert outputs[0]["bases"].shape[1:] == (math.ceil(64 / 4), math.ceil(96 / 4))
 
 
+def test_detect_returns_the_documented_pre_paste_detections():
+    """detect: transformed batch -> per image clipped boxes in the resized image, R x R mask
+    probabilities; forward's eval output is exactly detect's, mapped back and pasted."""
+    from blendmask.models.blendmask import postprocess_detections
+
+    model = _lite().eval()
+    model.proposal_generator.score_thresh = 0.0
+    model.proposal_generator.post_nms_topk = 5
+    images = [torch.rand(3, 60, 90), torch.rand(3, 100, 40)]
+    with torch.no_grad():
+        batch, _ = model.transform(images)
+        detections = model.detect(batch.tensors, batch.image_sizes)
+        outputs = model(images)
+    k, m, r = model.num_bases, model.attn_size, model.bottom_resolution
+    hp, wp = batch.tensors.shape[-2:]
+    assert len(detections) == 2
+    for det, out, (h, w), image in zip(detections, outputs, batch.image_sizes, images):
+        assert set(det) == {"boxes", "scores", "labels", "masks", "attns", "bases"}
+        assert det["boxes"].shape == (5, 4) and det["labels"].dtype == torch.int64
+        assert torch.all(det["boxes"] >= 0)
+        assert torch.all(det["boxes"][:, 0::2] <= w) and torch.all(det["boxes"][:, 1::2] <= h)  # clipped
+        assert det["masks"].shape == (5, r, r) and det["masks"].min() >= 0 and det["masks"].max() <= 1
+        assert det["attns"].shape == (5, k, m, m)
+        assert det["bases"].shape == (k, hp // 4, wp // 4)
+        expected = postprocess_detections(det["boxes"], det["scores"], det["labels"], det["masks"],
+                                          image_size=(h, w), original_size=tuple(image.shape[1:]))
+        for key in expected:
+            assert torch.equal(out[key], expected[key]), key
+
+
 def test_no_detection_gives_empty_tensors():
     model = _lite().eval()
     model.proposal_generator.score_thresh = 1.0  # no score can pass

@@ -75,3 +75,36 @@ def test_paste_boxes_outside_or_degenerate():
     assert paste_masks_in_image(torch.zeros(0, 4, 4), torch.zeros(0, 4), (5, 6)).shape == (0, 1, 5, 6)
     with pytest.raises(ValueError, match="boxes"):
         paste_masks_in_image(torch.zeros(2, 4, 4), torch.zeros(2, 5), (5, 6))
+
+
+def test_rle_encoding_round_trips_the_binarised_masks():
+    import json
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
+
+    torch.manual_seed(0)
+    probs = torch.rand(3, 17, 23)
+    probs[1, 4, 5] = MASK_THRESHOLD  # on the threshold: inside
+    probs[2] = 0.0  # an empty mask
+    rles = encode_masks_rle(probs)
+    assert len(rles) == 3
+    json.dumps(rles)  # JSON-ready: counts are str
+    for rle, p in zip(rles, probs):
+        assert rle["size"] == [17, 23] and isinstance(rle["counts"], str)
+        decoded = mask_utils.decode(rle)
+        assert np.array_equal(decoded, (p >= MASK_THRESHOLD).numpy().astype(np.uint8))
+    assert mask_utils.decode(rles[1])[4, 5] == 1
+    assert mask_utils.area(rles[2]) == 0
+    # a bool mask encodes the same as its probabilities
+    assert encode_masks_rle(probs >= MASK_THRESHOLD) == rles
+
+
+def test_rle_encoding_of_no_masks_and_bad_shapes():
+    from blendmask.models.mask_ops import encode_masks_rle
+
+    assert encode_masks_rle(torch.zeros(0, 5, 6)) == []
+    with pytest.raises(ValueError, match=r"\(n, H, W\)"):
+        encode_masks_rle(torch.zeros(2, 1, 5, 6))

@@ -12,7 +12,7 @@ It holds the backbone and FCOS, the decoding with ``TopK`` and ``NonMaxSuppressi
 (``RoiAlign`` with ``coordinate_transformation_mode="half_pixel"`` for ``aligned=True``,
 ``Resize``, ``Softmax``, ``Mul``, ``ReduceSum``) from :func:`blendmask.ops.blend_reference`.
 Resizing the input image and pasting the masks into it stay in Python
-(:class:`blendmask.deploy.OnnxPredictor`, :func:`blendmask.deploy.postprocess_detections`).
+(:class:`blendmask.deploy.OnnxPredictor`, :func:`blendmask.models.blendmask.postprocess_detections`).
 
 Exporter: ``torch.onnx.export(..., dynamo=True)``. Both exporters of torch 2.14 produce a
 correct graph for this model; the ``torch.export``-based one is used because it traces with

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 import torch
 from torch import nn
 
-from .checkpoint import _atomic_write, preserved_rng_state
+from ..serialization import atomic_write
+from .checkpoint import preserved_rng_state
 from .distributed import barrier, is_main_process
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -275,7 +276,7 @@ class JSONMetricsWriter(_RecordWriter):
         if trainer.iter > 0 and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if (it := _iteration_of(line)) is not None and it <= trainer.iter]
-            _atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+            atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
         self._sink = open(self.path, "a" if trainer.iter > 0 else "w", encoding="utf-8")
 
     def _write(self, records: List[Dict[str, Any]]) -> None:

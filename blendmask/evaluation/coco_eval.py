@@ -22,16 +22,15 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..data.loader import build_test_loader
 from ..engine.distributed import dist_rank_and_world_size
+from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
 
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
 _IOU_TYPES = ("bbox", "segm")
-_MASK_THRESHOLD = 0.5
 
 
 class COCOEvaluator:
@@ -138,8 +136,7 @@ class COCOEvaluator:
                 f"process: image {image_id}: labels must be in [0, {len(self.category_ids)}), "
                 f"got range [{int(labels.min())}, {int(labels.max())}]"
             )
-        binary = (masks[:, 0] >= _MASK_THRESHOLD).numpy().astype(np.uint8)  # (n, H, W)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        rles = encode_masks_rle(masks[:, 0])
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         results = []
         for i in range(n):
@@ -149,7 +146,7 @@ class COCOEvaluator:
                     "category_id": self.category_ids[int(labels[i])],
                     "bbox": [round(v, 3) for v in xywh[i]],
                     "score": float(scores[i]),
-                    "segmentation": {"size": [int(s) for s in rles[i]["size"]], "counts": rles[i]["counts"].decode("ascii")},
+                    "segmentation": rles[i],
                 }
             )
         return results

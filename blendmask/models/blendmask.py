@@ -5,7 +5,7 @@ API as torchvision's detection models (see :class:`BlendMask`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from ..ops import blend
 from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
+from .fcos.head import FCOSHeadOutputs
 from .mask_ops import crop_and_resize_masks, paste_masks_in_image
 from .transform import postprocess_boxes
 
@@ -32,8 +33,8 @@ def postprocess_detections(
 ) -> Dict[str, Tensor]:
     """Rescale one image's boxes to its original size and paste the masks into it.
 
-    Shared by the eval path of :class:`BlendMask` and the exported graphs
-    (:mod:`blendmask.deploy.postprocess`).
+    Shared by the eval path of :class:`BlendMask` and the exported graphs' callers
+    (:class:`blendmask.deploy.OnnxPredictor`, and after :func:`blendmask.deploy.export_program`).
 
     Args:
         boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``.
@@ -45,6 +46,14 @@ def postprocess_detections(
     Returns:
         ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
         probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model.
+
+    Example, after an ONNX session::
+
+        boxes, scores, labels, masks = session.run(None, {"images": x, "image_size": size})
+        result = postprocess_detections(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                        torch.from_numpy(labels), torch.from_numpy(masks),
+                                        image_size=(h, w), original_size=(H, W))
+        binary = result["masks"] > 0.5   # (n, 1, H, W)
     """
     n = boxes.shape[0]
     if boxes.shape != (n, 4) or scores.shape != (n,) or labels.shape != (n,) or masks.dim() != 3 or masks.shape[0] != n:
@@ -170,14 +179,72 @@ class BlendMask(nn.Module):
                         raise ValueError(f"targets[{i}] needs 'masks' (n, H, W) uint8/bool to train BlendMask")
         # the transform validates images and targets (shapes, dtypes, degenerate boxes, label range)
         batch, targets = self.transform(images, targets if self.training else None)
-        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        features = self.backbone(batch.tensors)
-        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
-        top_feats = [self.top_layer(t) for t in head.bbox_towers]
         if self.training:
-            return self._losses(features, head, top_feats, targets)
+            return self._losses(*self._heads(batch.tensors), targets)
+        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        detections = self.detect(batch.tensors, batch.image_sizes)
+        return self._postprocess(detections, batch.image_sizes, original_sizes)
+
+    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs, List[Tensor]]:
+        """Backbone, FCOS head and top layer of a normalised padded batch ``(N, 3, Hp, Wp)``:
+        the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
+        attention logits."""
+        features = self.backbone(images)
+        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
+        return features, head, [self.top_layer(t) for t in head.bbox_towers]
+
+    def detect(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
+        *,
+        blender: Callable[..., Tensor] = blend,
+    ) -> List[Dict[str, Tensor]]:
+        """Detections of a transformed batch, before they are mapped back to the input images.
+
+        The inference pipeline shared by the eval path (:meth:`forward`) and the exported graphs
+        (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
+        backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
+        and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
+        every image's detections, cropped with their boxes clipped to their image (the boxes
+        the paste uses). Call it in eval mode.
+
+        Args:
+            images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
+                produces them (``batch.tensors``).
+            image_sizes: per image the ``(h, w)`` of the resized image before padding: Python
+                ints, or a ``(2,)`` int64 tensor (a traced input of the exported graph).
+            blender: :func:`blendmask.ops.blend` (the fused op) or
+                :func:`blendmask.ops.blend_reference` (standard ops, for ONNX).
+        Returns:
+            one dict per image, sorted by decreasing score, ``n <= post_nms_topk``:
+            ``boxes (n, 4)`` float xyxy in the resized image's pixels, clipped to it;
+            ``scores (n,)``; ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities
+            inside the boxes; ``attns (n, K, M, M)`` attention logits (before the softmax);
+            ``bases (K, Hp / s, Wp / s)`` the image's bases at the basis stride ``s``, padding
+            included.
+        """
+        features, head, top_feats = self._heads(images)
         bases, _ = self.basis_module(features)
-        return self._inference(bases, head, top_feats, batch.image_sizes, original_sizes)
+        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
+        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1]
+            torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
+            for i, d in enumerate(detections)
+        ])
+        attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
+        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).sigmoid()  # (D, R, R)
+        per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
+        return [
+            {
+                "boxes": d["boxes"],
+                "scores": d["scores"],
+                "labels": d["labels"],
+                "masks": probs,
+                "attns": d["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size),
+                "bases": bases[i],
+            }
+            for i, (d, probs) in enumerate(zip(detections, per_image))
+        ]
 
     def _losses(self, features, head, top_feats, targets) -> Dict[str, Tensor]:
         gt_boxes = [t["boxes"] for t in targets]
@@ -203,29 +270,19 @@ class BlendMask(nn.Module):
         per_instance = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none").flatten(1).mean(1)
         return (per_instance * positives.ctr_targets).sum() / positives.loss_denorm
 
-    def _inference(self, bases, head, top_feats, image_sizes, original_sizes) -> List[Dict[str, Tensor]]:
-        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
-        counts = [d["boxes"].shape[0] for d in detections]
-        rois = torch.cat(
-            [torch.cat([torch.full((n, 1), float(i), device=bases.device, dtype=bases.dtype), d["boxes"]], dim=1)
-             for i, (n, d) in enumerate(zip(counts, detections))]
-        )
-        attns = torch.cat([d["extras"] for d in detections])
-        if rois.shape[0] > 0:
-            mask_probs = self.blend_masks(bases, attns, rois).sigmoid()
-        else:
-            mask_probs = bases.new_zeros((0, self.bottom_resolution, self.bottom_resolution))
+    def _postprocess(self, detections: List[Dict[str, Tensor]], image_sizes: Sequence[Tuple[int, int]],
+                     original_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+        """:meth:`detect`'s output -> the eval output (class docstring): boxes in the input images'
+        sizes, masks pasted into them, and with ``return_internals`` the bases and attentions."""
         results = []
-        for i, (det, probs, size, orig) in enumerate(
-            zip(detections, mask_probs.split(counts), image_sizes, original_sizes)
-        ):
+        for det, size, orig in zip(detections, image_sizes, original_sizes):
             result = postprocess_detections(
-                det["boxes"], det["scores"], det["labels"], probs, image_size=size, original_size=orig
+                det["boxes"], det["scores"], det["labels"], det["masks"], image_size=size, original_size=orig
             )
             if self.return_internals:
                 stride = self.basis_module.out_stride
                 hb, wb = math.ceil(size[0] / stride), math.ceil(size[1] / stride)
-                result["bases"] = bases[i, :, :hb, :wb]
-                result["attns"] = det["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size)
+                result["bases"] = det["bases"][:, :hb, :wb]
+                result["attns"] = det["attns"]
             results.append(result)
         return results

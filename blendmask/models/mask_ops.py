@@ -1,22 +1,32 @@
-"""Mask geometry: crop GT masks to R x R training targets, paste R x R predictions into images.
+"""Mask geometry and encoding: crop GT masks to R x R training targets, paste R x R predictions
+into images, encode pasted masks as COCO RLE.
 
-Both follow detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``, its center is ``i + 0.5``):
+The geometry follows detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``, its center is
+``i + 0.5``):
 - :func:`crop_and_resize_masks` is ``BitMasks.crop_and_resize``: RoIAlign (aligned, adaptive
   sampling) of the binary mask inside the box, thresholded at 0.5;
 - :func:`paste_masks_in_image` is ``paste_masks_in_image``: each image pixel center inside the box
   samples the R x R mask bilinearly (``grid_sample``, ``align_corners=False``).
+
+:func:`encode_masks_rle` binarises mask probabilities at :data:`MASK_THRESHOLD` and encodes them
+with pycocotools: the one encoder of the evaluation results and the prediction JSON.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Any, Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["crop_and_resize_masks", "paste_masks_in_image"]
+__all__ = ["MASK_THRESHOLD", "crop_and_resize_masks", "encode_masks_rle", "paste_masks_in_image"]
+
+#: A pixel belongs to an instance where its mask probability is at least this.
+MASK_THRESHOLD = 0.5
 
 
 def crop_and_resize_masks(masks: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -69,3 +79,23 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: Tuple[int, in
         patch = F.grid_sample(mask[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
         out[i, 0, py0:py1, px0:px1] = patch[0, 0]
     return out
+
+
+def encode_masks_rle(masks: Tensor, threshold: float = MASK_THRESHOLD) -> List[Dict[str, Any]]:
+    """COCO compressed RLEs of masks binarised at ``masks >= threshold``.
+
+    Args:
+        masks: ``(n, H, W)`` mask probabilities (or a bool/uint8 binary mask, with the default
+            threshold), on any device.
+        threshold: binarisation threshold.
+    Returns:
+        ``n`` JSON-ready dicts ``{"size": [H, W], "counts": str}`` (pycocotools' RLE with its
+        ``counts`` decoded from ASCII bytes), in the order of ``masks``.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"expected masks (n, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
+        return []
+    binary = (masks >= threshold).permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # (H, W, n)
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            for rle in mask_utils.encode(np.asfortranarray(binary))]
