@@ -74,7 +74,7 @@ def _check_output(path: str | os.PathLike, option: str, *, is_dir: bool) -> Path
 
 
 def _setup_logging() -> None:
-    from blendmask.engine.distributed import is_main_process
+    from blendmask.distributed import is_main_process
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
@@ -82,7 +82,7 @@ def _setup_logging() -> None:
 
 def _say(message: str = "") -> None:
     """Print on rank 0 only."""
-    from blendmask.engine.distributed import is_main_process
+    from blendmask.distributed import is_main_process
 
     if is_main_process():
         print(message, flush=True)
@@ -185,7 +185,7 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
 
     from blendmask.config import get_config
     from blendmask.engine import Trainer
-    from blendmask.engine.distributed import device_for_rank
+    from blendmask.distributed import device_for_rank
     from blendmask.evaluation import evaluate_model
     from blendmask.models import build_model
 
@@ -223,7 +223,7 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
 
 
 def _run_train(args) -> int:
-    from blendmask.engine.distributed import destroy_distributed, device_for_rank, init_distributed
+    from blendmask.distributed import destroy_distributed, device_for_rank, init_distributed
 
     overrides = parse_overrides(args.overrides)
     _check_output(args.output, "--output", is_dir=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+from ..distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 from ..serialization import atomic_save, atomic_write, atomic_write_temp_files, load_checkpoint
 
 __all__ = [

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..serialization import atomic_write
 from .checkpoint import preserved_rng_state
-from .distributed import barrier, is_main_process
+from ..distributed import barrier, is_main_process
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer

@@ -24,7 +24,7 @@ from .checkpoint import (
     restore_rng_state,
     rng_state_of_this_rank,
 )
-from .distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
+from ..distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
 from .hooks import EvaluateFn, HookBase, RunRecords, TrainResult, default_hooks
 from .solver import build_lr_scheduler, build_optimizer, changed_solver_keys, load_solver_state
 

@@ -29,7 +29,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..data.loader import build_test_loader
-from ..engine.distributed import dist_rank_and_world_size
+from ..distributed import dist_rank_and_world_size
 from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
