@@ -11,7 +11,7 @@ AdelaiDet's ``adet/config/defaults.py`` and detectron2's defaults. ``RT_R_50_4x`
 kept for the checkpoints trained with them. Deliberate translations:
 
 - AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here (backbone, DLA and FCOS head norms); the
-  training engine converts BN layers to SyncBN only when a process group exists (DESIGN.md §4).
+  training engine converts BN layers to SyncBN only when a process group exists (docs/design.md §10).
 - detectron2's ``FREEZE_AT: -1`` (nothing frozen) is ``freeze_at = 0`` here.
 - ``INPUT.CROP`` is ``input.crop_enabled/crop_type/crop_size`` and ``INPUT.MIN_SIZE_TRAIN_SAMPLING``
   is ``input.min_size_train_sampling``; AdelaiDet's ``CROP.CROP_INSTANCE`` is always True here.

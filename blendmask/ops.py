@@ -1,4 +1,4 @@
-"""The blender: BlendMask's mask-assembly op (DESIGN.md section 1).
+"""The blender: BlendMask's mask-assembly op (docs/design.md §1-2).
 
 For roi ``d`` with batch index ``b`` and output pixel ``(i, j)``::
 

@@ -1,6 +1,6 @@
 // Host/device inline math of the blender, shared by the CPU and the CUDA kernels.
 //
-// The blender (DESIGN.md section 1) computes, for roi d and output pixel (ph, pw):
+// The blender (docs/design.md §1) computes, for roi d and output pixel (ph, pw):
 //   r[k] = RoIAlign(bases[b_d, k], roi_d)(ph, pw)          crop, torchvision rules
 //   a[k] = Upsample(attns[d, k], (R, R))(ph, pw)            bilinear or nearest
 //   s[k] = softmax_k(a)
