@@ -33,6 +33,17 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def _toolkit_root(nvcc: str) -> str:
+    """The CUDA toolkit root of ``nvcc``: its grandparent folder, unless that holds no toolkit (the
+    nvcc on PATH may be a wrapper script elsewhere); then the standard locations ``.ci/install``
+    also looks at."""
+    for root in (os.path.dirname(os.path.dirname(nvcc)), "/usr/local/cuda-13.0", "/usr/local/cuda"):
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) and os.path.exists(
+                os.path.join(root, "bin", "nvcc")):
+            return root
+    pytest.fail(f"no CUDA toolkit root found for {nvcc} (set CUDA_HOME)")
+
+
 def _require_nvcc() -> str:
     nvcc = _nvcc()
     if nvcc is None:
@@ -96,7 +107,7 @@ def test_default_arch_list_is_what_torch_was_built_for(tmp_path):
     (sm_75 ... sm_120 for torch 2.14) with PTX for the newest."""
     nvcc = _require_nvcc()
     env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
-    env.update(FORCE_CUDA="1", CUDA_HOME=os.path.dirname(os.path.dirname(nvcc)), CUDA_VISIBLE_DEVICES="")
+    env.update(FORCE_CUDA="1", CUDA_HOME=_toolkit_root(nvcc), CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, os.path.join(REPO, "setup.py"), "--name"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
