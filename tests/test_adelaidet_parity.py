@@ -1,0 +1,193 @@
+"""Parity with numbers recorded from AdelaiDet's own code (``tests/fixtures/adelaidet``).
+
+Per recorded config: the deterministic weights of ``fixtures/adelaidet/synthetic.py`` are
+regenerated under AdelaiDet's key names, converted by :func:`blendmask.convert.convert_checkpoint`
+(the path of ``blendmask convert``), and loaded into our preset of the same name; our model then
+runs on the same images and targets and is compared with AdelaiDet's recorded outputs:
+
+- detections identical in order (classes, scores), boxes within 1e-3 px, against AdelaiDet's
+  ``detector_postprocess`` output; AdelaiDet's own rule is checked on the fixture (its final
+  detections are its blender's detections with boxes clipped and the empty ones dropped);
+- the R x R mask logits of the blender, with AdelaiDet's (unclipped) boxes as rois, to 1e-4
+  relative; our eval masks equal AdelaiDet's for boxes inside the image (at the border the
+  boxes of the blend differ on purpose, see ``BlendMask``);
+- the five train-mode losses on fixed targets to 1e-5 relative.
+
+Deliberate difference in the detections: we drop detections whose clipped box is empty before
+the final top-k, AdelaiDet after it; so our list is AdelaiDet's final list, possibly followed by
+detections AdelaiDet cut at its top-k (as many as it dropped as empty, scored no higher).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from blendmask.config import get_config
+from blendmask.convert import convert_checkpoint
+from blendmask.models import build_model
+from blendmask.serialization import read_state_dict
+
+FIXTURES = Path(__file__).parent / "fixtures" / "adelaidet"
+_spec = importlib.util.spec_from_file_location("adelaidet_synthetic", FIXTURES / "synthetic.py")
+synthetic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synthetic)
+
+# recorded AdelaiDet config -> our preset of the same AdelaiDet config
+PRESETS = {
+    "R_50_3x": "R_50_3x",
+    "RT_R_50_4x_syncbn_shtw": "RT_R_50_4x_syncbn_shtw",
+    "550_R_50_3x": "550_R_50_3x",
+    "R_101_dcni3_5x": "R_101_dcni3_5x",
+    "DLA_34_syncbn_4x": "DLA_34_syncbn_4x",
+}
+RECORDED = [name for name in PRESETS if (FIXTURES / f"{name}.pt").exists()]
+
+BOX_ATOL = 1e-3  # pixels
+SCORE_ATOL = 1e-5
+MASK_RTOL = 1e-4
+LOSS_RTOL = 1e-5
+
+
+def _clip(boxes: torch.Tensor, size) -> torch.Tensor:
+    h, w = size
+    return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                        boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+
+
+def _nonempty(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> None:
+    """``|actual - expected| <= rtol * max|expected|`` everywhere."""
+    scale = expected.abs().max().item()
+    err = (actual - expected).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max abs difference {err:.3g} > {rtol} x max|expected| {scale:.3g}"
+
+
+@pytest.fixture(scope="module", params=RECORDED)
+def parity(request, tmp_path_factory):
+    """(record, our model in eval mode with the converted weights, input images as float tensors)."""
+    name = request.param
+    record = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+    assert record["adelaidet_config"] == name
+    sizes = [tuple(s) for s in record["image_sizes"]]
+    short = {min(s) for s in sizes}
+    assert len(short) == 1, "the fixture's images share their short side, so that no resize is involved"
+    overrides = {"input.min_size_test": short.pop(), "input.max_size_test": 10_000,
+                 "input.min_size_train": (min(sizes[0]),), "input.max_size_train": 10_000}
+
+    weights = synthetic.generate_weights({k: tuple(s) for k, s in record["keys"]}, record["weight_seed"])
+    tmp = tmp_path_factory.mktemp(name)
+    torch.save({"model": weights}, tmp / "adelaidet.pth")
+    report = convert_checkpoint(tmp / "adelaidet.pth", tmp / "ours.pth", PRESETS[name], overrides=overrides)
+    assert report.ok
+    model = build_model(get_config(PRESETS[name], overrides))
+    model.load_state_dict(read_state_dict(tmp / "ours.pth", what="weights", wrappers=("model",)), strict=True)
+    (tmp / "adelaidet.pth").unlink()
+    (tmp / "ours.pth").unlink()
+    images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
+              for im in synthetic.generate_images(sizes, record["input_seed"])]
+    return record, model.eval(), images
+
+
+@pytest.fixture(scope="module")
+def detections(parity):
+    record, model, images = parity
+    with torch.no_grad():
+        batch, _ = model.transform(images)
+        assert batch.image_sizes == [tuple(s) for s in record["image_sizes"]], "no resize"
+        return model.detect(batch.tensors, batch.image_sizes)
+
+
+def test_adelaidet_postprocess_is_clip_then_drop_empty(parity):
+    """The fixture itself: AdelaiDet's final detections are its blender's, clipped, empties dropped."""
+    record, _, _ = parity
+    for size, image in zip(record["image_sizes"], record["images"]):
+        proposals, final = image["proposals"], image["final"]
+        clipped = _clip(proposals["boxes"], size)
+        keep = _nonempty(clipped)
+        torch.testing.assert_close(final["boxes"], clipped[keep], rtol=0, atol=1e-4)
+        assert torch.equal(final["classes"], proposals["classes"][keep])
+        assert torch.equal(final["scores"], proposals["scores"][keep])
+
+
+def test_detections_match_in_order(parity, detections):
+    record, model, _ = parity
+    top_k = model.proposal_generator.post_nms_topk
+    for i, (ours, image) in enumerate(zip(detections, record["images"])):
+        final = image["final"]
+        n = final["boxes"].shape[0]
+        boxes, scores, labels = ours["boxes"], ours["scores"], ours["labels"]
+        keep = _nonempty(boxes)  # ours may still keep empty boxes (then they must be AdelaiDet's)
+        if not keep.all():
+            assert boxes.shape[0] == image["proposals"]["boxes"].shape[0], f"image {i}: detection count"
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        assert boxes.shape[0] >= n, f"image {i}: {boxes.shape[0]} non-empty detections, AdelaiDet has {n}"
+        assert torch.equal(labels[:n], final["classes"]), f"image {i}: classes differ in order"
+        torch.testing.assert_close(scores[:n], final["scores"], rtol=0, atol=SCORE_ATOL, msg=f"image {i}: scores")
+        torch.testing.assert_close(boxes[:n], final["boxes"], rtol=0, atol=BOX_ATOL, msg=f"image {i}: boxes")
+        # beyond AdelaiDet's list: only detections it cut at its top-k before dropping empties
+        dropped = image["proposals"]["boxes"].shape[0] - n
+        extra = boxes.shape[0] - n
+        assert extra <= dropped and boxes.shape[0] <= top_k, f"image {i}: {extra} detections beyond AdelaiDet's"
+        if extra and n:
+            assert scores[n:].max() <= final["scores"][-1] + SCORE_ATOL
+
+
+def _our_index_of_proposals(ours, proposals, size):
+    """Index in our detections of each of AdelaiDet's blender detections (-1: an empty box)."""
+    keep = _nonempty(_clip(proposals["boxes"], size))
+    ours_keep = _nonempty(ours["boxes"])
+    ours_idx = torch.nonzero(ours_keep).flatten()
+    index = torch.full((keep.shape[0],), -1, dtype=torch.int64)
+    index[keep] = ours_idx[: int(keep.sum())]
+    if not ours_keep.all():  # ours kept the empty boxes too: one to one
+        index = torch.arange(keep.shape[0])
+    return index
+
+
+def test_mask_logits_with_adelaidet_rois(parity, detections):
+    """The blender's R x R logits, our bases and attentions cropped with AdelaiDet's unclipped boxes."""
+    record, model, _ = parity
+    bases = torch.stack([d["bases"] for d in detections])
+    for i, (ours, image, size) in enumerate(zip(detections, record["images"], record["image_sizes"])):
+        expected = image["mask_logits"]
+        m = expected.shape[0]
+        assert m > 0
+        index = _our_index_of_proposals(ours, image["proposals"], size)[:m]
+        assert (index >= 0).all(), "the recorded mask logits are of non-empty boxes"
+        rois = torch.cat([torch.full((m, 1), float(i)), image["proposals"]["boxes"][:m]], dim=1)
+        with torch.no_grad():
+            logits = model.blend_masks(bases, ours["attns"][index].flatten(1), rois)
+        _assert_rel_close(logits, expected, MASK_RTOL, f"image {i}: mask logits")
+
+        # our eval masks, for the boxes that lie inside the image (no border rule involved)
+        inside = (_clip(image["proposals"]["boxes"][:m], size) == image["proposals"]["boxes"][:m]).all(1)
+        assert inside.any()
+        _assert_rel_close(ours["masks"][index[inside]], expected[inside].sigmoid(), MASK_RTOL,
+                          f"image {i}: mask probabilities of boxes inside the image")
+
+
+def test_train_losses(parity):
+    record, model, images = parity
+    targets = [{"boxes": torch.from_numpy(t["boxes"]), "labels": torch.from_numpy(t["labels"]),
+                "masks": torch.from_numpy(t["masks"])}
+               for t in synthetic.generate_targets([tuple(s) for s in record["image_sizes"]],
+                                                   model.num_classes, record["input_seed"])]
+    model = copy.deepcopy(model).train()  # training updates BN statistics: leave the shared model as it was
+    losses = model(images, targets)
+    assert set(losses) == set(record["losses"])
+    for key, expected in record["losses"].items():
+        actual = float(losses[key].detach())
+        assert math.isclose(actual, expected, rel_tol=LOSS_RTOL), f"{key}: ours {actual!r}, AdelaiDet {expected!r}"
+
+
+def test_fixtures_are_small():
+    total = sum(p.stat().st_size for p in FIXTURES.glob("*.pt"))
+    assert RECORDED and total < 5 * 2 ** 20, f"{len(RECORDED)} fixtures, {total} bytes"
