@@ -167,6 +167,7 @@ def paste_masks_in_image(
     for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
         for i, (x0, y0, x1, y1), patch in zip(group, extents.tolist(), patches):
             out[i, 0, y0:y1, x0:x1] = patch[: y1 - y0, : x1 - x0]
+        del patches, patch  # one chunk alive at a time
     return out
 
 
@@ -196,16 +197,19 @@ def paste_masks_rle(
     if not threshold > 0:
         raise ValueError(f"paste_masks_rle: threshold must be > 0 (pixels outside the boxes are 0), got {threshold}")
     height, width = int(image_size[0]), int(image_size[1])
-    runs: List[np.ndarray] = [np.array([height * width], dtype=np.uint32)] * masks.shape[0]
+
+    def compressed(counts: np.ndarray) -> Dict[str, Any]:
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+    empty = compressed(np.array([height * width], dtype=np.uint32))
+    out = [empty] * masks.shape[0]
     for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
         binary = (patches >= threshold).cpu().numpy()
         for j, (i, (x0, y0, x1, y1)) in enumerate(zip(group, extents.tolist())):
-            runs[i] = _region_run_lengths(binary[j, : y1 - y0, : x1 - x0], y0, x0, height, width)
-    out = []
-    for counts in runs:
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-        out.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
-    return out
+            out[i] = compressed(_region_run_lengths(binary[j, : y1 - y0, : x1 - x0], y0, x0, height, width))
+        del patches, binary  # one chunk alive at a time, not this one and the next
+    return [dict(rle) for rle in out]
 
 
 def _region_run_lengths(region: np.ndarray, y0: int, x0: int, height: int, width: int) -> np.ndarray:
