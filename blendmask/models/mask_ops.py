@@ -77,18 +77,26 @@ def _paste_extents(boxes: Tensor, height: int, width: int) -> Tensor:
     return torch.cat([lo, hi.maximum(lo)], dim=1).to(torch.int64)
 
 
+#: A chunk pads its masks' patches to its largest height and width: it takes a mask only while the
+#: padded area stays within this factor of the masks' own areas.
+_PADDING_WASTE = 1.5
+
+
 def _chunks(sizes: List[Tuple[int, int]], order: List[int], resolution: int, chunk_bytes: int) -> Iterator[List[int]]:
-    """Consecutive groups of ``order`` whose padded patches ``(c, max h, max w)`` and interpolation
-    weights stay under ``chunk_bytes`` float32 bytes (at least one mask per group)."""
+    """Consecutive groups of ``order`` (sorted by patch size) whose padded patches
+    ``(c, max h, max w)`` and interpolation weights stay under ``chunk_bytes`` float32 bytes and
+    within :data:`_PADDING_WASTE` of the unpadded patches; at least one mask per group."""
     group: List[int] = []
-    gh = gw = 0
+    gh = gw = area = 0
     for i in order:
         h, w = max(gh, sizes[i][0]), max(gw, sizes[i][1])
-        if group and (len(group) + 1) * (h * w + 2 * resolution * (h + w)) * 4 > chunk_bytes:
+        padded = (len(group) + 1) * h * w
+        if group and ((padded + 2 * resolution * (h + w) * (len(group) + 1)) * 4 > chunk_bytes
+                      or padded > _PADDING_WASTE * (area + sizes[i][0] * sizes[i][1])):
             yield group
-            group, h, w = [], sizes[i][0], sizes[i][1]
+            group, h, w, area = [], sizes[i][0], sizes[i][1], 0
         group.append(i)
-        gh, gw = h, w
+        gh, gw, area = h, w, area + sizes[i][0] * sizes[i][1]
     if group:
         yield group
 
