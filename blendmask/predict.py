@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from blendmask.data.images import read_image
+from blendmask.models.blendmask import MASK_FORMATS
 from blendmask.models.mask_ops import encode_masks_rle
 
 __all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
@@ -54,27 +55,38 @@ class Predictor:
         return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, *, internals: bool = False) -> Dict[str, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, *, internals: bool = False, mask_format: str = "probs") -> Dict[str, Any]:
         """Detections of one ``(3, H, W)`` image above the score threshold, on the CPU:
-        ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities,
-        and with ``internals`` also ``bases (K, Hb, Wb)`` and ``attns (n, K, M, M)``."""
-        previous = getattr(self.model, "return_internals", False)
+        ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities
+        (with ``mask_format="rle"`` instead ``masks_rle``, n COCO RLE dicts binarised at 0.5, held
+        without any image-sized mask), and with ``internals`` also ``bases (K, Hb, Wb)`` and
+        ``attns (n, K, M, M)``."""
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        previous = getattr(self.model, "return_internals", False), getattr(self.model, "mask_format", None)
         self.model.return_internals = internals
+        if previous[1] is not None:
+            self.model.mask_format = mask_format
         try:
             result = self.model([image.to(self.device)])[0]
         finally:
-            self.model.return_internals = previous
+            self.model.return_internals = previous[0]
+            if previous[1] is not None:
+                self.model.mask_format = previous[1]
         keep = result["scores"] >= self.score_threshold
-        out = {k: v[keep].cpu() for k, v in result.items() if k != "bases"}
+        out = {k: v[keep].cpu() for k, v in result.items() if k not in ("bases", "masks_rle")}
+        if mask_format == "rle" and "masks_rle" in result:
+            out["masks_rle"] = [result["masks_rle"][i] for i in keep.nonzero()[:, 0].tolist()]
+        elif mask_format == "rle":  # a model without a mask_format attribute
+            out["masks_rle"] = encode_masks_rle(out.pop("masks")[:, 0])
         if internals:
             out["bases"] = result["bases"].cpu()
         return out
 
 
-def _instances_json(result: Dict[str, torch.Tensor], class_names: Sequence[str]) -> List[Dict[str, Any]]:
+def _instances_json(result: Dict[str, Any], class_names: Sequence[str]) -> List[Dict[str, Any]]:
     instances = []
-    rles = encode_masks_rle(result["masks"][:, 0])
-    for i, rle in enumerate(rles):
+    for i, rle in enumerate(result["masks_rle"]):
         label = int(result["labels"][i])
         instances.append({
             "label": label,
@@ -112,7 +124,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     records = []
     stems: Dict[str, int] = {}
     for path, image in zip(image_paths, images):
-        result = predictor(image, internals=show_bases)
+        result = predictor(image, internals=show_bases, mask_format="rle")
         stem = Path(path).stem
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with the same name from different folders
@@ -120,7 +132,8 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
         overlay = out_dir / f"{stem}_pred.png"
         # Lowest score first, so that the best detections are drawn on top.
         order = result["scores"].argsort()
-        ascending = {k: result[k][order] for k in ("boxes", "labels", "scores", "masks")}
+        ascending = {k: result[k][order] for k in ("boxes", "labels", "scores")}
+        ascending["masks_rle"] = [result["masks_rle"][i] for i in order.tolist()]
         draw_instances(image, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
         files.overlays.append(overlay)
         if show_bases:

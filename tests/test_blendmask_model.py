@@ -165,6 +165,29 @@ def test_detect_returns_the_documented_pre_paste_detections():
             assert torch.equal(out[key], expected[key]), key
 
 
+def test_rle_mask_format_gives_the_rles_of_the_probability_masks():
+    """mask_format = "rle": masks_rle instead of masks, the COCO RLEs of the probability masks
+    binarised at 0.5 (what evaluation and prediction use); boxes, labels and scores unchanged."""
+    from blendmask.models.mask_ops import encode_masks_rle
+
+    model = _lite().eval()
+    model.proposal_generator.score_thresh = 0.0
+    model.proposal_generator.post_nms_topk = 9
+    images = [torch.rand(3, 60, 90), torch.rand(3, 100, 40)]
+    with torch.no_grad():
+        probs = model(images)
+        model.mask_format = "rle"
+        rles = model(images)
+    for p, r in zip(probs, rles):
+        assert set(r) == {"boxes", "labels", "scores", "masks_rle"}
+        for key in ("boxes", "labels", "scores"):
+            assert torch.equal(p[key], r[key]), key
+        assert r["masks_rle"] == encode_masks_rle(p["masks"][:, 0])
+    model.mask_format = "bitmap"
+    with pytest.raises(ValueError, match="mask_format"):
+        model(images)
+
+
 def test_no_detection_gives_empty_tensors():
     model = _lite().eval()
     model.proposal_generator.score_thresh = 1.0  # no score can pass

@@ -5,7 +5,7 @@ API as torchvision's detection models (see :class:`BlendMask`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +16,15 @@ from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
-from .mask_ops import crop_and_resize_masks, paste_masks_in_image
+from .mask_ops import crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
 
-__all__ = ["BlendMask", "postprocess_detections"]
+__all__ = ["BlendMask", "MASK_FORMATS", "postprocess_detections"]
+
+#: What the eval output carries as masks: ``"probs"`` ``masks (n, 1, H, W)`` float probabilities
+#: (torchvision's API), or ``"rle"`` ``masks_rle``, n COCO RLE dicts of the masks binarised at 0.5
+#: (:func:`~blendmask.models.mask_ops.paste_masks_rle`: no image-sized mask is ever held).
+MASK_FORMATS = ("probs", "rle")
 
 
 def postprocess_detections(
@@ -30,7 +35,8 @@ def postprocess_detections(
     *,
     image_size: Sequence[int],
     original_size: Sequence[int],
-) -> Dict[str, Tensor]:
+    mask_format: str = "probs",
+) -> Dict[str, Any]:
     """Rescale one image's boxes to its original size and paste the masks into it.
 
     Shared by the eval path of :class:`BlendMask` and the exported graphs' callers
@@ -43,9 +49,11 @@ def postprocess_detections(
         masks: ``(n, R, R)`` mask probabilities inside the boxes.
         image_size: ``(h, w)`` of the resized image (before padding).
         original_size: ``(H, W)`` of the image given by the user.
+        mask_format: ``"probs"`` or ``"rle"`` (:data:`MASK_FORMATS`).
     Returns:
         ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
-        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model.
+        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model. With
+        ``mask_format="rle"``, ``masks_rle`` (n COCO RLE dicts, binarised at 0.5) replaces ``masks``.
 
     Example, after an ONNX session::
 
@@ -61,13 +69,16 @@ def postprocess_detections(
             "expected boxes (n, 4), scores (n,), labels (n,) and masks (n, R, R) with the same n, got "
             f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(masks.shape)}"
         )
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
     boxes = postprocess_boxes(boxes, image_size, original_size)
-    return {
-        "boxes": boxes,
-        "labels": labels.to(torch.int64),
-        "scores": scores,
-        "masks": paste_masks_in_image(masks, boxes, (int(original_size[0]), int(original_size[1]))),
-    }
+    size = (int(original_size[0]), int(original_size[1]))
+    result: Dict[str, Any] = {"boxes": boxes, "labels": labels.to(torch.int64), "scores": scores}
+    if mask_format == "rle":
+        result["masks_rle"] = paste_masks_rle(masks, boxes, size)
+    else:
+        result["masks"] = paste_masks_in_image(masks, boxes, size)
+    return result
 
 
 class BlendMask(nn.Module):
@@ -85,6 +96,10 @@ class BlendMask(nn.Module):
     ``images`` are a list of float RGB ``(3, H, W)`` tensors in ``[0, 1]``, of any sizes; the model
     resizes, normalises and pads them itself. ``targets`` are dicts with ``boxes (n, 4)`` float
     xyxy pixels, ``labels (n,)`` int64 in ``[0, num_classes)`` and ``masks (n, H, W)`` uint8/bool.
+
+    Set the attribute ``mask_format = "rle"`` to get, in eval, ``masks_rle`` (n COCO RLE dicts of
+    the masks binarised at 0.5) instead of ``masks``: pasted and encoded a bounded chunk at a time,
+    its memory does not grow with ``n x H x W`` (what ``blendmask eval`` and ``predict`` use).
 
     Set the attribute ``return_internals = True`` to add, in eval, ``"bases"`` ``(K, Hb, Wb)``
     (the bases at stride 4 of the resized image, cropped to its unpadded extent) and ``"attns"``
@@ -112,6 +127,7 @@ class BlendMask(nn.Module):
         top_interp: ``"bilinear"`` or ``"nearest"`` attention upsampling.
         sampling_ratio, aligned: RoIAlign parameters of the bases crop.
         return_internals: initial value of the ``return_internals`` attribute.
+        mask_format: initial value of the ``mask_format`` attribute (:data:`MASK_FORMATS`).
     """
 
     def __init__(
@@ -131,6 +147,7 @@ class BlendMask(nn.Module):
         sampling_ratio: int = 1,
         aligned: bool = True,
         return_internals: bool = False,
+        mask_format: str = "probs",
     ):
         super().__init__()
         if top_interp not in ("bilinear", "nearest"):
@@ -152,6 +169,7 @@ class BlendMask(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.return_internals = return_internals
+        self.mask_format = mask_format
         self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.constant_(self.top_layer.bias, 0.0)
@@ -181,6 +199,8 @@ class BlendMask(nn.Module):
         batch, targets = self.transform(images, targets if self.training else None)
         if self.training:
             return self._losses(*self._heads(batch.tensors), targets)
+        if self.mask_format not in MASK_FORMATS:
+            raise ValueError(f"BlendMask.mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
         original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         detections = self.detect(batch.tensors, batch.image_sizes)
         return self._postprocess(detections, batch.image_sizes, original_sizes)
@@ -277,7 +297,8 @@ class BlendMask(nn.Module):
         results = []
         for det, size, orig in zip(detections, image_sizes, original_sizes):
             result = postprocess_detections(
-                det["boxes"], det["scores"], det["labels"], det["masks"], image_size=size, original_size=orig
+                det["boxes"], det["scores"], det["labels"], det["masks"], image_size=size, original_size=orig,
+                mask_format=self.mask_format,
             )
             if self.return_internals:
                 stride = self.basis_module.out_stride
