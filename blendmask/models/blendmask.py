@@ -16,6 +16,7 @@ from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
+from .fcos.inference import clip_boxes
 from .mask_ops import crop_and_resize_masks, paste_masks_in_image
 from .transform import postprocess_boxes
 
@@ -31,21 +32,28 @@ def postprocess_detections(
     image_size: Sequence[int],
     original_size: Sequence[int],
 ) -> Dict[str, Tensor]:
-    """Rescale one image's boxes to its original size and paste the masks into it.
+    """Rescale one image's boxes to its original size, paste the masks into it, clip the boxes.
+
+    The border rule (DESIGN §4): each ``R x R`` mask was blended over its whole, unclipped
+    predicted box, so it is pasted with that same box (rescaled), cut at the image border; the
+    reported box is that box clipped to the image. (AdelaiDet pastes into the clipped box,
+    which squeezes masks of objects cut by the border.)
 
     Shared by the eval path of :class:`BlendMask` and the exported graphs' callers
     (:class:`blendmask.deploy.OnnxPredictor`, and after :func:`blendmask.deploy.export_program`).
 
     Args:
-        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``.
+        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``, unclipped
+            (the boxes the masks were blended with, as :meth:`BlendMask.detect` returns them).
         scores: ``(n,)`` scores.
         labels: ``(n,)`` integer labels.
         masks: ``(n, R, R)`` mask probabilities inside the boxes.
         image_size: ``(h, w)`` of the resized image (before padding).
         original_size: ``(H, W)`` of the image given by the user.
     Returns:
-        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
-        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model.
+        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with boxes
+        clipped to ``[0, W] x [0, H]`` and masks as probabilities in ``[0, 1]``, zero outside
+        the boxes: the eval output of the model.
 
     Example, after an ONNX session::
 
@@ -61,12 +69,13 @@ def postprocess_detections(
             "expected boxes (n, 4), scores (n,), labels (n,) and masks (n, R, R) with the same n, got "
             f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(masks.shape)}"
         )
+    size = (int(original_size[0]), int(original_size[1]))
     boxes = postprocess_boxes(boxes, image_size, original_size)
     return {
-        "boxes": boxes,
+        "boxes": clip_boxes(boxes, size),
         "labels": labels.to(torch.int64),
         "scores": scores,
-        "masks": paste_masks_in_image(masks, boxes, (int(original_size[0]), int(original_size[1]))),
+        "masks": paste_masks_in_image(masks, boxes, size),
     }
 
 
@@ -93,9 +102,12 @@ class BlendMask(nn.Module):
     Masks: in training the bases are cropped with the GT boxes and the attentions are taken at
     every FCOS positive; the loss is the per-instance mean BCE against the GT masks cropped and
     resized to ``R x R``, weighted by the centerness targets and divided by their sum. In eval,
-    the detected boxes are clipped to the image *before* the blend, so that the crop and the
-    paste use the same box. This deliberately differs from AdelaiDet, which crops with unclipped
-    boxes and pastes into clipped ones, distorting masks at image borders.
+    the crop and the paste use the same box: the masks are blended with the whole, unclipped
+    predicted box (the box the attentions were predicted for) and pasted with that same box,
+    cut at the image border; the reported box is clipped to the image. This deliberately
+    differs from AdelaiDet, which crops with unclipped boxes and pastes into clipped ones,
+    squeezing masks at image borders. (Clipping before the blend is no cure: it stretches the
+    attentions over the clipped box.)
 
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
@@ -206,8 +218,9 @@ class BlendMask(nn.Module):
         (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
         backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
         and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
-        every image's detections, cropped with their boxes clipped to their image (the boxes
-        the paste uses). Call it in eval mode.
+        every image's detections, cropped with their whole, unclipped boxes (the boxes the
+        attentions were predicted for, and the boxes :func:`postprocess_detections` pastes
+        with). Call it in eval mode.
 
         Args:
             images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
@@ -218,7 +231,8 @@ class BlendMask(nn.Module):
                 :func:`blendmask.ops.blend_reference` (standard ops, for ONNX).
         Returns:
             one dict per image, sorted by decreasing score, ``n <= post_nms_topk``:
-            ``boxes (n, 4)`` float xyxy in the resized image's pixels, clipped to it;
+            ``boxes (n, 4)`` float xyxy in the resized image's pixels, unclipped (none is
+            empty once clipped to the image);
             ``scores (n,)``; ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities
             inside the boxes; ``attns (n, K, M, M)`` attention logits (before the softmax);
             ``bases (K, Hp / s, Wp / s)`` the image's bases at the basis stride ``s``, padding

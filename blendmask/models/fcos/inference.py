@@ -98,12 +98,12 @@ def fcos_inference_single_image(
         strides: per level stride.
         extras: optional per level ``(E, Hl, Wl)`` features gathered at the kept locations
             (BlendMask's top-layer attentions).
-        image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) the boxes are
-            clipped to (see :func:`clip_boxes`); without it the boxes are not clipped. Boxes
-            empty after this clip (or empty as predicted, without it) are dropped before the
-            NMS and the top-k.
+        image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) of the image:
+            boxes empty once clipped to it (see :func:`clip_boxes`) are dropped before the NMS
+            and the top-k; without it, boxes empty as predicted are. The returned boxes are
+            *not* clipped (BlendMask blends and pastes with the whole predicted box).
     Returns:
-        dict with ``boxes (n, 4)`` xyxy, ``scores (n,)``, ``labels (n,)`` int64 and
+        dict with ``boxes (n, 4)`` xyxy as predicted (unclipped), ``scores (n,)``, ``labels (n,)`` int64 and
         ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score,
         ``n <= post_nms_topk``, every box non-empty.
     """
@@ -136,9 +136,8 @@ def fcos_inference_single_image(
     valid_idx = valid.nonzero()[:, 0]
     boxes, scores, labels = boxes[valid_idx], scores[valid_idx], labels[valid_idx]
     keep = class_aware_nms(boxes, scores, labels, nms_thresh)[:post_nms_topk]
-    boxes = boxes[keep]
     result = {
-        "boxes": clip_boxes(boxes, image_size) if image_size is not None else boxes,
+        "boxes": boxes[keep],
         "scores": scores[keep],
         "labels": labels[keep],
     }
