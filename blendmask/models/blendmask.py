@@ -241,12 +241,12 @@ class BlendMask(nn.Module):
         features, head, top_feats = self._heads(images)
         bases, _ = self.basis_module(features)
         detections = self.proposal_generator.predict(head, image_sizes, top_feats)
-        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1]
+        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1], float32 (FCOS decodes in float32)
             torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
             for i, d in enumerate(detections)
         ])
         attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
-        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).sigmoid()  # (D, R, R)
+        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).float().sigmoid()  # (D, R, R) float32
         per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
         return [
             {
@@ -274,7 +274,7 @@ class BlendMask(nn.Module):
         attns = positives.extras
         if positives.gt_inds.numel() == 0:
             return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
-        boxes = torch.cat(gt_boxes).to(bases.dtype)
+        boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)
         image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
         logits = self.blend_masks(bases, attns, rois)  # (Np, R, R)

@@ -103,12 +103,14 @@ def fcos_inference_single_image(
             and the top-k; without it, boxes empty as predicted are. The returned boxes are
             *not* clipped (BlendMask blends and pastes with the whole predicted box).
     Returns:
-        dict with ``boxes (n, 4)`` xyxy as predicted (unclipped), ``scores (n,)``, ``labels (n,)`` int64 and
+        dict with ``boxes (n, 4)`` float32 xyxy as predicted (unclipped), ``scores (n,)`` float32, ``labels (n,)`` int64 and
         ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score,
         ``n <= post_nms_topk``, every box non-empty.
     """
     all_boxes, all_scores, all_labels, all_extras = [], [], [], []
     for level, (cls_l, reg_l, ctr_l, loc_l, stride) in enumerate(zip(logits, reg, ctrness, locations, strides)):
+        # decode in float32 whatever autocast made of the head: boxes and scores are never rounded
+        cls_l, reg_l, ctr_l = cls_l.float(), reg_l.float(), ctr_l.float()
         num_classes = cls_l.shape[0]
         cls_prob = cls_l.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()  # (HW, C)
         ctr_prob = ctr_l.permute(1, 2, 0).reshape(-1).sigmoid()  # (HW,)
