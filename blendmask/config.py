@@ -121,7 +121,8 @@ class SolverConfig:
     base_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    weight_decay_norm: float = 0.0  # detectron2's SOLVER.WEIGHT_DECAY_NORM
+    weight_decay_norm: float = 0.0  # detectron2's SOLVER.WEIGHT_DECAY_NORM: normalisation layers' parameters
+    weight_decay_bias: float = -1.0  # detectron2's SOLVER.WEIGHT_DECAY_BIAS: every bias; < 0 (its None): weight_decay
     warmup_iters: int = 1000
     warmup_factor: float = 1.0 / 1000
     steps: Tuple[int, ...] = (60000, 80000)

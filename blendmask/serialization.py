@@ -9,6 +9,11 @@ can be wrong into a one-line error that names the file and what was wrong:
   tensor whose bytes changed: the zip checksums are verified), a pickle of objects that
   ``weights_only`` refuses, or the wrong structure: :class:`WeightsFileError` (a ``ValueError``).
 
+Numpy arrays and scalars are accepted besides tensors (detectron2 accepts them inside
+``"model"``, and older AdelaiDet files hold them): ``weights_only`` stays on, with an explicit
+allow-list of the numpy globals that rebuild numeric arrays (:func:`numpy_safe_globals`), and
+the state-dict readers turn them into tensors.
+
 Writing (:func:`atomic_save`, :func:`atomic_write`) goes through a temporary file in the
 target's directory, fsynced and renamed over the target, so the target holds either its old or
 its new content and a failure leaves no temporary file behind. The written file gets the
@@ -32,6 +37,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_temp_files",
     "load_torch_file",
+    "numpy_safe_globals",
     "load_checkpoint",
     "read_state_dict",
 ]
@@ -72,8 +78,34 @@ def _check_zip_checksums(path: Path, what: str) -> None:
                                f"(the file is corrupt)")
 
 
+#: The numeric numpy dtype classes (``numpy.dtypes``) whose arrays and scalars a weights file may hold.
+_NUMPY_DTYPE_CLASSES = (
+    "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType", "LongLongDType",
+    "UInt8DType", "UInt16DType", "UInt32DType", "UInt64DType", "ULongLongDType",
+    "Float16DType", "Float32DType", "Float64DType",
+)
+
+
+def numpy_safe_globals() -> list:
+    """The ``torch.serialization.safe_globals`` allow-list that lets ``weights_only`` unpickle
+    numeric numpy arrays and scalars: ``numpy.ndarray``, ``numpy.dtype``, the numeric dtype
+    classes, and ``_reconstruct``/``scalar`` under both their numpy 2 (``numpy._core``) and
+    numpy 1 (``numpy.core``, as older files name them) module paths. Nothing that can run code."""
+    import numpy
+    from numpy._core import multiarray
+
+    allowed: list = [numpy.ndarray, numpy.dtype]
+    for name in ("_reconstruct", "scalar"):
+        function = getattr(multiarray, name)
+        allowed += [function, (function, f"numpy.core.multiarray.{name}")]
+    dtypes = getattr(numpy, "dtypes", None)
+    allowed += [getattr(dtypes, name) for name in _NUMPY_DTYPE_CLASSES if hasattr(dtypes, name)]
+    return allowed
+
+
 def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors.
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors; numeric
+    numpy arrays and scalars are allowed (:func:`numpy_safe_globals`) and come back as numpy.
 
     Args:
         path: the file.
@@ -91,7 +123,8 @@ def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
     if zipfile.is_zipfile(path):
         _check_zip_checksums(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except pickle.UnpicklingError as error:
@@ -116,19 +149,37 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _as_tensor(value: Any, path: Path, where: str, key: str) -> Any:
+    """A numpy array or scalar as a tensor (copied, same dtype, 0-d for scalars); anything else unchanged."""
+    import numpy
+
+    if not isinstance(value, (numpy.ndarray, numpy.generic)):
+        return value
+    try:
+        return torch.from_numpy(numpy.array(value))
+    except TypeError as error:
+        raise WeightsFileError(f"{path}: {where} entry {key!r} is a numpy {value.dtype} array, which has no "
+                               f"tensor dtype") from error
+
+
 def _check_state_dict(state: Any, path: Path, where: str) -> Dict[str, torch.Tensor]:
+    """``state`` as a dict of str -> Tensor, numpy arrays and scalars converted to tensors."""
     if not isinstance(state, Mapping):
         raise WeightsFileError(f"{path}: {where} must hold a state dict (str -> Tensor), got {_describe(state)}")
+    tensors = {}
     for key, value in state.items():
+        value = _as_tensor(value, path, where, key)
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise WeightsFileError(f"{path}: {where} must hold a state dict (str -> Tensor), but entry {key!r} "
                                    f"is a {type(value).__name__}")
-    return dict(state)
+        tensors[key] = value
+    return tensors
 
 
 def read_state_dict(path: PathLike, *, what: str = "weights file", wrappers: Sequence[str] = ("model",)
                     ) -> Dict[str, torch.Tensor]:
-    """A state dict (str -> Tensor) from a file that holds one, optionally wrapped.
+    """A state dict (str -> Tensor) from a file that holds one, optionally wrapped; numpy arrays
+    and scalars in it come back as tensors.
 
     Args:
         path, what: see :func:`load_torch_file`.
@@ -152,7 +203,8 @@ def load_checkpoint(path: PathLike, *, what: str = "checkpoint") -> Dict[str, An
     """A blendmask weights file or training checkpoint: a dict whose ``"model"`` is a state dict.
 
     Weights files are ``{"model": state_dict, "config": BlendMaskConfig.to_dict(), ...}``;
-    training checkpoints add ``optimizer``, ``scheduler``, ``iteration`` and ``rng``.
+    training checkpoints add ``optimizer``, ``scheduler``, ``iteration`` and ``rng``. Numpy
+    arrays and scalars in ``"model"`` come back as tensors.
 
     Raises:
         FileNotFoundError, WeightsFileError: see :func:`load_torch_file`; also
@@ -162,8 +214,7 @@ def load_checkpoint(path: PathLike, *, what: str = "checkpoint") -> Dict[str, An
     if not isinstance(data, Mapping) or "model" not in data:
         raise WeightsFileError(f"{path} is not a blendmask weights file: expected a dict with a 'model' "
                                f"state dict, got {_describe(data)}")
-    _check_state_dict(data["model"], Path(path), "its 'model' entry")
-    return dict(data)
+    return {**data, "model": _check_state_dict(data["model"], Path(path), "its 'model' entry")}
 
 
 # ----------------------------------------------------------------------------- writing

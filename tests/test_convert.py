@@ -196,3 +196,17 @@ def test_the_output_mode_follows_the_umask(tmp_path, lite_checkpoint, mask, mode
     assert stat.S_IMODE(os.stat(tmp_path / "ours.pth").st_mode) == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.pth"]
     load_weights(build_model(get_config("lite_mobilenet_v2")), tmp_path / "ours.pth", get_config("lite_mobilenet_v2"))
+
+
+def test_a_checkpoint_of_numpy_arrays_converts_and_loads_strictly(tmp_path):
+    """detectron2 accepts numpy arrays inside "model" and older AdelaiDet files hold them: every
+    float tensor as a float32 array, every BN counter as an int64 numpy scalar."""
+    state = build_model(get_config("lite_mobilenet_v2")).state_dict()
+    arrays = {k: (np.int64(int(v)) if k.endswith("num_batches_tracked") else v.numpy()) for k, v in state.items()}
+    assert any(isinstance(v, np.int64) for v in arrays.values())
+    path = tmp_path / "numpy.pth"
+    torch.save({"model": arrays}, path)
+    report = convert_checkpoint(path, tmp_path / "ours.pth", "lite_mobilenet_v2")
+    assert report.ok
+    loaded = torch.load(tmp_path / "ours.pth", weights_only=True)["model"]
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)

@@ -259,3 +259,38 @@ def test_the_umask_is_found_without_proc_too(umask, monkeypatch, mask):
     monkeypatch.setattr(serialization, "open", no_proc, raising=False)
     assert serialization._umask() == mask  # by setting and restoring it
     assert os.umask(mask) == mask  # and it was restored
+
+
+# ----------------------------------------------------------------------------- numpy contents
+
+
+def test_numpy_arrays_and_scalars_in_model_are_read_as_tensors(tmp_path):
+    """Older AdelaiDet/detectron2 files hold numpy arrays in "model": they load with
+    weights_only (an explicit numpy allow-list) and come back as tensors of the same dtype."""
+    import numpy as np
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = tmp_path / "numpy.pth"
+    torch.save({"model": {"conv.weight": weight, "conv.bias": np.ones(3, np.float32),
+                          "bn.num_batches_tracked": np.int64(7), "conv.scale": torch.ones(2)}}, path)
+    for state in (load_checkpoint(path)["model"], read_state_dict(path)):
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert state["conv.weight"].dtype == torch.float32 and torch.equal(state["conv.weight"], torch.from_numpy(weight))
+        assert state["conv.bias"].tolist() == [1.0, 1.0, 1.0]
+        count = state["bn.num_batches_tracked"]
+        assert count.dtype == torch.int64 and count.dim() == 0 and int(count) == 7
+        assert torch.equal(state["conv.scale"], torch.ones(2))
+
+
+def test_numpy_allow_list_still_refuses_code(tmp_path):
+    """The allow-list admits numpy's array rebuilding only: other globals stay refused."""
+    import numpy as np
+
+    class Payload:
+        def __reduce__(self):
+            return (np.load, ("/nonexistent",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": Payload()}}, path)
+    with pytest.raises(WeightsFileError, match=r"numpy.*weights_only=True"):
+        load_checkpoint(path)

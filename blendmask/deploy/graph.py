@@ -34,9 +34,11 @@ class InferenceGraph(nn.Module):
         images: ``(1, 3, Hp, Wp)`` float image, normalised and zero-padded to a multiple of the
             model's size divisibility, as ``model.transform`` produces it.
         image_size: ``(2,)`` int64 ``[h, w]``, the size of the resized image before padding
-            (boxes are clipped to it, as in the eager model).
+            (boxes empty once clipped to it are dropped, as in the eager model).
     Returns:
-        ``boxes (n, 4)`` float xyxy in the resized image's pixels, clipped; ``scores (n,)``;
+        ``boxes (n, 4)`` float xyxy in the resized image's pixels, unclipped (the boxes the
+        masks were blended with: :func:`~blendmask.models.blendmask.postprocess_detections`
+        pastes with them and clips them); ``scores (n,)``;
         ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities in the boxes; sorted by
         decreasing score, ``n <= post_nms_topk``.
     """

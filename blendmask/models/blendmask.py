@@ -16,6 +16,7 @@ from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
+from .fcos.inference import clip_boxes
 from .mask_ops import crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
 
@@ -37,13 +38,19 @@ def postprocess_detections(
     original_size: Sequence[int],
     mask_format: str = "probs",
 ) -> Dict[str, Any]:
-    """Rescale one image's boxes to its original size and paste the masks into it.
+    """Rescale one image's boxes to its original size, paste the masks into it, clip the boxes.
+
+    The border rule (docs/design.md §5): each ``R x R`` mask was blended over its whole,
+    unclipped predicted box, so it is pasted with that same box (rescaled), cut at the image
+    border; the reported box is that box clipped to the image. (AdelaiDet pastes into the
+    clipped box, which squeezes masks of objects cut by the border.)
 
     Shared by the eval path of :class:`BlendMask` and the exported graphs' callers
     (:class:`blendmask.deploy.OnnxPredictor`, and after :func:`blendmask.deploy.export_program`).
 
     Args:
-        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``.
+        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``, unclipped
+            (the boxes the masks were blended with, as :meth:`BlendMask.detect` returns them).
         scores: ``(n,)`` scores.
         labels: ``(n,)`` integer labels.
         masks: ``(n, R, R)`` mask probabilities inside the boxes.
@@ -51,9 +58,10 @@ def postprocess_detections(
         original_size: ``(H, W)`` of the image given by the user.
         mask_format: ``"probs"`` or ``"rle"`` (:data:`MASK_FORMATS`).
     Returns:
-        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
-        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model. With
-        ``mask_format="rle"``, ``masks_rle`` (n COCO RLE dicts, binarised at 0.5) replaces ``masks``.
+        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with boxes
+        clipped to ``[0, W] x [0, H]`` and masks as probabilities in ``[0, 1]``, zero outside
+        the boxes: the eval output of the model. With ``mask_format="rle"``, ``masks_rle``
+        (n COCO RLE dicts, binarised at 0.5) replaces ``masks``.
 
     Example, after an ONNX session::
 
@@ -71,9 +79,9 @@ def postprocess_detections(
         )
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
-    boxes = postprocess_boxes(boxes, image_size, original_size)
     size = (int(original_size[0]), int(original_size[1]))
-    result: Dict[str, Any] = {"boxes": boxes, "labels": labels.to(torch.int64), "scores": scores}
+    boxes = postprocess_boxes(boxes, image_size, original_size)  # unclipped: the boxes blended with
+    result: Dict[str, Any] = {"boxes": clip_boxes(boxes, size), "labels": labels.to(torch.int64), "scores": scores}
     if mask_format == "rle":
         result["masks_rle"] = paste_masks_rle(masks, boxes, size)
     else:
@@ -108,9 +116,12 @@ class BlendMask(nn.Module):
     Masks: in training the bases are cropped with the GT boxes and the attentions are taken at
     every FCOS positive; the loss is the per-instance mean BCE against the GT masks cropped and
     resized to ``R x R``, weighted by the centerness targets and divided by their sum. In eval,
-    the detected boxes are clipped to the image *before* the blend, so that the crop and the
-    paste use the same box. This deliberately differs from AdelaiDet, which crops with unclipped
-    boxes and pastes into clipped ones, distorting masks at image borders.
+    the crop and the paste use the same box: the masks are blended with the whole, unclipped
+    predicted box (the box the attentions were predicted for) and pasted with that same box,
+    cut at the image border; the reported box is clipped to the image. This deliberately
+    differs from AdelaiDet, which crops with unclipped boxes and pastes into clipped ones,
+    squeezing masks at image borders. (Clipping before the blend is no cure: it stretches the
+    attentions over the clipped box.)
 
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
@@ -226,8 +237,9 @@ class BlendMask(nn.Module):
         (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
         backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
         and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
-        every image's detections, cropped with their boxes clipped to their image (the boxes
-        the paste uses). Call it in eval mode.
+        every image's detections, cropped with their whole, unclipped boxes (the boxes the
+        attentions were predicted for, and the boxes :func:`postprocess_detections` pastes
+        with). Call it in eval mode.
 
         Args:
             images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
@@ -238,7 +250,8 @@ class BlendMask(nn.Module):
                 :func:`blendmask.ops.blend_reference` (standard ops, for ONNX).
         Returns:
             one dict per image, sorted by decreasing score, ``n <= post_nms_topk``:
-            ``boxes (n, 4)`` float xyxy in the resized image's pixels, clipped to it;
+            ``boxes (n, 4)`` float xyxy in the resized image's pixels, unclipped (none is
+            empty once clipped to the image);
             ``scores (n,)``; ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities
             inside the boxes; ``attns (n, K, M, M)`` attention logits (before the softmax);
             ``bases (K, Hp / s, Wp / s)`` the image's bases at the basis stride ``s``, padding
@@ -247,12 +260,12 @@ class BlendMask(nn.Module):
         features, head, top_feats = self._heads(images)
         bases, _ = self.basis_module(features)
         detections = self.proposal_generator.predict(head, image_sizes, top_feats)
-        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1]
+        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1], float32 (FCOS decodes in float32)
             torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
             for i, d in enumerate(detections)
         ])
         attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
-        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).sigmoid()  # (D, R, R)
+        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).float().sigmoid()  # (D, R, R) float32
         per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
         return [
             {
@@ -280,7 +293,7 @@ class BlendMask(nn.Module):
         attns = positives.extras
         if positives.gt_inds.numel() == 0:
             return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
-        boxes = torch.cat(gt_boxes).to(bases.dtype)
+        boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)
         image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
         logits = self.blend_masks(bases, attns, rois)  # (Np, R, R)

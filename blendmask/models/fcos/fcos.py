@@ -161,8 +161,9 @@ class FCOS(nn.Module):
         image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
         extras: Optional[List[Tensor]] = None,
     ) -> List[Dict[str, Tensor]]:
-        """Detections per image: ``boxes (n, 4)`` clipped to the image, ``scores``, ``labels``, and
-        ``extras (n, E)`` when ``extras`` (per level ``(N, E, Hl, Wl)``) is given.
+        """Detections per image: ``boxes (n, 4)`` as predicted (unclipped; those empty once
+        clipped to the image are dropped), ``scores``, ``labels``, and ``extras (n, E)`` when
+        ``extras`` (per level ``(N, E, Hl, Wl)``) is given.
 
         ``image_sizes`` holds per image its ``(h, w)``: ints, or a ``(2,)`` tensor when traced."""
         locations = self.locations(head.logits)
