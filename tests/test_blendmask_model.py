@@ -591,6 +591,6 @@ def _border_iou_study(*, amodal_boxes: bool, num_iters: int, size: int = 96, num
 @pytest.mark.slow
 @pytest.mark.parametrize("amodal_boxes", [True, False], ids=["whole-object-boxes", "visible-boxes"])
 def test_border_rule_gives_the_best_masks_of_objects_cut_by_the_border(amodal_boxes):
-    """DESIGN §4's border rule against both earlier rules, with a briefly trained lite model."""
+    """The border rule (docs/design.md §10) against both earlier rules, with a briefly trained lite model."""
     ious = _border_iou_study(amodal_boxes=amodal_boxes, num_iters=150)
     assert ious["same_box"] > ious["clip_first"] and ious["same_box"] > ious["paste_clipped"], ious

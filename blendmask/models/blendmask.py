@@ -40,7 +40,7 @@ def postprocess_detections(
 ) -> Dict[str, Any]:
     """Rescale one image's boxes to its original size, paste the masks into it, clip the boxes.
 
-    The border rule (docs/design.md §5): each ``R x R`` mask was blended over its whole,
+    The border rule (docs/design.md §10): each ``R x R`` mask was blended over its whole,
     unclipped predicted box, so it is pasted with that same box (rescaled), cut at the image
     border; the reported box is that box clipped to the image. (AdelaiDet pastes into the
     clipped box, which squeezes masks of objects cut by the border.)
