@@ -6,13 +6,15 @@ Environment:
   FORCE_CUDA=1            build the CUDA kernels even when no GPU is visible (needs nvcc)
   BLENDMASK_FORCE_CPU=1   build the CPU kernels only, even when a CUDA toolkit is found
   CUDA_HOME               root of the CUDA toolkit (the folder holding bin/nvcc and include/)
-  TORCH_CUDA_ARCH_LIST    target GPUs, e.g. "8.0;9.0+PTX" (default: the visible GPUs, or
-                          DEFAULT_CUDA_ARCH_LIST when none is visible)
+  TORCH_CUDA_ARCH_LIST    target GPUs, e.g. "8.0;9.0+PTX" (default: the visible GPUs, or when
+                          none is visible the architectures the installed torch was built
+                          for, with PTX for the newest: default_cuda_arch_list())
   MAX_JOBS                parallel compile jobs (ninja)
   DEBUG=1                 -O0 -g instead of -O3
 """
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -23,7 +25,8 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
-DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;9.0+PTX"
+#: Used only when the installed torch does not say which GPUs it was built for.
+FALLBACK_CUDA_ARCH_LIST = "7.5;8.0;8.6;9.0;10.0;12.0+PTX"
 MIN_TORCH = Version("2.4")
 
 
@@ -78,6 +81,23 @@ def _use_cuda() -> bool:
     return True
 
 
+def default_cuda_arch_list() -> str:
+    """The GPUs the installed torch was built for (``torch.cuda.get_arch_list()``, e.g.
+    ``sm_75 ... sm_120``) as a TORCH_CUDA_ARCH_LIST, with PTX for the newest so that later GPUs
+    can JIT it: a build on a machine without a GPU runs wherever that torch runs."""
+    archs = []
+    for name in torch.cuda.get_arch_list():
+        m = re.fullmatch(r"sm_(\d+)(\d)([a-z]?)", name)
+        if m:
+            archs.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+    if not archs:
+        return FALLBACK_CUDA_ARCH_LIST
+    archs = sorted(set(archs))
+    names = [f"{major}.{minor}{suffix}" for major, minor, suffix in archs]
+    names[-1] += "+PTX"
+    return ";".join(names)
+
+
 def _cuda_include_dirs():
     """Headers of the CUDA libraries (cusparse.h, ...) that ship in torch's nvidia wheels."""
     dirs = []
@@ -93,7 +113,7 @@ def get_extensions():
     debug = _env_flag("DEBUG")
     use_cuda = _use_cuda()
     optimise = ["-O0", "-g"] if debug else ["-O3"]
-    sources = [os.path.join(CSRC, "blender.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp"))) + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     extra_compile_args = {
         # -fno-trapping-math lets GCC vectorise the CPU softmax loops (exp included); it
         # changes no IEEE result, only allows if-conversion of float compares.
@@ -104,7 +124,7 @@ def get_extensions():
     extension = CppExtension
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+            os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch_list()
         sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
         extra_compile_args["nvcc"] = optimise + ["-lineinfo", "--expt-relaxed-constexpr"]
         include_dirs += _cuda_include_dirs()

@@ -12,7 +12,10 @@ For every D it measures, side by side in one process:
   size above the baseline (``VmHWM`` after resetting it through ``/proc/self/clear_refs``),
   with glibc's dynamic mmap threshold pinned so every buffer >= 128 KiB is mapped on
   allocation and unmapped on free. This counts every byte the call touches, the op's own
-  scratch buffers included. The CPU measurement needs Linux and glibc.
+  scratch buffers included. The CPU measurement needs Linux and glibc;
+- on the CPU, the fused forward+backward's peak extra memory at D=100 for each of
+  ``--memory-threads`` (1, 2 and 4 by default), each in its own process: the growth from 1 to 4
+  threads is held against a goal too (the backward's scratch must not grow with the threads).
 
 It writes ``blender_<device>.json`` and a log-log plot ``blender_<device>.png`` to the
 output folder (default ``benchmarks/results`` next to this script), logs to
@@ -33,7 +36,7 @@ import multiprocessing
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -47,7 +50,8 @@ from blendmask.ops import blend, blend_reference
 LOG = logging.getLogger("bench_blender")
 DEFAULT_COUNTS = (1, 10, 50, 100, 200, 500, 1000)
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "results"
-GOALS = {"forward_speedup": 4.0, "forward_backward_speedup": 8.0, "memory_ratio": 0.25}
+GOALS = {"forward_speedup": 4.0, "forward_backward_speedup": 8.0, "memory_ratio": 0.25,
+         "memory_growth_1_to_4_threads": 1.5}
 _MIB = 2.0**20
 
 
@@ -211,6 +215,21 @@ def measure_memory(cfg: BenchConfig, device: torch.device) -> List[dict]:
         return pool.apply(_memory_rows, (cfg, str(device), torch.get_num_threads()))
 
 
+def measure_memory_vs_threads(cfg: BenchConfig, device: torch.device, thread_counts: Sequence[int],
+                              at: int = 100) -> dict:
+    """Peak extra memory (bytes) of the fused forward+backward at D=``at`` for each thread count,
+    each in its own spawned process (as :func:`measure_memory`); with 1 and 4 among the counts,
+    also its growth from 1 to 4 threads."""
+    one = replace(cfg, counts=(at,))
+    peaks = {}
+    for threads in thread_counts:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            peaks[int(threads)] = pool.apply(_memory_rows, (one, str(device), int(threads)))[0][
+                "fused_forward_backward_peak_bytes"]
+    growth = peaks[4] / max(peaks[1], 1.0) if 1 in peaks and 4 in peaks else None
+    return {"D": at, "fused_forward_backward_peak_bytes": peaks, "growth_1_to_4": growth}
+
+
 def summarise(rows: List[dict], at: int = 100) -> Optional[dict]:
     """Ratios at D=``at``: speed-ups of the fused op and its memory as a fraction of the reference."""
     match = [r for r in rows if r["D"] == at]
@@ -292,7 +311,8 @@ def plot(rows: List[dict], device: str, path: str) -> None:
     plt.close(fig)
 
 
-def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
+def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str,
+                  memory_threads: Sequence[int] = (1, 2, 4)) -> dict:
     """Measures every D on ``device``; writes JSON + PNG into ``out_dir``; returns the results."""
     if device.type == "cpu" and not _cpu_peak_memory_supported():
         raise RuntimeError("CPU peak-memory measurement needs a writable /proc/self/clear_refs (Linux)")
@@ -316,6 +336,9 @@ def run_benchmark(cfg: BenchConfig, device: torch.device, out_dir: str) -> dict:
             mode: scaling_exponent(rows, f"fused_{mode}_min_ms") for mode in ("forward", "forward_backward")
         },
     }
+    if device.type == "cpu" and memory_threads:
+        LOG.info("measuring the fused forward+backward's peak memory at %s threads", list(memory_threads))
+        result["memory_vs_threads"] = measure_memory_vs_threads(cfg, device, memory_threads)
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f"blender_{device.type}.json")
     png_path = os.path.join(out_dir, f"blender_{device.type}.png")
@@ -342,6 +365,14 @@ def _report(result: dict) -> None:
             f"at D=100, best blocks of {result['config']['rounds']} interleaved rounds: forward "
             f"{s['forward_speedup_best']:.1f}x, forward+backward {s['forward_backward_speedup_best']:.1f}x"
         )
+    by_threads = result.get("memory_vs_threads")
+    if by_threads:
+        peaks = ", ".join(f"{t} threads {b / _MIB:.2f} MiB" for t, b in by_threads["fused_forward_backward_peak_bytes"].items())
+        line = f"fused forward+backward peak extra memory at D={by_threads['D']}: {peaks}"
+        growth, goal = by_threads["growth_1_to_4"], GOALS["memory_growth_1_to_4_threads"]
+        if growth is not None:
+            line += f"; 4 vs 1 threads {growth:.2f}x (goal <= {goal}x: {'met' if growth <= goal else 'NOT met'})"
+        print(line)
     exps = result["scaling_exponent_fused"]
     if exps["forward"] is not None:
         print(f"fused best latency ~ D^{exps['forward']:.2f} (forward), D^{exps['forward_backward']:.2f} (forward+backward) for D >= 100")
@@ -361,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=BenchConfig.rounds,
                    help="interleaved rounds of Timer.blocked_autorange per measurement")
     p.add_argument("--top-interp", choices=("bilinear", "nearest"), default="bilinear")
+    p.add_argument("--memory-threads", type=int, nargs="*", default=[1, 2, 4],
+                   help="CPU: thread counts of the fused forward+backward memory measurement at D=100 "
+                        "(none to skip it)")
     return p
 
 
@@ -369,6 +403,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if any(d < 1 for d in args.counts):
         parser.error(f"--counts must be >= 1, got {args.counts}")
+    if any(t < 1 for t in args.memory_threads):
+        parser.error(f"--memory-threads must be >= 1, got {args.memory_threads}")
     if args.rounds < 1 or args.min_time < 0:
         parser.error(f"--rounds must be >= 1 and --min-time >= 0, got {args.rounds} and {args.min_time}")
     if args.threads is not None:
@@ -387,7 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = BenchConfig(counts=tuple(args.counts), min_time=args.min_time, rounds=args.rounds, top_interp=args.top_interp)
     try:
         for device in devices:
-            _report(run_benchmark(cfg, device, args.out_dir))
+            _report(run_benchmark(cfg, device, args.out_dir, args.memory_threads))
     finally:
         LOG.removeHandler(log_file)
         log_file.close()

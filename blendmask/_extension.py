@@ -2,7 +2,7 @@
 
 Importing ``blendmask._C`` registers ``torch.ops.blendmask.blend`` and
 ``torch.ops.blendmask.blend_backward`` with the dispatcher (their kernels attach per
-dispatch key: CPU always, CUDA in CUDA builds). When the extension is missing, callers
+dispatch key: CPU and Meta always, CUDA in CUDA builds). When the extension is missing, callers
 fall back to the pure-PyTorch reference and ``warn_fallback_once`` says so once.
 """
 from __future__ import annotations
@@ -36,9 +36,7 @@ def has_kernel(device_type: str) -> bool:
     """True when the loaded extension has a ``blendmask::blend`` kernel for ``device_type`` ("cpu", "cuda", ...)."""
     if not extension_loaded():
         return False
-    if device_type == "meta":
-        return True  # the fake (meta) implementation is registered in blendmask.ops
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("blendmask::blend", key)
 
 

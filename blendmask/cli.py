@@ -74,7 +74,7 @@ def _check_output(path: str | os.PathLike, option: str, *, is_dir: bool) -> Path
 
 
 def _setup_logging() -> None:
-    from blendmask.engine.distributed import is_main_process
+    from blendmask.distributed import is_main_process
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
@@ -82,7 +82,7 @@ def _setup_logging() -> None:
 
 def _say(message: str = "") -> None:
     """Print on rank 0 only."""
-    from blendmask.engine.distributed import is_main_process
+    from blendmask.distributed import is_main_process
 
     if is_main_process():
         print(message, flush=True)
@@ -157,6 +157,9 @@ def _add_make_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--panoptic", action="store_true",
                    help="COCO panoptic instead: the shapes over sky/ground/water stuff bands, "
                         "annotations/panoptic_{train,val}.json + PNG segment maps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier make-shapes run in OUT (only the files make-shapes "
+                        "writes; never through symbolic links). Without it, an existing file is an error")
 
 
 def _run_make_shapes(args) -> int:
@@ -165,13 +168,18 @@ def _run_make_shapes(args) -> int:
     if args.panoptic:
         from blendmask.data.panoptic_shapes import make_panoptic_shapes
 
+        if args.overwrite:
+            print("make-shapes: --overwrite does not apply with --panoptic (it replaces the files of its own "
+                  "earlier runs and refuses any other): drop --overwrite", file=sys.stderr)
+            return 2
+
         out = make_panoptic_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
                                    num_classes=args.num_classes, progress=True)
         print(f"wrote {args.train} train + {args.val} val panoptic images to {out}")
         return 0
 
     out = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
-                      num_classes=args.num_classes, progress=True)
+                      num_classes=args.num_classes, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.train} train + {args.val} val images to {out}")
     return 0
 
@@ -209,7 +217,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
 
     from blendmask.config import get_config
     from blendmask.engine import Trainer
-    from blendmask.engine.distributed import device_for_rank
+    from blendmask.distributed import device_for_rank
     from blendmask.evaluation import evaluate_model
     from blendmask.models import build_model
 
@@ -260,7 +268,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
 
 
 def _run_train(args) -> int:
-    from blendmask.engine.distributed import destroy_distributed, device_for_rank, init_distributed
+    from blendmask.distributed import destroy_distributed, device_for_rank, init_distributed
 
     overrides = parse_overrides(args.overrides)
     _check_output(args.output, "--output", is_dir=True)

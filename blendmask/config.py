@@ -11,7 +11,7 @@ AdelaiDet's ``adet/config/defaults.py`` and detectron2's defaults. ``RT_R_50_4x`
 kept for the checkpoints trained with them. Deliberate translations:
 
 - AdelaiDet's ``SyncBN`` is spelled ``"BN"`` here (backbone, DLA and FCOS head norms); the
-  training engine converts BN layers to SyncBN only when a process group exists (DESIGN.md §4).
+  training engine converts BN layers to SyncBN only when a process group exists (docs/design.md §10).
 - detectron2's ``FREEZE_AT: -1`` (nothing frozen) is ``freeze_at = 0`` here.
 - ``INPUT.CROP`` is ``input.crop_enabled/crop_type/crop_size`` and ``INPUT.MIN_SIZE_TRAIN_SAMPLING``
   is ``input.min_size_train_sampling``; AdelaiDet's ``CROP.CROP_INSTANCE`` is always True here.
@@ -148,7 +148,8 @@ class SolverConfig:
     base_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    weight_decay_norm: float = 0.0  # detectron2's SOLVER.WEIGHT_DECAY_NORM
+    weight_decay_norm: float = 0.0  # detectron2's SOLVER.WEIGHT_DECAY_NORM: normalisation layers' parameters
+    weight_decay_bias: float = -1.0  # detectron2's SOLVER.WEIGHT_DECAY_BIAS: every bias; < 0 (its None): weight_decay
     warmup_iters: int = 1000
     warmup_factor: float = 1.0 / 1000
     steps: Tuple[int, ...] = (60000, 80000)
@@ -157,7 +158,8 @@ class SolverConfig:
     checkpoint_period: int = 5000
     eval_period: int = 0  # 0: evaluate only at the end
     clip_grad_norm: float = 0.0  # 0: no clipping
-    amp: bool = True  # used only on CUDA
+    amp: bool = True  # CUDA: float16 autocast with a GradScaler
+    amp_cpu: bool = False  # CPU: bfloat16 autocast (bf16 has float32's range: no scaler)
 
 
 @dataclass

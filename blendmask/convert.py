@@ -17,21 +17,22 @@ shape is listed in a :class:`ConversionReport`, with a sentence naming the archi
 difference when one explains them (ResNet depth, deformable convs, DLA-34, FPN levels, the
 FCOS head's norm), and :func:`convert_checkpoint` refuses to
 write a file unless the result loads into the model with ``strict=True``.
-Files are read with ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+Files are read by :func:`blendmask.serialization.read_state_dict` (``torch.load(weights_only=True)``,
+so a checkpoint cannot run code) and written by :func:`blendmask.serialization.atomic_save`.
 """
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from .config import BlendMaskConfig, get_config
+from .serialization import atomic_save, read_state_dict
 
 __all__ = ["ConversionError", "ConversionReport", "architecture_notes", "from_adelaidet", "convert_state_dict",
            "match_state_dict", "convert_checkpoint"]
@@ -202,16 +203,6 @@ def architecture_notes(converted: Mapping[str, Any], expected: Mapping[str, Any]
             for aspect in ours if aspect in theirs and theirs[aspect] != ours[aspect]]
 
 
-def _load(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): it holds objects other "
-                         f"than tensors and plain containers, which we refuse to unpickle ({error})") from error
-
-
 def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike], config_name: str,
                        *, overrides: Optional[Mapping[str, Any]] = None) -> ConversionReport:
     """Convert the AdelaiDet checkpoint ``in_path`` for preset ``config_name`` and write ``out_path``.
@@ -219,12 +210,17 @@ def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os
     The output is ``{"model": state_dict, "config": cfg.to_dict()}``. ``model.num_classes`` is
     taken from the checkpoint's classifier when it differs from the preset (noted in the report).
     Raises :class:`ConversionError` (with the report) unless every key fits and the result loads
-    into the model with ``strict=True``; nothing is written in that case.
+    into the model with ``strict=True``; nothing is written in that case. ``out_path`` must not
+    be a directory. The file is written atomically (:func:`blendmask.serialization.atomic_save`):
+    a failure leaves ``out_path`` as it was and no temporary file.
     """
     from .models import build_model  # deferred: the model package imports this package's config
 
     in_path, out_path = Path(in_path), Path(out_path)
-    converted, report = convert_state_dict(_load(in_path))
+    if out_path.is_dir():
+        raise ValueError(f"output {out_path} is a directory: give the path of the weights file to write")
+    checkpoint = read_state_dict(in_path, what="checkpoint", wrappers=("model",))
+    converted, report = convert_state_dict(checkpoint)
     cfg = get_config(config_name, overrides)
     cls_logits = converted.get(_CLS_LOGITS)
     if cls_logits is not None and cls_logits.dim() >= 1 and cls_logits.shape[0] != cfg.model.num_classes:
@@ -238,8 +234,5 @@ def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os
     if not report.ok:
         raise ConversionError(f"{in_path} does not fit the {config_name!r} model:\n{report.summary()}")
     model.load_state_dict(matched, strict=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save({"model": matched, "config": cfg.to_dict()}, tmp)
-    os.replace(tmp, out_path)
+    atomic_save({"model": matched, "config": cfg.to_dict()}, out_path)
     return report

@@ -1,4 +1,4 @@
-"""The blender: BlendMask's mask-assembly op (DESIGN.md section 1).
+"""The blender: BlendMask's mask-assembly op (docs/design.md §1-2).
 
 For roi ``d`` with batch index ``b`` and output pixel ``(i, j)``::
 
@@ -14,7 +14,6 @@ the extension is missing, and the ONNX export path.
 """
 from __future__ import annotations
 
-import math
 from typing import List, Sequence, Union
 
 import torch
@@ -48,57 +47,25 @@ def _rois_to_tensor(rois: RoIs) -> Tensor:
     return rois
 
 
-def _check_args(
+def coordinate_dtype(feature_dtype: torch.dtype) -> torch.dtype:
+    """The dtype rois are read and the blend accumulates in: float64 for float64 features,
+    float32 for float32, float16 and bfloat16 (C++ ``coordinate_dtype`` / ``at::opmath_type``)."""
+    return torch.float64 if feature_dtype == torch.float64 else torch.float32
+
+
+def _check_inputs(
     bases: Tensor, attns: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
     top_interp: str,
 ) -> None:
-    """Structural checks (ranks, shapes, dtypes, devices, scalars): cheap and trace-friendly."""
-    if not isinstance(bases, Tensor) or bases.dim() != 4:
-        raise ValueError(f"blend: bases must be a (N, K, Hb, Wb) tensor, got {_shape_of(bases)}")
-    if not isinstance(attns, Tensor) or attns.dim() != 4:
-        raise ValueError(f"blend: attns must be a (D, K, M, M) tensor, got {_shape_of(attns)}")
-    if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ValueError(f"blend: rois must be (D, 5) [batch_idx, x1, y1, x2, y2], got {tuple(rois.shape)}")
-    if attns.shape[1] != bases.shape[1]:
-        raise ValueError(f"blend: attns has K={attns.shape[1]} channels but bases has K={bases.shape[1]}")
-    if attns.shape[0] != rois.shape[0]:
-        raise ValueError(f"blend: attns has D={attns.shape[0]} rows but rois has D={rois.shape[0]}")
-    if not bases.is_floating_point():
-        raise ValueError(f"blend: bases must be floating point, got {bases.dtype}")
-    if attns.dtype != bases.dtype or rois.dtype != bases.dtype:
-        raise ValueError(
-            f"blend: bases, attns and rois must share one dtype, got {bases.dtype}, {attns.dtype} and {rois.dtype}"
-        )
-    if attns.device != bases.device or rois.device != bases.device:
-        raise ValueError(
-            f"blend: bases, attns and rois must be on one device, got {bases.device}, {attns.device} and {rois.device}"
-        )
-    if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
-        raise ValueError(f"blend: output_size must be an int >= 1, got {output_size!r}")
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int) or sampling_ratio < 0:
-        raise ValueError(f"blend: sampling_ratio must be an int >= 0 (0 = adaptive), got {sampling_ratio!r}")
-    if not (isinstance(spatial_scale, (int, float)) and math.isfinite(spatial_scale) and spatial_scale > 0):
-        raise ValueError(f"blend: spatial_scale must be a finite number > 0, got {spatial_scale!r}")
-    if top_interp not in TOP_INTERP_MODES:
-        raise ValueError(f"blend: top_interp must be one of {TOP_INTERP_MODES}, got {top_interp!r}")
+    """The fused op's contract for the reference: the same C++ checks and messages
+    (``blendmask::check_blend_inputs``: shapes, dtypes, devices, scalars, roi values).
 
-
-def _shape_of(x: object) -> object:
-    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-
-
-def _check_roi_values(rois: Tensor, num_images: int) -> None:
-    """Value checks the fused op does in C++: finite coordinates, batch index in [0, N)."""
-    if rois.numel() == 0:
+    Skipped while tracing or compiling (the ONNX export traces the reference; the fused op's
+    Meta kernel runs the same checks there) and when the extension is not built.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not _extension.extension_loaded():
         return
-    if not bool(torch.isfinite(rois).all()):
-        bad = int((~torch.isfinite(rois)).any(dim=1).nonzero()[0])
-        raise ValueError(f"blend: rois[{bad}] has a non-finite value ({rois[bad].tolist()})")
-    idx = rois[:, 0]
-    out_of_range = (idx < 0) | (idx >= num_images)
-    if bool(out_of_range.any()):
-        bad = int(out_of_range.nonzero()[0])
-        raise ValueError(f"blend: rois[{bad}] has batch index {float(idx[bad])} out of range for {num_images} images")
+    torch.ops.blendmask.check_blend_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
 
 
 def blend_reference(
@@ -114,19 +81,19 @@ def blend_reference(
     """Unfused blender: crop, upsample, softmax over K, weighted sum.
 
     Same arguments and result as :func:`blend`; materialises four ``(D, K, R, R)`` tensors.
-    It checks shapes, dtypes and devices but not roi values (it must stay traceable for
-    ONNX export); :func:`blend` checks those.
+    It refuses what the fused op refuses, with the same messages (see :func:`_check_inputs`).
     """
     rois = _rois_to_tensor(rois)
-    _check_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
+    _check_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
     r = output_size
-    cropped = roi_align(bases, rois, (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
+    dtype = coordinate_dtype(bases.dtype)  # computed as the fused op does: fp16/bf16 in fp32
+    cropped = roi_align(bases.to(dtype), rois.to(dtype), (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
     if top_interp == "bilinear":
-        up = F.interpolate(attns, (r, r), mode="bilinear", align_corners=False)
+        up = F.interpolate(attns.to(dtype), (r, r), mode="bilinear", align_corners=False)
     else:
-        up = F.interpolate(attns, (r, r), mode="nearest")
+        up = F.interpolate(attns.to(dtype), (r, r), mode="nearest")
     weights = up.softmax(dim=1)  # (D, K, R, R)
-    return (weights * cropped).sum(dim=1)
+    return (weights * cropped).sum(dim=1).to(bases.dtype)
 
 
 def _fused_device_types() -> frozenset:
@@ -151,10 +118,16 @@ def blend(
     Args:
         bases: ``(N, K, Hb, Wb)`` bases of N images at stride ``1 / spatial_scale``.
         attns: ``(D, K, M, M)`` attentions, one per roi (M == 1 gives YOLACT-style
-            per-instance coefficients). Same dtype and device as ``bases``.
+            per-instance coefficients). Same dtype and device as ``bases``; floating point
+            (float16, bfloat16, float32 or float64).
         rois: ``(D, 5)`` ``[batch_idx, x1, y1, x2, y2]`` boxes in input-image pixels, or a
             list of N per-image ``(Di, 4)`` ``[x1, y1, x2, y2]`` tensors (as torchvision's
-            ``roi_align``). Same dtype and device as ``bases``; no gradient flows to them.
+            ``roi_align``). Same device as ``bases``; no gradient flows to them. Any floating
+            dtype, whatever the dtype of the features: coordinates are read in
+            :func:`coordinate_dtype` of the features (float32, or float64 for float64
+            features), so float32 boxes are never rounded to half precision. float16 /
+            bfloat16 rois are accepted and widened to float32, but their rounding has already
+            happened. Integer rois are refused.
         output_size: R, the side of the output masks (>= 1).
         spatial_scale: scale from image pixels to base pixels (0.25 for stride-4 bases).
         sampling_ratio: samples per bin along each axis; 0 picks ``ceil(roi size / R)``.
@@ -167,18 +140,17 @@ def blend(
 
     Raises:
         ValueError: wrong ranks or shapes, K or D mismatch, mixed dtypes or devices, a bad
-            scalar argument, NaN/inf box coordinates or a batch index outside ``[0, N)``.
+            scalar argument, a size or integer argument beyond 32 bits, NaN/inf box
+            coordinates or a batch index outside ``[0, N)``. The checks live in C++
+            (``csrc/blender.cpp``), once for every backend and the Meta kernel.
     """
     rois = _rois_to_tensor(rois)
-    _check_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
-    if bases.device.type in _FUSED_DEVICE_TYPES:
-        # roi values are checked inside the op (it must stay graph-capturable)
+    if isinstance(bases, Tensor) and bases.device.type in _FUSED_DEVICE_TYPES:
+        # the op checks its arguments itself (blender.cpp), in its Meta kernel too
         return torch.ops.blendmask.blend.default(
-            bases, attns, rois, output_size, float(spatial_scale), sampling_ratio, bool(aligned), top_interp
+            bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp
         )
-    _extension.warn_fallback_once(bases.device.type)
-    if not torch.compiler.is_compiling():
-        _check_roi_values(rois, bases.shape[0])
+    _extension.warn_fallback_once(getattr(bases, "device", torch.device("cpu")).type)
     return blend_reference(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp)
 
 
@@ -209,19 +181,7 @@ class Blender(nn.Module):
         )
 
 
-# --- torch.library registrations: fake (shape) kernels and autograd --------------------------
-
-
-def _blend_fake(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp):
-    torch._check(bases.dim() == 4 and attns.dim() == 4 and rois.dim() == 2, lambda: "blend: wrong ranks")
-    torch._check(attns.shape[1] == bases.shape[1], lambda: "blend: K mismatch between attns and bases")
-    torch._check(attns.shape[0] == rois.shape[0], lambda: "blend: D mismatch between attns and rois")
-    return bases.new_empty((rois.shape[0], output_size, output_size))
-
-
-def _blend_backward_fake(grad, bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp):
-    torch._check(grad.dim() == 3, lambda: "blend_backward: grad must be (D, R, R)")
-    return torch.empty_like(bases), torch.empty_like(attns)
+# --- torch.library registrations: autograd (the shape kernels are C++ Meta kernels) ---------
 
 
 def _blend_setup_context(ctx, inputs: Sequence, output: Tensor) -> None:
@@ -231,9 +191,11 @@ def _blend_setup_context(ctx, inputs: Sequence, output: Tensor) -> None:
 
 
 def _blend_backward(ctx, grad: Tensor):
+    """Gradients for ``bases`` and ``attns`` (None for those ``ctx.needs_input_grad`` omits)."""
+    need_bases, need_attns = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     bases, attns, rois = ctx.saved_tensors
     grad_bases, grad_attns = torch.ops.blendmask.blend_backward.default(grad, bases, attns, rois, *ctx.config)
-    return grad_bases, grad_attns, None, None, None, None, None, None
+    return grad_bases if need_bases else None, grad_attns if need_attns else None, None, None, None, None, None, None
 
 
 def _no_double_backward(ctx, grad_bases, grad_attns):
@@ -248,8 +210,6 @@ def _no_double_backward_setup(ctx, inputs, output) -> None:
 
 
 if _extension.extension_loaded():
-    torch.library.register_fake("blendmask::blend")(_blend_fake)
-    torch.library.register_fake("blendmask::blend_backward")(_blend_backward_fake)
     torch.library.register_autograd("blendmask::blend", _blend_backward, setup_context=_blend_setup_context)
     torch.library.register_autograd(
         "blendmask::blend_backward", _no_double_backward, setup_context=_no_double_backward_setup

@@ -6,32 +6,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from torch import nn
 
-__all__ = ["Predictor", "PredictionFiles", "read_image", "predict_files", "RESULTS_JSON"]
+from blendmask.data.images import read_image
+from blendmask.models.blendmask import MASK_FORMATS
+from blendmask.models.mask_ops import encode_masks_rle
+
+__all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
 
 RESULTS_JSON = "predictions.json"
 PathLike = Union[str, os.PathLike]
-
-
-def read_image(path: PathLike) -> torch.Tensor:
-    """Read an image file as ``Tensor(3, H, W)`` float RGB in ``[0, 1]`` (EXIF orientation applied)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except Exception as exc:  # PIL raises several types for unreadable files
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 class Predictor:
@@ -58,43 +46,55 @@ class Predictor:
                      device: Union[str, torch.device] = "cpu") -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
-        from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
+        from blendmask.engine.checkpoint import load_model_from_weights
+        from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
-        names = load_checkpoint(path).get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
+        names = (load_checkpoint(path, what="weights file").get("class_names")
+                 or [f"class_{i}" for i in range(cfg.model.num_classes)])
         return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, *, internals: bool = False) -> Dict[str, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, *, internals: bool = False, mask_format: str = "probs") -> Dict[str, Any]:
         """Detections of one ``(3, H, W)`` image above the score threshold, on the CPU:
-        ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities,
-        and with ``internals`` also ``bases (K, Hb, Wb)`` and ``attns (n, K, M, M)``."""
-        previous = getattr(self.model, "return_internals", False)
+        ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities
+        (with ``mask_format="rle"`` instead ``masks_rle``, n COCO RLE dicts binarised at 0.5, held
+        without any image-sized mask), and with ``internals`` also ``bases (K, Hb, Wb)`` and
+        ``attns (n, K, M, M)``."""
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        previous = getattr(self.model, "return_internals", False), getattr(self.model, "mask_format", None)
         self.model.return_internals = internals
+        if previous[1] is not None:
+            self.model.mask_format = mask_format
         try:
             result = self.model([image.to(self.device)])[0]
         finally:
-            self.model.return_internals = previous
+            self.model.return_internals = previous[0]
+            if previous[1] is not None:
+                self.model.mask_format = previous[1]
         keep = result["scores"] >= self.score_threshold
-        out = {k: v[keep].cpu() for k, v in result.items() if k != "bases"}
+        out = {k: v[keep].cpu() for k, v in result.items() if k not in ("bases", "masks_rle")}
+        if mask_format == "rle" and "masks_rle" in result:
+            out["masks_rle"] = [result["masks_rle"][i] for i in keep.nonzero()[:, 0].tolist()]
+        elif mask_format == "rle":  # a model without a mask_format attribute
+            out["masks_rle"] = encode_masks_rle(out.pop("masks")[:, 0])
         if internals:
             out["bases"] = result["bases"].cpu()
         return out
 
 
-def _instances_json(result: Dict[str, torch.Tensor], class_names: Sequence[str]) -> List[Dict[str, Any]]:
+def _instances_json(result: Dict[str, Any], class_names: Sequence[str]) -> List[Dict[str, Any]]:
     instances = []
-    binary = (result["masks"][:, 0] >= 0.5).numpy().astype(np.uint8)
-    for i in range(result["boxes"].shape[0]):
-        rle = mask_utils.encode(np.asfortranarray(binary[i]))
+    for i, rle in enumerate(result["masks_rle"]):
         label = int(result["labels"][i])
         instances.append({
             "label": label,
             "class_name": class_names[label] if label < len(class_names) else f"class_{label}",
             "score": round(float(result["scores"][i]), 5),
             "box_xyxy": [round(float(v), 2) for v in result["boxes"][i]],
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            "area": int(binary[i].sum()),
+            "segmentation": rle,
+            "area": int(mask_utils.area(rle)),
         })
     return instances
 
@@ -124,7 +124,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     records = []
     stems: Dict[str, int] = {}
     for path, image in zip(image_paths, images):
-        result = predictor(image, internals=show_bases)
+        result = predictor(image, internals=show_bases, mask_format="rle")
         stem = Path(path).stem
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with the same name from different folders
@@ -132,7 +132,8 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
         overlay = out_dir / f"{stem}_pred.png"
         # Lowest score first, so that the best detections are drawn on top.
         order = result["scores"].argsort()
-        ascending = {k: result[k][order] for k in ("boxes", "labels", "scores", "masks")}
+        ascending = {k: result[k][order] for k in ("boxes", "labels", "scores")}
+        ascending["masks_rle"] = [result["masks_rle"][i] for i in order.tolist()]
         draw_instances(image, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
         files.overlays.append(overlay)
         if show_bases:

@@ -16,6 +16,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
+from pycocotools import mask as mask_utils
 
 __all__ = ["instance_colours", "draw_instances", "draw_bases_and_attentions", "plot_curves"]
 
@@ -64,6 +65,24 @@ def _mask_edge(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
+class _RleMasks:
+    """``masks[i]``: the ``(H, W)`` bool mask decoded from the i-th COCO RLE, one at a time."""
+
+    def __init__(self, rles: Sequence[Mapping[str, Any]], n: int, height: int, width: int):
+        rles = list(rles)
+        bad = [i for i, r in enumerate(rles) if list(r.get("size", ())) != [height, width]]
+        if len(rles) != n or bad:
+            raise ValueError(f"draw_instances: masks_rle must be {n} RLEs of size [{height}, {width}], got "
+                             f"{len(rles)}" + (f", record {bad[0]} is not" if bad else ""))
+        self._rles = rles
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        rle = dict(self._rles[i])
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+        return mask_utils.decode(rle).astype(bool)
+
+
 def draw_instances(
     image: Union[torch.Tensor, np.ndarray, Image.Image],
     result: Mapping[str, Any],
@@ -78,7 +97,8 @@ def draw_instances(
         image: ``(3, H, W)`` float RGB in [0, 1] (tensor or array) or a PIL image.
         result: ``boxes (n, 4)`` xyxy pixels, ``labels (n,)``, optional ``scores (n,)`` (absent:
             ground truth, drawn without scores) and optional ``masks`` ``(n, 1, H, W)`` or
-            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5).
+            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5), or ``masks_rle``,
+            n COCO RLE dicts of the image's size (decoded one at a time).
         class_names: name of each contiguous label.
         score_threshold: instances scoring below it are not drawn.
         alpha: mask opacity.
@@ -104,6 +124,8 @@ def draw_instances(
         if masks.shape != (n, height, width):
             raise ValueError(f"draw_instances: masks must be (n, [1,] H, W) = ({n}, {height}, {width}), got {masks.shape}")
         masks = masks >= 0.5
+    elif "masks_rle" in result:
+        masks = _RleMasks(result["masks_rle"], n, height, width)
     if boxes.shape[0] != n or (scores is not None and scores.shape[0] != n):
         raise ValueError(f"draw_instances: boxes, labels and scores must have the same length n={n}")
     if n and (labels.min() < 0 or labels.max() >= len(class_names)):

@@ -1,6 +1,6 @@
 // Host/device inline math of the blender, shared by the CPU and the CUDA kernels.
 //
-// The blender (DESIGN.md section 1) computes, for roi d and output pixel (ph, pw):
+// The blender (docs/design.md §1) computes, for roi d and output pixel (ph, pw):
 //   r[k] = RoIAlign(bases[b_d, k], roi_d)(ph, pw)          crop, torchvision rules
 //   a[k] = Upsample(attns[d, k], (R, R))(ph, pw)            bilinear or nearest
 //   s[k] = softmax_k(a)
@@ -86,6 +86,33 @@ BLENDMASK_HOST_DEVICE T max_of(T a, T b) {
 template <typename T>
 BLENDMASK_HOST_DEVICE T min_of(T a, T b) {
   return a < b ? a : b;
+}
+
+template <typename T>
+BLENDMASK_HOST_DEVICE bool is_finite(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::isfinite(x);
+#else
+  return std::isfinite(x);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Roi values: the one definition of a valid roi, used by every backend.
+// ---------------------------------------------------------------------------------------
+
+/// What is wrong with one roi ``[batch_index, x1, y1, x2, y2]`` of a call on ``num_images``
+/// images. The CPU backend turns a problem into an error; the CUDA kernels, which must not
+/// synchronise with the host, give such a roi a NaN mask and no gradient.
+enum class RoiProblem { None = 0, NonFinite = 1, BatchIndex = 2 };
+
+template <typename T>
+BLENDMASK_HOST_DEVICE RoiProblem roi_problem(const T* roi, int64_t num_images) {
+  for (int j = 0; j < 5; ++j) {
+    if (!is_finite(roi[j])) return RoiProblem::NonFinite;
+  }
+  if (!(roi[0] >= T(0) && roi[0] < static_cast<T>(num_images))) return RoiProblem::BatchIndex;
+  return RoiProblem::None;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from torch import Tensor
 from blendmask.config import BlendMaskConfig, get_config
 from blendmask.models import BlendMask, build_model
 
-#: Score threshold of the "many detections" model: every test image fills post_nms_topk.
-LOW_SCORE_THRESH = 0.05
+#: Score threshold of the "many detections" model: every test image fills post_nms_topk with
+#: non-empty boxes (at 0.05 the random heads leave "checker" short once empty boxes are dropped).
+LOW_SCORE_THRESH = 0.02
 POST_NMS_TOPK = 50
 
 

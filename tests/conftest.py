@@ -15,10 +15,22 @@ settings.register_profile("thorough", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-def pytest_sessionstart(session):
-    """In CI the compiled op must be there: its tests skip elsewhere, but must never skip silently there."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        from blendmask import _extension
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
-        if not _extension.extension_loaded():
-            raise RuntimeError(f"CI=true but blendmask._C is not built: {_extension.load_error()}")
+
+def pytest_sessionstart(session):
+    """In CI the compiled op must be there: its tests skip elsewhere, but must never skip silently
+    there. With BLENDMASK_REQUIRE_CUDA=1 (the GPU acceptance run, .ci/gpu) a GPU and the CUDA
+    kernels must be there too, so the CUDA tests run instead of skipping."""
+    from blendmask import _extension
+
+    if _flag("CI") and not _extension.extension_loaded():
+        raise RuntimeError(f"CI=true but blendmask._C is not built: {_extension.load_error()}")
+    if _flag("BLENDMASK_REQUIRE_CUDA"):
+        import torch
+
+        if not (torch.cuda.is_available() and _extension.has_kernel("cuda")):
+            raise RuntimeError(
+                "BLENDMASK_REQUIRE_CUDA=1 but no GPU is visible or blendmask._C has no CUDA kernels "
+                f"(cuda available: {torch.cuda.is_available()}, load error: {_extension.load_error()})")

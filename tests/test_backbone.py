@@ -176,12 +176,16 @@ def test_weights_backbone_errors(tmp_path):
         build_backbone(_cfg(), weights_backbone=123)
     wrong_layout = tmp_path / "tv.pth"
     torch.save(torchvision.models.resnet50().state_dict(), wrong_layout)
-    with pytest.raises(RuntimeError, match="missing keys.*stem.conv1"):
+    with pytest.raises(ValueError, match="missing keys.*stem.conv1"):
         build_backbone(_cfg(layout="msra"), weights_backbone=str(wrong_layout))
     not_a_state_dict = tmp_path / "list.pth"
     torch.save([1, 2, 3], not_a_state_dict)
-    with pytest.raises(TypeError, match="must hold a state dict"):
+    with pytest.raises(ValueError, match="list.pth: the weights_backbone file must hold a state dict"):
         build_backbone(_cfg(), weights_backbone=str(not_a_state_dict))
+    random_bytes = tmp_path / "random.pth"
+    random_bytes.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(ValueError, match="cannot read weights_backbone file .*random.pth: not a file written by torch.save"):
+        build_backbone(_cfg(), weights_backbone=str(random_bytes))
 
 
 def test_bad_backbone_configs():

@@ -92,7 +92,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint .*junk.pth"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*junk.pth"):
         load_checkpoint(tmp_path / "junk.pth")
     torch.save({"state": 1}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a blendmask weights file"):
@@ -105,7 +105,7 @@ class _Payload:  # an arbitrary pickled object: weights_only loading must refuse
 
 def test_load_refuses_arbitrary_pickles(tmp_path):
     torch.save({"model": {}, "evil": _Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="cannot read checkpoint .*weights_only=True"):
         load_checkpoint(tmp_path / "evil.pth")
 
 

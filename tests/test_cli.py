@@ -150,10 +150,8 @@ def test_every_subcommand_has_help(capsys):
         (["predict", "{missing}", "--weights", "{weights}", "--out", "{tmp}"], "image not found"),
         (["predict", "{image}", "--weights", "{weights}", "--out", "{tmp}", "--score-threshold", "2"],
          "score_threshold"),
-        pytest.param(["predict", "{image}", "--weights", "{data}/annotations/instances_val.json", "--out", "{tmp}"],
-                     "cannot read checkpoint", marks=pytest.mark.xfail(
-                         strict=True, reason="engine/checkpoint.py raises RuntimeError for an unreadable weights file; "
-                                             "the one-line policy (blendmask.errors) needs a ValueError there")),
+        (["predict", "{image}", "--weights", "{data}/annotations/instances_val.json", "--out", "{tmp}"],
+         "cannot read checkpoint"),
         (["train", "--data", "{data}", "--val-data", "{missing}"], "--val-data"),
         (["predict", "{image}", "{image}", "--weights", "{weights}", "--out", "{tmp}"], "would both be written"),
         (["make-shapes", "{tmp}/s", "--size", "8"], "size"),

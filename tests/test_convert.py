@@ -150,3 +150,63 @@ def test_r101_checkpoint_loads_strictly():
     matched, report = match_state_dict(from_adelaidet(adelaidet_state_dict(depth=101)), model.state_dict())
     assert report.ok, report.summary()
     model.load_state_dict(matched, strict=True)
+
+
+# ----------------------------------------------------------------------------- the output file
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(tmp_path_factory):
+    """An 'AdelaiDet' checkpoint of the lite model (our names are AdelaiDet's), fast to convert."""
+    path = tmp_path_factory.mktemp("lite") / "lite.pth"
+    torch.save({"model": build_model(get_config("lite_mobilenet_v2")).state_dict()}, path)
+    return path
+
+
+def test_an_output_directory_is_refused_before_any_work(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=f"output {tmp_path / 'out'} is a directory"):
+        convert_checkpoint(tmp_path / "missing.pth", tmp_path / "out", "lite_mobilenet_v2")  # not the missing input
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_write_leaves_no_file(tmp_path, lite_checkpoint, monkeypatch):
+    import blendmask.serialization as serialization
+
+    def save_then_fail(obj, handle):
+        handle.write(b"x" * 100_000)  # part of the file is written, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(serialization.torch, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        convert_checkpoint(lite_checkpoint, tmp_path / "out" / "ours.pth", "lite_mobilenet_v2")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_the_output_mode_follows_the_umask(tmp_path, lite_checkpoint, mask, mode):
+    import os
+    import stat
+
+    previous = os.umask(mask)
+    try:
+        convert_checkpoint(lite_checkpoint, tmp_path / "ours.pth", "lite_mobilenet_v2")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "ours.pth").st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.pth"]
+    load_weights(build_model(get_config("lite_mobilenet_v2")), tmp_path / "ours.pth", get_config("lite_mobilenet_v2"))
+
+
+def test_a_checkpoint_of_numpy_arrays_converts_and_loads_strictly(tmp_path):
+    """detectron2 accepts numpy arrays inside "model" and older AdelaiDet files hold them: every
+    float tensor as a float32 array, every BN counter as an int64 numpy scalar."""
+    state = build_model(get_config("lite_mobilenet_v2")).state_dict()
+    arrays = {k: (np.int64(int(v)) if k.endswith("num_batches_tracked") else v.numpy()) for k, v in state.items()}
+    assert any(isinstance(v, np.int64) for v in arrays.values())
+    path = tmp_path / "numpy.pth"
+    torch.save({"model": arrays}, path)
+    report = convert_checkpoint(path, tmp_path / "ours.pth", "lite_mobilenet_v2")
+    assert report.ok
+    loaded = torch.load(tmp_path / "ours.pth", weights_only=True)["model"]
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)

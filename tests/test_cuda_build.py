@@ -1,4 +1,6 @@
-"""Every CUDA kernel compiles cleanly with nvcc for sm_80 and sm_90 without register spills.
+"""Every CUDA kernel compiles cleanly with nvcc for sm_75, sm_80, sm_90 and sm_120 (the archs
+CI builds, .ci/run) without register spills; a build without a visible GPU targets what the
+installed torch was built for.
 
 No machine of this project has a GPU, so the ptxas report is what checks the CUDA code.
 With CI=true a missing nvcc is a failure, not a skip: CI must compile the kernels.
@@ -10,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from torch.utils import cpp_extension
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_SOURCES = sorted(glob.glob(os.path.join(REPO, "csrc", "cuda", "*.cu")))
-ARCHS = ("80", "90")
+ARCHS = ("75", "80", "90", "120")
 ENTRY = re.compile(r"Compiling entry function '(\S+)' for 'sm_(\d+)'")
 SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 REGISTERS = re.compile(r"Used (\d+) registers")
@@ -28,6 +31,17 @@ def _nvcc() -> str | None:
     if cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
         return os.path.join(cuda_home, "bin", "nvcc")
     return shutil.which("nvcc")
+
+
+def _toolkit_root(nvcc: str) -> str:
+    """The CUDA toolkit root of ``nvcc``: its grandparent folder, unless that holds no toolkit (the
+    nvcc on PATH may be a wrapper script elsewhere); then the standard locations ``.ci/install``
+    also looks at."""
+    for root in (os.path.dirname(os.path.dirname(nvcc)), "/usr/local/cuda-13.0", "/usr/local/cuda"):
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) and os.path.exists(
+                os.path.join(root, "bin", "nvcc")):
+            return root
+    pytest.fail(f"no CUDA toolkit root found for {nvcc} (set CUDA_HOME)")
 
 
 def _require_nvcc() -> str:
@@ -86,3 +100,21 @@ def test_nvcc_compiles_without_spills(source, tmp_path):
         for name in ("blend_forward_kernel", "blend_backward_kernel"):
             per_arch = {e["arch"] for e in report if name in e["kernel"]}
             assert per_arch == set(ARCHS), f"{name} compiled for sm_{sorted(per_arch)} only"
+
+
+def test_default_arch_list_is_what_torch_was_built_for(tmp_path):
+    """With no GPU visible and no TORCH_CUDA_ARCH_LIST, setup.py targets torch's own arch list
+    (sm_75 ... sm_120 for torch 2.14) with PTX for the newest."""
+    nvcc = _require_nvcc()
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}
+    env.update(FORCE_CUDA="1", CUDA_HOME=_toolkit_root(nvcc), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "setup.py"), "--name"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = re.search(r"TORCH_CUDA_ARCH_LIST=([^,\s]+)", done.stderr)
+    assert m, done.stderr[-3000:]
+    built_for = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    expected = [f"{a[3:-1]}.{a[-1]}" for a in built_for]
+    expected[-1] += "+PTX"
+    assert m.group(1) == ";".join(expected)
+    assert m.group(1).startswith("7.5;") and "12.0" in m.group(1)

@@ -183,15 +183,15 @@ def test_unreadable_image_fails_clearly_when_loaded(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "im1.png").write_bytes(b"this is not a png")
     ds = CocoInstanceDataset(path, tmp_path / "images")
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ValueError) as info:
         ds[0]
-    assert "image id 1" in str(info.value) and "im1.png" in str(info.value) and "cannot read" in str(info.value)
+    assert str(path) in str(info.value) and "image id 1" in str(info.value) and "im1.png" in str(info.value) and "cannot read" in str(info.value)
 
 
 def test_image_of_wrong_size_fails_clearly(tmp_path):
     path = write_coco(tmp_path, [_image(1)], [], write_images=False)
     write_png(tmp_path / "images" / "im1.png", H + 1, W)
-    with pytest.raises(RuntimeError, match="annotation says 24x20"):
+    with pytest.raises(ValueError, match="is 24x21 but 24x20 was expected"):
         CocoInstanceDataset(path, tmp_path / "images")[0]
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from blendmask.engine.distributed import CPUSyncBatchNorm2d, convert_sync_batchnorm, reduce_metrics
+from blendmask.distributed import CPUSyncBatchNorm2d, convert_sync_batchnorm, reduce_metrics
 
 WORLD_SIZE = 2
 
@@ -28,7 +28,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
     from blendmask.engine import Trainer
-    from blendmask.engine.distributed import destroy_distributed, init_distributed
+    from blendmask.distributed import destroy_distributed, init_distributed
 
     assert init_distributed(torch.device("cpu"))
     try:
@@ -70,7 +70,7 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
     from blendmask.engine import HookBase, Trainer
-    from blendmask.engine.distributed import destroy_distributed, init_distributed
+    from blendmask.distributed import destroy_distributed, init_distributed
 
     class StopAt(HookBase):
         def after_step(self):

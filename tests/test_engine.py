@@ -32,13 +32,39 @@ def test_lr_schedule_warmup_then_steps():
     assert lr_factor_at(0, warmup_iters=0, warmup_factor=0.1, steps=(), gamma=0.1) == 1.0
 
 
-def test_optimizer_excludes_norm_and_bias_from_weight_decay():
+def _decays(model, solver_cfg):
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, solver_cfg)
+    return {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_optimizer_decays_everything_but_normalisation_layers_like_detectron2():
+    """detectron2's rule: every parameter decays with weight_decay, biases included, except
+    normalisation layers' (weight_decay_norm); weight_decay_bias, when set, overrides every
+    bias (the norm layers' too, as detectron2 applies it last)."""
+    model = TinyDetector()
+    model.head = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.GroupNorm(2, 8), torch.nn.LayerNorm(8))
     cfg = tiny_cfg()
-    optimizer = build_optimizer(TinyDetector(), cfg.solver)
-    decays = {p.ndim: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    assert decays[1] == 0.0 and decays[2] == cfg.solver.weight_decay and decays[4] == cfg.solver.weight_decay
+    wd = cfg.solver.weight_decay
+    assert cfg.solver.weight_decay_norm == 0.0 and cfg.solver.weight_decay_bias < 0  # the defaults
+    decays = _decays(model, cfg.solver)
+    norm_params = {"features.1.weight", "features.1.bias", "head.1.weight", "head.1.bias", "head.2.weight", "head.2.bias"}
+    assert set(decays) == {n for n, _ in model.named_parameters()}
+    assert {n: d for n, d in decays.items() if n in norm_params} == {n: 0.0 for n in norm_params}
+    assert {n: d for n, d in decays.items() if n not in norm_params} == {n: wd for n in decays if n not in norm_params}
+    assert decays["box.bias"] == decays["features.0.bias"] == wd  # biases decay
+    # weight_decay_norm is read; weight_decay_bias overrides every bias
+    cfg.solver.weight_decay_norm = 3e-5
+    cfg.solver.weight_decay_bias = 7e-5
+    decays = _decays(model, cfg.solver)
+    assert decays["features.1.weight"] == decays["head.2.weight"] == 3e-5
+    assert decays["features.1.bias"] == decays["box.bias"] == decays["head.0.bias"] == 7e-5
+    assert decays["box.weight"] == decays["head.0.weight"] == wd
     with pytest.raises(ValueError, match="base_lr"):
         build_optimizer(TinyDetector(), tiny_cfg(base_lr=0.0).solver)
+    cfg.solver.weight_decay_norm = -1.0
+    with pytest.raises(ValueError, match="weight_decay_norm"):
+        build_optimizer(model, cfg.solver)
 
 
 def test_short_run_lowers_loss_and_writes_artifacts(tmp_path):
@@ -364,3 +390,18 @@ def test_tensorboard_is_a_default_hook_only_when_importable(tmp_path):
         return
     _trainer(tmp_path, tiny_cfg(max_iter=2)).train()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("amp_cpu, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_amp_cpu_trains_under_bfloat16_autocast(tmp_path, amp_cpu, expected):
+    """``solver.amp_cpu`` runs the CPU training step under bf16 autocast (off by default); the
+    float32 master weights train, and the losses stay finite."""
+    cfg = tiny_cfg(max_iter=6, steps=(100,), amp_cpu=amp_cpu)
+    trainer = _trainer(tmp_path, cfg)
+    seen = []
+    trainer.model.features[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    before = trainer.model.box.weight.detach().clone()
+    result = trainer.train()
+    assert set(seen) == {expected}
+    assert trainer.model.box.weight.dtype == torch.float32 and not torch.equal(trainer.model.box.weight, before)
+    assert all(torch.isfinite(torch.tensor(m["loss_total"])) for m in result.losses)

@@ -192,3 +192,91 @@ def test_two_ranks_gather_their_shards(val_set, tmp_path):
     written = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
     assert len(written) == len(val_set.coco.getAnnIds())
     assert {r["image_id"] for r in written} == set(seen0 + seen1)
+
+
+# --------------------------------------------------------------------------- RLE outputs, bounded memory
+
+def _as_rle_output(output):
+    from blendmask.models.mask_ops import encode_masks_rle
+
+    out = {k: v for k, v in output.items() if k != "masks"}
+    out["masks_rle"] = encode_masks_rle(output["masks"][:, 0])
+    return out
+
+
+def test_rle_outputs_score_as_the_masks_they_encode(val_set, tmp_path):
+    as_masks = _evaluate(val_set, lambda t: _gt_output(t, shift=3), output_dir=tmp_path / "masks")
+    as_rles = _evaluate(val_set, lambda t: _as_rle_output(_gt_output(t, shift=3)), output_dir=tmp_path / "rles")
+    assert json.dumps(as_masks) == json.dumps(as_rles)
+    assert (tmp_path / "masks" / RESULTS_FILE).read_text() == (tmp_path / "rles" / RESULTS_FILE).read_text()
+    _, target = val_set[0]
+    evaluator = COCOEvaluator(val_set)
+    bad = _as_rle_output(_gt_output(target))
+    bad["masks_rle"] = bad["masks_rle"][1:]
+    with pytest.raises(ValueError, match="masks_rle must be"):
+        evaluator.process([target["image_id"]], [bad])
+    bad = _as_rle_output(_gt_output(target))
+    bad["masks_rle"][0] = {"size": [3, 4], "counts": "0"}
+    with pytest.raises(ValueError, match="record 0"):
+        evaluator.process([target["image_id"]], [bad])
+    bad = {k: v for k, v in _gt_output(target).items() if k != "masks"}
+    with pytest.raises(ValueError, match="lacks"):
+        evaluator.process([target["image_id"]], [bad])
+
+
+class _RleOracle(_Oracle):
+    """An oracle with BlendMask's ``mask_format`` attribute: answers in the format it is set to."""
+
+    mask_format = "probs"
+
+    def forward(self, images):
+        assert self.mask_format == "rle", "evaluate_model must ask for RLE masks"
+        return [_as_rle_output(out) for out in super().forward(images)]
+
+
+def test_evaluate_model_asks_models_for_rle_masks_and_restores_the_format(val_set, tmp_path):
+    model = _RleOracle(val_set)
+    metrics = evaluate_model(model, val_set, batch_size=2, progress=False)
+    assert model.mask_format == "probs" and not model.queue
+    assert metrics["segm"]["AP"] == pytest.approx(1.0)
+
+
+_PEAK_SCRIPT = r"""
+import resource, sys
+import torch
+from pycocotools.coco import COCO
+from blendmask.evaluation import COCOEvaluator
+from blendmask.models.blendmask import postprocess_detections
+
+n, side = int(sys.argv[1]), 2000
+gt = COCO()
+gt.dataset = {"images": [{"id": 1, "height": side, "width": side}], "categories": [{"id": 1, "name": "a"}],
+              "annotations": []}
+gt.createIndex()
+g = torch.Generator().manual_seed(0)
+boxes = torch.rand(n, 4, generator=g) * 40 + torch.tensor([0.0, 0.0, 460.0, 460.0])  # nearly whole-image boxes
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = postprocess_detections(boxes, torch.rand(n, generator=g), torch.zeros(n, dtype=torch.int64),
+                             torch.rand(n, 56, 56, generator=g), image_size=(500, 500), original_size=(side, side),
+                             mask_format="rle")
+COCOEvaluator(gt, [1]).process([1], [out])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_rle_postprocess_and_evaluation_memory_does_not_grow_with_detections():
+    """Peak RSS growth of the RLE path for 5 and 50 nearly whole-image masks of 2000 x 2000: the
+    float masks alone would be 16 MB each (720 MB more for 50 than for 5)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    growth = {}
+    for n in (5, 50):
+        proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(n)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        growth[n] = int(proc.stdout.split()[-1])  # MB
+    assert growth[50] - growth[5] < 100, growth
+    assert growth[50] < 300, growth  # one chunk (64 MB of floats) plus temporaries, not 50 x 16 MB

@@ -228,14 +228,15 @@ def test_clip_boxes():
     assert clip_boxes(boxes, torch.tensor([40, 20])).tolist() == [[0.0, 2.0, 20.0, 40.0]]
 
 
-def test_inference_clips_to_image_size():
+def test_inference_returns_unclipped_boxes_with_an_image_size():
+    """The image size only selects the boxes (non-empty once clipped); BlendMask blends and
+    pastes with the whole predicted box, so the boxes come back as predicted."""
     c, h, w, stride = 1, 2, 2, 8
     args = ([torch.tensor([[[5.0, 1.0], [1.0, 1.0]]])], [torch.ones(4, h, w) * 4.0], [torch.full((1, h, w), 5.0)],
             [compute_locations(h, w, stride)], [stride])
     raw = fcos_inference_single_image(*args, post_nms_topk=1)
-    clipped = fcos_inference_single_image(*args, image_size=(16, 24), post_nms_topk=1)
-    assert raw["boxes"].tolist() == [[-28.0, -28.0, 36.0, 36.0]]
-    assert clipped["boxes"].tolist() == [[0.0, 0.0, 24.0, 16.0]]
+    sized = fcos_inference_single_image(*args, image_size=(16, 24), post_nms_topk=1)
+    assert raw["boxes"].tolist() == sized["boxes"].tolist() == [[-28.0, -28.0, 36.0, 36.0]]
 
 
 def test_inference_pre_nms_topk_keeps_the_best_candidates_per_level():
@@ -260,3 +261,24 @@ def test_class_aware_nms_never_suppresses_across_classes():
     keep = class_aware_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
     assert keep.tolist() == [0, 1]
     assert class_aware_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).shape == (0,)
+
+
+def test_inference_drops_boxes_empty_after_clipping_before_the_top_k():
+    """Locations in the padding (boxes outside the 16 x 16 image) and a zero-width box score
+    highest; the top-k must still fill up with the real, non-empty boxes."""
+    h = w = 4
+    stride = 8
+    locations = compute_locations(h, w, stride)  # centers 4, 12, 20, 28 in x and y
+    logits = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w) / 4 - 2  # later locations score higher
+    reg = torch.full((4, h, w), 0.25)  # 4-pixel boxes around the locations: they never overlap
+    reg[0, 1, 1] = reg[2, 1, 1] = 0.0  # location (12, 12): zero width
+    ctr = torch.full((1, h, w), 5.0)
+    extras = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w)
+    dets = fcos_inference_single_image([logits], [reg], [ctr], [locations], [stride], [extras],
+                                       image_size=(16, 16), score_thresh=0.0, post_nms_topk=3)
+    # inside the image: (4, 4), (12, 4), (4, 12) and the empty (12, 12); the best three real ones
+    assert dets["boxes"].tolist() == [[2.0, 10.0, 6.0, 14.0], [10.0, 2.0, 14.0, 6.0], [2.0, 2.0, 6.0, 6.0]]
+    assert dets["extras"][:, 0].tolist() == [4.0, 1.0, 0.0]  # extras follow their boxes
+    # without an image size only the predicted-empty box goes
+    dets = fcos_inference_single_image([logits], [reg], [ctr], [locations], [stride], score_thresh=0.0, post_nms_topk=100)
+    assert dets["boxes"].shape == (15, 4) and bool(((dets["boxes"][:, 2:] - dets["boxes"][:, :2]) > 0).all())

@@ -75,3 +75,142 @@ def test_paste_boxes_outside_or_degenerate():
     assert paste_masks_in_image(torch.zeros(0, 4, 4), torch.zeros(0, 4), (5, 6)).shape == (0, 1, 5, 6)
     with pytest.raises(ValueError, match="boxes"):
         paste_masks_in_image(torch.zeros(2, 4, 4), torch.zeros(2, 5), (5, 6))
+
+
+def test_rle_encoding_round_trips_the_binarised_masks():
+    import json
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
+
+    torch.manual_seed(0)
+    probs = torch.rand(3, 17, 23)
+    probs[1, 4, 5] = MASK_THRESHOLD  # on the threshold: inside
+    probs[2] = 0.0  # an empty mask
+    rles = encode_masks_rle(probs)
+    assert len(rles) == 3
+    json.dumps(rles)  # JSON-ready: counts are str
+    for rle, p in zip(rles, probs):
+        assert rle["size"] == [17, 23] and isinstance(rle["counts"], str)
+        decoded = mask_utils.decode(rle)
+        assert np.array_equal(decoded, (p >= MASK_THRESHOLD).numpy().astype(np.uint8))
+    assert mask_utils.decode(rles[1])[4, 5] == 1
+    assert mask_utils.area(rles[2]) == 0
+    # a bool mask encodes the same as its probabilities
+    assert encode_masks_rle(probs >= MASK_THRESHOLD) == rles
+
+
+def test_rle_encoding_of_no_masks_and_bad_shapes():
+    from blendmask.models.mask_ops import encode_masks_rle
+
+    assert encode_masks_rle(torch.zeros(0, 5, 6)) == []
+    with pytest.raises(ValueError, match=r"\(n, H, W\)"):
+        encode_masks_rle(torch.zeros(2, 1, 5, 6))
+
+
+# --------------------------------------------------------------------------- vectorised, chunked paste
+
+def _paste_per_instance(masks, boxes, image_size):
+    """The paste as it was before it was vectorised: one grid_sample per instance over the
+    pixels of its box. The reference of the chunked paste."""
+    import math
+
+    import torch.nn.functional as F
+
+    height, width = image_size
+    out = masks.new_zeros((masks.shape[0], 1, height, width))
+    for i, (mask, box) in enumerate(zip(masks, boxes.tolist())):
+        x0, y0, x1, y1 = box
+        if not (x1 > x0 and y1 > y0):
+            continue
+        px0, py0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
+        px1, py1 = min(int(math.ceil(x1)), width), min(int(math.ceil(y1)), height)
+        if px1 <= px0 or py1 <= py0:
+            continue
+        xs = (torch.arange(px0, px1, dtype=masks.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
+        ys = (torch.arange(py0, py1, dtype=masks.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+        patch = F.grid_sample(mask[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[i, 0, py0:py1, px0:px1] = patch[0, 0]
+    return out
+
+
+def _hostile_boxes(n, height, width, generator):
+    """Random boxes: inside, partly outside, tiny (under a pixel), whole-image, fully outside,
+    degenerate and non-finite ones."""
+    centers = torch.rand(n, 2, generator=generator) * torch.tensor([width * 1.4, height * 1.4]) - torch.tensor([width * 0.2, height * 0.2])
+    sizes = torch.rand(n, 2, generator=generator) * torch.tensor([width, height]) * 0.8
+    sizes[: n // 4] *= 0.01  # tiny
+    boxes = torch.cat([centers - sizes / 2, centers + sizes / 2], dim=1)
+    boxes[-1] = torch.tensor([0.0, 0.0, width, height])
+    boxes[-2] = torch.tensor([-3.0, -2.5, width + 4.0, height + 0.25])
+    boxes[-3] = torch.tensor([width + 1.0, 2.0, width + 9.0, 6.0])  # outside
+    boxes[-4] = torch.tensor([5.0, 5.0, 5.0, 9.0])  # empty
+    boxes[-5] = torch.tensor([5.0, 9.0, 8.0, 2.0])  # inverted
+    boxes[-6] = torch.tensor([float("nan"), 1.0, 4.0, 5.0])
+    return boxes
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 20_000, None])
+@pytest.mark.parametrize("size", [(37, 53), (64, 64)])
+def test_chunked_paste_equals_the_per_instance_paste(chunk_bytes, size):
+    g = torch.Generator().manual_seed(size[0] * 7 + (chunk_bytes or 0))
+    masks = torch.rand(40, 28, 28, generator=g)
+    boxes = _hostile_boxes(40, *size, g)
+    kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    got = paste_masks_in_image(masks, boxes, size, **kwargs)
+    want = _paste_per_instance(masks, boxes, size)
+    assert got.shape == want.shape == (40, 1, *size)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    assert got[-6:-2].abs().sum() == 0  # non-finite, inverted, empty and outside boxes paste nothing
+
+
+def test_chunked_paste_keeps_dtype_and_handles_empty_input():
+    from blendmask.models.mask_ops import paste_mask_patches
+
+    masks = torch.rand(3, 14, 14, dtype=torch.float64)
+    boxes = torch.tensor([[1.0, 2.0, 9.5, 7.25], [0.0, 0.0, 3.0, 3.0], [2.0, 2.0, 12.0, 12.0]], dtype=torch.float64)
+    got = paste_masks_in_image(masks, boxes, (10, 11))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _paste_per_instance(masks, boxes, (10, 11)))
+    assert list(paste_mask_patches(torch.zeros(0, 4, 4), torch.zeros(0, 4), (5, 6))) == []
+
+
+def test_paste_chunks_respect_the_byte_bound():
+    from blendmask.models.mask_ops import paste_mask_patches
+
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(30, 28, 28, generator=g)
+    boxes = _hostile_boxes(30, 120, 90, g)
+    bound = 200_000
+    seen = []
+    for group, extents, patches in paste_mask_patches(masks, boxes, (120, 90), chunk_bytes=bound):
+        c, h, w = patches.shape
+        assert c == len(group) == extents.shape[0]
+        assert c == 1 or c * (h * w + 2 * 28 * (h + w)) * 4 <= bound
+        assert h == int((extents[:, 3] - extents[:, 1]).max()) and w == int((extents[:, 2] - extents[:, 0]).max())
+        seen += group
+    assert len(seen) == len(set(seen)) and len(seen) >= 20  # every non-empty mask once
+    assert len(seen) < 30  # the empty, outside and non-finite ones are skipped
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.2, 0.9])
+def test_paste_masks_rle_equals_encoding_the_pasted_masks(threshold):
+    from blendmask.models.mask_ops import encode_masks_rle, paste_masks_rle
+
+    g = torch.Generator().manual_seed(int(threshold * 10))
+    size = (45, 61)
+    masks = torch.rand(25, 28, 28, generator=g)
+    masks[0] = 1.0  # a whole-image box of ones: runs that continue from column to column
+    boxes = _hostile_boxes(25, *size, g)
+    boxes[0] = torch.tensor([-1.0, -1.0, size[1] + 1.0, size[0] + 1.0])
+    boxes[1] = torch.tensor([3.0, -5.0, 9.0, size[0] + 5.0])  # full height, a few columns
+    masks[1] = 1.0
+    want = encode_masks_rle(paste_masks_in_image(masks, boxes, size)[:, 0], threshold)
+    for chunk_bytes in (1, 10**8):
+        assert paste_masks_rle(masks, boxes, size, threshold=threshold, chunk_bytes=chunk_bytes) == want
+    assert paste_masks_rle(torch.zeros(0, 4, 4), torch.zeros(0, 4), size) == []
+    with pytest.raises(ValueError, match="threshold"):
+        paste_masks_rle(masks, boxes, size, threshold=0.0)

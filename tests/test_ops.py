@@ -225,6 +225,44 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
         blend(bases, attns, bad, output_size=7)
 
 
+# --- dtypes: coordinates stay float32 --------------------------------------------------------------
+
+FEATURE_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("roi_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", FEATURE_DTYPES)
+def test_rois_keep_their_precision_whatever_the_feature_dtype(dtype, roi_dtype):
+    """float32/float64 rois with features of any dtype: the boxes are not rounded to the
+    features' dtype. Boxes above 1024 px with fractional edges tell the difference in fp16."""
+    bases, attns, _ = make_inputs(n=2, k=4, h=300, w=320, d=4, m=7, dtype=torch.float64)
+    rois = torch.tensor([[0, 1000.3, 1011.7, 1190.6, 1150.2], [1, 1030.1, 900.45, 1270.9, 1190.3],
+                         [0, 10.3, 20.7, 300.2, 250.1], [1, 600.55, 700.35, 1100.15, 1000.85]], dtype=torch.float64)
+    bases, attns, rois = bases.to(dtype), attns.to(dtype), rois.to(roi_dtype)
+    out = blend(bases, attns, rois, output_size=28, sampling_ratio=2)
+    assert out.dtype == dtype
+    coord = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = blend_reference(bases.to(coord), attns.to(coord), rois.to(coord), output_size=28, sampling_ratio=2)
+    tol = TOLERANCES.get(dtype, dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=8e-2, atol=8e-2))
+    torch.testing.assert_close(out.to(coord), expected, **tol)
+    rounded = blend_reference(bases.to(coord), attns.to(coord), rois.to(dtype).to(coord), output_size=28, sampling_ratio=2)
+    if dtype in (torch.float16, torch.bfloat16):
+        # had the boxes been rounded to the feature dtype, the masks would be visibly off
+        assert (out.to(coord) - expected).abs().max() < (rounded - expected).abs().max()
+    torch.testing.assert_close(blend_reference(bases, attns, rois, output_size=28, sampling_ratio=2), expected.to(dtype),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_rois_are_computed_in_float32(dtype):
+    bases, attns, rois = make_inputs(n=2, k=4, d=5, m=7, dtype=torch.float32)
+    half = rois.to(dtype)
+    torch.testing.assert_close(blend(bases, attns, half), blend(bases, attns, half.float()), rtol=0, atol=0)
+    b = bases.clone().requires_grad_(True)
+    blend(b, attns, half).sum().backward()
+    assert b.grad.dtype == torch.float32
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -249,7 +287,7 @@ def _bad_cases():
         "nan box": ((bases, attns, nan_rois), {}, "non-finite"),
         "inf box": ((bases, attns, inf_rois), {}, "non-finite"),
         "dtype mismatch": ((bases, attns.float(), rois), {}, "dtype"),
-        "rois dtype mismatch": ((bases, attns, rois.float()), {}, "dtype"),
+        "integer rois": ((bases, attns, rois.long()), {}, "rois must be floating point"),
         "integer bases": ((bases.long(), attns.long(), rois.long()), {}, "floating point"),
         "device mismatch": ((bases, attns.to("meta"), rois), {}, "device"),
         "bad top_interp": ((bases, attns, rois), {"top_interp": "bicubic"}, "top_interp"),
@@ -278,6 +316,90 @@ def test_op_called_directly_checks_inputs(case):
     grad = torch.zeros(rois.shape[0], 7, 7, dtype=bases.dtype)
     with pytest.raises(ValueError, match=match):
         torch.ops.blendmask.blend_backward.default(grad, bases, attns, rois, *config.values())
+
+
+@pytest.mark.parametrize("case", [c for c in _bad_cases() if c != "rois list of wrong boxes"] + ["empty base map"])
+def test_reference_refuses_what_the_op_refuses(case):
+    """blend_reference raises the fused op's errors, with the same messages (it used to crash in
+    torchvision's roi_align on an empty base map)."""
+    if case == "empty base map":
+        bases, attns, rois = make_inputs(n=1, k=2, d=2, m=3)
+        args, kwargs = (bases[:, :, :0], attns, rois), {}
+    else:
+        args, kwargs, _ = _bad_cases()[case]
+    with pytest.raises(ValueError) as fused:
+        blend(*args, **kwargs)
+    with pytest.raises(ValueError) as reference:
+        blend_reference(*args, **kwargs)
+    assert str(reference.value) == str(fused.value)
+
+
+def _wide_cases():
+    """Integer arguments that do not fit the kernels' 32-bit ints (zero-element tensors, so cheap)."""
+    big = 2**31
+    bases, attns, rois = make_inputs(n=1, k=2, d=2, m=3)
+    empty_rois = torch.zeros(0, 5, dtype=torch.float64)
+    return {
+        "output_size": ((bases, attns, rois), {"output_size": big}, "output_size"),
+        "sampling_ratio": ((bases, attns, rois), {"sampling_ratio": big}, "sampling_ratio"),
+        "K": ((torch.zeros(0, big, 1, 1, dtype=torch.float64), torch.zeros(0, big, 1, 1, dtype=torch.float64), empty_rois),
+              {}, "K"),
+        "Hb": ((torch.zeros(0, 2, big, 1, dtype=torch.float64), attns[:0], empty_rois), {}, "Hb"),
+        "Wb": ((torch.zeros(0, 2, 1, big, dtype=torch.float64), attns[:0], empty_rois), {}, "Wb"),
+        "M": ((bases, torch.zeros(0, 2, big, 1, dtype=torch.float64), empty_rois), {}, "M"),
+        "K*M*M": ((bases[:, :1].expand(1, 2**16, -1, -1), torch.zeros(0, 2**16, 2**8, 2**8, dtype=torch.float64),
+                   empty_rois), {}, "K \\* M \\* M"),
+        "R*R": ((bases, attns, rois), {"output_size": 2**16}, "output_size \\*\\* 2"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_wide_cases()))
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_integers_that_do_not_fit_int32_are_refused(case, op):
+    args, kwargs, match = _wide_cases()[case]
+    config = {**dict(output_size=7, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear"), **kwargs}
+    bases, attns, rois = args
+    with pytest.raises(ValueError, match=match):
+        if op == "forward":
+            torch.ops.blendmask.blend.default(bases, attns, rois, *config.values())
+        else:
+            r = config["output_size"]
+            grad = torch.zeros(0, r, r, dtype=bases.dtype)  # D = 0: the range checks come first
+            torch.ops.blendmask.blend_backward.default(grad, bases, attns[:0], rois[:0], *config.values())
+
+
+def test_meta_kernel_runs_the_same_checks():
+    bases, attns, rois = (t.to("meta") for t in make_inputs(n=2, k=4, d=3, m=7))
+    with pytest.raises(ValueError, match="K="):
+        blend(bases, attns[:, :3], rois)
+    with pytest.raises(ValueError, match="device"):
+        blend(torch.zeros(2, 4, 5, 5, dtype=torch.float64), attns, rois)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)])
+def test_backward_honours_needs_input_grad(needs):
+    """The autograd formula returns None for an input that does not need a gradient."""
+    bases, attns, rois = make_inputs(k=2, m=3, d=3)
+
+    class Ctx:
+        needs_input_grad = (*needs, False, False, False, False, False, False)
+        saved_tensors = (bases, attns, rois)
+        config = (7, 0.25, 1, True, "bilinear")
+
+    grads = ops._blend_backward(Ctx(), torch.ones(3, 7, 7, dtype=torch.float64))
+    assert len(grads) == 8 and all(g is None for g in grads[2:])
+    for need, g, x in zip(needs, grads, (bases, attns)):
+        assert (g is not None) == need
+        if need:
+            assert g.shape == x.shape and g.abs().max() > 0
+
+
+def test_only_attns_requiring_grad():
+    bases, attns, rois = make_inputs(k=2, m=3, d=3)
+    attns.requires_grad_(True)
+    out = blend(bases, attns, rois, output_size=7)
+    out.sum().backward()
+    assert bases.grad is None and attns.grad is not None
 
 
 # --- CUDA (runs only where a GPU is visible) -------------------------------------------------------

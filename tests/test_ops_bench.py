@@ -24,7 +24,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_bench_writes_json_and_png(tmp_path):
     out = tmp_path / "out"
     proc = _run("--device", "cpu", "--counts", "1", "3", "--min-time", "0", "--rounds", "2", "--out-dir", str(out),
-                cwd=tmp_path)
+                "--memory-threads", "1", "4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "blender_cpu.json").read_text())
     assert [row["D"] for row in result["rows"]] == [1, 3]
@@ -35,6 +35,11 @@ def test_bench_writes_json_and_png(tmp_path):
                 assert row[f"{impl}_{mode}_blocks"] >= 2  # one block at least per round
                 assert row[f"{impl}_{mode}_peak_bytes"] >= 0
     assert result["summary_at_100"] is None  # D=100 was not measured
+    by_threads = result["memory_vs_threads"]
+    peaks = by_threads["fused_forward_backward_peak_bytes"]
+    assert by_threads["D"] == 100 and set(peaks) == {"1", "4"} and all(v > 0 for v in peaks.values())
+    assert by_threads["growth_1_to_4"] == pytest.approx(peaks["4"] / peaks["1"])
+    assert "4 vs 1 threads" in proc.stdout
     assert (out / "blender_cpu.png").stat().st_size > 0
     assert "D=3" in (out / "bench_blender.log").read_text()
     assert "fused f+b ms" in proc.stdout

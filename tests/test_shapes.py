@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pycocotools import mask as mask_utils
@@ -95,3 +96,80 @@ def test_num_classes_and_argument_errors(tmp_path):
     ):
         with pytest.raises(ValueError, match=needle):
             make_shapes(tmp_path / "bad", **kwargs)
+
+
+# ------------------------------------------------------------------------------ output safety
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.is_symlink(), p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_refuses_to_overwrite_a_user_data_set(tmp_path):
+    user = tmp_path / "mydata"
+    (user / "annotations").mkdir(parents=True)
+    (user / "annotations" / "instances_train.json").write_text('{"my": "annotations"}')
+    before = _snapshot(user)
+    with pytest.raises(FileExistsError) as info:
+        make_shapes(user, train=2, val=1, size=64)
+    assert str(user / "annotations" / "instances_train.json") in str(info.value) and "overwrite" in str(info.value)
+    assert _snapshot(user) == before  # checked before any work: nothing written, no directory made
+    (user / "annotations" / "instances_train.json").unlink()
+    (user / "train").mkdir()
+    (user / "train" / "000002.png").write_bytes(b"my own picture")
+    with pytest.raises(FileExistsError, match="000002.png"):
+        make_shapes(user, train=2, val=1, size=64)
+    assert (user / "train" / "000002.png").read_bytes() == b"my own picture"
+
+
+def test_overwrite_replaces_only_its_own_files(tmp_path):
+    out = make_shapes(tmp_path / "s", train=3, val=1, size=64, seed=1)
+    (out / "train" / "notes.txt").write_text("mine")
+    (out / "annotations" / "other.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        make_shapes(out, train=2, val=1, size=64, seed=2)
+    stale = (out / "train" / "000003.png").read_bytes()
+    make_shapes(out, train=2, val=1, size=64, seed=2, overwrite=True)
+    fresh = _files(make_shapes(tmp_path / "fresh", train=2, val=1, size=64, seed=2))
+    files = _files(out)
+    assert {p: files[p] for p in fresh} == fresh  # every file it writes is replaced
+    # the rest is left alone: the user's files, and the earlier run's image the new JSON does not list
+    assert set(files) - set(fresh) == {Path("train/notes.txt"), Path("annotations/other.json"), Path("train/000003.png")}
+    assert files[Path("train/notes.txt")] == b"mine" and files[Path("train/000003.png")] == stale
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_never_writes_through_a_symbolic_link(tmp_path, overwrite):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.json").write_text("keep")
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "train").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(FileExistsError, match="train is a symbolic link"):
+        make_shapes(out, train=2, val=1, size=64, overwrite=overwrite)
+    (out / "train").unlink()
+    (out / "annotations").mkdir()
+    (out / "annotations" / "instances_val.json").symlink_to(outside / "precious.json")
+    with pytest.raises(FileExistsError, match="instances_val.json is a symbolic link"):
+        make_shapes(out, train=2, val=1, size=64, overwrite=overwrite)
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.json"]
+    assert (outside / "precious.json").read_text() == "keep"
+    assert not (out / "train").exists()  # refused before any work
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        make_shapes(tmp_path / "f", train=1, val=0, size=64)
+
+
+def test_cli_refuses_then_overwrites_with_the_flag(tmp_path, capsys):
+    from blendmask.cli import main
+
+    args = ["make-shapes", str(tmp_path / "s"), "--train", "2", "--val", "1", "--size", "64"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "instances_train.json exists" in err and "--overwrite" in err
+    assert main(args + ["--overwrite"]) == 0

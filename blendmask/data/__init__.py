@@ -1,5 +1,6 @@
 """Data: the COCO-format dataset, training transforms, loaders and the synthetic shapes set."""
 from .coco import CocoInstanceDataset, load_coco_json, resolve_split
+from .images import read_image
 from .loader import (
     InferenceSampler,
     TrainingSampler,
@@ -14,6 +15,7 @@ __all__ = [
     "CocoInstanceDataset",
     "load_coco_json",
     "resolve_split",
+    "read_image",
     "InferenceSampler",
     "TrainingSampler",
     "build_test_loader",

@@ -10,8 +10,13 @@ conventions (README, "Conventions shared across the package"):
 Rules (documented choices):
 
 - **Validation happens at construction**, so a bad file fails before training starts. Every
-  error is a ``ValueError`` (``FileNotFoundError`` for a missing file) whose message names the
-  annotation file and the offending record (image id / annotation id / category id).
+  record, number, polygon, box and RLE is checked (rules and limits in
+  :mod:`blendmask.data.coco_checks`) before pycocotools rasterises anything. Every error is a
+  one-line ``ValueError`` (``FileNotFoundError`` for a missing file) whose message names the
+  annotation file and the offending record (image id / annotation id and its image file).
+- **Missing ``area`` and ``iscrowd``** are filled when the file is read, as COCO's own ground
+  truth has them (``area`` = pixel area of the mask, ``iscrowd`` = 0), so COCOeval and every
+  other consumer of :attr:`CocoInstanceDataset.coco` sees them.
 - **Category ids** are mapped to contiguous labels in increasing id order;
   ``category_ids[label]`` maps back for results.
 - **Crowd annotations** (``iscrowd=1``) are validated but dropped from the training targets, as
@@ -24,64 +29,63 @@ Rules (documented choices):
 - **Masks**: polygons (each with at least 3 points), compressed RLE (``counts`` string) and
   uncompressed RLE (``counts`` list) via pycocotools. An RLE's ``size`` must equal the image's.
 - **Missing image files** are an error at construction. **Unreadable or wrongly sized image files
-  fail clearly** (``RuntimeError`` naming the file and the image id) when loaded: skipping them
-  silently would change the data order and hide a corrupt data set.
-- Images are read with PIL, EXIF orientation applied (as detectron2 does), converted to RGB.
+  fail clearly** (``ValueError`` naming the annotation file, the image id and the image file)
+  when loaded: skipping them silently would change the data order and hide a corrupt data set.
+- Images are read by :func:`blendmask.data.read_image` (every bit depth scaled by its real range,
+  EXIF orientation applied, RGB).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import math
+import logging
 import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
+from .images import read_image
+
 __all__ = ["CocoInstanceDataset", "load_coco_json", "resolve_split"]
 
+logger = logging.getLogger(__name__)
 Target = Dict[str, Any]
-_REQUIRED_KEYS = {
-    "images": ("id",),
-    "annotations": ("id", "image_id", "category_id"),
-    "categories": ("id",),
-}
 Transform = Callable[[torch.Tensor, Target], Tuple[torch.Tensor, Target]]
 
 
 def load_coco_json(ann_file: str | os.PathLike) -> COCO:
-    """Read a COCO annotation file into a pycocotools ``COCO`` object with clear errors.
+    """Read and validate a COCO annotation file into a pycocotools ``COCO`` object.
 
-    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` naming the file (and
-    line/column, or the record) if it is not valid JSON, lacks the ``images``/``annotations``/
-    ``categories`` lists, or has a record without the id fields pycocotools indexes by.
+    This is the one path by which the package reads COCO ground truth. Raises
+    ``FileNotFoundError`` if the file is missing and a one-line ``ValueError`` naming the file
+    (and line/column, or the record) if it is not valid JSON or breaks a rule of
+    :func:`blendmask.data.coco_checks.check_coco`. Missing ``area``/``iscrowd`` fields are filled
+    (:func:`blendmask.data.coco_checks.fill_coco_defaults`).
     """
     ann_file = os.fspath(ann_file)
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"COCO annotation file not found: {ann_file!r}")
     try:
-        with open(ann_file, "r", encoding="utf-8") as f:
+        with open(ann_file, "r", encoding="utf-8-sig") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{ann_file}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{ann_file}: not a UTF-8 text file ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: top level must be a JSON object, got {type(data).__name__}")
-    for key, required in _REQUIRED_KEYS.items():
-        records = data.get(key)
-        if not isinstance(records, list):
-            raise ValueError(f"{ann_file}: missing or non-list top-level key {key!r}")
-        for rec in records:  # pycocotools' createIndex would fail with a bare KeyError
-            missing = [k for k in required if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise ValueError(f"{ann_file}: {key[:-1]} record {rec!r:.120} lacks {missing}")
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise ValueError(f"{ann_file}: not valid JSON: {' '.join(str(e).split())}") from e
+    except RecursionError:
+        raise ValueError(f"{ann_file}: JSON nested too deeply") from None
+    check_coco(data, ann_file)
+    filled = fill_coco_defaults(data)
+    if filled:
+        logger.info("%s: %s", ann_file, filled)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
@@ -136,12 +140,7 @@ def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
 
 def _first_image_file_name(ann_file: str) -> Optional[str]:
     images = load_coco_json(ann_file).dataset["images"]
-    if not images:
-        return None
-    name = images[0].get("file_name") if isinstance(images[0], dict) else None
-    if not isinstance(name, str):
-        raise ValueError(f"{ann_file}: image record {images[0]!r} has no string 'file_name'")
-    return name
+    return images[0]["file_name"] if images else None
 
 
 class CocoInstanceDataset(torch.utils.data.Dataset):
@@ -184,14 +183,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self.box_tolerance = float(box_tolerance)
         self.coco = load_coco_json(self.ann_file)
 
-        categories = self._check_categories(self.coco.dataset["categories"])
+        categories = {cat["id"]: cat["name"] for cat in self.coco.dataset["categories"]}
         self.category_ids: List[int] = sorted(categories)
         self.class_names: List[str] = [categories[c] for c in self.category_ids]
         self.num_classes = len(self.category_ids)
         self._label_of = {cid: label for label, cid in enumerate(self.category_ids)}
 
-        images = self._check_images(self.coco.dataset["images"])
-        per_image = self._check_annotations(self.coco.dataset["annotations"], images)
+        images = {rec["id"]: rec for rec in self.coco.dataset["images"]}
+        self._check_image_files(images)
+        per_image = self._trainable_annotations(self.coco.dataset["annotations"], images)
         self._records: List[Tuple[Dict[str, Any], List[Dict[str, Any]]]] = []
         for image_id, info in images.items():
             anns = per_image.get(image_id, [])
@@ -203,105 +203,36 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     def _err(self, what: str) -> ValueError:
         return ValueError(f"{self.ann_file}: {what}")
 
-    def _check_categories(self, cats: Sequence[Any]) -> Dict[int, str]:
-        out: Dict[int, str] = {}
-        for cat in cats:
-            if not isinstance(cat["id"], int) or "name" not in cat:
-                raise self._err(f"category record {cat!r} needs an integer 'id' and a 'name'")
-            if cat["id"] in out:
-                raise self._err(f"duplicate category id {cat['id']}")
-            out[cat["id"]] = str(cat["name"])
-        if not out:
-            raise self._err("'categories' is empty")
-        return out
-
-    def _check_images(self, records: Sequence[Any]) -> Dict[int, Dict[str, Any]]:
-        images: Dict[int, Dict[str, Any]] = {}
-        for rec in records:
-            if not isinstance(rec["id"], int):
-                raise self._err(f"image record {rec!r} needs an integer 'id'")
-            iid = rec["id"]
-            if iid in images:
-                raise self._err(f"duplicate image id {iid}")
-            if not isinstance(rec.get("file_name"), str):
-                raise self._err(f"image id {iid}: missing string 'file_name'")
-            for key in ("width", "height"):
-                if not isinstance(rec.get(key), int) or rec[key] <= 0:
-                    raise self._err(f"image id {iid} ({rec['file_name']}): '{key}' must be a positive integer")
+    def _check_image_files(self, images: Dict[int, Dict[str, Any]]) -> None:
+        for iid, rec in images.items():
             path = os.path.join(self.image_dir, rec["file_name"])
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"{self.ann_file}: image id {iid}: image file {path!r} not found"
-                )
-            images[iid] = rec
-        return images
+            try:
+                found = os.path.isfile(path)
+            except ValueError:  # e.g. a lone surrogate the file system cannot encode
+                raise self._err(f"image id {iid}: file_name {rec['file_name']!r} is not a valid path") from None
+            if not found:
+                raise FileNotFoundError(f"{self.ann_file}: image id {iid}: image file {path!r} not found")
 
-    def _check_annotations(
-        self, anns: Sequence[Any], images: Dict[int, Dict[str, Any]]
+    def _trainable_annotations(
+        self, anns: Sequence[Dict[str, Any]], images: Dict[int, Dict[str, Any]]
     ) -> Dict[int, List[Dict[str, Any]]]:
-        """Validate every annotation; return the trainable (non-crowd) ones per image id."""
+        """Apply the box policy to the (already validated) annotations; return the trainable
+        (non-crowd, non-empty box) ones per image id."""
         per_image: Dict[int, List[Dict[str, Any]]] = {}
-        seen_ids = set()
         for ann in anns:
-            where = f"annotation id {ann['id']}"
-            if ann["id"] in seen_ids:
-                raise self._err(f"duplicate annotation id {ann['id']}")
-            seen_ids.add(ann["id"])
-            iid = ann.get("image_id")
-            if iid not in images:
-                raise self._err(f"{where}: image_id {iid!r} is not in 'images'")
-            if ann.get("category_id") not in self._label_of:
-                raise self._err(
-                    f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' "
-                    f"(known ids: {self.category_ids})"
-                )
-            info = images[iid]
-            where = f"{where} (image id {iid}, {info['file_name']})"
-            self._check_segmentation(ann.get("segmentation"), info, where)
-            box = self._check_box(ann.get("bbox"), info, where)
-            if ann.get("iscrowd", 0):
+            info = images[ann["image_id"]]
+            where = f"annotation id {ann['id']} (image id {info['id']}, {info['file_name']!r})"
+            box = self._check_box(ann["bbox"], info, where)
+            if ann["iscrowd"]:
                 continue
             if box[2] <= box[0] or box[3] <= box[1]:
                 continue  # zero-area after clipping: nothing to learn
-            per_image.setdefault(iid, []).append(ann)
+            per_image.setdefault(info["id"], []).append(ann)
         return per_image
 
-    def _check_segmentation(self, seg: Any, info: Dict[str, Any], where: str) -> None:
-        h, w = info["height"], info["width"]
-        if isinstance(seg, list):
-            if not seg:
-                raise self._err(f"{where}: empty polygon list in 'segmentation'")
-            for poly in seg:
-                if not isinstance(poly, list) or not all(isinstance(v, (int, float)) for v in poly):
-                    raise self._err(f"{where}: polygon must be a flat list of numbers, got {poly!r:.80}")
-                if len(poly) % 2 != 0:
-                    raise self._err(f"{where}: polygon has an odd number of coordinates ({len(poly)})")
-                if len(poly) < 6:
-                    raise self._err(f"{where}: polygon has {len(poly) // 2} points; at least 3 are needed")
-        elif isinstance(seg, dict):
-            size, counts = seg.get("size"), seg.get("counts")
-            if not (isinstance(size, list) and len(size) == 2):
-                raise self._err(f"{where}: RLE needs 'size' = [height, width], got {size!r}")
-            if list(size) != [h, w]:
-                raise self._err(f"{where}: RLE size {size} differs from the image size [{h}, {w}]")
-            if isinstance(counts, list):
-                if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
-                    raise self._err(
-                        f"{where}: uncompressed RLE counts must be non-negative integers summing to "
-                        f"height*width = {h * w}"
-                    )
-            elif not isinstance(counts, (str, bytes)):
-                raise self._err(f"{where}: RLE 'counts' must be a string or a list, got {type(counts).__name__}")
-        else:
-            raise self._err(f"{where}: 'segmentation' must be a polygon list or an RLE dict, got {seg!r:.80}")
-
-    def _check_box(self, bbox: Any, info: Dict[str, Any], where: str) -> Tuple[float, float, float, float]:
-        """Validate a COCO ``[x, y, w, h]`` box; return it clipped to the image as xyxy."""
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise self._err(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {bbox!r}")
+    def _check_box(self, bbox: List[float], info: Dict[str, Any], where: str) -> Tuple[float, float, float, float]:
+        """A validated COCO ``[x, y, w, h]`` box inside the image up to the tolerance, clipped, as xyxy."""
         x, y, bw, bh = (float(v) for v in bbox)
-        if not all(math.isfinite(v) for v in (x, y, bw, bh)) or bw < 0 or bh < 0:
-            raise self._err(f"{where}: bbox {bbox} must be finite with non-negative width and height")
         w, h, tol = info["width"], info["height"], self.box_tolerance
         if x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
             raise self._err(
@@ -318,21 +249,13 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return os.path.join(self.image_dir, self._records[index][0]["file_name"])
 
     def load_image(self, index: int) -> torch.Tensor:
-        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]``."""
+        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]``.
+
+        Raises ``ValueError`` naming the files and the image id if the file cannot be read or its
+        size differs from the annotation's (checked before its pixels are decoded)."""
         info = self._records[index][0]
-        path = self.image_path(index)
-        try:
-            with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
-        except Exception as e:  # PIL raises several types for corrupt files
-            raise RuntimeError(f"{self.ann_file}: image id {info['id']}: cannot read image {path!r}: {e}") from e
-        if img.size != (info["width"], info["height"]):
-            raise RuntimeError(
-                f"{self.ann_file}: image id {info['id']}: {path!r} is {img.size[0]}x{img.size[1]} "
-                f"but the annotation says {info['width']}x{info['height']}"
-            )
-        array = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return read_image(self.image_path(index), expected_size=(info["width"], info["height"]),
+                          context=f"{self.ann_file}: image id {info['id']}: ")
 
     def load_target(self, index: int) -> Target:
         """Build the target dict of dataset ``index`` (no transforms applied)."""
@@ -344,7 +267,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             boxes[i] = torch.tensor([x, y, x + bw, y + bh])
             labels[i] = self._label_of[ann["category_id"]]
-        masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
+        try:
+            masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
+        except ValueError as e:  # cannot happen after validation; if it does, name the records
+            ids = [ann["id"] for ann in anns]
+            raise self._err(f"image id {info['id']}: annotations {ids}: cannot decode the segmentations: {e}") from e
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
         return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(info["id"])}
@@ -362,15 +289,6 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         )
 
 
-def _to_rle(seg: Any, h: int, w: int) -> Dict[str, Any]:
-    """A validated COCO segmentation (polygons, uncompressed or compressed RLE) as compressed RLE."""
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg["counts"], list):
-        return mask_utils.frPyObjects(seg, h, w)
-    return seg
-
-
 def _decode_segmentations(segs: Sequence[Any], h: int, w: int) -> torch.Tensor:
     """Decode validated segmentations into ``(n, h, w)`` uint8 masks."""
     if not segs:
@@ -378,5 +296,5 @@ def _decode_segmentations(segs: Sequence[Any], h: int, w: int) -> torch.Tensor:
     with warnings.catch_warnings():
         # pycocotools' Cython decoder trips a NumPy 2 DeprecationWarning on every call; harmless.
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
-        masks = mask_utils.decode([_to_rle(seg, h, w) for seg in segs])  # (h, w, n) Fortran order
+        masks = mask_utils.decode([segmentation_to_rle(seg, h, w) for seg in segs])  # (h, w, n) Fortran order
     return torch.from_numpy(np.ascontiguousarray(masks.transpose(2, 0, 1)))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..engine.distributed import dist_rank_and_world_size
+from ..distributed import dist_rank_and_world_size
 
 __all__ = [
     "collate",
@@ -136,7 +136,7 @@ def build_train_loader(
 
     ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
-    (module doc). ``distributed``: see :func:`blendmask.engine.distributed.dist_rank_and_world_size`. The loader leaves the
+    (module doc). ``distributed``: see :func:`blendmask.distributed.dist_rank_and_world_size`. The loader leaves the
     global RNG states of the calling process unchanged.
     """
     if batch_size <= 0:

@@ -30,7 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .images import read_image
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
            "rgb_to_id", "id_to_rgb", "VOID"]
@@ -277,18 +279,11 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` as ``Tensor(3, H, W)`` float32 RGB in [0, 1], read as the instance dataset
-        does (PIL, EXIF orientation applied); a wrong size or an unreadable file is a ``RuntimeError``."""
+        does (:func:`blendmask.data.read_image`); a wrong size or an unreadable file is a ``ValueError``
+        naming the JSON file and image id."""
         info = self._records[index][0]
-        path = self.image_path(index)
-        try:
-            with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
-        except Exception as e:  # PIL raises several types for corrupt files
-            raise RuntimeError(f"{self.json_file}: image id {info['id']}: cannot read image {path!r}: {e}") from e
-        if img.size != (info["width"], info["height"]):
-            raise RuntimeError(f"{self.json_file}: image id {info['id']}: {path!r} is {img.size[0]}x{img.size[1]} "
-                               f"but the annotation says {info['width']}x{info['height']}")
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        return read_image(self.image_path(index), expected_size=(info["width"], info["height"]),
+                          context=f"{self.json_file}: image id {info['id']}: ")
 
     def segments(self, index: int) -> List[Dict[str, Any]]:
         """The ``segments_info`` of dataset ``index``."""

@@ -13,6 +13,15 @@ less than 60% visible, so every instance keeps a clear, learnable majority of it
 annotations describe the **visible** pixels after occlusion: compressed-RLE segmentation, the tight
 bbox and area of the visible mask, ``iscrowd`` 0. Instance masks of one image are therefore disjoint.
 
+**Output safety.** ``make_shapes`` never overwrites a file it would not itself write, and never
+writes through a symbolic link: before any work it refuses (``FileExistsError`` naming the file)
+if one of the files it would write (``annotations/instances_{train,val}.json``,
+``{train,val}/NNNNNN.png``) exists, unless ``overwrite=True``; even then it replaces only those
+files. A symbolic link at ``annotations/``, ``train/``, ``val/`` or at one of those files is always
+refused, so nothing is written outside ``out_dir`` (``out_dir`` itself may be a link: the user
+named it). Files are opened with ``O_NOFOLLOW`` (and ``O_EXCL`` unless overwriting), so a link
+appearing during the run is refused too. Other files in ``out_dir`` are left alone.
+
 Shapes span about 18-40% of the image side (at least ~20 px across their narrowest part at
 S = 256). Every image is generated from its own RNG seeded by ``(seed, split, index)``, so the same
 arguments give byte-identical files (pixel-identical across NumPy/Pillow/zlib versions that keep
@@ -21,6 +30,7 @@ their RNG streams and encoders), and image ``i`` of a split does not depend on t
 from __future__ import annotations
 
 import colorsys
+import io
 import json
 import os
 from pathlib import Path
@@ -50,7 +60,7 @@ def make_shapes(
     num_classes: int = 4,
     min_instances: int = 2,
     max_instances: int = 6,
-    overwrite: bool = True,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write the synthetic set into ``out_dir`` (layout in the module doc) and return its path.
@@ -63,7 +73,9 @@ def make_shapes(
         num_classes: 1-4, the first ``num_classes`` of :data:`SHAPE_CLASSES`.
         min_instances, max_instances: instance count range per image (placements that would hide
             earlier shapes too much are dropped, so an image may hold fewer than ``min_instances``).
-        overwrite: if False, refuse (``FileExistsError``) when annotation files already exist.
+        overwrite: replace files of an earlier run (only the files make-shapes writes; see
+            "Output safety" in the module doc). If False (the default), refuse
+            (``FileExistsError``) when one of them exists.
         progress: show a tqdm bar.
     """
     for name, value in (("train", train), ("val", val)):
@@ -79,11 +91,7 @@ def make_shapes(
         )
     out = Path(out_dir)
     ann_dir = out / "annotations"
-    if not overwrite:
-        existing = [p for p in (ann_dir / "instances_train.json", ann_dir / "instances_val.json") if p.exists()]
-        if existing:
-            raise FileExistsError(f"make_shapes: {existing[0]} exists (pass overwrite=True to replace)")
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_output(out, {"train": train, "val": val}, overwrite=overwrite)
     categories = [{"id": i + 1, "name": SHAPE_CLASSES[i], "supercategory": "shape"} for i in range(num_classes)]
     bar = tqdm(total=train + val, desc="make-shapes", unit="img", disable=not progress)
     for split, count in (("train", train), ("val", val)):
@@ -98,7 +106,9 @@ def make_shapes(
             )
             image_id = index + 1
             file_name = f"{image_id:06d}.png"
-            Image.fromarray(pixels).save(image_dir / file_name, format="PNG", compress_level=1)
+            png = io.BytesIO()
+            Image.fromarray(pixels).save(png, format="PNG", compress_level=1)
+            _write_file(image_dir / file_name, png.getvalue(), overwrite=overwrite)
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             for label, mask in instances:
                 annotations.append(_annotation(len(annotations) + 1, image_id, label + 1, mask))
@@ -110,10 +120,61 @@ def make_shapes(
             "annotations": annotations,
             "categories": categories,
         }
-        with open(ann_dir / f"instances_{split}.json", "w", encoding="utf-8") as f:
-            json.dump(coco, f, separators=(",", ":"))
+        text = json.dumps(coco, separators=(",", ":"))
+        _write_file(ann_dir / f"instances_{split}.json", text.encode("utf-8"), overwrite=overwrite)
     bar.close()
     return out
+
+
+def _output_files(counts: Dict[str, int]) -> List[Path]:
+    """Every file ``make_shapes`` writes for ``{split: image count}``, relative to the output dir."""
+    files = [Path("annotations") / f"instances_{split}.json" for split in counts]
+    for split, count in counts.items():
+        files += [Path(split) / f"{index:06d}.png" for index in range(1, count + 1)]
+    return files
+
+
+def _prepare_output(out: Path, counts: Dict[str, int], *, overwrite: bool) -> None:
+    """Check the whole output before any work (rules in the module doc), then create the directories."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"make_shapes: output {out} exists and is not a directory")
+    for sub in ["annotations", *counts]:
+        path = out / sub
+        if path.is_symlink():
+            raise FileExistsError(f"make_shapes: {path} is a symbolic link; make-shapes never writes through links")
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"make_shapes: {path} exists and is not a directory")
+    for rel in _output_files(counts):
+        path = out / rel
+        if path.is_symlink():
+            raise FileExistsError(f"make_shapes: {path} is a symbolic link; make-shapes never writes through links")
+        if path.exists():
+            if not path.is_file():
+                raise FileExistsError(f"make_shapes: {path} exists and is not a regular file")
+            if not overwrite:
+                raise FileExistsError(
+                    f"make_shapes: {path} exists; refusing to overwrite it (pass --overwrite / overwrite=True "
+                    "to replace the files make-shapes writes, or choose a new directory)"
+                )
+    for sub in ["annotations", *counts]:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _write_file(path: Path, data: bytes, *, overwrite: bool) -> None:
+    """Write ``data`` to ``path`` without following a symbolic link (and without replacing an
+    existing file unless ``overwrite``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_TRUNC if overwrite else os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        raise FileExistsError(f"make_shapes: {path} appeared during the run; refusing to overwrite it") from None
+    except OSError as e:
+        if path.is_symlink():
+            raise FileExistsError(f"make_shapes: {path} is a symbolic link; make-shapes never writes through links") from None
+        raise
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> Dict[str, Any]:

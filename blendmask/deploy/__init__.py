@@ -9,7 +9,7 @@
 """
 from .graph import InferenceGraph, export_program
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx
-from .postprocess import postprocess_detections
+from blendmask.models.blendmask import postprocess_detections
 from .predictor import OnnxPredictor
 
 __all__ = [

@@ -1,13 +1,12 @@
 """The traceable inference graph of a :class:`~blendmask.models.BlendMask`, shared by the ONNX
 export and ``torch.export``.
 
-:class:`InferenceGraph` runs the model's eval path on one image that the model's own
-:class:`~blendmask.models.transform.ImageTransform` has already resized, normalised and padded,
-and stops before the two steps that stay in Python: mapping boxes back to the original image
-size and pasting the ``R x R`` masks into it (see :mod:`blendmask.deploy.postprocess`).
-It calls the model's own traceable steps: FCOS inference
-(:func:`blendmask.models.fcos.inference.fcos_inference_single_image`) and
-:meth:`BlendMask.blend_masks <blendmask.models.BlendMask.blend_masks>`.
+:class:`InferenceGraph` is :meth:`BlendMask.detect <blendmask.models.BlendMask.detect>` (the
+eval path of the model itself) on one image that the model's own
+:class:`~blendmask.models.transform.ImageTransform` has already resized, normalised and padded.
+It stops before the two steps that stay in Python: mapping boxes back to the original image
+size and pasting the ``R x R`` masks into it
+(:func:`blendmask.models.blendmask.postprocess_detections`).
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from blendmask.models import BlendMask
-from blendmask.models.fcos.inference import fcos_inference_single_image
 from blendmask.ops import blend, blend_reference
 
 __all__ = ["InferenceGraph", "export_program"]
@@ -36,9 +34,11 @@ class InferenceGraph(nn.Module):
         images: ``(1, 3, Hp, Wp)`` float image, normalised and zero-padded to a multiple of the
             model's size divisibility, as ``model.transform`` produces it.
         image_size: ``(2,)`` int64 ``[h, w]``, the size of the resized image before padding
-            (boxes are clipped to it, as in the eager model).
+            (boxes empty once clipped to it are dropped, as in the eager model).
     Returns:
-        ``boxes (n, 4)`` float xyxy in the resized image's pixels, clipped; ``scores (n,)``;
+        ``boxes (n, 4)`` float xyxy in the resized image's pixels, unclipped (the boxes the
+        masks were blended with: :func:`~blendmask.models.blendmask.postprocess_detections`
+        pastes with them and clips them); ``scores (n,)``;
         ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities in the boxes; sorted by
         decreasing score, ``n <= post_nms_topk``.
     """
@@ -51,34 +51,9 @@ class InferenceGraph(nn.Module):
         self.reference_blender = reference_blender
 
     def forward(self, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.detect(self.model.backbone(images), images, image_size)
-
-    def detect(self, features, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`forward` after the backbone: ``features`` are its FPN maps of ``images``."""
-        model = self.model
-        fcos = model.proposal_generator
-        head = fcos([features[f] for f in model.fcos_in_features])
-        top_feats = [model.top_layer(t) for t in head.bbox_towers]
-        bases, _ = model.basis_module(features)
-        detections = fcos_inference_single_image(
-            [x[0] for x in head.logits],
-            [x[0] for x in head.reg],
-            [x[0] for x in head.ctrness],
-            fcos.locations(head.logits),
-            fcos.strides,
-            [x[0] for x in top_feats],
-            image_size=image_size.to(images.dtype),
-            score_thresh=fcos.score_thresh,
-            thresh_with_ctr=fcos.thresh_with_ctr,
-            pre_nms_topk=fcos.pre_nms_topk,
-            nms_thresh=fcos.nms_thresh,
-            post_nms_topk=fcos.post_nms_topk,
-        )
-        boxes = detections["boxes"]
-        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # (n, 5), all in image 0
         blender = blend_reference if self.reference_blender else blend
-        logits = model.blend_masks(bases, detections["extras"], rois, blender=blender)
-        return boxes, detections["scores"], detections["labels"], logits.sigmoid()
+        detections = self.model.detect(images, [image_size], blender=blender)[0]
+        return detections["boxes"], detections["scores"], detections["labels"], detections["masks"]
 
 
 def export_program(model: BlendMask, *, reference_blender: bool = False, max_side: int = 4096) -> torch.export.ExportedProgram:

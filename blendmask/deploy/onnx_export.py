@@ -4,7 +4,8 @@ The exported graph maps the normalised, padded image to the final detections:
 
 - inputs: ``images (1, 3, Hp, Wp)`` float32 (``Hp``, ``Wp`` dynamic multiples of the model's
   size divisibility) and ``image_size (2,)`` int64 ``[h, w]`` of the resized image before padding;
-- outputs: ``boxes (n, 4)`` float32 xyxy in the resized image, ``scores (n,)``, ``labels (n,)``
+- outputs: ``boxes (n, 4)`` float32 xyxy in the resized image (unclipped: the boxes the masks
+  were blended with), ``scores (n,)``, ``labels (n,)``
   int64 and ``masks (n, R, R)`` mask probabilities inside the boxes (see :class:`InferenceGraph`).
 
 It holds the backbone and FCOS, the decoding with ``TopK`` and ``NonMaxSuppression``
@@ -12,7 +13,7 @@ It holds the backbone and FCOS, the decoding with ``TopK`` and ``NonMaxSuppressi
 (``RoiAlign`` with ``coordinate_transformation_mode="half_pixel"`` for ``aligned=True``,
 ``Resize``, ``Softmax``, ``Mul``, ``ReduceSum``) from :func:`blendmask.ops.blend_reference`.
 Resizing the input image and pasting the masks into it stay in Python
-(:class:`blendmask.deploy.OnnxPredictor`, :func:`blendmask.deploy.postprocess_detections`).
+(:class:`blendmask.deploy.OnnxPredictor`, :func:`blendmask.models.blendmask.postprocess_detections`).
 
 Exporter: ``torch.onnx.export(..., dynamo=True)``. Both exporters of torch 2.14 produce a
 correct graph for this model; the ``torch.export``-based one is used because it traces with

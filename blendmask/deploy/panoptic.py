@@ -21,6 +21,7 @@ from torch import Tensor
 
 from blendmask.models import PanopticBlendMask
 from blendmask.models.blendmask import postprocess_detections
+from blendmask.ops import blend, blend_reference
 
 from .graph import InferenceGraph
 
@@ -39,8 +40,11 @@ class PanopticInferenceGraph(InferenceGraph):
         super().__init__(model, reference_blender=reference_blender)
 
     def forward(self, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        features = self.model.backbone(images)
-        return (*self.detect(features, images, image_size), self.model.sem_seg_head(features))
+        model = self.model
+        features, head, top_feats = model._heads(images)
+        blender = blend_reference if self.reference_blender else blend
+        det = model._detect_from_heads(features, head, top_feats, [image_size], blender=blender)[0]
+        return det["boxes"], det["scores"], det["labels"], det["masks"], model.sem_seg_head(features)
 
 
 def panoptic_postprocess(model: PanopticBlendMask, outputs: Sequence[Tensor], *, image_size: Sequence[int],

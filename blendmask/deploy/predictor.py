@@ -8,10 +8,10 @@ from typing import Dict, List, Union
 import torch
 from torch import Tensor
 
+from blendmask.models.blendmask import postprocess_detections
 from blendmask.models.transform import ImageTransform
 
 from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, TRANSFORM_METADATA_KEY
-from .postprocess import postprocess_detections
 
 __all__ = ["OnnxPredictor"]
 

@@ -1,9 +1,9 @@
-"""Training engine: the training loop and its hooks, solver, checkpoints and distributed helpers.
+"""Training engine: the training loop and its hooks, solver and checkpoints.
 
-Nothing here imports ``blendmask.models`` or ``blendmask.data`` at module level, so those
-packages can use :mod:`blendmask.engine.distributed` without an import cycle."""
+The engine depends on the models and the data, never the reverse; the distributed helpers that
+all of them use live in :mod:`blendmask.distributed`."""
 from .checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_from_weights
-from .distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
+from ..distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
 from .solver import WarmupMultiStepLR, build_lr_scheduler, build_optimizer
 from .hooks import HookBase, TrainResult, plot_loss_curve
 from .trainer import MatchingWeightsReport, NonFiniteLossError, Trainer

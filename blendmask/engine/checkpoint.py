@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+from ..distributed import all_gather_objects, get_rank, get_world_size, is_main_process
+from ..serialization import atomic_save, atomic_write, atomic_write_temp_files, load_checkpoint
 
 __all__ = [
     "atomic_save",
@@ -38,54 +38,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 logger = logging.getLogger(__name__)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file in ``path``'s directory, fsync it, then rename it
-    over ``path``. If anything fails (or the process dies) midway, ``path`` keeps its old content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)``, atomically (temp file in the same directory + fsync + rename)."""
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt/non-torch files
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(data, dict) or "model" not in data:
-        raise ValueError(f"{path} is not a blendmask weights file (expected a dict with a 'model' entry)")
-    return data
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -152,9 +104,8 @@ def preserved_rng_state() -> Iterator[None]:
         restore_rng_state(state)
 
 
-# The temp files of ``_atomic_write`` for the files a Checkpointer writes (``tempfile.mkstemp``
-# with prefix ``.NAME.`` and suffix ``.tmp``): ``.model_0000010.pth.k2j4_x9a.tmp``, ``.last_checkpoint.abcd1234.tmp``.
-_CHECKPOINTER_TEMP_FILE = re.compile(r"\.(?:[^/]+\.pth|" + re.escape(LAST_CHECKPOINT_FILE) + r")\.[a-z0-9_]+\.tmp")
+# The temp files a killed save of a checkpoint or of the pointer leaves behind.
+_CHECKPOINTER_TEMP_FILE = atomic_write_temp_files(r"[^/]+\.pth|" + re.escape(LAST_CHECKPOINT_FILE))
 
 
 class Checkpointer:
@@ -189,7 +140,7 @@ class Checkpointer:
     def save(self, name: str, data: Dict[str, Any]) -> Path:
         path = self.output_dir / f"{name}.pth"
         atomic_save(data, path)
-        _atomic_write(self.output_dir / LAST_CHECKPOINT_FILE, lambda handle: handle.write(path.name.encode()))
+        atomic_write(self.output_dir / LAST_CHECKPOINT_FILE, lambda handle: handle.write(path.name.encode()))
         return path
 
     def last_checkpoint(self) -> Optional[Path]:

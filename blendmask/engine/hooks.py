@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 import torch
 from torch import nn
 
-from .checkpoint import _atomic_write, preserved_rng_state
-from .distributed import barrier, is_main_process
+from ..serialization import atomic_write
+from .checkpoint import preserved_rng_state
+from ..distributed import barrier, is_main_process
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -222,7 +223,38 @@ def _iteration_of(line: str) -> Optional[int]:
     return record.get("iteration") if isinstance(record, dict) else None
 
 
-class JSONMetricsWriter(HookBase):
+class _RecordWriter(HookBase):
+    """A hook that hands the storage's new records to ``_write`` after every step and at the end,
+    then ``_close``s its sink; the sink (``self._sink``) exists on the main process only."""
+
+    def __init__(self):
+        self._sink = None
+        self._cursor = 0
+
+    def _write(self, records: List[Dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        self._sink.close()
+
+    def _write_new(self) -> None:
+        records, self._cursor = self.trainer.storage.since(self._cursor)
+        if self._sink is not None:
+            self._write(records)
+
+    def after_step(self) -> None:
+        self._write_new()
+
+    def after_train(self) -> None:
+        try:
+            self._write_new()
+        finally:
+            if self._sink is not None:
+                self._close()
+                self._sink = None
+
+
+class JSONMetricsWriter(_RecordWriter):
     """Every record as one JSON line in ``output_dir/metrics.jsonl``, on the main process, flushed
     after every step. Non-finite floats are written as ``null`` (valid JSON).
 
@@ -232,9 +264,8 @@ class JSONMetricsWriter(HookBase):
     """
 
     def __init__(self, path: Path):
+        super().__init__()
         self.path = Path(path)
-        self._file = None
-        self._cursor = 0
 
     def before_train(self) -> None:
         trainer = self.trainer
@@ -245,27 +276,13 @@ class JSONMetricsWriter(HookBase):
         if trainer.iter > 0 and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                     if (it := _iteration_of(line)) is not None and it <= trainer.iter]
-            _atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
-        self._file = open(self.path, "a" if trainer.iter > 0 else "w", encoding="utf-8")
+            atomic_write(self.path, lambda handle: handle.write("".join(f"{line}\n" for line in kept).encode()))
+        self._sink = open(self.path, "a" if trainer.iter > 0 else "w", encoding="utf-8")
 
-    def _write_new(self) -> None:
-        records, self._cursor = self.trainer.storage.since(self._cursor)
-        if self._file is None:
-            return
+    def _write(self, records: List[Dict[str, Any]]) -> None:
         for record in records:
-            self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-        self._file.flush()
-
-    def after_step(self) -> None:
-        self._write_new()
-
-    def after_train(self) -> None:
-        try:
-            self._write_new()
-        finally:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._sink.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        self._sink.flush()
 
 
 def tensorboard_available() -> bool:
@@ -286,7 +303,7 @@ def _scalars(prefix: str, value: Any) -> Iterable[Tuple[str, float]]:
         yield prefix, float(value)
 
 
-class TensorBoardWriter(HookBase):
+class TensorBoardWriter(_RecordWriter):
     """TensorBoard event files in ``log_dir`` (main process): every number of every record as a
     scalar at its iteration (``loss_total``, ``lr``, ``eval/segm/AP``...). A resumed run purges
     the events after its start iteration. Needs the ``tensorboard`` package; ``writer_factory``
@@ -294,10 +311,9 @@ class TensorBoardWriter(HookBase):
     ``SummaryWriter``."""
 
     def __init__(self, log_dir: Path, writer_factory: Optional[Callable[..., Any]] = None):
+        super().__init__()
         self.log_dir = Path(log_dir)
         self.writer_factory = writer_factory
-        self._writer = None
-        self._cursor = 0
 
     def before_train(self) -> None:
         self._cursor = 0
@@ -307,28 +323,14 @@ class TensorBoardWriter(HookBase):
         if factory is None:
             from torch.utils.tensorboard import SummaryWriter as factory
         purge_step = self.trainer.iter + 1 if self.trainer.iter > 0 else None
-        self._writer = factory(log_dir=str(self.log_dir), purge_step=purge_step)
+        self._sink = factory(log_dir=str(self.log_dir), purge_step=purge_step)
 
-    def _write_new(self) -> None:
-        records, self._cursor = self.trainer.storage.since(self._cursor)
-        if self._writer is None:
-            return
+    def _write(self, records: List[Dict[str, Any]]) -> None:
         for record in records:
             step = int(record["iteration"])
             for tag, number in _scalars("", {k: v for k, v in record.items() if k != "iteration"}):
-                self._writer.add_scalar(tag, number, step)
-        self._writer.flush()
-
-    def after_step(self) -> None:
-        self._write_new()
-
-    def after_train(self) -> None:
-        try:
-            self._write_new()
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+                self._sink.add_scalar(tag, number, step)
+        self._sink.flush()
 
 
 class LossCurvePlot(HookBase):

@@ -3,7 +3,7 @@ multi-step decay (AdelaiDet/detectron2's ``WarmupMultiStepLR``), and their resum
 
 Resume semantics (:func:`load_solver_state`): a checkpoint supplies only *counters and state*
 (the scheduler's iteration count, the optimiser's momentum buffers); every *hyperparameter*
-(``base_lr``, ``momentum``, ``weight_decay``, ``warmup_iters``, ``warmup_factor``, ``steps``,
+(``base_lr``, ``momentum``, the weight decays, ``warmup_iters``, ``warmup_factor``, ``steps``,
 ``gamma``) comes from the config of the resumed run. Resuming with ``--set solver.steps=(500,)``
 therefore decays at 500 from the resume point on; :func:`changed_solver_keys` names what changed
 so the trainer can log it.
@@ -18,6 +18,8 @@ from torch import nn
 
 __all__ = [
     "build_optimizer",
+    "weight_decay_of",
+    "NORM_LAYERS",
     "WarmupMultiStepLR",
     "build_lr_scheduler",
     "lr_factor_at",
@@ -27,26 +29,51 @@ __all__ = [
 ]
 
 # The solver settings that shape the optimisation; on resume they come from the new config.
-SCHEDULE_KEYS = ("base_lr", "momentum", "weight_decay", "warmup_iters", "warmup_factor", "steps", "gamma", "max_iter")
+SCHEDULE_KEYS = ("base_lr", "momentum", "weight_decay", "weight_decay_norm", "weight_decay_bias", "warmup_iters", "warmup_factor", "steps", "gamma", "max_iter")
+
+
+#: The layers whose parameters decay with ``solver.weight_decay_norm`` (detectron2's list).
+NORM_LAYERS = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
+)
+
+
+def weight_decay_of(module: nn.Module, param_name: str, solver_cfg) -> float:
+    """The weight decay of ``module``'s own parameter ``param_name``, as detectron2's
+    ``get_default_optimizer_params`` decides it: ``solver.weight_decay`` for every parameter,
+    ``solver.weight_decay_norm`` for those of normalisation layers (:data:`NORM_LAYERS`), and,
+    when ``solver.weight_decay_bias`` is set (>= 0), that value for every parameter named
+    ``bias``, normalisation layers' included (detectron2 applies its bias override last)."""
+    decay = solver_cfg.weight_decay
+    if isinstance(module, NORM_LAYERS):
+        decay = solver_cfg.weight_decay_norm
+    if param_name == "bias" and solver_cfg.weight_decay_bias >= 0:
+        decay = solver_cfg.weight_decay_bias
+    return float(decay)
 
 
 def build_optimizer(model: nn.Module, solver_cfg) -> torch.optim.SGD:
-    """SGD over the trainable parameters of ``model``.
-
-    Weight decay is not applied to normalisation layers' weights and biases (1-d parameters),
-    as is customary for detection models with GN/BN.
+    """SGD over the trainable parameters of ``model``, one group per weight decay
+    (:func:`weight_decay_of`): every parameter decays with ``solver.weight_decay`` except the
+    normalisation layers' (``solver.weight_decay_norm``, 0 by default), biases included unless
+    ``solver.weight_decay_bias`` says otherwise, as in detectron2/AdelaiDet.
     """
     if solver_cfg.base_lr <= 0:
         raise ValueError(f"solver.base_lr must be > 0, got {solver_cfg.base_lr}")
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": solver_cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=solver_cfg.base_lr, momentum=solver_cfg.momentum)
+    for key in ("weight_decay", "weight_decay_norm"):
+        if getattr(solver_cfg, key) < 0:
+            raise ValueError(f"solver.{key} must be >= 0, got {getattr(solver_cfg, key)}")
+    groups: Dict[float, list] = {}
+    seen = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or param in seen:
+                continue
+            seen.add(param)
+            groups.setdefault(weight_decay_of(module, name, solver_cfg), []).append(param)
+    param_groups = [{"params": params, "weight_decay": decay} for decay, params in groups.items()]
+    return torch.optim.SGD(param_groups, lr=solver_cfg.base_lr, momentum=solver_cfg.momentum)
 
 
 def lr_factor_at(iteration: int, *, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float) -> float:

@@ -24,13 +24,23 @@ from .checkpoint import (
     restore_rng_state,
     rng_state_of_this_rank,
 )
-from .distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
+from ..distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
 from .hooks import EvaluateFn, HookBase, RunRecords, TrainResult, default_hooks
 from .solver import build_lr_scheduler, build_optimizer, changed_solver_keys, load_solver_state
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "MatchingWeightsReport"]
 
 logger = logging.getLogger(__name__)
+
+
+def _autocast_dtype(solver, device: torch.device) -> Optional[torch.dtype]:
+    """The mixed-precision dtype of training on ``device``, or None for float32: float16 on CUDA
+    when ``solver.amp`` (with a GradScaler), bfloat16 on the CPU when ``solver.amp_cpu``."""
+    if device.type == "cuda" and solver.amp:
+        return torch.float16
+    if device.type == "cpu" and solver.amp_cpu:
+        return torch.bfloat16
+    return None
 
 
 class NonFiniteLossError(BlendMaskError, RuntimeError):
@@ -130,8 +140,8 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(model, self.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, self.solver)
-        self.use_amp = bool(self.solver.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = _autocast_dtype(self.solver, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if is_distributed():
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -261,7 +271,7 @@ class Trainer:
         images, targets = next(self._data_iter)
         images, targets = _to_device(images, targets, self.device)
         data_time = time.perf_counter() - start
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss_dict = self.train_model(images, targets)
         total = sum(loss_dict.values())
         metrics = {k: float(v.detach()) for k, v in loss_dict.items()}

@@ -22,16 +22,15 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..data.loader import build_test_loader
-from ..engine.distributed import dist_rank_and_world_size
+from ..distributed import dist_rank_and_world_size
+from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
 
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
 _IOU_TYPES = ("bbox", "segm")
-_MASK_THRESHOLD = 0.5
 
 
 class COCOEvaluator:
@@ -98,8 +96,9 @@ class COCOEvaluator:
         Args:
             image_ids: COCO image id of each output.
             outputs: model eval outputs, one dict per image: ``boxes (n, 4)`` xyxy pixels,
-                ``labels (n,)`` contiguous, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities in
-                the image's own size (binarised at 0.5).
+                ``labels (n,)`` contiguous, ``scores (n,)``, and either ``masks (n, 1, H, W)``
+                probabilities in the image's own size (binarised at 0.5) or ``masks_rle``, n COCO
+                RLE dicts of that size (a BlendMask with ``mask_format = "rle"``).
         """
         if len(image_ids) != len(outputs):
             raise ValueError(f"process: got {len(image_ids)} image ids but {len(outputs)} outputs")
@@ -111,13 +110,14 @@ class COCOEvaluator:
             self._image_ids.append(image_id)
 
     def _to_coco_results(self, image_id: int, output: Dict[str, torch.Tensor]) -> List[Dict[str, Any]]:
-        missing = [k for k in ("boxes", "labels", "scores", "masks") if k not in output]
+        missing = [k for k in ("boxes", "labels", "scores") if k not in output]
+        if "masks" not in output and "masks_rle" not in output:
+            missing.append("masks")
         if missing:
-            raise ValueError(f"process: output of image {image_id} lacks {missing}")
+            raise ValueError(f"process: output of image {image_id} lacks {missing} (masks: 'masks' or 'masks_rle')")
         boxes = output["boxes"].detach().float().cpu()
         labels = output["labels"].detach().cpu().long()
         scores = output["scores"].detach().float().cpu()
-        masks = output["masks"].detach().cpu()
         n = boxes.shape[0]
         info = self.coco_gt.imgs[image_id]
         size = (info["height"], info["width"])
@@ -126,11 +126,7 @@ class COCOEvaluator:
                 f"process: image {image_id}: need boxes (n, 4), labels (n,), scores (n,); got "
                 f"{tuple(boxes.shape)}, {tuple(labels.shape)}, {tuple(scores.shape)}"
             )
-        if masks.dim() != 4 or masks.shape[0] != n or masks.shape[1] != 1 or tuple(masks.shape[2:]) != size:
-            raise ValueError(
-                f"process: image {image_id}: masks must be (n, 1, H, W) = ({n}, 1, {size[0]}, {size[1]}) "
-                f"(the image's size), got {tuple(masks.shape)}"
-            )
+        rles = _masks_rle(output, image_id, n, size)
         if n == 0:
             return []
         if labels.min() < 0 or labels.max() >= len(self.category_ids):
@@ -138,8 +134,6 @@ class COCOEvaluator:
                 f"process: image {image_id}: labels must be in [0, {len(self.category_ids)}), "
                 f"got range [{int(labels.min())}, {int(labels.max())}]"
             )
-        binary = (masks[:, 0] >= _MASK_THRESHOLD).numpy().astype(np.uint8)  # (n, H, W)
-        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         results = []
         for i in range(n):
@@ -149,7 +143,7 @@ class COCOEvaluator:
                     "category_id": self.category_ids[int(labels[i])],
                     "bbox": [round(v, 3) for v in xywh[i]],
                     "score": float(scores[i]),
-                    "segmentation": {"size": [int(s) for s in rles[i]["size"]], "counts": rles[i]["counts"].decode("ascii")},
+                    "segmentation": rles[i],
                 }
             )
         return results
@@ -198,6 +192,26 @@ class COCOEvaluator:
             p = p[p > -1]
             metrics[f"AP-{self.coco_gt.cats[cat_id]['name']}"] = float(p.mean()) if p.size else math.nan
         return metrics
+
+
+def _masks_rle(output: Dict[str, Any], image_id: int, n: int, size: tuple) -> List[Dict[str, Any]]:
+    """The ``n`` RLEs of an output's masks, given as ``masks_rle`` or encoded from ``masks``."""
+    if "masks_rle" in output:
+        rles = list(output["masks_rle"])
+        bad = [i for i, r in enumerate(rles) if not isinstance(r, dict) or list(r.get("size", ())) != list(size)]
+        if len(rles) != n or bad:
+            raise ValueError(
+                f"process: image {image_id}: masks_rle must be {n} RLE dicts of size {list(size)} (the image's "
+                f"size), got {len(rles)}" + (f", record {bad[0]} is not" if bad else "")
+            )
+        return rles
+    masks = output["masks"].detach().cpu()
+    if masks.dim() != 4 or masks.shape[0] != n or masks.shape[1] != 1 or tuple(masks.shape[2:]) != size:
+        raise ValueError(
+            f"process: image {image_id}: masks must be (n, 1, H, W) = ({n}, 1, {size[0]}, {size[1]}) "
+            f"(the image's size), got {tuple(masks.shape)}"
+        )
+    return encode_masks_rle(masks[:, 0])
 
 
 def _empty_results(coco_gt: COCO) -> COCO:
@@ -260,7 +274,8 @@ def evaluate_model(
 
     ``dataset`` must yield ``(image, target)`` with ``target["image_id"]`` and carry ``coco`` and
     ``category_ids`` (a :class:`blendmask.data.CocoInstanceDataset` built without training
-    transforms). The model's training mode is restored afterwards. With ``distributed=True`` (or
+    transforms). A model with a ``mask_format`` attribute (BlendMask) runs with ``"rle"``, so that
+    no image-sized masks are held; its training mode and ``mask_format`` are restored afterwards. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics.
     """
@@ -273,13 +288,18 @@ def evaluate_model(
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training
+    mask_format = getattr(model, "mask_format", None)
     model.eval()
+    if mask_format is not None:
+        model.mask_format = "rle"
     try:
         with torch.no_grad():
             for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
                 outputs = model([image.to(device) for image in images])
-                outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
+                outputs = [{k: v.cpu() if torch.is_tensor(v) else v for k, v in out.items()} for out in outputs]
                 evaluator.process([t["image_id"] for t in targets], outputs)
     finally:
         model.train(was_training)
+        if mask_format is not None:
+            model.mask_format = mask_format
     return evaluator.evaluate()

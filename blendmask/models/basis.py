@@ -13,7 +13,7 @@ Layout and module names follow AdelaiDet's ``ProtoNet`` (``basis_module.refine``
 
 Normalisation is plain BatchNorm; the model never converts itself. As AdelaiDet's SyncBN,
 multi-process training synchronises the statistics: the trainer calls
-:func:`blendmask.engine.distributed.convert_sync_batchnorm` when a process group exists
+:func:`blendmask.distributed.convert_sync_batchnorm` when a process group exists
 (``nn.SyncBatchNorm`` on CUDA, a gloo-capable variant on the CPU).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ API as torchvision's detection models (see :class:`BlendMask`).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,17 @@ from ..ops import blend
 from .basis import ProtoNet
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
-from .mask_ops import crop_and_resize_masks, paste_masks_in_image
+from .fcos.head import FCOSHeadOutputs
+from .fcos.inference import clip_boxes
+from .mask_ops import crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
 
-__all__ = ["BlendMask", "postprocess_detections"]
+__all__ = ["BlendMask", "MASK_FORMATS", "postprocess_detections"]
+
+#: What the eval output carries as masks: ``"probs"`` ``masks (n, 1, H, W)`` float probabilities
+#: (torchvision's API), or ``"rle"`` ``masks_rle``, n COCO RLE dicts of the masks binarised at 0.5
+#: (:func:`~blendmask.models.mask_ops.paste_masks_rle`: no image-sized mask is ever held).
+MASK_FORMATS = ("probs", "rle")
 
 
 def postprocess_detections(
@@ -29,22 +36,40 @@ def postprocess_detections(
     *,
     image_size: Sequence[int],
     original_size: Sequence[int],
-) -> Dict[str, Tensor]:
-    """Rescale one image's boxes to its original size and paste the masks into it.
+    mask_format: str = "probs",
+) -> Dict[str, Any]:
+    """Rescale one image's boxes to its original size, paste the masks into it, clip the boxes.
 
-    Shared by the eval path of :class:`BlendMask` and the exported graphs
-    (:mod:`blendmask.deploy.postprocess`).
+    The border rule (docs/design.md §10): each ``R x R`` mask was blended over its whole,
+    unclipped predicted box, so it is pasted with that same box (rescaled), cut at the image
+    border; the reported box is that box clipped to the image. (AdelaiDet pastes into the
+    clipped box, which squeezes masks of objects cut by the border.)
+
+    Shared by the eval path of :class:`BlendMask` and the exported graphs' callers
+    (:class:`blendmask.deploy.OnnxPredictor`, and after :func:`blendmask.deploy.export_program`).
 
     Args:
-        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``.
+        boxes: ``(n, 4)`` xyxy boxes in the resized image of size ``image_size``, unclipped
+            (the boxes the masks were blended with, as :meth:`BlendMask.detect` returns them).
         scores: ``(n,)`` scores.
         labels: ``(n,)`` integer labels.
         masks: ``(n, R, R)`` mask probabilities inside the boxes.
         image_size: ``(h, w)`` of the resized image (before padding).
         original_size: ``(H, W)`` of the image given by the user.
+        mask_format: ``"probs"`` or ``"rle"`` (:data:`MASK_FORMATS`).
     Returns:
-        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with masks as
-        probabilities in ``[0, 1]``, zero outside the boxes: the eval output of the model.
+        ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with boxes
+        clipped to ``[0, W] x [0, H]`` and masks as probabilities in ``[0, 1]``, zero outside
+        the boxes: the eval output of the model. With ``mask_format="rle"``, ``masks_rle``
+        (n COCO RLE dicts, binarised at 0.5) replaces ``masks``.
+
+    Example, after an ONNX session::
+
+        boxes, scores, labels, masks = session.run(None, {"images": x, "image_size": size})
+        result = postprocess_detections(torch.from_numpy(boxes), torch.from_numpy(scores),
+                                        torch.from_numpy(labels), torch.from_numpy(masks),
+                                        image_size=(h, w), original_size=(H, W))
+        binary = result["masks"] > 0.5   # (n, 1, H, W)
     """
     n = boxes.shape[0]
     if boxes.shape != (n, 4) or scores.shape != (n,) or labels.shape != (n,) or masks.dim() != 3 or masks.shape[0] != n:
@@ -52,13 +77,16 @@ def postprocess_detections(
             "expected boxes (n, 4), scores (n,), labels (n,) and masks (n, R, R) with the same n, got "
             f"{tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)} and {tuple(masks.shape)}"
         )
-    boxes = postprocess_boxes(boxes, image_size, original_size)
-    return {
-        "boxes": boxes,
-        "labels": labels.to(torch.int64),
-        "scores": scores,
-        "masks": paste_masks_in_image(masks, boxes, (int(original_size[0]), int(original_size[1]))),
-    }
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+    size = (int(original_size[0]), int(original_size[1]))
+    boxes = postprocess_boxes(boxes, image_size, original_size)  # unclipped: the boxes blended with
+    result: Dict[str, Any] = {"boxes": clip_boxes(boxes, size), "labels": labels.to(torch.int64), "scores": scores}
+    if mask_format == "rle":
+        result["masks_rle"] = paste_masks_rle(masks, boxes, size)
+    else:
+        result["masks"] = paste_masks_in_image(masks, boxes, size)
+    return result
 
 
 class BlendMask(nn.Module):
@@ -77,6 +105,10 @@ class BlendMask(nn.Module):
     resizes, normalises and pads them itself. ``targets`` are dicts with ``boxes (n, 4)`` float
     xyxy pixels, ``labels (n,)`` int64 in ``[0, num_classes)`` and ``masks (n, H, W)`` uint8/bool.
 
+    Set the attribute ``mask_format = "rle"`` to get, in eval, ``masks_rle`` (n COCO RLE dicts of
+    the masks binarised at 0.5) instead of ``masks``: pasted and encoded a bounded chunk at a time,
+    its memory does not grow with ``n x H x W`` (what ``blendmask eval`` and ``predict`` use).
+
     Set the attribute ``return_internals = True`` to add, in eval, ``"bases"`` ``(K, Hb, Wb)``
     (the bases at stride 4 of the resized image, cropped to its unpadded extent) and ``"attns"``
     ``(n, K, M, M)`` (the detections' attention logits, before the softmax) to every result.
@@ -84,9 +116,12 @@ class BlendMask(nn.Module):
     Masks: in training the bases are cropped with the GT boxes and the attentions are taken at
     every FCOS positive; the loss is the per-instance mean BCE against the GT masks cropped and
     resized to ``R x R``, weighted by the centerness targets and divided by their sum. In eval,
-    the detected boxes are clipped to the image *before* the blend, so that the crop and the
-    paste use the same box. This deliberately differs from AdelaiDet, which crops with unclipped
-    boxes and pastes into clipped ones, distorting masks at image borders.
+    the crop and the paste use the same box: the masks are blended with the whole, unclipped
+    predicted box (the box the attentions were predicted for) and pasted with that same box,
+    cut at the image border; the reported box is clipped to the image. This deliberately
+    differs from AdelaiDet, which crops with unclipped boxes and pastes into clipped ones,
+    squeezing masks at image borders. (Clipping before the blend is no cure: it stretches the
+    attentions over the clipped box.)
 
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
@@ -103,6 +138,7 @@ class BlendMask(nn.Module):
         top_interp: ``"bilinear"`` or ``"nearest"`` attention upsampling.
         sampling_ratio, aligned: RoIAlign parameters of the bases crop.
         return_internals: initial value of the ``return_internals`` attribute.
+        mask_format: initial value of the ``mask_format`` attribute (:data:`MASK_FORMATS`).
     """
 
     def __init__(
@@ -122,6 +158,7 @@ class BlendMask(nn.Module):
         sampling_ratio: int = 1,
         aligned: bool = True,
         return_internals: bool = False,
+        mask_format: str = "probs",
     ):
         super().__init__()
         if top_interp not in ("bilinear", "nearest"):
@@ -143,6 +180,7 @@ class BlendMask(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.return_internals = return_internals
+        self.mask_format = mask_format
         self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.constant_(self.top_layer.bias, 0.0)
@@ -170,14 +208,88 @@ class BlendMask(nn.Module):
                         raise ValueError(f"targets[{i}] needs 'masks' (n, H, W) uint8/bool to train BlendMask")
         # the transform validates images and targets (shapes, dtypes, degenerate boxes, label range)
         batch, targets = self.transform(images, targets if self.training else None)
-        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        features = self.backbone(batch.tensors)
-        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
-        top_feats = [self.top_layer(t) for t in head.bbox_towers]
         if self.training:
-            return self._losses(features, head, top_feats, targets)
+            return self._losses(*self._heads(batch.tensors), targets)
+        if self.mask_format not in MASK_FORMATS:
+            raise ValueError(f"BlendMask.mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
+        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        detections = self.detect(batch.tensors, batch.image_sizes)
+        return self._postprocess(detections, batch.image_sizes, original_sizes)
+
+    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs, List[Tensor]]:
+        """Backbone, FCOS head and top layer of a normalised padded batch ``(N, 3, Hp, Wp)``:
+        the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
+        attention logits."""
+        features = self.backbone(images)
+        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
+        return features, head, [self.top_layer(t) for t in head.bbox_towers]
+
+    def detect(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
+        *,
+        blender: Callable[..., Tensor] = blend,
+    ) -> List[Dict[str, Tensor]]:
+        """Detections of a transformed batch, before they are mapped back to the input images.
+
+        The inference pipeline shared by the eval path (:meth:`forward`) and the exported graphs
+        (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
+        backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
+        and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
+        every image's detections, cropped with their whole, unclipped boxes (the boxes the
+        attentions were predicted for, and the boxes :func:`postprocess_detections` pastes
+        with). Call it in eval mode.
+
+        Args:
+            images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
+                produces them (``batch.tensors``).
+            image_sizes: per image the ``(h, w)`` of the resized image before padding: Python
+                ints, or a ``(2,)`` int64 tensor (a traced input of the exported graph).
+            blender: :func:`blendmask.ops.blend` (the fused op) or
+                :func:`blendmask.ops.blend_reference` (standard ops, for ONNX).
+        Returns:
+            one dict per image, sorted by decreasing score, ``n <= post_nms_topk``:
+            ``boxes (n, 4)`` float xyxy in the resized image's pixels, unclipped (none is
+            empty once clipped to the image);
+            ``scores (n,)``; ``labels (n,)`` int64; ``masks (n, R, R)`` mask probabilities
+            inside the boxes; ``attns (n, K, M, M)`` attention logits (before the softmax);
+            ``bases (K, Hp / s, Wp / s)`` the image's bases at the basis stride ``s``, padding
+            included.
+        """
+        return self._detect_from_heads(*self._heads(images), image_sizes, blender=blender)
+
+    def _detect_from_heads(
+        self,
+        features: Dict[str, Tensor],
+        head: FCOSHeadOutputs,
+        top_feats: List[Tensor],
+        image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
+        *,
+        blender: Callable[..., Tensor] = blend,
+    ) -> List[Dict[str, Tensor]]:
+        """:meth:`detect` after :meth:`_heads` (whose outputs ``features``, ``head``, ``top_feats``
+        are): for callers that reuse the backbone features (the panoptic model's semantic head)."""
         bases, _ = self.basis_module(features)
-        return self._inference(bases, head, top_feats, batch.image_sizes, original_sizes)
+        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
+        rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1], float32 (FCOS decodes in float32)
+            torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
+            for i, d in enumerate(detections)
+        ])
+        attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
+        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).float().sigmoid()  # (D, R, R) float32
+        per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
+        return [
+            {
+                "boxes": d["boxes"],
+                "scores": d["scores"],
+                "labels": d["labels"],
+                "masks": probs,
+                "attns": d["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size),
+                "bases": bases[i],
+            }
+            for i, (d, probs) in enumerate(zip(detections, per_image))
+        ]
 
     def _losses(self, features, head, top_feats, targets) -> Dict[str, Tensor]:
         gt_boxes = [t["boxes"] for t in targets]
@@ -193,7 +305,7 @@ class BlendMask(nn.Module):
         attns = positives.extras
         if positives.gt_inds.numel() == 0:
             return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
-        boxes = torch.cat(gt_boxes).to(bases.dtype)
+        boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)
         image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
         logits = self.blend_masks(bases, attns, rois)  # (Np, R, R)
@@ -203,29 +315,20 @@ class BlendMask(nn.Module):
         per_instance = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none").flatten(1).mean(1)
         return (per_instance * positives.ctr_targets).sum() / positives.loss_denorm
 
-    def _inference(self, bases, head, top_feats, image_sizes, original_sizes) -> List[Dict[str, Tensor]]:
-        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
-        counts = [d["boxes"].shape[0] for d in detections]
-        rois = torch.cat(
-            [torch.cat([torch.full((n, 1), float(i), device=bases.device, dtype=bases.dtype), d["boxes"]], dim=1)
-             for i, (n, d) in enumerate(zip(counts, detections))]
-        )
-        attns = torch.cat([d["extras"] for d in detections])
-        if rois.shape[0] > 0:
-            mask_probs = self.blend_masks(bases, attns, rois).sigmoid()
-        else:
-            mask_probs = bases.new_zeros((0, self.bottom_resolution, self.bottom_resolution))
+    def _postprocess(self, detections: List[Dict[str, Tensor]], image_sizes: Sequence[Tuple[int, int]],
+                     original_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+        """:meth:`detect`'s output -> the eval output (class docstring): boxes in the input images'
+        sizes, masks pasted into them, and with ``return_internals`` the bases and attentions."""
         results = []
-        for i, (det, probs, size, orig) in enumerate(
-            zip(detections, mask_probs.split(counts), image_sizes, original_sizes)
-        ):
+        for det, size, orig in zip(detections, image_sizes, original_sizes):
             result = postprocess_detections(
-                det["boxes"], det["scores"], det["labels"], probs, image_size=size, original_size=orig
+                det["boxes"], det["scores"], det["labels"], det["masks"], image_size=size, original_size=orig,
+                mask_format=self.mask_format,
             )
             if self.return_internals:
                 stride = self.basis_module.out_stride
                 hb, wb = math.ceil(size[0] / stride), math.ceil(size[1] / stride)
-                result["bases"] = bases[i, :, :hb, :wb]
-                result["attns"] = det["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size)
+                result["bases"] = det["bases"][:, :hb, :wb]
+                result["attns"] = det["attns"]
             results.append(result)
         return results

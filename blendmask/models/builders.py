@@ -5,9 +5,8 @@ import math
 import os
 from typing import Any, Dict, Optional, Union
 
-import torch
-
 from ..config import BlendMaskConfig, get_config
+from ..serialization import load_checkpoint
 from .backbone import build_backbone
 from .basis import ProtoNet
 from .blendmask import BlendMask
@@ -137,14 +136,11 @@ def _build_panoptic(cfg: BlendMaskConfig, backbone, blendmask_kwargs: Dict[str, 
 def load_weights(model: BlendMask, path: Union[str, os.PathLike], cfg: Optional[BlendMaskConfig] = None) -> Dict[str, Any]:
     """Load a blendmask weights file (``{"model": state_dict, "config": ...}``) into ``model``, strictly.
 
-    The file is read with ``torch.load(weights_only=True)``. When both the file and ``cfg``
+    The file is read by :func:`blendmask.serialization.load_checkpoint` (``weights_only=True``,
+    one-line errors for missing, corrupt and malformed files). When both the file and ``cfg``
     carry a config, their ``model`` sections must agree. Returns the loaded file's dict.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
-        raise ValueError(f"{path} is not a blendmask weights file: expected a dict with a 'model' state dict")
+    ckpt = load_checkpoint(path, what="weights file")
     if cfg is not None and isinstance(ckpt.get("config"), dict):
         saved = BlendMaskConfig.from_dict(ckpt["config"]).to_dict()["model"]
         ours = cfg.to_dict()["model"]

@@ -1,22 +1,36 @@
-"""Mask geometry: crop GT masks to R x R training targets, paste R x R predictions into images.
+"""Mask geometry and encoding: crop GT masks to R x R training targets, paste R x R predictions
+into images, encode pasted masks as COCO RLE.
 
-Both follow detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``, its center is ``i + 0.5``):
+The geometry follows detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``, its center is
+``i + 0.5``):
 - :func:`crop_and_resize_masks` is ``BitMasks.crop_and_resize``: RoIAlign (aligned, adaptive
   sampling) of the binary mask inside the box, thresholded at 0.5;
-- :func:`paste_masks_in_image` is ``paste_masks_in_image``: each image pixel center inside the box
-  samples the R x R mask bilinearly (``grid_sample``, ``align_corners=False``).
+- :func:`paste_mask_patches` is ``paste_masks_in_image``: each image pixel center inside the box
+  samples the R x R mask bilinearly (as ``grid_sample``, ``align_corners=False``), computed for a
+  bounded chunk of masks at once over their box regions only. :func:`paste_masks_in_image` writes
+  the patches into ``(n, 1, H, W)`` float masks; :func:`paste_masks_rle` encodes them straight to
+  COCO RLE, so that evaluation and prediction never hold ``n x H x W`` masks.
+
+:func:`encode_masks_rle` binarises mask probabilities at :data:`MASK_THRESHOLD` and encodes them
+with pycocotools; :func:`paste_masks_rle` gives the same RLEs from the unpasted masks.
 """
 from __future__ import annotations
 
-import math
-from typing import Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchvision.ops import roi_align
 
-__all__ = ["crop_and_resize_masks", "paste_masks_in_image"]
+__all__ = [
+    "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "paste_mask_patches",
+    "paste_masks_in_image", "paste_masks_rle",
+]
+
+#: A pixel belongs to an instance where its mask probability is at least this.
+MASK_THRESHOLD = 0.5
 
 
 def crop_and_resize_masks(masks: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -40,32 +54,208 @@ def crop_and_resize_masks(masks: Tensor, boxes: Tensor, size: int) -> Tensor:
     return (crops[:, 0] >= 0.5).to(torch.float32)
 
 
-def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
-    """Paste ``R x R`` masks into an image at their boxes.
+#: Default bound, in bytes, of the float buffers one paste chunk allocates (its patches and
+#: interpolation weights). A chunk holds at least one mask, so one very large box may exceed it.
+PASTE_CHUNK_BYTES = 64 * 2**20
+
+
+def _check_paste_args(masks: Tensor, boxes: Tensor) -> None:
+    if masks.dim() != 3 or boxes.dim() != 2 or boxes.shape[1] != 4 or masks.shape[0] != boxes.shape[0]:
+        raise ValueError(f"expected masks (n, R, R) and boxes (n, 4), got {tuple(masks.shape)} and {tuple(boxes.shape)}")
+
+
+def _paste_extents(boxes: Tensor, height: int, width: int) -> Tensor:
+    """``(n, 4)`` int64 ``[px0, py0, px1, py1]``: the pixels whose centers can fall inside each
+    box, cut at the image border; ``px1 <= px0`` or ``py1 <= py0`` where nothing is pasted
+    (an empty, inverted, non-finite or outside box)."""
+    b = boxes.to(torch.float64)
+    valid = torch.isfinite(b).all(dim=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b = torch.where(valid[:, None], b, torch.zeros_like(b))
+    limits = b.new_tensor([width, height, width, height])
+    lo = b[:, :2].floor().clamp(min=0).minimum(limits[:2])
+    hi = b[:, 2:].ceil().clamp(min=0).minimum(limits[2:])
+    return torch.cat([lo, hi.maximum(lo)], dim=1).to(torch.int64)
+
+
+#: A chunk pads its masks' patches to its largest height and width: it takes a mask only while the
+#: padded area stays within this factor of the masks' own areas.
+_PADDING_WASTE = 1.5
+
+
+def _chunks(sizes: List[Tuple[int, int]], order: List[int], resolution: int, chunk_bytes: int) -> Iterator[List[int]]:
+    """Consecutive groups of ``order`` (sorted by patch size) whose padded patches
+    ``(c, max h, max w)`` and interpolation weights stay under ``chunk_bytes`` float32 bytes and
+    within :data:`_PADDING_WASTE` of the unpadded patches; at least one mask per group."""
+    group: List[int] = []
+    gh = gw = area = 0
+    for i in order:
+        h, w = max(gh, sizes[i][0]), max(gw, sizes[i][1])
+        padded = (len(group) + 1) * h * w
+        if group and ((padded + 2 * resolution * (h + w) * (len(group) + 1)) * 4 > chunk_bytes
+                      or padded > _PADDING_WASTE * (area + sizes[i][0] * sizes[i][1])):
+            yield group
+            group, h, w, area = [], sizes[i][0], sizes[i][1], 0
+        group.append(i)
+        gh, gw, area = h, w, area + sizes[i][0] * sizes[i][1]
+    if group:
+        yield group
+
+
+def _linear_weights(coords: Tensor, size: int) -> Tensor:
+    """``(c, L, size)`` bilinear (triangle) weights ``max(0, 1 - |coord - j|)`` of source cells
+    ``j`` at continuous source coordinates ``coords (c, L)``: ``grid_sample``'s bilinear weights
+    with zero padding, along one axis."""
+    taps = torch.arange(size, device=coords.device, dtype=coords.dtype)
+    return (1 - (coords[..., None] - taps).abs()).clamp_(min=0)
+
+
+def paste_mask_patches(
+    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES
+) -> Iterator[Tuple[List[int], Tensor, Tensor]]:
+    """Paste ``R x R`` masks at their boxes, a bounded chunk at a time, yielding only the pasted
+    region of each mask: the one paste implementation (:func:`paste_masks_in_image` and
+    :func:`paste_masks_rle` consume it).
+
+    Every image pixel whose center lies inside a box samples the mask bilinearly
+    (``grid_sample`` with ``align_corners=False`` and zero padding, so pixels near the box edge
+    fade); pixels outside the box stay 0. Bilinear sampling on an axis-aligned grid is separable,
+    so a chunk is two batched matrix products ``Wy @ masks @ Wx^T`` over the box extents only.
+
+    Args:
+        masks: ``(n, R, R)`` float mask probabilities (or logits; interpolated as given).
+        boxes: ``(n, 4)`` xyxy boxes in image pixels; parts outside the image are cut off.
+        image_size: ``(height, width)`` of the image.
+        chunk_bytes: bound of one chunk's float buffers (masks are grouped by patch size).
+    Yields:
+        ``(indices, extents, patches)``: ``c`` mask indices, ``extents (c, 4)`` int64
+        ``[px0, py0, px1, py1]`` pixel ranges (cut at the border), and ``patches (c, h, w)`` whose
+        ``patches[j, :py1 - py0, :px1 - px0]`` is mask ``indices[j]`` on those pixels (the rest is
+        padding). Masks with an empty extent are not yielded: they are all zero.
+    """
+    _check_paste_args(masks, boxes)
+    height, width = int(image_size[0]), int(image_size[1])
+    extents = _paste_extents(boxes, height, width)
+    sizes = (extents[:, 2:] - extents[:, :2]).flip(1).tolist()  # (h, w) per mask
+    order = sorted((i for i, (h, w) in enumerate(sizes) if h > 0 and w > 0), key=lambda i: -sizes[i][0] * sizes[i][1])
+    resolution = masks.shape[-1]
+    for group in _chunks(sizes, order, resolution, chunk_bytes):
+        index = torch.tensor(group, device=masks.device)
+        ext = extents[group]
+        box = boxes[index].to(masks.dtype)
+        h = max(sizes[i][0] for i in group)
+        w = max(sizes[i][1] for i in group)
+        ys = ext[:, 1:2].to(masks.device, masks.dtype) + torch.arange(h, device=masks.device, dtype=masks.dtype)
+        xs = ext[:, 0:1].to(masks.device, masks.dtype) + torch.arange(w, device=masks.device, dtype=masks.dtype)
+        # source coordinates of the pixel centers: cell j of the R x R mask is centered at j
+        v = (ys + 0.5 - box[:, 1:2]) / (box[:, 3:4] - box[:, 1:2]) * masks.shape[-2] - 0.5
+        u = (xs + 0.5 - box[:, 0:1]) / (box[:, 2:3] - box[:, 0:1]) * resolution - 0.5
+        wy = _linear_weights(v, masks.shape[-2])  # (c, h, R)
+        wx = _linear_weights(u, resolution)  # (c, w, R)
+        yield group, ext, torch.bmm(torch.bmm(wy, masks[index]), wx.transpose(1, 2))
+
+
+def paste_masks_in_image(
+    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES
+) -> Tensor:
+    """Paste ``R x R`` masks into an image at their boxes (:func:`paste_mask_patches`).
+
+    This materialises ``n x H x W`` floats; to evaluate or save masks, use
+    :func:`paste_masks_rle`, whose memory does not grow with ``n x H x W``.
 
     Args:
         masks: ``(n, R, R)`` mask probabilities (or logits; values are interpolated as given).
         boxes: ``(n, 4)`` xyxy boxes in image pixels.
         image_size: ``(height, width)`` of the output image.
+        chunk_bytes: bound of one paste chunk's float buffers.
     Returns:
         ``(n, 1, height, width)`` tensor, zero outside the boxes.
     """
-    if masks.dim() != 3 or boxes.dim() != 2 or boxes.shape[1] != 4 or masks.shape[0] != boxes.shape[0]:
-        raise ValueError(f"expected masks (n, R, R) and boxes (n, 4), got {tuple(masks.shape)} and {tuple(boxes.shape)}")
-    height, width = int(image_size[0]), int(image_size[1])
-    out = masks.new_zeros((masks.shape[0], 1, height, width))
-    for i, (mask, box) in enumerate(zip(masks, boxes.tolist())):
-        x0, y0, x1, y1 = box
-        if not (x1 > x0 and y1 > y0):
-            continue
-        # integer extent of the pixels whose centers can fall inside the box
-        px0, py0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
-        px1, py1 = min(int(math.ceil(x1)), width), min(int(math.ceil(y1)), height)
-        if px1 <= px0 or py1 <= py0:
-            continue
-        xs = (torch.arange(px0, px1, device=masks.device, dtype=masks.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
-        ys = (torch.arange(py0, py1, device=masks.device, dtype=masks.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
-        patch = F.grid_sample(mask[None, None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[i, 0, py0:py1, px0:px1] = patch[0, 0]
+    _check_paste_args(masks, boxes)
+    out = masks.new_zeros((masks.shape[0], 1, int(image_size[0]), int(image_size[1])))
+    for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
+        for i, (x0, y0, x1, y1), patch in zip(group, extents.tolist(), patches):
+            out[i, 0, y0:y1, x0:x1] = patch[: y1 - y0, : x1 - x0]
+        del patches, patch  # one chunk alive at a time
     return out
+
+
+def paste_masks_rle(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: Tuple[int, int],
+    *,
+    threshold: float = MASK_THRESHOLD,
+    chunk_bytes: int = PASTE_CHUNK_BYTES,
+) -> List[Dict[str, Any]]:
+    """COCO RLEs of the masks pasted into an image and binarised at ``>= threshold``, without
+    materialising any image-sized mask: each is run-length encoded from its pasted box region.
+
+    Equal to ``encode_masks_rle(paste_masks_in_image(masks, boxes, image_size)[:, 0], threshold)``;
+    memory is one chunk's buffers (``chunk_bytes``) plus the RLEs, whatever ``n`` and the image size.
+
+    Args:
+        masks: ``(n, R, R)`` mask probabilities.
+        boxes: ``(n, 4)`` xyxy boxes in image pixels.
+        image_size: ``(height, width)`` of the image.
+        threshold: binarisation threshold, ``> 0`` (pixels outside the boxes are 0).
+        chunk_bytes: bound of one paste chunk's float buffers.
+    Returns:
+        ``n`` JSON-ready dicts ``{"size": [H, W], "counts": str}``, as :func:`encode_masks_rle`.
+    """
+    if not threshold > 0:
+        raise ValueError(f"paste_masks_rle: threshold must be > 0 (pixels outside the boxes are 0), got {threshold}")
+    height, width = int(image_size[0]), int(image_size[1])
+
+    def compressed(counts: np.ndarray) -> Dict[str, Any]:
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+    empty = compressed(np.array([height * width], dtype=np.uint32))
+    out = [empty] * masks.shape[0]
+    for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
+        binary = (patches >= threshold).cpu().numpy()
+        for j, (i, (x0, y0, x1, y1)) in enumerate(zip(group, extents.tolist())):
+            out[i] = compressed(_region_run_lengths(binary[j, : y1 - y0, : x1 - x0], y0, x0, height, width))
+        del patches, binary  # one chunk alive at a time, not this one and the next
+    return [dict(rle) for rle in out]
+
+
+def _region_run_lengths(region: np.ndarray, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """COCO's uncompressed RLE counts (column-major runs, starting with a run of zeros) of a
+    ``height x width`` mask that is 0 except for the bool ``region (h, w)`` at rows ``y0:`` and
+    columns ``x0:``."""
+    h = region.shape[0]
+    padded = np.zeros((region.shape[1], h + 2), dtype=np.int8)  # one image column per row
+    padded[:, 1:-1] = region.T
+    col, row = np.nonzero(np.diff(padded, axis=1))  # in column-major image order
+    flat = (x0 + col).astype(np.int64) * height + y0 + row  # run starts and (exclusive) ends, alternating
+    starts, ends = flat[0::2], flat[1::2]
+    if starts.size > 1:  # a run ending at a column's last row continues at the next column's first row
+        joined = starts[1:] == ends[:-1]
+        starts = np.concatenate([starts[:1], starts[1:][~joined]])
+        ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+    edges = np.empty(2 * starts.size + 2, dtype=np.int64)
+    edges[0], edges[-1] = 0, height * width
+    edges[1:-1:2], edges[2:-1:2] = starts, ends
+    counts = np.diff(edges).astype(np.uint32)
+    return counts[:-1] if counts.size > 1 and counts[-1] == 0 else counts  # no empty last run of zeros
+
+
+def encode_masks_rle(masks: Tensor, threshold: float = MASK_THRESHOLD) -> List[Dict[str, Any]]:
+    """COCO compressed RLEs of masks binarised at ``masks >= threshold``.
+
+    Args:
+        masks: ``(n, H, W)`` mask probabilities (or a bool/uint8 binary mask, with the default
+            threshold), on any device.
+        threshold: binarisation threshold.
+    Returns:
+        ``n`` JSON-ready dicts ``{"size": [H, W], "counts": str}`` (pycocotools' RLE with its
+        ``counts`` decoded from ASCII bytes), in the order of ``masks``.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"expected masks (n, H, W), got {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
+        return []
+    binary = (masks >= threshold).permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # (H, W, n)
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            for rle in mask_utils.encode(np.asfortranarray(binary))]

@@ -224,10 +224,7 @@ class PanopticBlendMask(BlendMask):
                 if isinstance(t, dict) and "masks" not in t:
                     raise ValueError(f"targets[{i}] needs 'masks' (n, H, W) uint8/bool to train BlendMask")
         batch, targets = self.transform(images, targets if self.training else None)
-        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        features = self.backbone(batch.tensors)
-        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
-        top_feats = [self.top_layer(t) for t in head.bbox_towers]
+        features, head, top_feats = self._heads(batch.tensors)
         sem_logits = self.sem_seg_head(features)
         if self.training:
             losses = self._losses(features, head, top_feats, targets)
@@ -235,8 +232,12 @@ class PanopticBlendMask(BlendMask):
                                            self.sem_seg_head.ignore_value).to(sem_logits.device)
             losses["loss_sem_seg"] = self.sem_seg_head.loss(sem_logits, sem_targets)
             return losses
-        bases, _ = self.basis_module(features)
-        results = self._inference(bases, head, top_feats, batch.image_sizes, original_sizes)
+        if self.mask_format != "probs":
+            raise ValueError(f"PanopticBlendMask.mask_format must be 'probs' (the fusion reads the pasted "
+                             f"mask probabilities), got {self.mask_format!r}")
+        original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        detections = self._detect_from_heads(features, head, top_feats, batch.image_sizes)
+        results = self._postprocess(detections, batch.image_sizes, original_sizes)
         return [self.add_panoptic(result, sem_logits[i], image_size=size, original_size=orig)
                 for i, (result, size, orig) in enumerate(zip(results, batch.image_sizes, original_sizes))]
 

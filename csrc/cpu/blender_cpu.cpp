@@ -1,19 +1,19 @@
-// CPU entry points of blendmask::blend and blendmask::blend_backward: argument checks,
-// then the kernels of blender_cpu_kernels.h, compiled here for the baseline ISA of the
-// build and in blender_cpu_avx2.cpp for AVX2+FMA. The AVX2 copy runs when the CPU has
-// AVX2 and FMA, unless ATEN_CPU_CAPABILITY=default (ATen's own switch) asks for the
-// baseline. Both copies compute the same thing; with FMA the results differ from the
+// CPU entry points of blendmask::blend and blendmask::blend_backward: the shared prologue
+// (blender.cpp: argument checks, roi value checks, contiguous inputs), then the kernels of
+// blender_cpu_kernels.h, compiled here for the baseline ISA of the build and in
+// blender_cpu_avx2.cpp for AVX2+FMA. The AVX2 copy runs when ATen's own CPU capability (the
+// one its vectorised kernels use, which honours ATEN_CPU_CAPABILITY=default) is AVX2 or
+// better. Both copies compute the same thing; with FMA the results differ from the
 // baseline's at rounding level only.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "../blender.h"
@@ -29,106 +29,64 @@ namespace blendmask {
 #if BLENDMASK_CPU_HAS_AVX2
 namespace cpu {
 namespace avx2 {
-void blend_forward(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output);
-void blend_backward(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns);
+void blend_forward(const BlendCall& call, at::Tensor& output);
+void blend_backward(const BlendCall& call, at::Tensor& grad_bases, at::Tensor& grad_attns);
 }  // namespace avx2
 }  // namespace cpu
 #endif
 
 namespace {
 
-using cpu::Dims;
-using cpu::dims_of;
-
 #if BLENDMASK_CPU_HAS_AVX2
-/// True when the AVX2+FMA kernels may run: the CPU has both and ATEN_CPU_CAPABILITY does
-/// not ask for the baseline ("default").
+/// True when the AVX2+FMA kernels may run: ATen's CPU capability is AVX2 or AVX512 (ATen
+/// requires FMA for both, and reports DEFAULT under ATEN_CPU_CAPABILITY=default). The
+/// capability enum (at::native::get_cpu_capability) is not exported from libtorch_cpu, so
+/// its exported string form is read.
 bool use_avx2() {
   static const bool enabled = [] {
-    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
-    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
+    const std::string capability = at::get_cpu_capability();
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return (capability == "AVX2" || capability == "AVX512") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma");
   }();
   return enabled;
 }
 #endif
 
-/// Rejects rois with NaN/inf coordinates or a batch index outside [0, N).
-template <typename scalar_t>
-void check_roi_values(const scalar_t* rois, int64_t num_rois, int64_t num_images) {
-  for (int64_t d = 0; d < num_rois; ++d) {
-    const scalar_t* roi = rois + d * 5;
-    for (int j = 0; j < 5; ++j) {
-      TORCH_CHECK_VALUE(
-          std::isfinite(static_cast<double>(roi[j])), "blend: rois[", d, "] has a non-finite value (",
-          static_cast<double>(roi[j]), ")");
-    }
-    const double b = static_cast<double>(roi[0]);
-    TORCH_CHECK_VALUE(
-        b >= 0 && b < static_cast<double>(num_images), "blend: rois[", d, "] has batch index ", b,
-        " out of range for ", num_images, " images");
-  }
-}
-
 at::Tensor blend_cpu(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
     double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, at::Tensor());
-  TORCH_CHECK(bases.device().is_cpu(), "blend_cpu: expected CPU tensors, got ", bases.device());
-  const TopInterp mode = parse_top_interp(top_interp);
-  const Dims n = dims_of(bases, attns, output_size);
-  at::Tensor output = at::empty({n.num_rois, output_size, output_size}, bases.options());
+  const BlendCall call = prepare_call(
+      "blend_cpu", c10::DeviceType::CPU, at::Tensor(), bases, attns, rois, output_size, spatial_scale, sampling_ratio,
+      aligned, top_interp, /*check_values=*/true);
+  at::Tensor output = at::empty({call.n.num_rois, output_size, output_size}, bases.options());
   if (output.numel() == 0) return output;
-  const at::Tensor bases_c = bases.contiguous();
-  const at::Tensor attns_c = attns.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_cpu", [&] {
-    check_roi_values(rois_c.const_data_ptr<scalar_t>(), n.num_rois, n.num_images);
-  });
-  const int sampling = static_cast<int>(sampling_ratio);
 #if BLENDMASK_CPU_HAS_AVX2
   if (use_avx2()) {
-    cpu::avx2::blend_forward(bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, output);
+    cpu::avx2::blend_forward(call, output);
     return output;
   }
 #endif
-  cpu::baseline::blend_forward(bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, output);
+  cpu::baseline::blend_forward(call, output);
   return output;
 }
 
 std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois,
     int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, grad);
-  TORCH_CHECK(bases.device().is_cpu(), "blend_backward_cpu: expected CPU tensors, got ", bases.device());
-  const TopInterp mode = parse_top_interp(top_interp);
-  const Dims n = dims_of(bases, attns, output_size);
+  const BlendCall call = prepare_call(
+      "blend_backward_cpu", c10::DeviceType::CPU, grad, bases, attns, rois, output_size, spatial_scale,
+      sampling_ratio, aligned, top_interp, /*check_values=*/true);
   at::Tensor grad_bases = at::zeros(bases.sizes(), bases.options());
   at::Tensor grad_attns = at::zeros(attns.sizes(), attns.options());
-  if (n.num_rois == 0) return {grad_bases, grad_attns};
-  const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor bases_c = bases.contiguous();
-  const at::Tensor attns_c = attns.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_backward_cpu", [&] {
-    check_roi_values(rois_c.const_data_ptr<scalar_t>(), n.num_rois, n.num_images);
-  });
-  const int sampling = static_cast<int>(sampling_ratio);
+  if (call.n.num_rois == 0) return {grad_bases, grad_attns};
 #if BLENDMASK_CPU_HAS_AVX2
   if (use_avx2()) {
-    cpu::avx2::blend_backward(
-        grad_c, bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, grad_bases, grad_attns);
+    cpu::avx2::blend_backward(call, grad_bases, grad_attns);
     return {grad_bases, grad_attns};
   }
 #endif
-  cpu::baseline::blend_backward(
-      grad_c, bases_c, attns_c, rois_c, n, spatial_scale, sampling, aligned, mode, grad_bases, grad_attns);
+  cpu::baseline::blend_backward(call, grad_bases, grad_attns);
   return {grad_bases, grad_attns};
 }
 

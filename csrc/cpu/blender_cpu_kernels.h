@@ -14,8 +14,11 @@
 //
 // The backward recomputes the forward row by row. Its gradient w.r.t. attns belongs to one
 // roi, so the thread owning the roi writes it. Its gradient w.r.t. bases is a scatter that
-// rois can share: every parallel chunk of rois accumulates into its own buffer (chunk 0
-// directly into the result when the dtypes allow), and the buffers are summed afterwards.
+// rois can share. It runs in two passes per group of rois: the rois in parallel, each
+// keeping the gradient of its horizontal lines (one per base row it samples), then the base
+// rows in parallel, each adding the lines of the group's rois in roi order. No thread owns a
+// copy of grad_bases, and every element sums its terms in the same order whatever the thread
+// count, so the result is bit-for-bit the same at any number of threads.
 #ifndef BLENDMASK_CPU_ISA
 #error "define BLENDMASK_CPU_ISA before including blender_cpu_kernels.h"
 #endif
@@ -23,27 +26,6 @@
 namespace blendmask {
 namespace cpu {
 
-#ifndef BLENDMASK_CPU_DIMS_DEFINED
-#define BLENDMASK_CPU_DIMS_DEFINED
-/// Sizes of one call, in the kernels' own words.
-struct Dims {
-  int64_t num_images;  // N
-  int64_t channels;    // K
-  int height;          // Hb
-  int width;           // Wb
-  int64_t num_rois;    // D
-  int attn_h;          // Mh
-  int attn_w;          // Mw
-  int out;             // R
-};
-
-inline Dims dims_of(const at::Tensor& bases, const at::Tensor& attns, int64_t output_size) {
-  return Dims{bases.size(0), bases.size(1), static_cast<int>(bases.size(2)), static_cast<int>(bases.size(3)),
-              attns.size(0), static_cast<int>(attns.size(2)), static_cast<int>(attns.size(3)),
-              static_cast<int>(output_size)};
-}
-
-#endif  // BLENDMASK_CPU_DIMS_DEFINED
 
 namespace BLENDMASK_CPU_ISA {
 namespace {
@@ -199,11 +181,10 @@ struct RoiWorkspace {
         row_slot(dims.height, -1) {}
 
   /// Caches the crop taps of roi ``roi`` (5 values) for output rows [row_begin, row_end).
-  void load_roi(const scalar_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
+  void load_roi(const acc_t* roi, acc_t spatial_scale, int sampling_ratio, bool aligned, int row_begin, int row_end) {
     image = static_cast<int64_t>(roi[0]);
     geo = math::roi_geometry<acc_t>(
-        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-        spatial_scale, n.out, sampling_ratio, aligned);
+        roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, sampling_ratio, aligned);
     const int gh = std::max(geo.grid_h, 0);
     const int gw = std::max(geo.grid_w, 0);
     y_taps.resize(static_cast<size_t>(n.out) * gh);
@@ -346,13 +327,16 @@ int rows_per_item(const Dims& n) {
 }
 
 template <typename scalar_t>
-void blend_forward_kernel(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output) {
+void blend_forward_kernel(const BlendCall& call, at::Tensor& output) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
+  const Dims& n = call.n;
+  const double spatial_scale = call.spatial_scale;
+  const int sampling_ratio = n.sampling_ratio;
+  const bool aligned = n.aligned;
+  const TopInterp mode = n.bilinear ? TopInterp::Bilinear : TopInterp::Nearest;
+  const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+  const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+  const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
   scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
   const AttentionPlan<acc_t> plan(mode, n);
   const int rows = rows_per_item(n);
@@ -379,84 +363,136 @@ void blend_forward_kernel(
   });
 }
 
-/// Splits the rois [0, D) into ``chunks`` consecutive runs of about equal backward work
-/// (returns the chunks + 1 bounds). A roi costs K x R x R for its pixels plus K x R per
-/// base row it samples (at most 2 per sample row), so tall boxes cost up to three times
-/// as much as short ones; an even split by count would leave one thread waiting.
-template <typename scalar_t, typename acc_t>
+/// About how many base rows a roi samples (at most 2 per sample row, and the map's height).
+template <typename acc_t>
+double sampled_base_rows(const RoiGeometry<acc_t>& geo, const Dims& n) {
+  const double sample_rows = static_cast<double>(n.out) * std::max(geo.grid_h, 0);
+  const double height = std::abs(static_cast<double>(geo.bin_h) * n.out);
+  return std::min({2.0 * sample_rows, height + 2.0, static_cast<double>(n.height)});
+}
+
+/// Splits the rois [0, count) of ``rois`` into ``chunks`` consecutive runs of about equal
+/// backward work (returns the chunks + 1 bounds). A roi costs K x R x R for its pixels plus
+/// K x R per base row it samples (at most 2 per sample row), so tall boxes cost up to three
+/// times as much as short ones; an even split by count would leave one thread waiting.
+template <typename acc_t>
 std::vector<int64_t> balanced_roi_chunks(
-    const scalar_t* rois, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned, int64_t chunks) {
-  std::vector<double> prefix(n.num_rois + 1, 0.0);
-  for (int64_t d = 0; d < n.num_rois; ++d) {
-    const scalar_t* roi = rois + d * 5;
-    const RoiGeometry<acc_t> geo = math::roi_geometry<acc_t>(
-        static_cast<acc_t>(roi[1]), static_cast<acc_t>(roi[2]), static_cast<acc_t>(roi[3]), static_cast<acc_t>(roi[4]),
-        spatial_scale, n.out, sampling_ratio, aligned);
-    const double sample_rows = static_cast<double>(n.out) * std::max(geo.grid_h, 0);
-    const double height = std::abs(static_cast<double>(geo.bin_h) * n.out);
-    const double base_rows = std::min({2.0 * sample_rows, height + 2.0, static_cast<double>(n.height)});
-    prefix[d + 1] = prefix[d] + static_cast<double>(n.out) * (n.out + base_rows);
+    const acc_t* rois, int64_t count, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned,
+    int64_t chunks) {
+  std::vector<double> prefix(count + 1, 0.0);
+  for (int64_t d = 0; d < count; ++d) {
+    const acc_t* roi = rois + d * 5;
+    const RoiGeometry<acc_t> geo =
+        math::roi_geometry<acc_t>(roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, sampling_ratio, aligned);
+    prefix[d + 1] = prefix[d] + static_cast<double>(n.out) * (n.out + sampled_base_rows(geo, n));
   }
-  std::vector<int64_t> bounds(chunks + 1, n.num_rois);
+  std::vector<int64_t> bounds(chunks + 1, count);
   bounds[0] = 0;
   int64_t d = 0;
   for (int64_t c = 1; c < chunks; ++c) {
-    const double target = prefix[n.num_rois] * static_cast<double>(c) / static_cast<double>(chunks);
-    while (d < n.num_rois && prefix[d + 1] <= target) ++d;
+    const double target = prefix[count] * static_cast<double>(c) / static_cast<double>(chunks);
+    while (d < count && prefix[d + 1] <= target) ++d;
     bounds[c] = d;
   }
   return bounds;
 }
 
+/// What the first backward pass keeps of one roi for the second: the gradient of its
+/// horizontal lines (the transpose of RoiWorkspace::horizontal) and the x taps that spread
+/// them over the base rows.
+template <typename acc_t>
+struct RoiLineGrads {
+  int64_t image = 0;
+  int grid_w = 0;
+  std::vector<int> slot_rows;         // (slots): the base row of each line
+  std::vector<acc_t> lines;           // (K, slots, R)
+  std::vector<int> x_lo, x_hi;        // (grid_w * R)
+  std::vector<acc_t> x_w_lo, x_w_hi;  // (grid_w * R)
+};
+
+/// The end of the backward group of rois that starts at ``begin``: rois are added while
+/// their line gradients (K x base rows x R each) fit in ``budget`` elements, which bounds the
+/// memory the backward holds at once whatever the thread count.
+template <typename acc_t>
+int64_t backward_group_end(
+    const acc_t* rois, int64_t begin, const Dims& n, acc_t spatial_scale, int sampling_ratio, bool aligned,
+    double budget) {
+  double used = 0;
+  int64_t end = begin;
+  while (end < n.num_rois) {
+    const acc_t* roi = rois + end * 5;
+    const RoiGeometry<acc_t> geo =
+        math::roi_geometry<acc_t>(roi[1], roi[2], roi[3], roi[4], spatial_scale, n.out, sampling_ratio, aligned);
+    used += static_cast<double>(n.channels) * n.out * sampled_base_rows(geo, n);
+    if (used > budget && end > begin) break;
+    ++end;
+  }
+  return end;
+}
+
+/// Elements of line gradients one backward group may hold (1 MiB of float): the extra
+/// memory of the backward, whatever the thread count and the size of bases.
+constexpr double kBackwardGroupBudget = 1 << 18;
+
 template <typename scalar_t>
-void blend_backward_kernel(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns) {
+void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Tensor& grad_attns) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad_p = grad.const_data_ptr<scalar_t>();
-  const scalar_t* bases_p = bases.const_data_ptr<scalar_t>();
-  const scalar_t* attns_p = attns.const_data_ptr<scalar_t>();
-  const scalar_t* rois_p = rois.const_data_ptr<scalar_t>();
+  const Dims& n = call.n;
+  const double spatial_scale = call.spatial_scale;
+  const int sampling_ratio = n.sampling_ratio;
+  const bool aligned = n.aligned;
+  const TopInterp mode = n.bilinear ? TopInterp::Bilinear : TopInterp::Nearest;
+  const scalar_t* grad_p = call.grad.const_data_ptr<scalar_t>();
+  const scalar_t* bases_p = call.bases.const_data_ptr<scalar_t>();
+  const scalar_t* attns_p = call.attns.const_data_ptr<scalar_t>();
+  const acc_t* rois_p = call.rois.const_data_ptr<acc_t>();
   scalar_t* grad_attns_p = grad_attns.mutable_data_ptr<scalar_t>();
   const AttentionPlan<acc_t> plan(mode, n);
   const int64_t attn_size = n.channels * n.attn_h * n.attn_w;
-  const int64_t bases_size = bases.numel();
-  const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
+  const int64_t bases_size = call.bases.numel();
 
-  // One accumulator of grad_bases per chunk of rois; chunk 0 writes into grad_bases itself
-  // when it already has the accumulation dtype.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n.num_rois));
+  // grad_bases is accumulated in acc_t: in place when it has that dtype, else in one
+  // bases-sized buffer (one, whatever the thread count).
   const bool direct = std::is_same<scalar_t, acc_t>::value;
-  const std::vector<int64_t> chunk_bounds =
-      balanced_roi_chunks(rois_p, n, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, chunks);
-  const int64_t buffers = direct ? chunks - 1 : chunks;
-  std::vector<acc_t> partial(static_cast<size_t>(buffers * bases_size), acc_t(0));
-  auto accumulator_of = [&](int64_t chunk) -> acc_t* {
-    if (direct && chunk == 0) return reinterpret_cast<acc_t*>(grad_bases.mutable_data_ptr<scalar_t>());
-    return partial.data() + (direct ? chunk - 1 : chunk) * bases_size;
-  };
+  std::vector<acc_t> widened(direct ? 0 : static_cast<size_t>(bases_size), acc_t(0));
+  acc_t* grad_bases_acc = direct ? reinterpret_cast<acc_t*>(grad_bases.mutable_data_ptr<scalar_t>()) : widened.data();
 
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    RoiWorkspace<scalar_t, acc_t> ws(n);
-    std::vector<acc_t> grad_crop_row(static_cast<size_t>(n.channels) * n.out);
-    std::vector<acc_t> grad_attn_row(static_cast<size_t>(n.channels) * n.out);
-    std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
-    std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
-    std::vector<acc_t> g_row(n.out);
-    std::vector<acc_t> grad_horizontal;  // (K, slots, R): transpose of ws.horizontal
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      acc_t* grad_bases_acc = accumulator_of(chunk);
-      const int64_t d_begin = chunk_bounds[chunk];
-      const int64_t d_end = chunk_bounds[chunk + 1];
-      for (int64_t d = d_begin; d < d_end; ++d) {
+  // Rois are processed in groups. Pass 1 (parallel over the group's rois) recomputes each
+  // roi's forward and keeps its line gradients; pass 2 (parallel over base rows) adds the
+  // lines into the rows, every row taking its rois in roi order. Each element of grad_bases
+  // so sums its terms in one fixed order whatever the thread count (bit-for-bit
+  // deterministic), with no per-thread copy of grad_bases: the extra memory is one group's
+  // lines, K x (base rows a roi samples) x R per roi, about kBackwardGroupBudget elements.
+  std::vector<RoiLineGrads<acc_t>> group;
+  const int64_t row_keys = n.num_images * n.height;
+  std::vector<int64_t> row_start;   // (row_keys + 1): CSR offsets of each (image, base row)
+  std::vector<int64_t> row_lines;   // (entries): roi index in group * 2^31 + slot, roi order
+
+  for (int64_t g0 = 0, g1 = 0; g0 < n.num_rois; g0 = g1) {
+    g1 = backward_group_end(rois_p, g0, n, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, kBackwardGroupBudget);
+    const int64_t count = g1 - g0;
+    if (static_cast<int64_t>(group.size()) < count) group.resize(static_cast<size_t>(count));
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+    const std::vector<int64_t> chunk_bounds = balanced_roi_chunks(
+        rois_p + g0 * 5, count, n, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, chunks);
+
+    at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      RoiWorkspace<scalar_t, acc_t> ws(n);
+      std::vector<acc_t> grad_crop_row(static_cast<size_t>(n.channels) * n.out);
+      std::vector<acc_t> grad_attn_row(static_cast<size_t>(n.channels) * n.out);
+      std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
+      std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
+      std::vector<acc_t> g_row(n.out);
+      for (int64_t local = chunk_bounds[chunk_begin]; local < chunk_bounds[chunk_end]; ++local) {
+        const int64_t d = g0 + local;
+        RoiLineGrads<acc_t>& out = group[local];
         const scalar_t* attn = attns_p + d * attn_size;
         ws.load_roi(rois_p + d * 5, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, 0, n.out);
         ws.load_attention(attn, plan);
         ws.load_crops(bases_p);
         const int gh = std::max(ws.geo.grid_h, 0);
-        const int gw = std::max(ws.geo.grid_w, 0);
         const int slots = ws.num_slots();
+        std::vector<acc_t>& grad_horizontal = out.lines;  // (K, slots, R): transpose of ws.horizontal
         grad_horizontal.assign(static_cast<size_t>(n.channels) * slots * n.out, acc_t(0));
         std::fill(grad_attn.begin(), grad_attn.end(), acc_t(0));
         std::fill(grad_width_pass.begin(), grad_width_pass.end(), acc_t(0));
@@ -509,29 +545,13 @@ void blend_backward_kernel(
           }
         }
 
-        // slots into the base rows of this chunk's grad_bases accumulator (x transpose)
-        for (int64_t k = 0; k < n.channels; ++k) {
-          acc_t* plane = grad_bases_acc + (ws.image * n.channels + k) * plane_size;
-          for (int slot = 0; slot < slots; ++slot) {
-            acc_t* row = plane + static_cast<int64_t>(ws.slot_rows[slot]) * n.width;
-            const acc_t* src = grad_horizontal.data() + (k * slots + slot) * n.out;
-            for (int ix = 0; ix < gw; ++ix) {
-              const int64_t t = static_cast<int64_t>(ix) * n.out;
-              const int* lo = ws.x_lo.data() + t;
-              const int* hi = ws.x_hi.data() + t;
-              const acc_t* w_lo = ws.x_w_lo.data() + t;
-              const acc_t* w_hi = ws.x_w_hi.data() + t;
-              RunAccumulator<acc_t> to_lo(row), to_hi(row);
-              for (int pw = 0; pw < n.out; ++pw) {
-                to_lo.add(lo[pw], src[pw] * w_lo[pw]);
-                to_hi.add(hi[pw], src[pw] * w_hi[pw]);
-              }
-              to_lo.flush();
-              to_hi.flush();
-            }
-          }
-        }
-
+        out.image = ws.image;
+        out.grid_w = std::max(ws.geo.grid_w, 0);
+        out.slot_rows = ws.slot_rows;
+        out.x_lo = ws.x_lo;
+        out.x_hi = ws.x_hi;
+        out.x_w_lo = ws.x_w_lo;
+        out.x_w_hi = ws.x_w_hi;
         if (mode == TopInterp::Bilinear) {
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
@@ -549,39 +569,78 @@ void blend_backward_kernel(
         scalar_t* grad_attn_out = grad_attns_p + d * attn_size;
         for (int64_t i = 0; i < attn_size; ++i) grad_attn_out[i] = static_cast<scalar_t>(grad_attn[i]);
       }
-    }
-  });
+    });
 
-  // Sum the per-chunk accumulators into grad_bases, in parallel over elements.
-  scalar_t* grad_bases_p = grad_bases.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, bases_size, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc_t total = direct ? static_cast<acc_t>(grad_bases_p[i]) : acc_t(0);
-      for (int64_t b = 0; b < buffers; ++b) total += partial[b * bases_size + i];
-      grad_bases_p[i] = static_cast<scalar_t>(total);
+    // Pass 2: index the lines by (image, base row), in roi order (a stable counting sort).
+    row_start.assign(static_cast<size_t>(row_keys + 1), 0);
+    for (int64_t local = 0; local < count; ++local) {
+      for (int row : group[local].slot_rows) ++row_start[group[local].image * n.height + row + 1];
     }
-  });
+    for (int64_t key = 0; key < row_keys; ++key) row_start[key + 1] += row_start[key];
+    row_lines.resize(static_cast<size_t>(row_start[row_keys]));
+    {
+      std::vector<int64_t> fill(row_start.begin(), row_start.end() - 1);
+      for (int64_t local = 0; local < count; ++local) {
+        const RoiLineGrads<acc_t>& roi = group[local];
+        for (int slot = 0; slot < static_cast<int>(roi.slot_rows.size()); ++slot) {
+          row_lines[fill[roi.image * n.height + roi.slot_rows[slot]]++] = (local << 31) | slot;
+        }
+      }
+    }
+    // ... and spread every line over its base row (the x transpose), rows in parallel.
+    at::parallel_for(0, row_keys, 1, [&](int64_t key_begin, int64_t key_end) {
+      for (int64_t key = key_begin; key < key_end; ++key) {
+        if (row_start[key] == row_start[key + 1]) continue;
+        const int64_t image = key / n.height;
+        const int64_t base_row = key % n.height;
+        for (int64_t k = 0; k < n.channels; ++k) {
+          acc_t* row = grad_bases_acc + ((image * n.channels + k) * n.height + base_row) * n.width;
+          for (int64_t e = row_start[key]; e < row_start[key + 1]; ++e) {
+            const RoiLineGrads<acc_t>& roi = group[row_lines[e] >> 31];
+            const int64_t slot = row_lines[e] & ((int64_t(1) << 31) - 1);
+            const int64_t slots = static_cast<int64_t>(roi.slot_rows.size());
+            const acc_t* src = roi.lines.data() + (k * slots + slot) * n.out;
+            for (int ix = 0; ix < roi.grid_w; ++ix) {
+              const int64_t t = static_cast<int64_t>(ix) * n.out;
+              const int* lo = roi.x_lo.data() + t;
+              const int* hi = roi.x_hi.data() + t;
+              const acc_t* w_lo = roi.x_w_lo.data() + t;
+              const acc_t* w_hi = roi.x_w_hi.data() + t;
+              RunAccumulator<acc_t> to_lo(row), to_hi(row);
+              for (int pw = 0; pw < n.out; ++pw) {
+                to_lo.add(lo[pw], src[pw] * w_lo[pw]);
+                to_hi.add(hi[pw], src[pw] * w_hi[pw]);
+              }
+              to_lo.flush();
+              to_hi.flush();
+            }
+          }
+        }
+      }
+    });
+  }
+
+  if (!direct) {
+    scalar_t* grad_bases_p = grad_bases.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, bases_size, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) grad_bases_p[i] = static_cast<scalar_t>(widened[i]);
+    });
+  }
 }
 
 }  // namespace
 
-/// Forward kernel of this ISA: fills ``output`` (D, R, R); inputs contiguous, rois checked.
-void blend_forward(
-    const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n, double spatial_scale,
-    int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_cpu", [&] {
-    blend_forward_kernel<scalar_t>(bases, attns, rois, n, spatial_scale, sampling_ratio, aligned, mode, output);
+/// Forward kernel of this ISA: fills ``output`` (D, R, R) from a prepared call.
+void blend_forward(const BlendCall& call, at::Tensor& output) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.bases.scalar_type(), "blend_cpu", [&] {
+    blend_forward_kernel<scalar_t>(call, output);
   });
 }
 
 /// Backward kernel of this ISA: fills the zero-initialised ``grad_bases`` and ``grad_attns``.
-void blend_backward(
-    const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, const Dims& n,
-    double spatial_scale, int sampling_ratio, bool aligned, TopInterp mode, at::Tensor& grad_bases,
-    at::Tensor& grad_attns) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "blend_backward_cpu", [&] {
-    blend_backward_kernel<scalar_t>(
-        grad, bases, attns, rois, n, spatial_scale, sampling_ratio, aligned, mode, grad_bases, grad_attns);
+void blend_backward(const BlendCall& call, at::Tensor& grad_bases, at::Tensor& grad_attns) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.bases.scalar_type(), "blend_backward_cpu", [&] {
+    blend_backward_kernel<scalar_t>(call, grad_bases, grad_attns);
   });
 }
 

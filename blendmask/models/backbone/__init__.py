@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from ...config import BackboneConfig
+from ...serialization import WeightsFileError, read_state_dict
 from .dla import DLA34
 from .fpn import FPNBackbone, TopBlock
 from .mobilenet import MobileNetV2Body, mobilenet_v2_imagenet_weights_path
@@ -76,26 +76,14 @@ def build_bottom_up(cfg: BackboneConfig) -> nn.Module:
     return TorchvisionResNet(name=cfg.name, norm=cfg.norm, with_res2=with_res2)
 
 
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weights_backbone file not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
-            data = data[wrapper]
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise TypeError(f"weights_backbone file {path} must hold a state dict (str -> Tensor), "
-                        f"optionally wrapped in {{'model': ...}}")
-    return data
-
-
 def load_bottom_up_weights(bottom_up: nn.Module, weights: Union[str, os.PathLike]) -> None:
     """Load ``"imagenet"`` (MobileNetV2, offline) or a state-dict file into ``bottom_up``.
 
     The file uses the bottom-up network's own names: torchvision's for the torchvision layout
     and MobileNetV2, detectron2's for the MSRA layout (``stem.conv1.weight``, ...); prefixes
     ``module.``/``backbone.bottom_up.`` and the classifier keys are ignored. Any other missing
-    or unexpected key, or a shape mismatch, raises ``RuntimeError``. Never downloads.
+    or unexpected key, or a shape mismatch, raises :class:`~blendmask.serialization.WeightsFileError`
+    (a ``ValueError``), as does a file that is not a state dict. Never downloads.
     """
     if weights == "imagenet":
         if not isinstance(bottom_up, MobileNetV2Body):
@@ -108,7 +96,7 @@ def load_bottom_up_weights(bottom_up: nn.Module, weights: Union[str, os.PathLike
     else:
         raise TypeError(f"weights_backbone must be None, 'imagenet' or a path, got {type(weights).__name__}")
     state = {}
-    for key, value in _read_state_dict(path).items():
+    for key, value in read_state_dict(path, what="weights_backbone file", wrappers=("model", "state_dict")).items():
         for prefix in _STRIP_PREFIXES:
             key = key[len(prefix):] if key.startswith(prefix) else key
         if not key.startswith(bottom_up.ignored_weight_prefixes):
@@ -117,11 +105,11 @@ def load_bottom_up_weights(bottom_up: nn.Module, weights: Union[str, os.PathLike
     mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                   for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if mismatched:
-        raise RuntimeError(f"weights_backbone {path}: shape mismatch for {len(mismatched)} keys: {mismatched[:10]}")
+        raise WeightsFileError(f"weights_backbone {path}: shape mismatch for {len(mismatched)} keys: {mismatched[:10]}")
     result = bottom_up.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"weights_backbone {path} does not match {type(bottom_up).__name__}: "
+        raise WeightsFileError(f"weights_backbone {path} does not match {type(bottom_up).__name__}: "
                            f"{len(missing)} missing keys {missing[:10]}, "
                            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:10]}")
 

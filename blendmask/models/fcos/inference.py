@@ -6,6 +6,13 @@ above ``score_thresh`` (``thresh_with_ctr``; otherwise the threshold is applied 
 a class-aware NMS and the ``post_nms_topk`` best detections. The reported score is
 ``sqrt(cls * ctr)``.
 
+Detections whose box is empty once clipped to the image (zero width or height: FCOS's ReLU
+regression predicts zero distances, and locations in the padding predict boxes outside the
+image) are dropped *before* the NMS and the final top-k, so that up to ``post_nms_topk`` real
+detections come out. AdelaiDet drops them after its top-k (detectron2's
+``detector_postprocess``), so it can return fewer. Empty boxes overlap nothing, so dropping
+them before the NMS suppresses nothing else.
+
 This is the only implementation, used both by the eager model and by the exported graph
 (:mod:`blendmask.deploy.graph`), so it has no data-dependent Python branches and ``torch.export``
 traces it:
@@ -26,7 +33,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-__all__ = ["clip_boxes", "class_aware_nms", "fcos_inference_single_image"]
+__all__ = ["clip_boxes", "nonempty_boxes", "class_aware_nms", "fcos_inference_single_image"]
 
 
 def clip_boxes(boxes: Tensor, image_size: Union[Tensor, Tuple[int, int]]) -> Tensor:
@@ -40,6 +47,11 @@ def clip_boxes(boxes: Tensor, image_size: Union[Tensor, Tuple[int, int]]) -> Ten
     image_size = image_size.to(boxes.dtype)
     upper = torch.stack([image_size[1], image_size[0], image_size[1], image_size[0]])
     return torch.minimum(boxes.clamp(min=0), upper)
+
+
+def nonempty_boxes(boxes: Tensor) -> Tensor:
+    """``(n,)`` bool: the ``(n, 4)`` xyxy boxes with positive width and height."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -86,15 +98,19 @@ def fcos_inference_single_image(
         strides: per level stride.
         extras: optional per level ``(E, Hl, Wl)`` features gathered at the kept locations
             (BlendMask's top-layer attentions).
-        image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) the boxes are
-            clipped to (see :func:`clip_boxes`); without it the boxes are not clipped.
+        image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) of the image:
+            boxes empty once clipped to it (see :func:`clip_boxes`) are dropped before the NMS
+            and the top-k; without it, boxes empty as predicted are. The returned boxes are
+            *not* clipped (BlendMask blends and pastes with the whole predicted box).
     Returns:
-        dict with ``boxes (n, 4)`` xyxy, ``scores (n,)``, ``labels (n,)`` int64 and
+        dict with ``boxes (n, 4)`` float32 xyxy as predicted (unclipped), ``scores (n,)`` float32, ``labels (n,)`` int64 and
         ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score,
-        ``n <= post_nms_topk``.
+        ``n <= post_nms_topk``, every box non-empty.
     """
     all_boxes, all_scores, all_labels, all_extras = [], [], [], []
     for level, (cls_l, reg_l, ctr_l, loc_l, stride) in enumerate(zip(logits, reg, ctrness, locations, strides)):
+        # decode in float32 whatever autocast made of the head: boxes and scores are never rounded
+        cls_l, reg_l, ctr_l = cls_l.float(), reg_l.float(), ctr_l.float()
         num_classes = cls_l.shape[0]
         cls_prob = cls_l.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()  # (HW, C)
         ctr_prob = ctr_l.permute(1, 2, 0).reshape(-1).sigmoid()  # (HW,)
@@ -118,13 +134,15 @@ def fcos_inference_single_image(
     boxes = torch.cat(all_boxes)
     scores = torch.cat(all_scores)
     labels = torch.cat(all_labels)
+    valid = nonempty_boxes(clip_boxes(boxes, image_size) if image_size is not None else boxes)
+    valid_idx = valid.nonzero()[:, 0]
+    boxes, scores, labels = boxes[valid_idx], scores[valid_idx], labels[valid_idx]
     keep = class_aware_nms(boxes, scores, labels, nms_thresh)[:post_nms_topk]
-    boxes = boxes[keep]
     result = {
-        "boxes": clip_boxes(boxes, image_size) if image_size is not None else boxes,
+        "boxes": boxes[keep],
         "scores": scores[keep],
         "labels": labels[keep],
     }
     if extras is not None:
-        result["extras"] = torch.cat(all_extras)[keep]
+        result["extras"] = torch.cat(all_extras)[valid_idx][keep]
     return result

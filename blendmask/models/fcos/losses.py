@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from ...engine.distributed import reduce_mean
+from ...distributed import reduce_mean
 
 __all__ = [
     "centerness_targets",
