@@ -112,3 +112,11 @@ def test_panoptic_demo_reaches_the_pq_goal(tmp_path):
     metrics = json.loads((tmp_path / "d" / "eval" / "metrics.json").read_text())
     assert metrics["All"]["PQ"] >= 0.6, metrics["All"]
     assert (tmp_path / "d" / "predictions" / "000001_panoptic.png").is_file()
+
+
+def test_make_shapes_refuses_overwrite_with_panoptic(tmp_path, capsys):
+    out = tmp_path / "pan"
+    assert main(["make-shapes", str(out), "--panoptic", "--overwrite", "--train", "1", "--val", "1",
+                 "--size", str(TINY)]) == 2
+    assert "--overwrite does not apply with --panoptic" in capsys.readouterr().err
+    assert not out.exists()

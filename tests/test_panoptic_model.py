@@ -160,3 +160,35 @@ def test_p2_for_the_other_bottom_up_networks(name, layout):
     with torch.no_grad():
         out = net(torch.randn(1, 3, 64, 96))
     assert list(out) == ["p2", "p3", "p4", "p5"] and out["p2"].shape == (1, 256, 16, 24)
+
+
+def test_eval_runs_the_backbone_once_and_reports_blendmasks_own_instances():
+    """The panoptic eval path shares BlendMask.detect's pipeline: one backbone pass feeds both the
+    instance and semantic heads, and the instance results are postprocess_detections' of detect's."""
+    from blendmask.models.blendmask import postprocess_detections
+
+    torch.manual_seed(0)
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY)).eval()
+    model.proposal_generator.score_thresh = 0.0  # an untrained model: keep some detections
+    images = [torch.rand(3, 64, 80)]
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        result = model(images)[0]
+    hook.remove()
+    assert len(calls) == 1
+    with torch.no_grad():
+        batch, _ = model.transform(images)
+        det = model.detect(batch.tensors, batch.image_sizes)[0]
+    expected = postprocess_detections(det["boxes"], det["scores"], det["labels"], det["masks"],
+                                      image_size=batch.image_sizes[0], original_size=(64, 80))
+    assert expected["boxes"].shape[0] > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(result[key], expected[key])
+
+
+def test_eval_refuses_rle_masks():
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY)).eval()
+    model.mask_format = "rle"
+    with pytest.raises(ValueError, match="mask_format must be 'probs'"):
+        model([torch.rand(3, 64, 64)])
