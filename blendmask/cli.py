@@ -88,14 +88,27 @@ def _say(message: str = "") -> None:
         print(message, flush=True)
 
 
-def _load_split(data: str, split: str, *, train_input=None):
+def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[bool] = False):
     """The dataset of ``split``; with ``train_input`` (a config's ``input`` section), with its
-    training augmentation (``build_train_transforms``: the instance crop when enabled, the flip)."""
+    training augmentation (``build_train_transforms``: the instance crop when enabled, the flip).
+
+    ``panoptic``: False expects COCO instances, True COCO panoptic data
+    (:class:`~blendmask.data.panoptic.CocoPanopticDataset`), None takes what ``data`` holds; data of the
+    other format is a one-line ``PanopticFormatError`` naming the format found."""
     from blendmask.data import CocoInstanceDataset, resolve_split
+    from blendmask.data.panoptic import CocoPanopticDataset, PanopticFormatError, detect_format, resolve_panoptic_split
     from blendmask.data.transforms import build_train_transforms
 
-    ann_file, image_dir = resolve_split(data, split)
+    found = detect_format(data)
+    if panoptic is not None and (found == "panoptic") != panoptic:
+        expected = "COCO panoptic data (a panoptic config)" if panoptic else "COCO instance annotations"
+        raise PanopticFormatError(f"--data {data} holds COCO {found} data, but {expected} are expected here"
+                                  + ("; use a panoptic config (e.g. lite_mobilenet_v2_panoptic) or panoptic weights"
+                                     if found == "panoptic" else ""))
     transforms = build_train_transforms(train_input) if train_input is not None else None
+    if found == "panoptic":
+        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
+    ann_file, image_dir = resolve_split(data, split)
     return CocoInstanceDataset(ann_file, image_dir, transforms=transforms)
 
 
@@ -126,6 +139,8 @@ def _backbone_weights(choice: str, cfg) -> Optional[str]:
 
 
 def _eval_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+    if "Things" in metrics:  # panoptic metrics (blendmask.evaluation.panoptic_eval)
+        return ", ".join(f"{row} PQ={metrics[row]['PQ']:.3f}" for row in ("All", "Things", "Stuff"))
     return ", ".join(f"{task} AP={values['AP']:.3f} AP50={values['AP50']:.3f}"
                      for task, values in metrics.items())
 
@@ -139,6 +154,9 @@ def _add_make_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 64 (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same arguments give identical files")
     p.add_argument("--num-classes", type=int, default=4, help="shape classes, 1-4 (default 4)")
+    p.add_argument("--panoptic", action="store_true",
+                   help="COCO panoptic instead: the shapes over sky/ground/water stuff bands, "
+                        "annotations/panoptic_{train,val}.json + PNG segment maps")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier make-shapes run in OUT (only the files make-shapes "
                         "writes; never through symbolic links). Without it, an existing file is an error")
@@ -146,6 +164,19 @@ def _add_make_shapes(p: argparse.ArgumentParser) -> None:
 
 def _run_make_shapes(args) -> int:
     from blendmask.data import make_shapes
+
+    if args.panoptic:
+        from blendmask.data.panoptic_shapes import make_panoptic_shapes
+
+        if args.overwrite:
+            print("make-shapes: --overwrite does not apply with --panoptic (it replaces the files of its own "
+                  "earlier runs and refuses any other): drop --overwrite", file=sys.stderr)
+            return 2
+
+        out = make_panoptic_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+                                   num_classes=args.num_classes, progress=True)
+        print(f"wrote {args.train} train + {args.val} val panoptic images to {out}")
+        return 0
 
     out = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
                       num_classes=args.num_classes, overwrite=args.overwrite, progress=True)
@@ -156,7 +187,8 @@ def _run_make_shapes(args) -> int:
 # --------------------------------------------------------------------------- train
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="lite_mobilenet_v2", help="preset name (default lite_mobilenet_v2)")
+    p.add_argument("--config", default=None,
+                   help="preset name (default lite_mobilenet_v2, or lite_mobilenet_v2_panoptic for panoptic data)")
     p.add_argument("--data", required=True,
                    help="data set: a directory DIR/annotations/instances_{train,val}.json + DIR/{train,val}/, "
                         "or a COCO JSON file")
@@ -174,7 +206,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
 
 
-def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
+def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
            weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0,
            evaluate_on_val: bool = True, val_data: Optional[str] = None):
     """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``.
@@ -189,20 +221,33 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
     from blendmask.evaluation import evaluate_model
     from blendmask.models import build_model
 
+    if config is None:  # the lite preset of the data's format
+        from blendmask.data.panoptic import detect_format
+
+        config = "lite_mobilenet_v2_panoptic" if detect_format(data) == "panoptic" else "lite_mobilenet_v2"
     cfg = get_config(config, overrides)
-    train_set = _load_split(data, "train", train_input=cfg.input)
+    panoptic = cfg.model.panoptic.enabled
+    train_set = _load_split(data, "train", train_input=cfg.input, panoptic=panoptic)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     cfg.model.num_classes = train_set.num_classes
+    extra_state = {"class_names": train_set.class_names, "category_ids": train_set.category_ids}
+    if panoptic:
+        cfg.model.panoptic.num_stuff_classes = train_set.num_stuff_classes
+        extra_state.update(stuff_names=train_set.stuff_names, stuff_category_ids=train_set.stuff_category_ids)
     val_source = _val_source(data, val_data) if evaluate_on_val else None
-    val_set = _load_split(val_source, "val") if val_source else None
+    val_set = _load_split(val_source, "val", panoptic=panoptic) if val_source else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
                               "or choose another --output")
 
     def evaluate(model) -> Dict[str, Any]:
+        if panoptic:
+            from blendmask.evaluation.panoptic_eval import evaluate_panoptic
+
+            return evaluate_panoptic(model, val_set, output_dir=output_dir / "eval", progress=False)
         return evaluate_model(model, val_set, output_dir=output_dir / "eval", progress=False)
 
     torch.manual_seed(seed)
@@ -210,14 +255,14 @@ def _train(*, config: str, data: str, output: str, overrides: Dict[str, Any], re
     model = build_model(cfg, weights_backbone=None if weights else _backbone_weights(backbone_weights, cfg))
     trainer = Trainer(model=model, cfg=cfg, train_dataset=train_set, output_dir=output_dir,
                       evaluate=evaluate if val_set is not None else None, device=device, seed=seed,
-                      num_workers=num_workers, extra_state={"class_names": train_set.class_names,
-                                                            "category_ids": train_set.category_ids})
+                      num_workers=num_workers, extra_state=extra_state)
     if resume:
         if not trainer.resume():
             logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
     elif weights:
         trainer.load_matching_weights(weights)
-    _say(f"training {cfg.name} on {len(train_set)} images ({train_set.num_classes} classes) for "
+    _say(f"training {cfg.name} on {len(train_set)} images ({train_set.num_classes} classes"
+         f"{f' + {train_set.num_stuff_classes} stuff' if panoptic else ''}) for "
          f"{cfg.solver.max_iter} iterations, batch {cfg.solver.ims_per_batch}, output {output_dir}")
     return trainer.train()
 
@@ -258,11 +303,20 @@ def _evaluate(weights: str, data: str, split: str, output: Path) -> Dict[str, Di
     from blendmask.evaluation import evaluate_model
 
     model, cfg = load_model_from_weights(weights)
-    dataset = _load_split(data, split)
+    panoptic = cfg.model.panoptic.enabled
+    dataset = _load_split(data, split, panoptic=panoptic)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                          f"{dataset.num_classes} categories")
-    metrics = evaluate_model(model, dataset, output_dir=output)
+    if panoptic:
+        from blendmask.evaluation.panoptic_eval import evaluate_panoptic
+
+        if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
+            raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
+                             f"has {dataset.num_stuff_classes} stuff categories")
+        metrics = evaluate_panoptic(model, dataset, output_dir=output)
+    else:
+        metrics = evaluate_model(model, dataset, output_dir=output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -274,6 +328,13 @@ def _run_eval(args) -> int:
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
     _check_output(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
     metrics = _evaluate(args.weights, args.data, args.split, output)
+    if "Things" in metrics:  # panoptic weights: PQ on panoptic data
+        from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
+
+        print(format_pq_table(metrics))
+        print(f"results: {output / PANOPTIC_RESULTS}")
+        print(f"metrics: {output / 'metrics.json'}")
+        return 0
     print(format_results_table(metrics))
     print(f"results: {output / RESULTS_FILE}")
     print(f"metrics: {output / 'metrics.json'}")
@@ -303,11 +364,27 @@ def _check_distinct_stems(images: Sequence[str]) -> None:
         first[stem] = image
 
 
+def _is_panoptic_weights(weights: str) -> bool:
+    """Whether a weights file's embedded config is a panoptic model."""
+    from blendmask.engine.checkpoint import load_checkpoint
+
+    config = load_checkpoint(weights).get("config")
+    return bool(isinstance(config, dict) and config.get("model", {}).get("panoptic", {}).get("enabled"))
+
+
 def _run_predict(args) -> int:
     from blendmask.predict import Predictor, predict_files
 
     _check_distinct_stems(args.images)
     _check_output(args.out, "--out", is_dir=True)
+    if _is_panoptic_weights(args.weights):
+        from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
+
+        overlays = predict_panoptic_files(PanopticPredictor.from_weights(args.weights), args.images, args.out)
+        for path in overlays:
+            print(path)
+        print(f"results: {Path(args.out) / PANOPTIC_PREDICTIONS_JSON}")
+        return 0
     predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold)
     files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases)
     for path in files.overlays + files.bases_figures:
@@ -351,6 +428,12 @@ def _run_export_onnx(args) -> int:
     cfg = get_config(args.config, parse_overrides(args.overrides))
     out = _check_output(args.out, "--out", is_dir=False)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
+    if cfg.model.panoptic.enabled:  # the graph adds the semantic logits; the fusion stays in Python
+        from blendmask.deploy.onnx_export import resolve_model
+        from blendmask.deploy.panoptic import export_panoptic_onnx
+
+        print(f"wrote {export_panoptic_onnx(resolve_model(cfg, args.weights), out, opset=opset)}")
+        return 0
     print(f"wrote {export_onnx(cfg, out, weights=args.weights, opset=opset)}")
     return 0
 
@@ -374,11 +457,18 @@ FAST_OVERRIDES: Dict[str, Any] = {
     "input.min_size_test": 128, "input.max_size_test": 128,
 }
 DEMO_PREDICT_IMAGES = 4
+# demo --panoptic: the synthetic panoptic set and lite_mobilenet_v2_panoptic (README, "Panoptic BlendMask").
+PANOPTIC_DEMO_DATA = dict(DEMO_DATA)
+PANOPTIC_DEMO_OVERRIDES: Dict[str, Any] = {
+    **DEMO_OVERRIDES, "solver.max_iter": 1000, "solver.steps": (750, 900), "solver.checkpoint_period": 250,
+}
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="runs/demo", help="output directory; a previous demo output there is replaced (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a tiny smoke run of every step (meaningless AP)")
+    p.add_argument("--panoptic", action="store_true",
+                   help="panoptic BlendMask on the synthetic panoptic set (PQ table, panoptic overlays)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for the training run")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
@@ -405,6 +495,8 @@ def _run_demo(args) -> int:
     from blendmask.predict import Predictor, predict_files
 
     _setup_logging()
+    if args.panoptic:
+        return _run_panoptic_demo(args)
     extra = parse_overrides(args.overrides)
     data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (DEMO_DATA, DEMO_OVERRIDES)
     overrides = {**overrides, **extra}
@@ -436,6 +528,47 @@ def _run_demo(args) -> int:
     print(f"results JSON: {out / 'eval' / RESULTS_FILE}")
     print("pictures:")
     for path in files.overlays + files.bases_figures:
+        print(f"  {path}")
+    return 0
+
+
+def _run_panoptic_demo(args) -> int:
+    """``demo --panoptic``: the synthetic panoptic set, lite_mobilenet_v2_panoptic training, PQ, overlays."""
+    from blendmask.data.panoptic_shapes import make_panoptic_shapes
+    from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
+    from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
+
+    extra = parse_overrides(args.overrides)
+    data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (PANOPTIC_DEMO_DATA, PANOPTIC_DEMO_OVERRIDES)
+    overrides = {**overrides, **extra}
+    out = Path(args.output)
+    _clear_demo_output(out)
+    start = time.perf_counter()
+    print(f"[1/4] generating the synthetic panoptic set ({data_args['train']} train + {data_args['val']} val, "
+          f"{data_args['size']} px) in {out / 'data'}", flush=True)
+    data = make_panoptic_shapes(out / "data", train=data_args["train"], val=data_args["val"],
+                                size=data_args["size"], seed=data_args["seed"], progress=True)
+    print("[2/4] training lite_mobilenet_v2_panoptic on the CPU", flush=True)
+    result = _train(config="lite_mobilenet_v2_panoptic", data=str(data), output=str(out / "train"),
+                    overrides=overrides, num_workers=args.num_workers, evaluate_on_val=False)
+    print("[3/4] evaluating PQ on the val split", flush=True)
+    metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
+    print("[4/4] predicting on a few val images", flush=True)
+    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
+    overlays = predict_panoptic_files(PanopticPredictor.from_weights(result.final_checkpoint), val_images,
+                                      out / "predictions")
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print(format_pq_table(metrics))
+    print()
+    print(f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, stuff {metrics['Stuff']['PQ']:.3f}) "
+          f"on {data_args['val']} val images (goal: PQ >= 0.60); total time {minutes:.1f} min")
+    print(f"weights:      {result.final_checkpoint}")
+    print(f"loss curve:   {result.loss_curve_path}")
+    print(f"results JSON: {out / 'eval' / PANOPTIC_RESULTS}")
+    print(f"predictions:  {out / 'predictions' / PANOPTIC_PREDICTIONS_JSON}")
+    print("pictures:")
+    for path in overlays:
         print(f"  {path}")
     return 0
 

@@ -45,6 +45,9 @@ class BackboneConfig:
     deform_on_per_stage: Tuple[bool, ...] = (False, False, False, False)
     deform_modulated: bool = False  # DCNv2 (offsets + sigmoid modulation mask) instead of DCNv1
     deform_interval: int = 1
+    # detectron2's FPN.IN_FEATURES with "res2": the FPN also builds P2 (stride 4) from the stride-4
+    # bottom-up map (the panoptic configs' semantic branch reads P2-P5).
+    fpn_with_p2: bool = False
 
 
 @dataclass
@@ -89,12 +92,36 @@ class BlenderConfig:
 
 
 @dataclass
+class PanopticConfig:
+    """Panoptic BlendMask (AdelaiDet's ``configs/BlendMask/Panoptic``): detectron2's ``SemSegFPNHead``
+    (``MODEL.SEM_SEG_HEAD``) for the stuff classes plus the fusion of ``MODEL.PANOPTIC_FPN.COMBINE``.
+
+    The semantic head predicts ``num_stuff_classes + 1`` classes: 0 is "things" (every thing
+    segment merged), ``1..num_stuff_classes`` the stuff categories in increasing id order
+    (detectron2's "panoptic_separated" labels); ``ignore_value`` marks void pixels.
+    """
+
+    enabled: bool = False
+    num_stuff_classes: int = 53  # COCO panoptic: 53 stuff categories (SEM_SEG_HEAD.NUM_CLASSES 54)
+    in_features: Tuple[str, ...] = ("p2", "p3", "p4", "p5")
+    convs_dim: int = 128
+    common_stride: int = 4
+    norm: str = "GN"  # "GN" | "none"
+    loss_weight: float = 0.5
+    ignore_value: int = 255
+    instances_score_thresh: float = 0.2  # COMBINE.INSTANCES_CONFIDENCE_THRESH (AdelaiDet's configs: 0.45)
+    overlap_thresh: float = 0.4  # COMBINE.OVERLAP_THRESH
+    stuff_area_limit: int = 4096  # COMBINE.STUFF_AREA_LIMIT (pixels of the output image)
+
+
+@dataclass
 class ModelConfig:
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     basis: BasisConfig = field(default_factory=BasisConfig)
     blender: BlenderConfig = field(default_factory=BlenderConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
 
 
 @dataclass
@@ -164,6 +191,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.min_size_train_sampling": ("choice", "range"),
     "input.crop_type": ("relative_range", "relative"),
     "model.blender.top_interp": ("bilinear", "nearest"),
+    "model.panoptic.norm": ("GN", "none"),
 }
 
 
@@ -347,6 +375,42 @@ _PRESETS: Dict[str, Dict[str, Any]] = {
         "solver.amp": False,
     },
 }
+
+
+# configs/BlendMask/Panoptic/Base-Panoptic.yaml: P2 in the FPN (RESNETS.OUT_FEATURES res2-res5), the
+# semantic head with LOSS_WEIGHT 0.5 and COMBINE (INSTANCES_CONFIDENCE_THRESH 0.45, OVERLAP_THRESH 0.4).
+_BASE_PANOPTIC = {
+    "model.backbone.fpn_with_p2": True,
+    "model.panoptic.enabled": True,
+    "model.panoptic.loss_weight": 0.5,
+    "model.panoptic.instances_score_thresh": 0.45,
+    "model.panoptic.overlap_thresh": 0.4,
+}
+_PRESETS.update({
+    "Panoptic_R_50_1x": dict(_BASE_PANOPTIC),
+    "Panoptic_R_50_3x": {**_BASE_PANOPTIC, **_SCHEDULE_3X},
+    "Panoptic_R_101_3x": {**_BASE_PANOPTIC, "model.backbone.name": "resnet101", **_SCHEDULE_3X},
+    "Panoptic_R_50_dcni3_5x": {
+        **_BASE_PANOPTIC, **_DCNI3, **_RANGE_AND_CROP,
+        "input.min_size_train": (640, 864), "input.max_size_train": 1440,
+        "solver.steps": (280000, 360000), "solver.max_iter": 400000,
+    },
+    "Panoptic_R_101_dcni3_5x": {
+        **_BASE_PANOPTIC, "model.backbone.name": "resnet101", **_DCNI3, **_RANGE_AND_CROP,
+        "input.min_size_train": (640, 864), "input.max_size_train": 1333,
+        "solver.steps": (280000, 360000), "solver.max_iter": 400000,
+    },
+    # Ours: the lite preset with P2 and a light semantic head; the fusion at the issue's defaults
+    # (score 0.2, overlap 0.4) with the stuff area limit scaled to ~256 px images.
+    "lite_mobilenet_v2_panoptic": {
+        **_PRESETS["lite_mobilenet_v2"],
+        "model.backbone.fpn_with_p2": True,
+        "model.panoptic.enabled": True,
+        "model.panoptic.num_stuff_classes": 3,
+        "model.panoptic.convs_dim": 64,
+        "model.panoptic.stuff_area_limit": 256,
+    },
+})
 
 
 def list_configs() -> List[str]:

@@ -6,6 +6,8 @@ Our modules mirror AdelaiDet's names (``backbone.bottom_up.*`` in the MSRA layou
 
 - the ``{"model": ...}`` wrapper (and a DistributedDataParallel ``module.`` prefix) is removed;
 - the old FCOS name ``centerness`` becomes ``ctrness``;
+- the panoptic models' semantic head ``panoptic_module.*`` (detectron2's ``SemSegFPNHead``) becomes
+  ``sem_seg_head.*``;
 - detectron2-only buffers (``pixel_mean``, ``pixel_std``) are dropped;
 - BN buffers are reconciled with the target model: ``num_batches_tracked`` is dropped where
   we use FrozenBN and filled with 0 where we use a trainable BN.
@@ -35,7 +37,9 @@ from .serialization import atomic_save, read_state_dict
 __all__ = ["ConversionError", "ConversionReport", "architecture_notes", "from_adelaidet", "convert_state_dict",
            "match_state_dict", "convert_checkpoint"]
 
-_RENAMES = (("proposal_generator.fcos_head.centerness.", "proposal_generator.fcos_head.ctrness."),)
+_RENAMES = (("proposal_generator.fcos_head.centerness.", "proposal_generator.fcos_head.ctrness."),
+            # AdelaiDet's panoptic BlendMask names detectron2's SemSegFPNHead "panoptic_module"
+            ("panoptic_module.", "sem_seg_head."))
 _DROPPED = ("pixel_mean", "pixel_std")
 _CLS_LOGITS = "proposal_generator.fcos_head.cls_logits.weight"
 _BN_COUNTER = "num_batches_tracked"
@@ -180,7 +184,10 @@ def _architecture(state: Mapping[str, Any]) -> Dict[str, str]:
                                      " without deformable convs")
     if any(k.startswith("backbone.fpn_") for k in names):
         top = "p7" if "backbone.top_block.p7.weight" in names else "p6" if "backbone.top_block.p6.weight" in names else "p5"
-        facts["FPN levels"] = f"P3-{top.upper()}"
+        first = "P2" if "backbone.fpn_lateral2.weight" in names else "P3"
+        facts["FPN levels"] = f"{first}-{top.upper()}"
+    facts["semantic (panoptic) branch"] = ("present" if any(k.startswith("sem_seg_head.") for k in names)
+                                           else "absent")
     tower_weights = [state[k] for k in names if _TOWER_WEIGHT.match(k)]
     if any(_TOWER_BN.match(k) for k in names):
         facts["FCOS head norm"] = "per-level BN"

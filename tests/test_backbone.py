@@ -29,8 +29,9 @@ def test_distinct_backbones_cover_every_preset():
 
     assert {key(n) for n in _distinct_preset_backbones()} == {key(n) for n in list_configs()}
     # R-50 FrozenBN, R-101, R-50 P3-P6, R-50 BN P3-P6, R-101 DCN, R-50 DCN P3-P6, R-50 P3-P5,
-    # R-50 BN P3-P5, DLA-34 and MobileNetV2.
-    assert len(_distinct_preset_backbones()) == 10
+    # R-50 BN P3-P5, DLA-34 and MobileNetV2; with P2 (the panoptic presets): DCN,
+    # R-101 DCN and MobileNetV2.
+    assert len(_distinct_preset_backbones()) == 15
 
 
 @pytest.mark.parametrize("name", _distinct_preset_backbones())
@@ -38,8 +39,8 @@ def test_every_preset_backbone_gives_documented_shapes(name):
     cfg = get_config(name).model.backbone
     torch.manual_seed(0)
     net = build_backbone(cfg).eval()
-    levels = 3 + cfg.fpn_top_levels
-    assert list(net.strides) == [f"p{i}" for i in range(3, 3 + levels)]
+    first = 2 if cfg.fpn_with_p2 else 3
+    assert list(net.strides) == [f"p{i}" for i in range(first, 6 + cfg.fpn_top_levels)]
     assert net.out_channels == cfg.fpn_out_channels and net.size_divisibility == 32
     with torch.no_grad():
         out = net(torch.randn(1, 3, 64, 96))

@@ -8,7 +8,10 @@ from blendmask.errors import InputTypeError, is_user_error
 
 PRESETS = ["R_50_1x", "R_50_3x", "R_101_3x", "R_101_dcni3_5x", "550_R_50_3x", "550_R_50_dcni3_5x", "Base-RT",
            "RT_R_50_4x", "RT_R_50_4x-BN-head", "RT_R_50_4x_syncbn_shtw", "RT_R_50_4x_bn-head_syncbn_shtw",
-           "DLA_34_syncbn_4x", "lite_mobilenet_v2"]
+           "DLA_34_syncbn_4x", "lite_mobilenet_v2",
+           # configs/BlendMask/Panoptic/*.yaml and the lite panoptic preset
+           "Panoptic_R_50_1x", "Panoptic_R_50_3x", "Panoptic_R_101_3x", "Panoptic_R_50_dcni3_5x",
+           "Panoptic_R_101_dcni3_5x", "lite_mobilenet_v2_panoptic"]
 
 
 def test_list_configs_names_exactly_the_presets():

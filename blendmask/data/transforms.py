@@ -62,6 +62,8 @@ class RandomHorizontalFlip:
             target["boxes"] = boxes
         if "masks" in target:
             target["masks"] = target["masks"].flip(-1)
+        if "sem_seg" in target:  # the panoptic semantic target (H, W)
+            target["sem_seg"] = target["sem_seg"].flip(-1)
         return image.flip(-1), target
 
     def __repr__(self) -> str:
@@ -94,7 +96,7 @@ class RandomInstanceCrop:
     """
 
     _PER_INSTANCE = ("boxes", "labels", "masks")
-    _PER_IMAGE = ("image_id",)
+    _PER_IMAGE = ("image_id", "sem_seg")  # sem_seg (H, W): cropped with the image
 
     def __init__(self, crop_type: str = "relative_range", crop_size: Sequence[float] = (0.9, 0.9)) -> None:
         if crop_type not in ("relative_range", "relative"):
@@ -147,6 +149,8 @@ class RandomInstanceCrop:
             keep = torch.ones(len(shifted), dtype=torch.bool)
         else:
             keep = None
+        if "sem_seg" in target:
+            target["sem_seg"] = target["sem_seg"][y0:y0 + crop_h, x0:x0 + crop_w]
         if keep is not None:
             sizes = target["boxes"][:, 2:] - target["boxes"][:, :2]
             keep &= (sizes > 1e-5).all(dim=1)  # detectron2's filter_empty_instances threshold

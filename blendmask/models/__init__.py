@@ -7,9 +7,11 @@ from .builders import (
     build_model,
     load_weights,
 )
+from .panoptic import PanopticBlendMask
 
 __all__ = [
     "BlendMask",
+    "PanopticBlendMask",
     "build_model",
     "load_weights",
     "blendmask_resnet50_fpn",

@@ -257,7 +257,19 @@ class BlendMask(nn.Module):
             ``bases (K, Hp / s, Wp / s)`` the image's bases at the basis stride ``s``, padding
             included.
         """
-        features, head, top_feats = self._heads(images)
+        return self._detect_from_heads(*self._heads(images), image_sizes, blender=blender)
+
+    def _detect_from_heads(
+        self,
+        features: Dict[str, Tensor],
+        head: FCOSHeadOutputs,
+        top_feats: List[Tensor],
+        image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
+        *,
+        blender: Callable[..., Tensor] = blend,
+    ) -> List[Dict[str, Tensor]]:
+        """:meth:`detect` after :meth:`_heads` (whose outputs ``features``, ``head``, ``top_feats``
+        are): for callers that reuse the backbone features (the panoptic model's semantic head)."""
         bases, _ = self.basis_module(features)
         detections = self.proposal_generator.predict(head, image_sizes, top_feats)
         rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1], float32 (FCOS decodes in float32)

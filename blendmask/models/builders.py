@@ -92,7 +92,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         input_format=backbone.input_format,
         num_classes=m.num_classes,
     )
-    return BlendMask(
+    kwargs = dict(
         backbone=backbone,
         transform=transform,
         proposal_generator=proposal_generator,
@@ -107,6 +107,30 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         sampling_ratio=m.blender.sampling_ratio,
         aligned=m.blender.aligned,
     )
+    if m.panoptic.enabled:
+        return _build_panoptic(cfg, backbone, kwargs)
+    return BlendMask(**kwargs)
+
+
+def _build_panoptic(cfg: BlendMaskConfig, backbone, blendmask_kwargs: Dict[str, Any]):
+    """A :class:`~blendmask.models.panoptic.PanopticBlendMask` (``model.panoptic.enabled``)."""
+    from .panoptic import PanopticBlendMask, SemSegFPNHead
+
+    p = cfg.model.panoptic
+    missing = [name for name in p.in_features if name not in backbone.strides]
+    if missing:
+        hint = " (set model.backbone.fpn_with_p2=true for P2)" if "p2" in missing else ""
+        raise ValueError(f"model.panoptic.in_features {list(p.in_features)}: the backbone has no FPN level "
+                         f"{missing[0]!r}; it provides {sorted(backbone.strides)}{hint}")
+    if p.num_stuff_classes < 1:
+        raise ValueError(f"model.panoptic.num_stuff_classes must be >= 1, got {p.num_stuff_classes}")
+    head = SemSegFPNHead(in_features=p.in_features, in_strides=[backbone.strides[f] for f in p.in_features],
+                         in_channels=backbone.out_channels, num_classes=p.num_stuff_classes + 1,
+                         conv_dims=p.convs_dim, common_stride=p.common_stride, norm=p.norm,
+                         loss_weight=p.loss_weight, ignore_value=p.ignore_value)
+    return PanopticBlendMask(sem_seg_head=head, instances_score_thresh=p.instances_score_thresh,
+                             overlap_thresh=p.overlap_thresh, stuff_area_limit=p.stuff_area_limit,
+                             **blendmask_kwargs)
 
 
 def load_weights(model: BlendMask, path: Union[str, os.PathLike], cfg: Optional[BlendMaskConfig] = None) -> Dict[str, Any]:

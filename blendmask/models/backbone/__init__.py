@@ -64,14 +64,16 @@ def build_bottom_up(cfg: BackboneConfig) -> nn.Module:
     """The randomly initialised bottom-up network (no freezing) returning its stride-8/16/32 maps
     (res3-res5 of a ResNet or MobileNetV2, level3-level5 of DLA-34)."""
     _validate(cfg)
+    with_res2 = bool(cfg.fpn_with_p2)  # the stride-4 map too, for P2
     if cfg.name == "mobilenet_v2":
-        return MobileNetV2Body(norm=cfg.norm)
+        return MobileNetV2Body(norm=cfg.norm, with_res2=with_res2)
     if cfg.name == "dla34":
-        return DLA34(norm=cfg.norm)
+        return DLA34(norm=cfg.norm, with_res2=with_res2)
     if cfg.layout == "msra":
         return MSRAResNet(name=cfg.name, norm=cfg.norm, deform_on_per_stage=cfg.deform_on_per_stage,
-                          deform_modulated=cfg.deform_modulated, deform_interval=cfg.deform_interval)
-    return TorchvisionResNet(name=cfg.name, norm=cfg.norm)
+                          deform_modulated=cfg.deform_modulated, deform_interval=cfg.deform_interval,
+                          with_res2=with_res2)
+    return TorchvisionResNet(name=cfg.name, norm=cfg.norm, with_res2=with_res2)
 
 
 def load_bottom_up_weights(bottom_up: nn.Module, weights: Union[str, os.PathLike]) -> None:

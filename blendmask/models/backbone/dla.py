@@ -118,7 +118,8 @@ class DLA34(nn.Module):
     freeze_stage_names = (("base_layer", "level0", "level1"), ("level2",), ("level3",), ("level4",), ("level5",))
     ignored_weight_prefixes = ("fc.",)  # the ImageNet classifier of dla34-ba72cf86.pth
 
-    def __init__(self, *, norm: str):
+    def __init__(self, *, norm: str, with_res2: bool = False):
+        """``with_res2``: also return ``"level2"`` (64 channels, stride 4)."""
         super().__init__()
         c = _CHANNELS
         self.base_layer = nn.Sequential(nn.Conv2d(3, c[0], 7, padding=3, bias=False), get_norm(norm, c[0]),
@@ -132,8 +133,9 @@ class DLA34(nn.Module):
             if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-        self.out_channels = {name: c[int(name[-1])] for name in _OUT_FEATURES}
-        self.strides = {name: 2 ** int(name[-1]) for name in _OUT_FEATURES}
+        out_features = (("level2",) if with_res2 else ()) + tuple(_OUT_FEATURES)
+        self.out_channels = {name: c[int(name[-1])] for name in out_features}
+        self.strides = {name: 2 ** int(name[-1]) for name in out_features}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = self.level1(self.level0(self.base_layer(x)))

@@ -2,7 +2,8 @@
 
 ``fpn_lateral{3,4,5}`` (1x1) and ``fpn_output{3,4,5}`` (3x3) build P3-P5 from the bottom-up
 network's three outputs at strides 8, 16, 32 (res3-res5 of a ResNet, level3-level5 of DLA-34) with
-nearest-neighbour top-down fusion; ``top_block.p6``/``top_block.p7`` (3x3, stride 2) add
+nearest-neighbour top-down fusion (and ``fpn_lateral2``/``fpn_output2`` for P2 when the bottom-up
+network also returns its stride-4 map, as detectron2's FPN on res2-res5 in the panoptic configs); ``top_block.p6``/``top_block.p7`` (3x3, stride 2) add
 P6 = conv(P5) and P7 = conv(relu(P6)) as AdelaiDet's ``LastLevelP6P7(..., "p5")``.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _IN_STRIDES = (8, 16, 32)
+_IN_STRIDES_P2 = (4, 8, 16, 32)  # with the stride-4 map: P2-P5
 
 
 def _xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
@@ -65,8 +67,11 @@ class FPNBackbone(nn.Module):
         self.bottom_up = bottom_up
         # The bottom-up outputs, in stride order 8, 16, 32 (``bottom_up.strides`` maps name -> stride).
         self.in_features = sorted(bottom_up.strides, key=bottom_up.strides.get)
-        if tuple(bottom_up.strides[name] for name in self.in_features) != _IN_STRIDES:
-            raise ValueError(f"the bottom-up network must give strides {_IN_STRIDES}, got {bottom_up.strides}")
+        in_strides = tuple(bottom_up.strides[name] for name in self.in_features)
+        if in_strides not in (_IN_STRIDES, _IN_STRIDES_P2):
+            raise ValueError(f"the bottom-up network must give strides {_IN_STRIDES} or {_IN_STRIDES_P2}, "
+                             f"got {bottom_up.strides}")
+        first = int(math.log2(in_strides[0]))
         for name in self.in_features:
             level = int(math.log2(bottom_up.strides[name]))
             in_channels = bottom_up.out_channels[name]
@@ -74,7 +79,7 @@ class FPNBackbone(nn.Module):
             self.add_module(f"fpn_output{level}", _xavier_fill(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.top_block = TopBlock(channels=out_channels, num_levels=top_levels) if top_levels else None
         self.out_channels = out_channels
-        self.strides: Dict[str, int] = {f"p{level}": 2 ** level for level in range(3, 6 + top_levels)}
+        self.strides: Dict[str, int] = {f"p{level}": 2 ** level for level in range(first, 6 + top_levels)}
         self.size_divisibility = max(bottom_up.strides.values())
         self.input_format = input_format
         self.pixel_mean = [float(v) for v in pixel_mean]
@@ -84,13 +89,14 @@ class FPNBackbone(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"backbone input must have shape (N, 3, H, W), got {tuple(x.shape)}")
         bottom_up = self.bottom_up(x)
-        c3, c4, c5 = (bottom_up[name] for name in self.in_features)
-        prev = self.fpn_lateral5(c5)
+        features = [bottom_up[name] for name in self.in_features]  # strides (4,) 8, 16, 32
+        first = 6 - len(features)
+        prev = self.fpn_lateral5(features[-1])
         outputs = [self.fpn_output5(prev)]
-        for level, feature in ((4, c4), (3, c3)):
-            lateral = getattr(self, f"fpn_lateral{level}")(feature)
+        for level in range(4, first - 1, -1):
+            lateral = getattr(self, f"fpn_lateral{level}")(features[level - first])
             prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
             outputs.insert(0, getattr(self, f"fpn_output{level}")(prev))
         if self.top_block is not None:
-            outputs.extend(self.top_block(outputs[2]))
+            outputs.extend(self.top_block(outputs[-1]))
         return OrderedDict(zip(self.strides, outputs))

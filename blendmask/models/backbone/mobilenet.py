@@ -40,16 +40,17 @@ class MobileNetV2Body(nn.Module):
     )
     ignored_weight_prefixes = ("classifier.", "features.18.")
 
-    def __init__(self, *, norm: str):
+    def __init__(self, *, norm: str, with_res2: bool = False):
+        """``with_res2``: also return ``"res2"``, the stride-4 output of ``features[3]`` (24 channels)."""
         super().__init__()
         full = MobileNetV2(norm_layer=partial(get_norm, norm))
         self.features = nn.Sequential(*list(full.features.children())[:_NUM_FEATURES])
-        self.out_channels = {"res3": 32, "res4": 96, "res5": 320}
-        self.strides = {"res3": 8, "res4": 16, "res5": 32}
+        self.out_channels = {**({"res2": 24} if with_res2 else {}), "res3": 32, "res4": 96, "res5": 320}
+        self.strides = {**({"res2": 4} if with_res2 else {}), "res3": 8, "res4": 16, "res5": 32}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         outputs: Dict[str, torch.Tensor] = {}
-        names = {index: name for name, index in _OUT_INDICES.items()}
+        names = {index: name for name, index in {**_OUT_INDICES, "res2": 3}.items() if name in self.strides}
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in names:

@@ -79,7 +79,7 @@ class MSRAResNet(nn.Module):
     ignored_weight_prefixes = ()
 
     def __init__(self, *, name: str, norm: str, deform_on_per_stage: Sequence[bool] = (False,) * 4,
-                 deform_modulated: bool = False, deform_interval: int = 1):
+                 deform_modulated: bool = False, deform_interval: int = 1, with_res2: bool = False):
         """``deform_on_per_stage``: one flag per stage res2..res5; in a flagged stage, the blocks
         whose index is a multiple of ``deform_interval`` are :class:`MSRADeformBottleneck`
         (DCNv2 when ``deform_modulated``), the others plain."""
@@ -109,15 +109,14 @@ class MSRAResNet(nn.Module):
                 in_channels = out_channels
             self.add_module(f"res{index + 2}", nn.Sequential(*blocks))
             bottleneck *= 2
-        self.out_channels = dict(RESNET_OUT_CHANNELS)
-        self.strides = dict(RESNET_STRIDES)
+        self.out_channels, self.strides = _out_shapes(with_res2)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = self.res2(self.stem(x))
         res3 = self.res3(x)
         res4 = self.res4(res3)
         res5 = self.res5(res4)
-        return {"res3": res3, "res4": res4, "res5": res5}
+        return {**({"res2": x} if "res2" in self.strides else {}), "res3": res3, "res4": res4, "res5": res5}
 
 
 class TorchvisionResNet(ResNet):
@@ -126,13 +125,12 @@ class TorchvisionResNet(ResNet):
     freeze_stage_names = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
     ignored_weight_prefixes = ("fc.",)
 
-    def __init__(self, *, name: str, norm: str):
+    def __init__(self, *, name: str, norm: str, with_res2: bool = False):
         if name not in RESNET_DEPTHS:
             raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
         super().__init__(Bottleneck, list(RESNET_DEPTHS[name]), norm_layer=partial(get_norm, norm))
         del self.avgpool, self.fc
-        self.out_channels = dict(RESNET_OUT_CHANNELS)
-        self.strides = dict(RESNET_STRIDES)
+        self.out_channels, self.strides = _out_shapes(with_res2)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -140,4 +138,11 @@ class TorchvisionResNet(ResNet):
         res3 = self.layer2(x)
         res4 = self.layer3(res3)
         res5 = self.layer4(res4)
-        return {"res3": res3, "res4": res4, "res5": res5}
+        return {**({"res2": x} if "res2" in self.strides else {}), "res3": res3, "res4": res4, "res5": res5}
+
+
+def _out_shapes(with_res2: bool):
+    """``(out_channels, strides)`` of the returned maps; ``with_res2`` adds res2 (256 channels, stride 4)."""
+    if not with_res2:
+        return dict(RESNET_OUT_CHANNELS), dict(RESNET_STRIDES)
+    return {"res2": 256, **RESNET_OUT_CHANNELS}, {"res2": 4, **RESNET_STRIDES}
