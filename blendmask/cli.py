@@ -399,13 +399,16 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="AdelaiDet/detectron2 checkpoint (.pth or .pkl)")
     p.add_argument("output", help="blendmask weights file to write")
     p.add_argument("--config", required=True, help="preset the checkpoint was trained with, e.g. R_50_3x")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
 
 
 def _run_convert(args) -> int:
     from blendmask.convert import convert_checkpoint
 
     _check_output(args.output, "output", is_dir=False)
-    convert_checkpoint(args.input, args.output, args.config)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"output {args.output} exists; choose another path, or pass --overwrite to replace it")
+    convert_checkpoint(args.input, args.output, args.config, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0
 

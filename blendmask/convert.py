@@ -204,14 +204,15 @@ def architecture_notes(converted: Mapping[str, Any], expected: Mapping[str, Any]
 
 
 def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike], config_name: str,
-                       *, overrides: Optional[Mapping[str, Any]] = None) -> ConversionReport:
+                       *, overrides: Optional[Mapping[str, Any]] = None, overwrite: bool = False
+                       ) -> ConversionReport:
     """Convert the AdelaiDet checkpoint ``in_path`` for preset ``config_name`` and write ``out_path``.
 
     The output is ``{"model": state_dict, "config": cfg.to_dict()}``. ``model.num_classes`` is
     taken from the checkpoint's classifier when it differs from the preset (noted in the report).
     Raises :class:`ConversionError` (with the report) unless every key fits and the result loads
     into the model with ``strict=True``; nothing is written in that case. ``out_path`` must not
-    be a directory. The file is written atomically (:func:`blendmask.serialization.atomic_save`):
+    be a directory, nor an existing file unless ``overwrite``. The file is written atomically (:func:`blendmask.serialization.atomic_save`):
     a failure leaves ``out_path`` as it was and no temporary file.
     """
     from .models import build_model  # deferred: the model package imports this package's config
@@ -219,6 +220,9 @@ def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.is_dir():
         raise ValueError(f"output {out_path} is a directory: give the path of the weights file to write")
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"output {out_path} exists; choose another path, or pass overwrite=True "
+                              "(--overwrite) to replace it")
     checkpoint = read_state_dict(in_path, what="checkpoint", wrappers=("model",))
     converted, report = convert_state_dict(checkpoint)
     cfg = get_config(config_name, overrides)

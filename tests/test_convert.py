@@ -210,3 +210,18 @@ def test_a_checkpoint_of_numpy_arrays_converts_and_loads_strictly(tmp_path):
     assert report.ok
     loaded = torch.load(tmp_path / "ours.pth", weights_only=True)["model"]
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_an_existing_output_is_kept_unless_overwrite(tmp_path, lite_checkpoint):
+    """convert never replaces a file it did not create: an existing output is refused (the file
+    is untouched), and replaced only with overwrite=True (``--overwrite``)."""
+    from blendmask.cli import main
+
+    out = tmp_path / "ours.pth"
+    out.write_bytes(b"the user's file")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_checkpoint(lite_checkpoint, out, "lite_mobilenet_v2")
+    assert main(["convert", str(lite_checkpoint), str(out), "--config", "lite_mobilenet_v2"]) == 1
+    assert out.read_bytes() == b"the user's file"
+    assert main(["convert", str(lite_checkpoint), str(out), "--config", "lite_mobilenet_v2", "--overwrite"]) == 0
+    load_weights(build_model(get_config("lite_mobilenet_v2")), out, get_config("lite_mobilenet_v2"))
