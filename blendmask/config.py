@@ -84,6 +84,8 @@ class BlenderConfig:
     attn_size: int = 14  # M
     bottom_resolution: int = 56  # R
     top_interp: str = "bilinear"  # "bilinear" | "nearest"
+    normalize: str = "softmax"  # "softmax" | "sigmoid" (K = 1 needs "sigmoid", paper Table 3)
+    bottom_interp: str = "bilinear"  # "bilinear" (RoIAlign) | "nearest" (RoIPool-style, Table 6)
     sampling_ratio: int = 1
     aligned: bool = True
 
@@ -162,6 +164,8 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.min_size_train_sampling": ("choice", "range"),
     "input.crop_type": ("relative_range", "relative"),
     "model.blender.top_interp": ("bilinear", "nearest"),
+    "model.blender.normalize": ("softmax", "sigmoid"),
+    "model.blender.bottom_interp": ("bilinear", "nearest"),
 }
 
 

@@ -74,8 +74,8 @@ class InferenceGraph(nn.Module):
         boxes = detections["boxes"]
         rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # (n, 5), all in image 0
         blender = blend_reference if self.reference_blender else blend
-        logits = model.blend_masks(bases, detections["extras"], rois, blender=blender)
-        return boxes, detections["scores"], detections["labels"], logits.sigmoid()
+        blended = model.blend_masks(bases, detections["extras"], rois, blender=blender)
+        return boxes, detections["scores"], detections["labels"], model.mask_probabilities(blended)
 
 
 def export_program(model: BlendMask, *, reference_blender: bool = False, max_side: int = 4096) -> torch.export.ExportedProgram:

@@ -105,6 +105,8 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         attn_size=m.blender.attn_size,
         bottom_resolution=m.blender.bottom_resolution,
         top_interp=m.blender.top_interp,
+        normalize=m.blender.normalize,
+        bottom_interp=m.blender.bottom_interp,
         sampling_ratio=m.blender.sampling_ratio,
         aligned=m.blender.aligned,
     )
