@@ -96,10 +96,6 @@ def _roi_pool_nearest(
     sample, samples beyond one pixel outside the map count 0, the bin averages its samples.
     ``bases`` and ``rois`` are in the coordinate dtype. One roi at a time when the grid is
     adaptive (``sampling_ratio == 0``: its size depends on the roi), all rois at once otherwise."""
-    n, k, h, w = bases.shape
-    d = rois.shape[0]
-    if d == 0:
-        return bases.new_zeros(0, k, r, r)
     offset = 0.5 if aligned else 0.0
     start_w = rois[:, 1] * spatial_scale - offset
     start_h = rois[:, 2] * spatial_scale - offset
@@ -108,10 +104,10 @@ def _roi_pool_nearest(
     if not aligned:
         roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
     bin_h, bin_w = roi_h / r, roi_w / r
-    if sampling_ratio > 0:
+    if sampling_ratio > 0 or rois.shape[0] == 0:
         return _nearest_crop(bases, rois[:, 0].long(), start_h, start_w, bin_h, bin_w, r, sampling_ratio, sampling_ratio)
     crops = []
-    for i in range(d):
+    for i in range(rois.shape[0]):
         gh, gw = int(torch.ceil(roi_h[i] / r)), int(torch.ceil(roi_w[i] / r))
         sl = slice(i, i + 1)
         crops.append(_nearest_crop(bases, rois[sl, 0].long(), start_h[sl], start_w[sl], bin_h[sl], bin_w[sl], r, gh, gw))
@@ -122,8 +118,9 @@ def _nearest_crop(bases, image, start_h, start_w, bin_h, bin_w, r: int, grid_h: 
     """``(D, K, R, R)`` nearest crops of rois sharing one ``grid_h x grid_w`` sample grid."""
     n, k, h, w = bases.shape
     count = max(grid_h * grid_w, 1)
-    if grid_h <= 0 or grid_w <= 0:
-        return bases.new_zeros(image.shape[0], k, r, r)
+    flat = bases.flatten(2)  # (N, K, H * W)
+    if grid_h <= 0 or grid_w <= 0:  # no samples: zeros, still connected to bases (zero gradient)
+        return (flat[image][:, :, :1] * 0)[..., None].expand(-1, k, r, r)
     dtype = bases.dtype
 
     def coords(start, bin_size, grid):  # (D, R * grid): start + p * bin + (i + 0.5) * bin / grid
@@ -136,7 +133,6 @@ def _nearest_crop(bases, image, start_h, start_w, bin_h, bin_w, r: int, grid_h: 
     valid_y = ~((y < -1) | (y > h))
     valid_x = ~((x < -1) | (x > w))
     iy, ix = _nearest_index(y, h), _nearest_index(x, w)
-    flat = bases.flatten(2)  # (N, K, H * W)
     index = iy[:, :, None] * w + ix[:, None, :]  # (D, R*gh, R*gw)
     values = flat[image].gather(2, index.flatten(1)[:, None, :].expand(-1, k, -1)).view(-1, k, r * grid_h, r * grid_w)
     mask = (valid_y[:, :, None] & valid_x[:, None, :]).to(dtype)[:, None]
