@@ -70,6 +70,8 @@ class FCOSConfig:
 
 @dataclass
 class BasisConfig:
+    module: str = "protonet"  # "protonet" (ProtoNet-FPN) | "deeplabv3plus" (paper Table 7)
+    # FPN levels "p2".."p5" or backbone stages "c3", "c5" (paper Table 4); the first sets the stride
     in_features: Tuple[str, ...] = ("p3", "p4", "p5")
     num_bases: int = 4
     convs_dim: int = 128
@@ -165,6 +167,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.crop_type": ("relative_range", "relative"),
     "model.blender.top_interp": ("bilinear", "nearest"),
     "model.blender.normalize": ("softmax", "sigmoid"),
+    "model.basis.module": ("protonet", "deeplabv3plus"),
     "model.blender.bottom_interp": ("bilinear", "nearest"),
 }
 
