@@ -107,7 +107,7 @@ class BlendMask(nn.Module):
         transform: resizes, normalises and batches images/targets
             (:class:`blendmask.models.transform.ImageTransform`).
         proposal_generator: the :class:`FCOS` detector.
-        basis_module: the :class:`ProtoNet` bottom module.
+        basis_module: the bottom module: :class:`ProtoNet` or :class:`~blendmask.models.bottom.DeepLabV3PlusBottom`.
         fcos_in_features: FPN level names FCOS runs on, one per FCOS stride.
         in_channels: FPN channels (input of the top layer).
         num_classes: foreground classes.

@@ -6,11 +6,13 @@ import os
 from typing import Any, Dict, Optional, Union
 
 import torch
+from torch import nn
 
 from ..config import BlendMaskConfig, get_config
 from .backbone import build_backbone
 from .basis import ProtoNet
 from .blendmask import BlendMask
+from .bottom import DeepLabV3PlusBottom
 from .fcos import FCOS
 from .transform import ImageTransform
 
@@ -30,6 +32,25 @@ def _level_name(stride: int) -> str:
     return f"p{int(level)}"
 
 
+def _build_basis_module(m, backbone) -> nn.Module:
+    """The bottom module of ``m.basis`` on FPN levels (``p*``) and/or backbone stages (``c3``..``c5``,
+    which turns on ``backbone.return_stages``)."""
+    strides = {**backbone.strides, **backbone.stage_strides}
+    channels = {**{name: backbone.out_channels for name in backbone.strides}, **backbone.stage_channels}
+    for name in m.basis.in_features:
+        if name not in strides:
+            raise ValueError(f"model.basis.in_features: the backbone has no level {name!r}; it provides FPN levels "
+                             f"{sorted(backbone.strides)} and backbone stages {sorted(backbone.stage_strides)}")
+    if any(name in backbone.stage_strides for name in m.basis.in_features):
+        backbone.return_stages = True
+    common = dict(in_features=m.basis.in_features, in_channels={n: channels[n] for n in m.basis.in_features},
+                  in_stride=strides[m.basis.in_features[0]], num_bases=m.basis.num_bases, norm=m.basis.norm,
+                  num_classes=m.num_classes, loss_on=m.basis.loss_on, loss_weight=m.basis.loss_weight)
+    if m.basis.module == "deeplabv3plus":
+        return DeepLabV3PlusBottom(width=m.basis.convs_dim, **common)
+    return ProtoNet(convs_dim=m.basis.convs_dim, num_convs=m.basis.num_convs, **common)
+
+
 def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None) -> BlendMask:
     """A randomly initialised :class:`BlendMask` for ``cfg`` (backbone weights from ``weights_backbone``).
 
@@ -45,9 +66,10 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
     backbone = build_backbone(m.backbone, weights_backbone=weights_backbone)
     fcos_in_features = [_level_name(s) for s in m.fcos.fpn_strides]
     available = set(backbone.strides)
-    for name in list(fcos_in_features) + list(m.basis.in_features):
+    for name in fcos_in_features:
         if name not in available:
             raise ValueError(f"the backbone has no FPN level {name!r}; it provides {sorted(available)}")
+    basis_module = _build_basis_module(m, backbone)
     proposal_generator = FCOS(
         in_channels=backbone.out_channels,
         num_classes=m.num_classes,
@@ -68,18 +90,6 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         pre_nms_topk=m.fcos.pre_nms_topk,
         nms_thresh=m.fcos.nms_th,
         post_nms_topk=m.fcos.post_nms_topk,
-    )
-    basis_module = ProtoNet(
-        in_features=m.basis.in_features,
-        in_channels=backbone.out_channels,
-        in_stride=backbone.strides[m.basis.in_features[0]],
-        num_bases=m.basis.num_bases,
-        convs_dim=m.basis.convs_dim,
-        num_convs=m.basis.num_convs,
-        norm=m.basis.norm,
-        num_classes=m.num_classes,
-        loss_on=m.basis.loss_on,
-        loss_weight=m.basis.loss_weight,
     )
     transform = ImageTransform(
         min_size_train=cfg.input.min_size_train,
