@@ -3,7 +3,8 @@
 A *grid* is a named list of configurations, one per row of a paper table, each a set of config
 overrides on top of the ``lite_mobilenet_v2`` preset and the short-run schedule of
 :func:`short_run_overrides`. :func:`run_grid` trains every configuration with the ``blendmask
-train`` machinery (:func:`blendmask.cli._train`), evaluates it with COCOeval
+train`` machinery (``blendmask.cli._train``, handed in as a :class:`Steps`: library modules never
+import the command line), evaluates it with COCOeval
 (:func:`blendmask.evaluation.evaluate_model`) while timing the blender and the whole forward
 pass per image, and writes into the output directory:
 
@@ -23,10 +24,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = [
-    "GRIDS", "Grid", "GridRow", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
+    "GRIDS", "Grid", "GridRow", "Steps", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
     "default_jobs", "run_grid", "write_table", "write_plot", "MARKER",
 ]
 
@@ -34,6 +35,17 @@ __all__ = [
 MARKER = ".blendmask-ablate"
 RESULT_FILE = "result.json"
 BASE_CONFIG = "lite_mobilenet_v2"
+
+
+class Steps(NamedTuple):
+    """The command line's steps a run is made of (module-level functions of ``blendmask.cli``, so
+    they pickle into worker processes): ``train(config=, data=, output=, overrides=, resume=, seed=,
+    evaluate_on_val=)`` returning a result with ``final_checkpoint``; ``load_split(data, split)``;
+    ``val_source(data, val_data)`` (the val set of ``data`` or None)."""
+
+    train: Callable[..., Any]
+    load_split: Callable[[str, str], Any]
+    val_source: Callable[[str, Optional[str]], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -288,27 +300,28 @@ def _timed_evaluation(weights: Path, dataset, output_dir: Path) -> Dict[str, Any
 
 
 def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
-    """Train and evaluate one configuration (``task``: data, eval source, run dir, overrides,
-    threads); writes and returns ``result.json``. Runs in a worker process with ``--jobs > 1``."""
+    """Train and evaluate one configuration (``task``: its :class:`Steps`, data, eval source, run
+    dir, overrides, threads); writes and returns ``result.json``. Runs in a worker process with
+    ``--jobs > 1``."""
     import torch
 
-    from blendmask.cli import _load_split, _train
-
+    steps: Steps = task["steps"]
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
     run_dir = Path(task["run_dir"])
     start = time.perf_counter()
-    result = _train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
+    result = steps.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
                     resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False)
     train_s = time.perf_counter() - start
-    dataset = _load_split(task["eval_data"], task["eval_split"])
+    dataset = steps.load_split(task["eval_data"], task["eval_split"])
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
     record = {"label": task["label"], "overrides": _jsonable(task["overrides"]), "train_s": train_s,
               "eval_split": task["eval_split"], **evaluation}
+    text = json.dumps(record, indent=1)
     tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
+    tmp.write_text(text)
     tmp.replace(run_dir / RESULT_FILE)  # atomic: a result file is always complete
-    return record
+    return json.loads(text)  # what a resumed run reads back
 
 
 def _jsonable(overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -336,12 +349,10 @@ def _prepare_output(output: Path, grid: Grid) -> None:
     marker.write_text(json.dumps({"grid": grid.name}) + "\n")
 
 
-def _eval_source(data: str) -> Tuple[str, str]:
+def _eval_source(data: str, steps: Steps) -> Tuple[str, str]:
     """The val split of a data directory; a data set without one (a single COCO JSON) is
     evaluated on its training images (stated in the table)."""
-    from blendmask.cli import _val_source
-
-    val = _val_source(data, None)
+    val = steps.val_source(data, None)
     return (val, "val") if val else (data, "train")
 
 
@@ -350,6 +361,7 @@ def run_grid(
     data: str,
     output: Path,
     *,
+    steps: Steps,
     iters: int,
     size: int = 256,
     jobs: int = 1,
@@ -372,12 +384,12 @@ def run_grid(
                          f"per 2 cores), got {jobs}")
     if not Path(data).exists():
         raise FileNotFoundError(f"--data {data!r} does not exist (give a data directory or a COCO JSON file)")
-    eval_data, eval_split = _eval_source(data)
+    eval_data, eval_split = _eval_source(data, steps)
     tasks = []
     for row in grid.rows:
         overrides = {**short_run_overrides(iters, size), **grid.base, **row.overrides, **(extra_overrides or {})}
         get_config(BASE_CONFIG, overrides)  # a bad value fails here, before any training
-        tasks.append({"label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
+        tasks.append({"steps": steps, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
                       "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,
                       "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
     _prepare_output(output, grid)

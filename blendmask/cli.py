@@ -459,7 +459,7 @@ def _add_ablate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_ablate(args) -> int:
-    from blendmask.ablate import default_jobs, load_grid, run_grid
+    from blendmask.ablate import Steps, default_jobs, load_grid, run_grid
 
     grid = load_grid(args.grid)
     overrides = parse_overrides(args.overrides)
@@ -467,7 +467,7 @@ def _run_ablate(args) -> int:
     _check_output(output, "--output", is_dir=True)
     _setup_logging()
     logging.getLogger("blendmask").setLevel(logging.WARNING)  # one bar over configurations, not per-run logs
-    run_grid(grid, args.data, output, iters=args.iters, size=args.size,
+    run_grid(grid, args.data, output, steps=Steps(_train, _load_split, _val_source), iters=args.iters, size=args.size,
              jobs=args.jobs if args.jobs is not None else default_jobs(), seed=args.seed, extra_overrides=overrides)
     print((output / "table.md").read_text())
     print(f"table: {output / 'table.md'} and {output / 'table.json'}")
