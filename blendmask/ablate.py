@@ -378,6 +378,7 @@ def run_grid(
     from tqdm import tqdm
 
     from blendmask.config import get_config
+    from blendmask.models import build_model
 
     if jobs < 1 or jobs > max_jobs():
         raise ValueError(f"--jobs must be in [1, {max_jobs()}] on this machine ({os.cpu_count()} cores: one run "
@@ -388,7 +389,7 @@ def run_grid(
     tasks = []
     for row in grid.rows:
         overrides = {**short_run_overrides(iters, size), **grid.base, **row.overrides, **(extra_overrides or {})}
-        get_config(BASE_CONFIG, overrides)  # a bad value fails here, before any training
+        build_model(get_config(BASE_CONFIG, overrides))  # a bad value or an unbuildable model fails before any training
         tasks.append({"steps": steps, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
                       "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,
                       "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})

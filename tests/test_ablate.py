@@ -191,3 +191,15 @@ def test_output_not_made_by_ablate_is_refused(tiny_set, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was not made by 'blendmask ablate'" in err[0]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_configuration_the_model_cannot_build_fails_before_any_training(tiny_set, tmp_path, monkeypatch):
+    rows = TINY_ROWS[:1] + [{"label": "p2", "values": [3], "set": {"model.basis.in_features": ["p2", "p5"]}}]
+    grid = load_grid(str(_grid_file(tmp_path, rows)))
+
+    def no_training(task):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(ablate, "run_configuration", no_training)
+    with pytest.raises(ValueError, match="no level 'p2'"):
+        run_grid(grid, str(tiny_set), tmp_path / "out", steps=STEPS, iters=1, size=TINY, progress=False)
