@@ -69,7 +69,6 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
     for name in fcos_in_features:
         if name not in available:
             raise ValueError(f"the backbone has no FPN level {name!r}; it provides {sorted(available)}")
-    basis_module = _build_basis_module(m, backbone)
     proposal_generator = FCOS(
         in_channels=backbone.out_channels,
         num_classes=m.num_classes,
@@ -91,6 +90,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         nms_thresh=m.fcos.nms_th,
         post_nms_topk=m.fcos.post_nms_topk,
     )
+    basis_module = _build_basis_module(m, backbone)  # after FCOS: the seeded initialisation order is kept
     transform = ImageTransform(
         min_size_train=cfg.input.min_size_train,
         min_size_train_sampling=cfg.input.min_size_train_sampling,
