@@ -228,7 +228,8 @@ def test_semantic_targets_from_instances():
     "overrides",
     [
         {"model.blender.attn_size": 1},  # YOLACT-like scalar coefficients
-        {"model.blender.attn_size": 4, "model.blender.bottom_resolution": 28, "model.basis.num_bases": 1},
+        {"model.blender.attn_size": 4, "model.blender.bottom_resolution": 28, "model.basis.num_bases": 1,
+         "model.blender.normalize": "sigmoid"},  # the paper's one basis blends with sigmoids (Table 3)
         {"model.basis.num_bases": 8, "model.blender.top_interp": "nearest"},
         {"model.basis.in_features": ("p3", "p5"), "model.blender.attn_size": 2},
     ],
