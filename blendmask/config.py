@@ -73,6 +73,8 @@ class FCOSConfig:
 
 @dataclass
 class BasisConfig:
+    module: str = "protonet"  # "protonet" (ProtoNet-FPN) | "deeplabv3plus" (paper Table 7)
+    # FPN levels "p2".."p5" or backbone stages "c3", "c5" (paper Table 4); the first sets the stride
     in_features: Tuple[str, ...] = ("p3", "p4", "p5")
     num_bases: int = 4
     convs_dim: int = 128
@@ -87,6 +89,8 @@ class BlenderConfig:
     attn_size: int = 14  # M
     bottom_resolution: int = 56  # R
     top_interp: str = "bilinear"  # "bilinear" | "nearest"
+    normalize: str = "softmax"  # "softmax" | "sigmoid" (K = 1 needs "sigmoid", paper Table 3)
+    bottom_interp: str = "bilinear"  # "bilinear" (RoIAlign) | "nearest" (RoIPool-style, Table 6)
     sampling_ratio: int = 1
     aligned: bool = True
 
@@ -192,6 +196,9 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.crop_type": ("relative_range", "relative"),
     "model.blender.top_interp": ("bilinear", "nearest"),
     "model.panoptic.norm": ("GN", "none"),
+    "model.blender.normalize": ("softmax", "sigmoid"),
+    "model.basis.module": ("protonet", "deeplabv3plus"),
+    "model.blender.bottom_interp": ("bilinear", "nearest"),
 }
 
 

@@ -4,7 +4,12 @@ For roi ``d`` with batch index ``b`` and output pixel ``(i, j)``::
 
     r[k]      = RoIAlign(bases[b, k], rois[d])(i, j)      # crop, torchvision roi_align rules
     a[k]      = F.interpolate(attns[d, k], (R, R))(i, j)   # bilinear or nearest
-    out[d, i, j] = sum_k softmax_k(a)[k] * r[k]
+    out[d, i, j] = sum_k softmax_k(a)[k] * r[k]             # normalize="softmax" (a logit)
+    out[d, i, j] = sum_k sigmoid(a[k]) * sigmoid(r[k])      # normalize="sigmoid" (a probability)
+
+With ``bottom_interp="nearest"`` the crop takes, at each RoIAlign sample point, the value of the
+nearest base cell instead of the bilinear interpolation (RoIPool-style sampling, see
+:func:`blend`).
 
 ``blend`` runs the fused C++/CUDA op ``torch.ops.blendmask.blend`` (one kernel, custom
 backward ``torch.ops.blendmask.blend_backward`` that recomputes instead of storing).
@@ -23,10 +28,12 @@ from torchvision.ops import roi_align
 
 from blendmask import _extension
 
-__all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES"]
+__all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES", "NORMALIZE_MODES", "BOTTOM_INTERP_MODES"]
 
 RoIs = Union[Tensor, List[Tensor]]
 TOP_INTERP_MODES = ("bilinear", "nearest")
+NORMALIZE_MODES = ("softmax", "sigmoid")
+BOTTOM_INTERP_MODES = ("bilinear", "nearest")
 
 
 def _rois_to_tensor(rois: RoIs) -> Tensor:
@@ -55,7 +62,7 @@ def coordinate_dtype(feature_dtype: torch.dtype) -> torch.dtype:
 
 def _check_inputs(
     bases: Tensor, attns: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
-    top_interp: str,
+    top_interp: str, normalize: str, bottom_interp: str,
 ) -> None:
     """The fused op's contract for the reference: the same C++ checks and messages
     (``blendmask::check_blend_inputs``: shapes, dtypes, devices, scalars, roi values).
@@ -65,7 +72,72 @@ def _check_inputs(
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or not _extension.extension_loaded():
         return
-    torch.ops.blendmask.check_blend_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
+    torch.ops.blendmask.check_blend_inputs(
+        bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp
+    )
+
+
+def _check_mode(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"blend: {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def _nearest_index(coord: Tensor, size: int) -> Tensor:
+    """Nearest cell along one axis (C++ ``math::axis_taps_nearest``): clamp into the map, round
+    half up: ``min(floor(max(coord, 0) + 0.5), size - 1)``."""
+    return torch.floor(coord.clamp(min=0) + 0.5).clamp(max=size - 1).long()
+
+
+def _roi_pool_nearest(
+    bases: Tensor, rois: Tensor, r: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """The nearest-cell crop ``(D, K, R, R)``: RoIAlign's sampling grid (torchvision rules, as
+    ``math::roi_geometry`` / ``math::sample_coord``), the value of the nearest cell at each
+    sample, samples beyond one pixel outside the map count 0, the bin averages its samples.
+    ``bases`` and ``rois`` are in the coordinate dtype. One roi at a time when the grid is
+    adaptive (``sampling_ratio == 0``: its size depends on the roi), all rois at once otherwise."""
+    offset = 0.5 if aligned else 0.0
+    start_w = rois[:, 1] * spatial_scale - offset
+    start_h = rois[:, 2] * spatial_scale - offset
+    roi_w = (rois[:, 3] * spatial_scale - offset) - start_w
+    roi_h = (rois[:, 4] * spatial_scale - offset) - start_h
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    bin_h, bin_w = roi_h / r, roi_w / r
+    if sampling_ratio > 0 or rois.shape[0] == 0:
+        return _nearest_crop(bases, rois[:, 0].long(), start_h, start_w, bin_h, bin_w, r, sampling_ratio, sampling_ratio)
+    crops = []
+    for i in range(rois.shape[0]):
+        gh, gw = int(torch.ceil(roi_h[i] / r)), int(torch.ceil(roi_w[i] / r))
+        sl = slice(i, i + 1)
+        crops.append(_nearest_crop(bases, rois[sl, 0].long(), start_h[sl], start_w[sl], bin_h[sl], bin_w[sl], r, gh, gw))
+    return torch.cat(crops)
+
+
+def _nearest_crop(bases, image, start_h, start_w, bin_h, bin_w, r: int, grid_h: int, grid_w: int) -> Tensor:
+    """``(D, K, R, R)`` nearest crops of rois sharing one ``grid_h x grid_w`` sample grid."""
+    n, k, h, w = bases.shape
+    count = max(grid_h * grid_w, 1)
+    flat = bases.flatten(2)  # (N, K, H * W)
+    if grid_h <= 0 or grid_w <= 0:  # no samples: zeros, still connected to bases (zero gradient)
+        return (flat[image][:, :, :1] * 0)[..., None].expand(-1, k, r, r)
+    dtype = bases.dtype
+
+    def coords(start, bin_size, grid):  # (D, R * grid): start + p * bin + (i + 0.5) * bin / grid
+        p = torch.arange(r, dtype=dtype, device=bases.device).repeat_interleave(grid)
+        i = torch.arange(grid, dtype=dtype, device=bases.device).repeat(r) + 0.5
+        return (start[:, None] + p * bin_size[:, None]) + (i * bin_size[:, None]) / grid
+
+    y = coords(start_h, bin_h, grid_h)
+    x = coords(start_w, bin_w, grid_w)
+    valid_y = ~((y < -1) | (y > h))
+    valid_x = ~((x < -1) | (x > w))
+    iy, ix = _nearest_index(y, h), _nearest_index(x, w)
+    index = iy[:, :, None] * w + ix[:, None, :]  # (D, R*gh, R*gw)
+    values = flat[image].gather(2, index.flatten(1)[:, None, :].expand(-1, k, -1)).view(-1, k, r * grid_h, r * grid_w)
+    mask = (valid_y[:, :, None] & valid_x[:, None, :]).to(dtype)[:, None]
+    values = (values * mask).view(-1, k, r, grid_h, r, grid_w)
+    return values.sum(dim=(3, 5)) / count
 
 
 def blend_reference(
@@ -77,21 +149,32 @@ def blend_reference(
     sampling_ratio: int = 1,
     aligned: bool = True,
     top_interp: str = "bilinear",
+    normalize: str = "softmax",
+    bottom_interp: str = "bilinear",
 ) -> Tensor:
-    """Unfused blender: crop, upsample, softmax over K, weighted sum.
+    """Unfused blender: crop, upsample, softmax over K (or sigmoids), weighted sum.
 
     Same arguments and result as :func:`blend`; materialises four ``(D, K, R, R)`` tensors.
     It refuses what the fused op refuses, with the same messages (see :func:`_check_inputs`).
+    The bilinear crop is torchvision's ``roi_align`` (ONNX ``RoiAlign``); the nearest crop is
+    gathers over the sampling grid (:func:`_roi_pool_nearest`), which the ONNX export refuses.
     """
     rois = _rois_to_tensor(rois)
-    _check_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp)
+    _check_mode("normalize", normalize, NORMALIZE_MODES)
+    _check_mode("bottom_interp", bottom_interp, BOTTOM_INTERP_MODES)
+    _check_inputs(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp)
     r = output_size
     dtype = coordinate_dtype(bases.dtype)  # computed as the fused op does: fp16/bf16 in fp32
-    cropped = roi_align(bases.to(dtype), rois.to(dtype), (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
+    if bottom_interp == "bilinear":
+        cropped = roi_align(bases.to(dtype), rois.to(dtype), (r, r), spatial_scale, sampling_ratio, aligned)  # (D, K, R, R)
+    else:
+        cropped = _roi_pool_nearest(bases.to(dtype), rois.to(dtype), r, spatial_scale, sampling_ratio, aligned)
     if top_interp == "bilinear":
         up = F.interpolate(attns.to(dtype), (r, r), mode="bilinear", align_corners=False)
     else:
         up = F.interpolate(attns.to(dtype), (r, r), mode="nearest")
+    if normalize == "sigmoid":
+        return (up.sigmoid() * cropped.sigmoid()).sum(dim=1).to(bases.dtype)
     weights = up.softmax(dim=1)  # (D, K, R, R)
     return (weights * cropped).sum(dim=1).to(bases.dtype)
 
@@ -112,6 +195,8 @@ def blend(
     sampling_ratio: int = 1,
     aligned: bool = True,
     top_interp: str = "bilinear",
+    normalize: str = "softmax",
+    bottom_interp: str = "bilinear",
 ) -> Tensor:
     """Fused blender: RoIAlign crop of the bases, attention upsample, softmax over K, blend.
 
@@ -134,13 +219,25 @@ def blend(
         aligned: shift boxes by -0.5 pixel (detectron2's ROIAlignV2) when True.
         top_interp: ``"bilinear"`` (``align_corners=False``) or ``"nearest"`` upsampling of
             the attentions, with ``F.interpolate`` semantics.
+        normalize: ``"softmax"``: ``out = sum_k softmax_k(a)[k] * r[k]``, a mask logit; or
+            ``"sigmoid"``: ``out = sum_k sigmoid(a[k]) * sigmoid(r[k])``, any K (K = 1 is the
+            paper's one-basis blender), a mask probability in ``[0, K]`` (``[0, 1]`` for K = 1).
+        bottom_interp: how each RoIAlign sample point reads the bases. ``"bilinear"``:
+            torchvision's bilinear interpolation. ``"nearest"`` (RoIPool-style): the value of
+            the nearest cell, on the same sampling grid and with the same boundary rule: a
+            sample at ``y < -1`` or ``y > Hb`` (``x`` likewise) contributes 0; otherwise the
+            coordinate is clamped into ``[0, Hb - 1]`` and rounded half up,
+            ``index = min(floor(max(y, 0) + 0.5), Hb - 1)``; the gradient of a sample flows to
+            that one cell. The bin averages its samples as in RoIAlign.
 
     Returns:
-        ``(D, R, R)`` mask logits, differentiable w.r.t. ``bases`` and ``attns``.
+        ``(D, R, R)`` mask logits (``"softmax"``) or probabilities (``"sigmoid"``),
+        differentiable w.r.t. ``bases`` and ``attns``.
 
     Raises:
         ValueError: wrong ranks or shapes, K or D mismatch, mixed dtypes or devices, a bad
-            scalar argument, a size or integer argument beyond 32 bits, NaN/inf box
+            scalar argument, an unknown ``top_interp`` / ``normalize`` / ``bottom_interp``
+            (the message lists the choices), a size or integer argument beyond 32 bits, NaN/inf box
             coordinates or a batch index outside ``[0, N)``. The checks live in C++
             (``csrc/blender.cpp``), once for every backend and the Meta kernel.
     """
@@ -148,10 +245,12 @@ def blend(
     if isinstance(bases, Tensor) and bases.device.type in _FUSED_DEVICE_TYPES:
         # the op checks its arguments itself (blender.cpp), in its Meta kernel too
         return torch.ops.blendmask.blend.default(
-            bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp
+            bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp, normalize, bottom_interp
         )
     _extension.warn_fallback_once(getattr(bases, "device", torch.device("cpu")).type)
-    return blend_reference(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp)
+    return blend_reference(
+        bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp, normalize, bottom_interp
+    )
 
 
 class Blender(nn.Module):
@@ -161,23 +260,36 @@ class Blender(nn.Module):
     attns (D, K, M, M), rois (D, 5) or list of (Di, 4)) -> (D, R, R)``.
     """
 
-    def __init__(self, *, output_size=56, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear"):
+    def __init__(
+        self, *, output_size=56, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear",
+        normalize="softmax", bottom_interp="bilinear",
+    ):
         super().__init__()
         if top_interp not in TOP_INTERP_MODES:
             raise ValueError(f"Blender: top_interp must be one of {TOP_INTERP_MODES}, got {top_interp!r}")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"Blender: normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if bottom_interp not in BOTTOM_INTERP_MODES:
+            raise ValueError(f"Blender: bottom_interp must be one of {BOTTOM_INTERP_MODES}, got {bottom_interp!r}")
         self.output_size = output_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.top_interp = top_interp
+        self.normalize = normalize
+        self.bottom_interp = bottom_interp
 
     def forward(self, bases: Tensor, attns: Tensor, rois: RoIs) -> Tensor:
-        return blend(bases, attns, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.top_interp)
+        return blend(
+            bases, attns, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.top_interp,
+            self.normalize, self.bottom_interp,
+        )
 
     def extra_repr(self) -> str:
         return (
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-            f"aligned={self.aligned}, top_interp={self.top_interp!r}"
+            f"aligned={self.aligned}, top_interp={self.top_interp!r}, normalize={self.normalize!r}, "
+            f"bottom_interp={self.bottom_interp!r}"
         )
 
 
@@ -185,9 +297,9 @@ class Blender(nn.Module):
 
 
 def _blend_setup_context(ctx, inputs: Sequence, output: Tensor) -> None:
-    bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp = inputs
+    bases, attns, rois, *config = inputs  # output_size ... bottom_interp (defaults filled in)
     ctx.save_for_backward(bases, attns, rois)
-    ctx.config = (output_size, spatial_scale, sampling_ratio, aligned, top_interp)
+    ctx.config = tuple(config)
 
 
 def _blend_backward(ctx, grad: Tensor):
@@ -195,7 +307,7 @@ def _blend_backward(ctx, grad: Tensor):
     need_bases, need_attns = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     bases, attns, rois = ctx.saved_tensors
     grad_bases, grad_attns = torch.ops.blendmask.blend_backward.default(grad, bases, attns, rois, *ctx.config)
-    return grad_bases if need_bases else None, grad_attns if need_attns else None, None, None, None, None, None, None
+    return (grad_bases if need_bases else None, grad_attns if need_attns else None) + (None,) * (1 + len(ctx.config))
 
 
 def _no_double_backward(ctx, grad_bases, grad_attns):

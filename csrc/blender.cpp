@@ -1,7 +1,7 @@
 // Schemas of the blendmask ops, their argument contract (checked once, here, for every
 // backend and the Meta kernels) and the prologue the backends share.
 //
-//   blendmask::blend(bases (N,K,Hb,Wb), attns (D,K,M,M), rois (D,5), ...) -> (D,R,R)
+//   blendmask::blend(bases (N,K,Hb,Wb), attns (D,K,M,M), rois (D,5), ..., normalize, bottom_interp) -> (D,R,R)
 //   blendmask::blend_backward(grad (D,R,R), bases, attns, rois, ...) -> (grad_bases, grad_attns)
 //
 // Kernels attach per dispatch key in cpu/blender_cpu.cpp and cuda/blender_cuda.cu.
@@ -37,6 +37,19 @@ TopInterp parse_top_interp(c10::string_view top_interp) {
   TORCH_CHECK_VALUE(false, "blend: top_interp must be 'bilinear' or 'nearest', got '", std::string(top_interp), "'");
 }
 
+Normalize parse_normalize(c10::string_view normalize) {
+  if (normalize == "softmax") return Normalize::Softmax;
+  if (normalize == "sigmoid") return Normalize::Sigmoid;
+  TORCH_CHECK_VALUE(false, "blend: normalize must be 'softmax' or 'sigmoid', got '", std::string(normalize), "'");
+}
+
+BottomInterp parse_bottom_interp(c10::string_view bottom_interp) {
+  if (bottom_interp == "bilinear") return BottomInterp::Bilinear;
+  if (bottom_interp == "nearest") return BottomInterp::Nearest;
+  TORCH_CHECK_VALUE(
+      false, "blend: bottom_interp must be 'bilinear' or 'nearest', got '", std::string(bottom_interp), "'");
+}
+
 namespace {
 
 /// ``cond`` as a bool: the value for concrete sizes, an asserted (deferred) fact for symbolic ones.
@@ -62,6 +75,8 @@ void check_blend_args(
     double spatial_scale,
     int64_t sampling_ratio,
     c10::string_view top_interp,
+    c10::string_view normalize,
+    c10::string_view bottom_interp,
     const at::Tensor& grad) {
   TORCH_CHECK_VALUE(bases.dim() == 4, "blend: bases must be (N, K, Hb, Wb), got shape ", bases.sym_sizes());
   TORCH_CHECK_VALUE(attns.dim() == 4, "blend: attns must be (D, K, M, M), got shape ", attns.sym_sizes());
@@ -87,6 +102,8 @@ void check_blend_args(
       spatial_scale > 0 && std::isfinite(spatial_scale), "blend: spatial_scale must be finite and > 0, got ",
       spatial_scale);
   parse_top_interp(top_interp);
+  parse_normalize(normalize);
+  parse_bottom_interp(bottom_interp);
   TORCH_CHECK_VALUE(at::isFloatingType(bases.scalar_type()), "blend: bases must be floating point, got ", bases.scalar_type());
   TORCH_CHECK_VALUE(
       attns.scalar_type() == bases.scalar_type(), "blend: bases and attns must share one dtype, got ",
@@ -152,8 +169,11 @@ BlendCall prepare_call(
     int64_t sampling_ratio,
     bool aligned,
     c10::string_view top_interp,
+    c10::string_view normalize,
+    c10::string_view bottom_interp,
     bool check_values) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, grad);
+  check_blend_args(
+      bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp, grad);
   TORCH_CHECK(bases.device().type() == device_type, name, ": expected ", device_type, " tensors, got ", bases.device());
   BlendCall call;
   call.n = Dims{
@@ -167,7 +187,9 @@ BlendCall prepare_call(
       checked_int(output_size, "output_size"),
       checked_int(sampling_ratio, "sampling_ratio"),
       aligned,
-      parse_top_interp(top_interp) == TopInterp::Bilinear};
+      parse_top_interp(top_interp) == TopInterp::Bilinear,
+      parse_normalize(normalize) == Normalize::Sigmoid,
+      parse_bottom_interp(bottom_interp) == BottomInterp::Nearest};
   // Per-roi products the kernels form in int: K * Mh * Mw and R * R (checked in double, which
   // cannot overflow here).
   const double attn_size = static_cast<double>(call.n.channels) * call.n.attn_h * call.n.attn_w;
@@ -193,15 +215,20 @@ namespace {
 // and torch.export, with symbolic sizes).
 at::Tensor blend_meta(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
-    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, at::Tensor());
+    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
+  check_blend_args(
+      bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp,
+      at::Tensor());
   return at::empty_symint({rois.sym_size(0), output_size, output_size}, bases.options());
 }
 
 std::tuple<at::Tensor, at::Tensor> blend_backward_meta(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois,
-    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, grad);
+    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
+  check_blend_args(
+      bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp, grad);
   return {at::empty_symint(bases.sym_sizes(), bases.options()), at::empty_symint(attns.sym_sizes(), attns.options())};
 }
 
@@ -210,8 +237,11 @@ std::tuple<at::Tensor, at::Tensor> blend_backward_meta(
 /// are read on the host (one synchronisation on CUDA), except for meta tensors.
 void check_blend_inputs(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
-    double spatial_scale, int64_t sampling_ratio, c10::string_view top_interp) {
-  check_blend_args(bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, at::Tensor());
+    double spatial_scale, int64_t sampling_ratio, c10::string_view top_interp, c10::string_view normalize,
+    c10::string_view bottom_interp) {
+  check_blend_args(
+      bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp,
+      at::Tensor());
   if (rois.is_meta() || rois.size(0) == 0) return;
   check_roi_values(rois.to(at::kCPU, coordinate_dtype(bases.scalar_type())).contiguous(), bases.size(0));
 }
@@ -221,13 +251,14 @@ void check_blend_inputs(
 TORCH_LIBRARY(blendmask, m) {
   m.def(
       "blend(Tensor bases, Tensor attns, Tensor rois, int output_size, float spatial_scale, int sampling_ratio, "
-      "bool aligned, str top_interp) -> Tensor");
+      "bool aligned, str top_interp, str normalize=\"softmax\", str bottom_interp=\"bilinear\") -> Tensor");
   m.def(
       "blend_backward(Tensor grad, Tensor bases, Tensor attns, Tensor rois, int output_size, float spatial_scale, "
-      "int sampling_ratio, bool aligned, str top_interp) -> (Tensor, Tensor)");
+      "int sampling_ratio, bool aligned, str top_interp, str normalize=\"softmax\", str bottom_interp=\"bilinear\") "
+      "-> (Tensor, Tensor)");
   m.def(
       "check_blend_inputs(Tensor bases, Tensor attns, Tensor rois, int output_size, float spatial_scale, "
-      "int sampling_ratio, str top_interp) -> ()");
+      "int sampling_ratio, str top_interp, str normalize=\"softmax\", str bottom_interp=\"bilinear\") -> ()");
   m.impl("check_blend_inputs", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(check_blend_inputs));
 }
 

@@ -17,6 +17,20 @@ enum class TopInterp { Bilinear, Nearest };
 /// Parses ``top_interp`` ("bilinear" or "nearest"); anything else is a clear error.
 TopInterp parse_top_interp(c10::string_view top_interp);
 
+/// How the K blended terms are weighted: "softmax" over K of the attentions (the default),
+/// or "sigmoid": out = sum_k sigmoid(a[k]) * sigmoid(r[k]) (the paper's one-basis version).
+enum class Normalize { Softmax, Sigmoid };
+
+/// Parses ``normalize`` ("softmax" or "sigmoid"); anything else is a clear error.
+Normalize parse_normalize(c10::string_view normalize);
+
+/// How the crop samples the bases: "bilinear" (RoIAlign) or "nearest" (the nearest cell of
+/// each sample point, RoIPool-style, on the same sampling grid).
+enum class BottomInterp { Bilinear, Nearest };
+
+/// Parses ``bottom_interp`` ("bilinear" or "nearest"); anything else is a clear error.
+BottomInterp parse_bottom_interp(c10::string_view bottom_interp);
+
 /// Checks ranks, shapes, dtypes, devices and the scalar arguments of blend / blend_backward
 /// with messages naming the argument. ``grad`` may be undefined (forward). Shapes may be
 /// symbolic (the Meta kernels run it under torch.compile / torch.export): equalities are
@@ -29,6 +43,8 @@ void check_blend_args(
     double spatial_scale,
     int64_t sampling_ratio,
     c10::string_view top_interp,
+    c10::string_view normalize,
+    c10::string_view bottom_interp,
     const at::Tensor& grad);
 
 /// Rejects rois (a CPU tensor of the coordinate dtype, float or double) with a NaN/inf value or
@@ -49,6 +65,8 @@ struct Dims {
   int sampling_ratio;
   bool aligned;
   bool bilinear;  // top_interp == "bilinear"
+  bool sigmoid = false;         // normalize == "sigmoid"
+  bool bottom_nearest = false;  // bottom_interp == "nearest"
 };
 
 /// The dtype the kernels read rois in: float64 for float64 features, float32 otherwise
@@ -80,6 +98,8 @@ BlendCall prepare_call(
     int64_t sampling_ratio,
     bool aligned,
     c10::string_view top_interp,
+    c10::string_view normalize,
+    c10::string_view bottom_interp,
     bool check_values);
 
 }  // namespace blendmask

@@ -20,21 +20,25 @@ namespace blendmask {
 namespace {
 
 using BlendSignature = at::Tensor(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, int64_t, bool, c10::string_view);
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, int64_t, bool, c10::string_view, c10::string_view,
+    c10::string_view);
 
 template <c10::DispatchKey autocast_key>
 at::Tensor blend_autocast(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
-    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
+    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
   static const auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("blendmask::blend", "").typed<BlendSignature>();
   if (!(at::isFloatingType(bases.scalar_type()) && at::isFloatingType(attns.scalar_type()))) {
-    return op.call(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp);
+    return op.call(
+        bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp, normalize, bottom_interp);
   }
   const at::ScalarType dtype = c10::promoteTypes(bases.scalar_type(), attns.scalar_type());
   return op.call(
-      bases.to(dtype), attns.to(dtype), rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp);
+      bases.to(dtype), attns.to(dtype), rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp,
+      normalize, bottom_interp);
 }
 
 }  // namespace

@@ -4,7 +4,10 @@
 //   r[k] = RoIAlign(bases[b_d, k], roi_d)(ph, pw)          crop, torchvision rules
 //   a[k] = Upsample(attns[d, k], (R, R))(ph, pw)            bilinear or nearest
 //   s[k] = softmax_k(a)
-//   out  = sum_k s[k] * r[k]
+//   out  = sum_k s[k] * r[k]                               normalize == "softmax"
+//   out  = sum_k sigmoid(a[k]) * sigmoid(r[k])            normalize == "sigmoid"
+// The crop samples bilinearly (RoIAlign) or, with bottom_interp == "nearest", takes the
+// value of the nearest base cell of each sample (RoIPool-style, same sampling grid).
 // Everything here is written once and compiled by both g++ and nvcc, so the two backends
 // cannot drift apart and the CPU tests cover the math that the GPU runs.
 #pragma once
@@ -58,6 +61,12 @@ BLENDMASK_HOST_DEVICE T exp_of(T x) {
     return std::exp(x);
   }
 #endif
+}
+
+/// The logistic function 1 / (1 + exp(-x)), through exp_of (so float stays vectorisable).
+template <typename T>
+BLENDMASK_HOST_DEVICE T sigmoid_of(T x) {
+  return T(1) / (T(1) + exp_of(-x));
 }
 
 template <typename T>
@@ -197,6 +206,33 @@ BLENDMASK_HOST_DEVICE AxisTaps<T> axis_taps(T coord, int size) {
   return t;
 }
 
+/// One axis of the nearest ("RoIPool-style") sampling: the same validity rule as
+/// axis_taps (a sample beyond one pixel outside the map contributes 0), then the coordinate
+/// is clamped into [0, size - 1] and rounded half up: index = min(floor(max(coord, 0) + 0.5),
+/// size - 1). Both taps are that cell, with weights 1 and 0, so every consumer of AxisTaps
+/// (the samplers and the gradient scatters) takes the one cell and sends its gradient there.
+template <typename T>
+BLENDMASK_HOST_DEVICE AxisTaps<T> axis_taps_nearest(T coord, int size) {
+  AxisTaps<T> t;
+  t.valid = !(coord < T(-1) || coord > static_cast<T>(size));
+  t.w_lo = t.valid ? T(1) : T(0);
+  t.w_hi = T(0);
+  if (!t.valid) {
+    t.lo = t.hi = 0;
+    return t;
+  }
+  if (coord < T(0)) coord = T(0);
+  t.lo = min_of(static_cast<int>(floor_of(coord + T(0.5))), size - 1);
+  t.hi = t.lo;
+  return t;
+}
+
+/// The taps of one sample coordinate along one axis for the bottom sampling mode.
+template <typename T>
+BLENDMASK_HOST_DEVICE AxisTaps<T> sample_taps(T coord, int size, bool nearest) {
+  return nearest ? axis_taps_nearest(coord, size) : axis_taps(coord, size);
+}
+
 /// Bilinear sample of one plane (row stride ``width``) at the taps ``y`` x ``x``; both
 /// must be valid. Same products and summation order as torchvision (w1..w4).
 template <typename T, typename scalar_t>
@@ -212,14 +248,15 @@ BLENDMASK_HOST_DEVICE T bilinear_sample(const scalar_t* plane, int64_t width, co
 }
 
 /// Crop value r(ph, pw) of one base plane: the average of the bin's valid samples.
+/// ``nearest`` picks the nearest-cell sampling of axis_taps_nearest.
 template <typename T, typename scalar_t>
 BLENDMASK_HOST_DEVICE T roi_align_pixel(
-    const scalar_t* plane, int height, int width, const RoiGeometry<T>& g, int ph, int pw) {
+    const scalar_t* plane, int height, int width, const RoiGeometry<T>& g, int ph, int pw, bool nearest = false) {
   T sum = T(0);
   for (int iy = 0; iy < g.grid_h; ++iy) {
-    const AxisTaps<T> y = axis_taps(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
+    const AxisTaps<T> y = sample_taps(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height, nearest);
     for (int ix = 0; ix < g.grid_w; ++ix) {
-      const AxisTaps<T> x = axis_taps(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
+      const AxisTaps<T> x = sample_taps(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width, nearest);
       if (y.valid && x.valid) sum += bilinear_sample(plane, width, y, x);
     }
   }
@@ -328,6 +365,17 @@ BLENDMASK_HOST_DEVICE BlendGrads<T> blend_grads(T g, T s, T r, T out) {
   BlendGrads<T> d;
   d.crop = g * s;
   d.attention = d.crop * (r - out);
+  return d;
+}
+
+/// Per-pixel backward of one k in "sigmoid" mode (out = sum_k sigmoid(a[k]) sigmoid(r[k])):
+///   dL/dr[k] = g * sigmoid(a[k]) * sigmoid'(r[k])
+///   dL/da[k] = g * sigmoid(r[k]) * sigmoid'(a[k])     with sigmoid'(x) = s (1 - s)
+template <typename T>
+BLENDMASK_HOST_DEVICE BlendGrads<T> sigmoid_blend_grads(T g, T sa, T sr) {
+  BlendGrads<T> d;
+  d.crop = g * sa * (sr * (T(1) - sr));
+  d.attention = g * sr * (sa * (T(1) - sa));
   return d;
 }
 

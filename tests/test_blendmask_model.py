@@ -339,7 +339,8 @@ def test_semantic_targets_from_instances():
     "overrides",
     [
         {"model.blender.attn_size": 1},  # YOLACT-like scalar coefficients
-        {"model.blender.attn_size": 4, "model.blender.bottom_resolution": 28, "model.basis.num_bases": 1},
+        {"model.blender.attn_size": 4, "model.blender.bottom_resolution": 28, "model.basis.num_bases": 1,
+         "model.blender.normalize": "sigmoid"},  # the paper's one basis blends with sigmoids (Table 3)
         {"model.basis.num_bases": 8, "model.blender.top_interp": "nearest"},
         {"model.basis.in_features": ("p3", "p5"), "model.blender.attn_size": 2},
     ],
@@ -594,3 +595,100 @@ def test_border_rule_gives_the_best_masks_of_objects_cut_by_the_border(amodal_bo
     """The border rule (docs/design.md §10) against both earlier rules, with a briefly trained lite model."""
     ious = _border_iou_study(amodal_boxes=amodal_boxes, num_iters=150)
     assert ious["same_box"] > ious["clip_first"] and ious["same_box"] > ious["paste_clipped"], ious
+
+
+# ----------------------------------------------------------------------------- blender modes, bottom modules
+
+
+def test_one_basis_softmax_is_refused_pointing_to_sigmoid():
+    with pytest.raises(ValueError, match="num_bases=1 with normalize='softmax'.*model.blender.normalize='sigmoid'"):
+        _lite(**{"model.basis.num_bases": 1})
+    assert _lite(**{"model.basis.num_bases": 1, "model.blender.normalize": "sigmoid"}).num_bases == 1
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_sigmoid_mask_loss_is_bce_on_probabilities(k):
+    """normalize='sigmoid': the loss is the BCE of the probabilities sum_k s(a_k) s(r_k) / K (no sigmoid
+    on top), matching F.binary_cross_entropy; it stays finite where a probability is exactly 0 or 1."""
+    from blendmask.models.fcos.fcos import FCOSPositives
+    from blendmask.models.mask_ops import crop_and_resize_masks
+    from blendmask.ops import blend_reference
+
+    model = _lite(**{"model.blender.bottom_resolution": 8, "model.blender.attn_size": 2, "model.basis.num_bases": k,
+                     "model.blender.normalize": "sigmoid", "model.blender.bottom_interp": "nearest"})
+    torch.manual_seed(0)
+    bases = torch.randn(1, k, 16, 16, requires_grad=True)
+    attns = torch.randn(2, k * 2 * 2, requires_grad=True)
+    gt_boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0], [10.0, 20.0, 60.0, 62.0]])]
+    gt_masks = [torch.zeros(2, 64, 64, dtype=torch.uint8)]
+    gt_masks[0][0, 6:28, 10:30] = 1
+    gt_masks[0][1, 30:60, 20:50] = 1
+    ctr = torch.tensor([1.0, 0.5])
+    positives = FCOSPositives(gt_inds=torch.tensor([0, 1]), ctr_targets=ctr, loss_denorm=1.5, extras=attns)
+    loss = model._mask_loss(bases, positives, gt_boxes, gt_masks)
+    expected = 0.0
+    for j in range(2):
+        roi = torch.cat([torch.zeros(1), gt_boxes[0][j]])[None]
+        probs = blend_reference(bases, attns[j].reshape(1, k, 2, 2), roi, 8, 0.25, 1, True, "bilinear", "sigmoid",
+                                "nearest") / k
+        assert 0 <= probs.min() and probs.max() <= 1
+        target = crop_and_resize_masks(gt_masks[0][j][None], gt_boxes[0][j][None], 8)
+        expected += float(torch.nn.functional.binary_cross_entropy(probs.detach(), target)) * float(ctr[j])
+    assert loss.item() == pytest.approx(expected / 1.5, rel=1e-4)
+    loss.backward()
+    assert bases.grad.abs().sum() > 0 and attns.grad.abs().sum() > 0
+    # saturated probabilities (0 against a 1 target, 1 against a 0 target) give a finite loss and gradient
+    from blendmask.models.blendmask import _bce_on_probabilities
+
+    p = torch.tensor([0.0, 1.0, 0.5], requires_grad=True)
+    bce = _bce_on_probabilities(p, torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.isfinite(bce).all() and bce[0] > 10 and bce[1] > 10
+    bce.sum().backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_sigmoid_inference_applies_no_second_sigmoid():
+    model = _lite(**{"model.basis.num_bases": 2, "model.blender.normalize": "sigmoid"})
+    blended = torch.tensor([[[0.0, 1.0], [2.0, 0.5]]])
+    torch.testing.assert_close(model.mask_probabilities(blended), blended / 2)
+    softmax = _lite()
+    torch.testing.assert_close(softmax.mask_probabilities(blended), blended.sigmoid())
+    model.eval()
+    with torch.no_grad():
+        model.proposal_generator.fcos_head.cls_logits.bias.fill_(5.0)  # every location detects
+        out = model([torch.rand(3, 64, 64)])[0]
+    assert out["masks"].shape[0] > 0 and 0 <= out["masks"].min() and out["masks"].max() <= 1
+
+
+@pytest.mark.parametrize("overrides, stride, cls", [
+    ({"model.basis.module": "deeplabv3plus", "model.basis.in_features": ("p3", "p5")}, 8, "DeepLabV3PlusBottom"),
+    ({"model.basis.module": "deeplabv3plus", "model.basis.in_features": ("c3", "c5"), "model.basis.convs_dim": 32},
+     8, "DeepLabV3PlusBottom"),
+    ({"model.basis.in_features": ("c3", "c5")}, 4, "ProtoNet"),
+])
+def test_bottom_module_choices_train_with_the_semantic_loss(overrides, stride, cls):
+    model = _lite(**overrides)
+    assert type(model.basis_module).__name__ == cls and model.basis_module.out_stride == stride
+    model.train()
+    image, target = _shapes_sample(0, (64, 96))
+    losses = model([image], [target])
+    assert set(losses) == LOSS_KEYS and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    for name, p in model.basis_module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        bases, _ = model.basis_module(model.backbone(torch.zeros(1, 3, 64, 96)))
+    assert bases.shape == (1, model.num_bases, 64 // stride, 96 // stride)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"model.basis.in_features": ("p2", "p5")}, "no level 'p2'.*backbone stages"),
+    ({"model.basis.module": "deeplabv3plus", "model.basis.in_features": ("p3",)}, "needs a shallow and a deep input"),
+    ({"model.basis.module": "unet"}, "model.basis.module"),
+    ({"model.blender.normalize": "tanh"}, "model.blender.normalize"),
+    ({"model.blender.bottom_interp": "cubic"}, "model.blender.bottom_interp"),
+])
+def test_bad_blender_and_bottom_choices(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        _lite(**overrides)

@@ -129,7 +129,8 @@ def test_predict_writes_overlays_bases_and_json(shapes, trained, tmp_path, capsy
 
 
 def test_every_subcommand_has_help(capsys):
-    assert [c.name for c in COMMANDS] == ["make-shapes", "train", "eval", "predict", "convert", "export-onnx", "demo"]
+    assert [c.name for c in COMMANDS] == ["make-shapes", "train", "eval", "predict", "convert", "export-onnx", "ablate",
+                                        "demo"]
     for command in COMMANDS:
         with pytest.raises(SystemExit) as exc:
             main([command.name, "--help"])
@@ -158,6 +159,9 @@ def test_every_subcommand_has_help(capsys):
         (["make-shapes", "{tmp}/s", "--train", "x"], "invalid int value"),
         (["convert", "{missing}", "{tmp}/out.pth", "--config", "R_50_3x"], "not found"),
         (["frobnicate"], "invalid choice"),
+        (["ablate", "--data", "{data}", "--grid", "nope"], "unknown grid 'nope'; valid grids: merge, resolution"),
+        (["ablate", "--data", "{missing}", "--grid", "bases", "--output", "{tmp}/a"], "--data"),
+        (["ablate", "--data", "{data}", "--grid", "bases", "--jobs", "99", "--output", "{tmp}/a"], "--jobs"),
     ],
 )
 def test_bad_arguments_exit_nonzero_with_one_line(argv, needle, shapes, trained, tmp_path, capsys):
@@ -197,6 +201,7 @@ def _output_cases():
         (["predict", "{image}", "--weights", "{weights}", "--out", "{out}"], "blendmask.predict", "predict_files", True),
         (["convert", "{weights}", "{out}", "--config", "R_50_1x"], "blendmask.convert", "convert_checkpoint", False),
         (["export-onnx", "--config", "lite_mobilenet_v2", "--out", "{out}"], "blendmask.deploy", "export_onnx", False),
+        (["ablate", "--data", "{data}", "--grid", "bases", "--output", "{out}"], "blendmask.ablate", "run_grid", True),
     ]
 
 

@@ -154,3 +154,29 @@ def test_opset_too_old(tmp_path, opset, capsys):
     assert f"opset {opset} is too old" in err
     if opset < 16:
         assert "RoiAlign" in err and "half_pixel" in err
+
+
+def test_sigmoid_one_basis_model_exports_with_sigmoid_ops(tmp_path, images):
+    """normalize='sigmoid' (K = 1) goes through blend_reference's Sigmoid ops; onnxruntime matches eager."""
+    cfg = small_lite_config()
+    cfg.model.basis.num_bases = 1
+    cfg.model.blender.normalize = "sigmoid"
+    model = small_lite_model(cfg)
+    path = export_onnx(model, tmp_path / "sigmoid.onnx")
+    graph = onnx.load(str(path))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "Sigmoid" in ops and "RoiAlign" in ops
+    names = ["shapes"]
+    got = OnnxPredictor(path)([images[n] for n in names])
+    expected = eager_single(model, [images[n] for n in names])
+    for g, e in zip(got, expected):
+        assert e["boxes"].shape[0] > 0
+        assert_same_detections(g, e)
+
+
+def test_nearest_bottom_sampling_export_is_refused(tmp_path):
+    cfg = small_lite_config()
+    cfg.model.blender.bottom_interp = "nearest"
+    with pytest.raises(ValueError, match="bottom_interp='nearest' is not supported.*bottom_interp='bilinear'"):
+        export_onnx(cfg, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
-from blendmask.ops import blend_reference
+from blendmask.ops import blend_reference, coordinate_dtype
 
 from _ops_utils import make_inputs, special_rois
 
@@ -27,14 +27,16 @@ HARNESS = r"""
 
 using namespace blendmask;
 
-static Dims dims_of(const at::Tensor& bases, const at::Tensor& attns, int64_t r, int64_t sr, bool aligned, bool bilinear) {
+static Dims dims_of(const at::Tensor& bases, const at::Tensor& attns, int64_t r, int64_t sr, bool aligned, bool bilinear,
+                    bool sigmoid, bool bottom_nearest) {
   return Dims{bases.size(0), (int)bases.size(1), (int)bases.size(2), (int)bases.size(3), attns.size(0),
-              (int)attns.size(2), (int)attns.size(3), (int)r, (int)sr, aligned, bilinear};
+              (int)attns.size(2), (int)attns.size(3), (int)r, (int)sr, aligned, bilinear, sigmoid, bottom_nearest};
 }
 
 at::Tensor forward(at::Tensor bases, at::Tensor attns, at::Tensor rois, int64_t r, double scale, int64_t sr,
-                   bool aligned, bool bilinear, int64_t blocks, int64_t threads, bool wide_index) {
-  const Dims n = dims_of(bases, attns, r, sr, aligned, bilinear);
+                   bool aligned, bool bilinear, int64_t blocks, int64_t threads, bool wide_index, bool sigmoid,
+                   bool bottom_nearest) {
+  const Dims n = dims_of(bases, attns, r, sr, aligned, bilinear, sigmoid, bottom_nearest);
   at::Tensor out = at::empty({n.num_rois, r, r}, bases.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bases.scalar_type(), "emulated_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -53,8 +55,9 @@ at::Tensor forward(at::Tensor bases, at::Tensor attns, at::Tensor rois, int64_t 
 
 std::vector<at::Tensor> backward(at::Tensor grad, at::Tensor bases, at::Tensor attns, at::Tensor rois, int64_t r,
                                  double scale, int64_t sr, bool aligned, bool bilinear, int64_t blocks,
-                                 int64_t threads, bool wide_index, bool attn_in_shared) {
-  const Dims n = dims_of(bases, attns, r, sr, aligned, bilinear);
+                                 int64_t threads, bool wide_index, bool attn_in_shared, bool sigmoid,
+                                 bool bottom_nearest) {
+  const Dims n = dims_of(bases, attns, r, sr, aligned, bilinear, sigmoid, bottom_nearest);
   const at::ScalarType acc_type = at::toOpMathType(bases.scalar_type());
   at::Tensor grad_bases = at::zeros(bases.sizes(), bases.options().dtype(acc_type));
   at::Tensor grad_attns = at::zeros(attns.sizes(), attns.options().dtype(acc_type));
@@ -118,28 +121,36 @@ def _problem(shape, dtype, seed=0):
     return [t.to(dtype) for t in (bases, attns, grad)] + [rois]
 
 
-def _reference(bases, attns, rois, grad, r, sr, aligned, interp):
-    b = bases.double().requires_grad_(True)
-    a = attns.double().requires_grad_(True)
-    out = blend_reference(b, a, rois, r, 0.25, sr, aligned, interp)
-    gb, ga = torch.autograd.grad(out, (b, a), grad.double())
-    return out.detach(), gb, ga
+def _reference(bases, attns, rois, grad, r, sr, aligned, interp, normalize="softmax", bottom_interp="bilinear"):
+    # nearest bottom sampling is discontinuous at cell boundaries: its sample coordinates are
+    # computed in the kernels' coordinate dtype (float32 below float64)
+    wide = torch.float64 if bottom_interp == "bilinear" else coordinate_dtype(bases.dtype)
+    b = bases.to(wide).requires_grad_(True)
+    a = attns.to(wide).requires_grad_(True)
+    out = blend_reference(b, a, rois.to(wide), r, 0.25, sr, aligned, interp, normalize, bottom_interp)
+    gb, ga = torch.autograd.grad(out, (b, a), grad.to(wide))
+    return out.detach().double(), gb.double(), ga.double()
+
+
+MODES = [("softmax", "bilinear"), ("sigmoid", "bilinear"), ("softmax", "nearest"), ("sigmoid", "nearest")]
 
 
 @pytest.mark.parametrize("wide_index", [False, True], ids=["int32", "int64"])
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_emulated_cuda_kernels_match_reference(emulated, shape, dtype, wide_index):
+@pytest.mark.parametrize("normalize,bottom_interp", MODES, ids="-".join)
+def test_emulated_cuda_kernels_match_reference(emulated, normalize, bottom_interp, shape, dtype, wide_index):
     n, k, h, w, d, m, r, sr, aligned, interp, blocks, threads = SHAPES[shape]
     bases, attns, grad, rois = _problem(SHAPES[shape], dtype)
     tol = TOLERANCES[dtype]
-    out = emulated.forward(bases, attns, rois, r, 0.25, sr, aligned, interp == "bilinear", blocks, threads, wide_index)
-    ref_out, ref_gb, ref_ga = _reference(bases, attns, rois, grad, r, sr, aligned, interp)
+    modes = (normalize == "sigmoid", bottom_interp == "nearest")
+    out = emulated.forward(bases, attns, rois, r, 0.25, sr, aligned, interp == "bilinear", blocks, threads, wide_index, *modes)
+    ref_out, ref_gb, ref_ga = _reference(bases, attns, rois, grad, r, sr, aligned, interp, normalize, bottom_interp)
     assert out.dtype == dtype and out.shape == ref_out.shape
     torch.testing.assert_close(out.double(), ref_out, rtol=tol, atol=tol)
     for attn_in_shared in (True, False):
         gb, ga = emulated.backward(grad, bases, attns, rois, r, 0.25, sr, aligned, interp == "bilinear", blocks, threads,
-                                   wide_index, attn_in_shared)
+                                   wide_index, attn_in_shared, *modes)
         for name, x, y in (("bases", gb, ref_gb), ("attns", ga, ref_ga)):
             scale = max(1.0, float(y.abs().max())) if y.numel() else 1.0
             torch.testing.assert_close(x.double(), y, rtol=tol, atol=tol * scale, msg=lambda s: f"grad {name}: {s}")
@@ -150,12 +161,12 @@ def test_emulated_cuda_bad_roi_gives_nan_mask_and_no_gradient(emulated):
     rois = rois.clone()
     rois[1, 3] = float("nan")
     rois[2, 0] = 9.0  # batch index out of range
-    out = emulated.forward(bases, attns, rois, 9, 0.25, 1, True, True, 3, 32, False)
+    out = emulated.forward(bases, attns, rois, 9, 0.25, 1, True, True, 3, 32, False, False, False)
     assert out[1].isnan().all() and out[2].isnan().all()
     good = [i for i in range(len(rois)) if i not in (1, 2)]
     ref_out, ref_gb, ref_ga = _reference(bases, attns[good], rois[good], grad[good], 9, 1, True, "bilinear")
     torch.testing.assert_close(out[good].double(), ref_out, rtol=2e-5, atol=2e-5)
-    gb, ga = emulated.backward(grad, bases, attns, rois, 9, 0.25, 1, True, True, 3, 32, False, True)
+    gb, ga = emulated.backward(grad, bases, attns, rois, 9, 0.25, 1, True, True, 3, 32, False, True, False, False)
     assert ga[1].abs().max() == 0 and ga[2].abs().max() == 0
     torch.testing.assert_close(gb.double(), ref_gb, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(ga[good].double(), ref_ga, rtol=2e-5, atol=2e-5)

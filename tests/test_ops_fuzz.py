@@ -29,6 +29,8 @@ def blend_problems(draw):
         sampling_ratio=draw(st.integers(0, 3)),
         aligned=draw(st.booleans()),
         top_interp=draw(st.sampled_from(["bilinear", "nearest"])),
+        normalize=draw(st.sampled_from(["softmax", "sigmoid"])),
+        bottom_interp=draw(st.sampled_from(["bilinear", "nearest"])),
     )
     if config["sampling_ratio"] == 0 and config["aligned"]:
         # torchvision's CPU roi_align (the reference) cannot size its sample grid for an
@@ -39,7 +41,7 @@ def blend_problems(draw):
     return n, k, h, w, m, boxes, config, seed
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(blend_problems())
 def test_fuzz_forward_and_backward_match_reference(problem):
     n, k, h, w, m, boxes, config, seed = problem

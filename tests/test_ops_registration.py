@@ -15,6 +15,9 @@ CONFIGS = [
     (14, 0.25, 1, True, "bilinear"),
     (7, 0.25, 2, False, "nearest"),
     (9, 0.5, 0, True, "nearest"),
+    (7, 0.25, 1, True, "bilinear", "sigmoid", "bilinear"),
+    (9, 0.25, 0, True, "nearest", "softmax", "nearest"),
+    (5, 0.5, 2, False, "bilinear", "sigmoid", "nearest"),
 ]
 
 
@@ -29,12 +32,12 @@ def _blend_samples():
     yield (bases, attns, rois, 5, 0.25, 1, True, "bilinear")
 
 
-@pytest.mark.parametrize("args", list(_blend_samples()), ids=lambda a: f"R{a[3]}-{a[7]}-grad{a[0].requires_grad}-D{a[2].shape[0]}")
+@pytest.mark.parametrize("args", list(_blend_samples()), ids=lambda a: f"R{a[3]}-{'-'.join(a[7:])}-grad{a[0].requires_grad}-D{a[2].shape[0]}")
 def test_opcheck_blend(args):
     torch.library.opcheck(torch.ops.blendmask.blend.default, args)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"R{c[0]}-{c[4]}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"R{c[0]}-{'-'.join(c[4:])}")
 def test_opcheck_blend_backward(config):
     bases, attns, rois = make_inputs(n=2, k=3, h=10, w=12, d=4, m=3)
     grad = torch.randn(4, config[0], config[0], dtype=torch.float64)

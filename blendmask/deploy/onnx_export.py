@@ -145,9 +145,19 @@ def export_onnx(
         max_side: the largest padded image side the graph accepts (a bound of the dynamic shapes).
     Returns:
         the path written.
+    Raises:
+        ValueError: an opset below :data:`MIN_OPSET`, or a model with ``bottom_interp="nearest"``
+            (ONNX ``RoiAlign`` has no nearest sampling; the export refuses it rather than
+            emitting a gather-based crop). ``normalize="sigmoid"`` exports as ``Sigmoid`` ops.
     """
     check_opset(opset)
     model = resolve_model(model_or_cfg, weights)
+    if model.bottom_interp != "bilinear":
+        raise ValueError(
+            f"ONNX export of model.blender.bottom_interp={model.bottom_interp!r} is not supported: ONNX RoiAlign "
+            "samples bilinearly only (mode 'avg'/'max' pool bilinear samples); export a model with "
+            "model.blender.bottom_interp='bilinear'"
+        )
     exported = export_program(model, reference_blender=True, max_side=max_side)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,13 @@ multi-process training synchronises the statistics: the trainer calls
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["conv_block", "ProtoNet", "semantic_targets_from_instances"]
+__all__ = ["conv_block", "ProtoNet", "semantic_targets_from_instances", "SemanticHead"]
 
 
 def conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -76,12 +76,46 @@ def semantic_targets_from_instances(
     return out
 
 
+class SemanticHead(nn.Sequential):
+    """The auxiliary semantic-segmentation head of a bottom module and its loss: two 3x3
+    conv-BN-ReLU blocks and a 1x1 conv to ``num_classes + 1`` logits on one input map, trained
+    with cross-entropy against :func:`semantic_targets_from_instances`, times ``loss_weight``.
+    Its modules are ``0``..``6`` of the sequence (AdelaiDet's ``seg_head`` names)."""
+
+    def __init__(self, in_channels: int, width: int, num_classes: int, loss_weight: float):
+        super().__init__(
+            nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, num_classes + 1, kernel_size=1, stride=1),
+        )
+        self.loss_weight = loss_weight
+
+    def loss(self, feature: Tensor, stride: int, gt_masks: Optional[Sequence[Tensor]],
+             gt_labels: Optional[Sequence[Tensor]]) -> Tensor:
+        """Weighted cross-entropy of the logits of ``feature`` (N, C, H, W) at ``stride``."""
+        if gt_masks is None or gt_labels is None:
+            raise ValueError("the basis module's semantic loss needs gt_masks and gt_labels in training")
+        sem_logits = self(feature)
+        sem_targets = semantic_targets_from_instances(gt_masks, gt_labels, tuple(sem_logits.shape[-2:]), stride)
+        return F.cross_entropy(sem_logits, sem_targets) * self.loss_weight
+
+
+def channels_of(in_channels: Union[int, Mapping[str, int]], name: str) -> int:
+    """Channels of input ``name``: one int for every input, or a mapping per input name."""
+    return in_channels if isinstance(in_channels, int) else in_channels[name]
+
+
 class ProtoNet(nn.Module):
     """Bases from FPN features, plus the auxiliary semantic loss in training.
 
     Args:
-        in_features: FPN level names, the first one sets the output resolution (e.g. ``("p3", "p4", "p5")``).
-        in_channels: channels of the FPN levels.
+        in_features: FPN level or backbone stage names, the first one sets the output resolution
+            (e.g. ``("p3", "p4", "p5")``).
+        in_channels: channels of the inputs (one int, or a mapping from input name).
         in_stride: stride of the first input level (8 for P3); the bases are at ``in_stride / 2``.
         num_bases: K.
         convs_dim: channels of the refine and tower convs.
@@ -96,7 +130,7 @@ class ProtoNet(nn.Module):
         self,
         *,
         in_features: Sequence[str],
-        in_channels: int,
+        in_channels: Union[int, Mapping[str, int]],
         in_stride: int,
         num_bases: int,
         convs_dim: int = 128,
@@ -116,22 +150,14 @@ class ProtoNet(nn.Module):
         self.out_stride = in_stride // 2
         self.loss_on = loss_on
         self.loss_weight = loss_weight
-        self.refine = nn.ModuleList([conv_block(in_channels, convs_dim, norm) for _ in self.in_features])
+        self.refine = nn.ModuleList([conv_block(channels_of(in_channels, n), convs_dim, norm) for n in self.in_features])
         tower: List[nn.Module] = [conv_block(convs_dim, convs_dim, norm) for _ in range(num_convs)]
         tower.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
         tower.append(conv_block(convs_dim, convs_dim, norm))
         tower.append(nn.Conv2d(convs_dim, num_bases, kernel_size=1))
         self.tower = nn.Sequential(*tower)
         if loss_on:
-            self.seg_head = nn.Sequential(
-                nn.Conv2d(in_channels, convs_dim, kernel_size=3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(convs_dim),
-                nn.ReLU(),
-                nn.Conv2d(convs_dim, convs_dim, kernel_size=3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(convs_dim),
-                nn.ReLU(),
-                nn.Conv2d(convs_dim, num_classes + 1, kernel_size=1, stride=1),
-            )
+            self.seg_head = SemanticHead(channels_of(in_channels, self.in_features[0]), convs_dim, num_classes, loss_weight)
 
     def forward(
         self,
@@ -151,9 +177,5 @@ class ProtoNet(nn.Module):
         bases = self.tower(x)
         losses: Dict[str, Tensor] = {}
         if self.training and self.loss_on:
-            if gt_masks is None or gt_labels is None:
-                raise ValueError("the basis module's semantic loss needs gt_masks and gt_labels in training")
-            sem_logits = self.seg_head(features[self.in_features[0]])
-            sem_targets = semantic_targets_from_instances(gt_masks, gt_labels, tuple(sem_logits.shape[-2:]), self.in_stride)
-            losses["loss_basis_sem"] = F.cross_entropy(sem_logits, sem_targets) * self.loss_weight
+            losses["loss_basis_sem"] = self.seg_head.loss(features[self.in_features[0]], self.in_stride, gt_masks, gt_labels)
         return bases, losses

@@ -89,6 +89,20 @@ def postprocess_detections(
     return result
 
 
+#: Probabilities are clamped into [eps, 1 - eps] before the log of the BCE (float32: log(1e-6) = -13.8).
+_PROBABILITY_EPS = 1e-6
+
+
+def _bce_on_probabilities(probs: Tensor, targets: Tensor) -> Tensor:
+    """Per-pixel binary cross-entropy of probabilities ``probs`` against ``targets`` (same
+    shape), in float32 and clamped so that neither log sees 0 (autocast-safe, unlike
+    ``F.binary_cross_entropy``). The clamp stops the gradient only where a pixel is already
+    within 1e-6 of its target side."""
+    p = probs.float().clamp(_PROBABILITY_EPS, 1.0 - _PROBABILITY_EPS)
+    t = targets.float()
+    return -(t * p.log() + (1.0 - t) * torch.log1p(-p))
+
+
 class BlendMask(nn.Module):
     """BlendMask (Chen et al., CVPR 2020), FCOS-based and AdelaiDet-compatible.
 
@@ -128,7 +142,7 @@ class BlendMask(nn.Module):
         transform: resizes, normalises and batches images/targets
             (:class:`blendmask.models.transform.ImageTransform`).
         proposal_generator: the :class:`FCOS` detector.
-        basis_module: the :class:`ProtoNet` bottom module.
+        basis_module: the bottom module: :class:`ProtoNet` or :class:`~blendmask.models.bottom.DeepLabV3PlusBottom`.
         fcos_in_features: FPN level names FCOS runs on, one per FCOS stride.
         in_channels: FPN channels (input of the top layer).
         num_classes: foreground classes.
@@ -136,6 +150,11 @@ class BlendMask(nn.Module):
         attn_size: M, the attention resolution.
         bottom_resolution: R, the blended mask resolution.
         top_interp: ``"bilinear"`` or ``"nearest"`` attention upsampling.
+        normalize: ``"softmax"`` over K (the blend is a mask logit) or ``"sigmoid"`` (the
+            paper's one-basis blender: ``sum_k sigmoid(a_k) sigmoid(r_k)``; the model's mask
+            probability is that sum divided by K, so ``[0, 1]`` for any K and exactly the
+            paper's for K = 1). K = 1 needs ``"sigmoid"``: a softmax over one basis is 1.
+        bottom_interp: ``"bilinear"`` (RoIAlign) or ``"nearest"`` (RoIPool-style) bases crop.
         sampling_ratio, aligned: RoIAlign parameters of the bases crop.
         return_internals: initial value of the ``return_internals`` attribute.
         mask_format: initial value of the ``mask_format`` attribute (:data:`MASK_FORMATS`).
@@ -155,6 +174,8 @@ class BlendMask(nn.Module):
         attn_size: int,
         bottom_resolution: int,
         top_interp: str = "bilinear",
+        normalize: str = "softmax",
+        bottom_interp: str = "bilinear",
         sampling_ratio: int = 1,
         aligned: bool = True,
         return_internals: bool = False,
@@ -163,6 +184,15 @@ class BlendMask(nn.Module):
         super().__init__()
         if top_interp not in ("bilinear", "nearest"):
             raise ValueError(f"top_interp must be 'bilinear' or 'nearest', got {top_interp!r}")
+        if normalize not in ("softmax", "sigmoid"):
+            raise ValueError(f"normalize must be 'softmax' or 'sigmoid', got {normalize!r}")
+        if bottom_interp not in ("bilinear", "nearest"):
+            raise ValueError(f"bottom_interp must be 'bilinear' or 'nearest', got {bottom_interp!r}")
+        if num_bases == 1 and normalize == "softmax":
+            raise ValueError(
+                "num_bases=1 with normalize='softmax': a softmax over one basis is the constant 1, so the "
+                "attention would do nothing; set model.blender.normalize='sigmoid' (the paper's one-basis blender)"
+            )
         if attn_size < 1 or bottom_resolution < 1:
             raise ValueError(f"attn_size and bottom_resolution must be >= 1, got {attn_size} and {bottom_resolution}")
         if len(fcos_in_features) != len(proposal_generator.strides):
@@ -177,6 +207,8 @@ class BlendMask(nn.Module):
         self.attn_size = attn_size
         self.bottom_resolution = bottom_resolution
         self.top_interp = top_interp
+        self.normalize = normalize
+        self.bottom_interp = bottom_interp
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
         self.return_internals = return_internals
@@ -186,7 +218,9 @@ class BlendMask(nn.Module):
         nn.init.constant_(self.top_layer.bias, 0.0)
 
     def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
-        """``(D, R, R)`` mask logits from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``.
+        """``(D, R, R)`` blended masks from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``:
+        logits (``normalize="softmax"``) or sums of K probabilities (``"sigmoid"``); see
+        :meth:`mask_probabilities`.
 
         ``blender`` is :func:`blendmask.ops.blend` (the fused op) or
         :func:`blendmask.ops.blend_reference` (standard ops, for the ONNX export).
@@ -194,8 +228,15 @@ class BlendMask(nn.Module):
         attns = attns.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
         return blender(
             bases, attns, rois, self.bottom_resolution, 1.0 / self.basis_module.out_stride,
-            self.sampling_ratio, self.aligned, self.top_interp,
+            self.sampling_ratio, self.aligned, self.top_interp, self.normalize, self.bottom_interp,
         )
+
+    def mask_probabilities(self, blended: Tensor) -> Tensor:
+        """Mask probabilities ``(D, R, R)`` in ``[0, 1]`` from :meth:`blend_masks`: the sigmoid of
+        the logits (``"softmax"``), or the blend divided by K (``"sigmoid"``: no second sigmoid)."""
+        if self.normalize == "sigmoid":
+            return blended / self.num_bases
+        return blended.sigmoid()
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         """Losses (training) or detections (eval); see the class docstring."""
@@ -277,7 +318,7 @@ class BlendMask(nn.Module):
             for i, d in enumerate(detections)
         ])
         attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
-        mask_probs = self.blend_masks(bases, attns, rois, blender=blender).float().sigmoid()  # (D, R, R) float32
+        mask_probs = self.mask_probabilities(self.blend_masks(bases, attns, rois, blender=blender).float())  # (D, R, R) float32
         per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
         return [
             {
@@ -308,11 +349,15 @@ class BlendMask(nn.Module):
         boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)
         image_idx = torch.cat([torch.full((b.shape[0],), float(i), device=boxes.device, dtype=boxes.dtype) for i, b in enumerate(gt_boxes)])
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
-        logits = self.blend_masks(bases, attns, rois)  # (Np, R, R)
+        blended = self.blend_masks(bases, attns, rois)  # (Np, R, R)
         mask_targets = torch.cat(
             [crop_and_resize_masks(m, b, self.bottom_resolution) for m, b in zip(gt_masks, gt_boxes)]
         )[positives.gt_inds]
-        per_instance = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none").flatten(1).mean(1)
+        if self.normalize == "sigmoid":
+            per_pixel = _bce_on_probabilities(self.mask_probabilities(blended), mask_targets)
+        else:
+            per_pixel = F.binary_cross_entropy_with_logits(blended, mask_targets.to(blended.dtype), reduction="none")
+        per_instance = per_pixel.flatten(1).mean(1)
         return (per_instance * positives.ctr_targets).sum() / positives.loss_denorm
 
     def _postprocess(self, detections: List[Dict[str, Tensor]], image_sizes: Sequence[Tuple[int, int]],

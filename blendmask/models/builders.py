@@ -5,11 +5,14 @@ import math
 import os
 from typing import Any, Dict, Optional, Union
 
+from torch import nn
+
 from ..config import BlendMaskConfig, get_config
 from ..serialization import load_checkpoint
 from .backbone import build_backbone
 from .basis import ProtoNet
 from .blendmask import BlendMask
+from .bottom import DeepLabV3PlusBottom
 from .fcos import FCOS
 from .transform import ImageTransform
 
@@ -29,6 +32,25 @@ def _level_name(stride: int) -> str:
     return f"p{int(level)}"
 
 
+def _build_basis_module(m, backbone) -> nn.Module:
+    """The bottom module of ``m.basis`` on FPN levels (``p*``) and/or backbone stages (``c3``..``c5``,
+    which turns on ``backbone.return_stages``)."""
+    strides = {**backbone.strides, **backbone.stage_strides}
+    channels = {**{name: backbone.out_channels for name in backbone.strides}, **backbone.stage_channels}
+    for name in m.basis.in_features:
+        if name not in strides:
+            raise ValueError(f"model.basis.in_features: the backbone has no level {name!r}; it provides FPN levels "
+                             f"{sorted(backbone.strides)} and backbone stages {sorted(backbone.stage_strides)}")
+    if any(name in backbone.stage_strides for name in m.basis.in_features):
+        backbone.return_stages = True
+    common = dict(in_features=m.basis.in_features, in_channels={n: channels[n] for n in m.basis.in_features},
+                  in_stride=strides[m.basis.in_features[0]], num_bases=m.basis.num_bases, norm=m.basis.norm,
+                  num_classes=m.num_classes, loss_on=m.basis.loss_on, loss_weight=m.basis.loss_weight)
+    if m.basis.module == "deeplabv3plus":
+        return DeepLabV3PlusBottom(width=m.basis.convs_dim, **common)
+    return ProtoNet(convs_dim=m.basis.convs_dim, num_convs=m.basis.num_convs, **common)
+
+
 def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None) -> BlendMask:
     """A randomly initialised :class:`BlendMask` for ``cfg`` (backbone weights from ``weights_backbone``).
 
@@ -44,7 +66,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
     backbone = build_backbone(m.backbone, weights_backbone=weights_backbone)
     fcos_in_features = [_level_name(s) for s in m.fcos.fpn_strides]
     available = set(backbone.strides)
-    for name in list(fcos_in_features) + list(m.basis.in_features):
+    for name in fcos_in_features:
         if name not in available:
             raise ValueError(f"the backbone has no FPN level {name!r}; it provides {sorted(available)}")
     proposal_generator = FCOS(
@@ -68,18 +90,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         nms_thresh=m.fcos.nms_th,
         post_nms_topk=m.fcos.post_nms_topk,
     )
-    basis_module = ProtoNet(
-        in_features=m.basis.in_features,
-        in_channels=backbone.out_channels,
-        in_stride=backbone.strides[m.basis.in_features[0]],
-        num_bases=m.basis.num_bases,
-        convs_dim=m.basis.convs_dim,
-        num_convs=m.basis.num_convs,
-        norm=m.basis.norm,
-        num_classes=m.num_classes,
-        loss_on=m.basis.loss_on,
-        loss_weight=m.basis.loss_weight,
-    )
+    basis_module = _build_basis_module(m, backbone)  # after FCOS: the seeded initialisation order is kept
     transform = ImageTransform(
         min_size_train=cfg.input.min_size_train,
         min_size_train_sampling=cfg.input.min_size_train_sampling,
@@ -104,6 +115,8 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         attn_size=m.blender.attn_size,
         bottom_resolution=m.blender.bottom_resolution,
         top_interp=m.blender.top_interp,
+        normalize=m.blender.normalize,
+        bottom_interp=m.blender.bottom_interp,
         sampling_ratio=m.blender.sampling_ratio,
         aligned=m.blender.aligned,
     )

@@ -55,10 +55,11 @@ bool use_avx2() {
 
 at::Tensor blend_cpu(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
-    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
+    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
   const BlendCall call = prepare_call(
       "blend_cpu", c10::DeviceType::CPU, at::Tensor(), bases, attns, rois, output_size, spatial_scale, sampling_ratio,
-      aligned, top_interp, /*check_values=*/true);
+      aligned, top_interp, normalize, bottom_interp, /*check_values=*/true);
   at::Tensor output = at::empty({call.n.num_rois, output_size, output_size}, bases.options());
   if (output.numel() == 0) return output;
 #if BLENDMASK_CPU_HAS_AVX2
@@ -73,10 +74,11 @@ at::Tensor blend_cpu(
 
 std::tuple<at::Tensor, at::Tensor> blend_backward_cpu(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois,
-    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
+    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
   const BlendCall call = prepare_call(
       "blend_backward_cpu", c10::DeviceType::CPU, grad, bases, attns, rois, output_size, spatial_scale,
-      sampling_ratio, aligned, top_interp, /*check_values=*/true);
+      sampling_ratio, aligned, top_interp, normalize, bottom_interp, /*check_values=*/true);
   at::Tensor grad_bases = at::zeros(bases.sizes(), bases.options());
   at::Tensor grad_attns = at::zeros(attns.sizes(), attns.options());
   if (call.n.num_rois == 0) return {grad_bases, grad_attns};

@@ -12,6 +12,10 @@
 // time from small per-thread row buffers (K x R), so the inner loops run over contiguous
 // memory and nothing of size D x K x R x R is ever allocated.
 //
+// Both normalize modes and both bottom samplings share this code: "sigmoid" changes only the
+// per-pixel blend (blend_row, the per-pixel grads), "nearest" only the taps (math::sample_taps
+// gives both taps of a sample its nearest cell, weights 1 and 0).
+//
 // The backward recomputes the forward row by row. Its gradient w.r.t. attns belongs to one
 // roi, so the thread owning the roi writes it. Its gradient w.r.t. bases is a scatter that
 // rois can share. It runs in two passes per group of rois: the rois in parallel, each
@@ -76,6 +80,17 @@ void softmax_blend_accumulate(
   }
 }
 
+/// One k of the row-wise sigmoid blend: e = sigmoid(a), acc += e * sigmoid(crop).
+template <typename acc_t>
+void sigmoid_blend_accumulate(
+    const acc_t* __restrict a, const acc_t* __restrict crop, acc_t* __restrict e, acc_t* __restrict acc, int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    const acc_t v = math::sigmoid_of(a[pw]);
+    e[pw] = v;
+    acc[pw] += v * math::sigmoid_of(crop[pw]);
+  }
+}
+
 /// dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw] over R pixels.
 template <typename acc_t>
 void add_blended_rows(
@@ -101,6 +116,19 @@ void blend_grads_row(
     const acc_t* __restrict out, acc_t crop_scale, acc_t* __restrict grad_crop, acc_t* __restrict grad_attn, int r) {
   for (int pw = 0; pw < r; ++pw) {
     const math::BlendGrads<acc_t> bg = math::blend_grads(g[pw], e[pw] * inv_sum[pw], crop[pw], out[pw]);
+    grad_crop[pw] = bg.crop * crop_scale;
+    grad_attn[pw] = bg.attention;
+  }
+}
+
+/// Per-pixel backward of one k over R pixels in "sigmoid" mode (math::sigmoid_blend_grads),
+/// with e = sigmoid(a) from the forward.
+template <typename acc_t>
+void sigmoid_blend_grads_row(
+    const acc_t* __restrict g, const acc_t* __restrict e, const acc_t* __restrict crop, acc_t crop_scale,
+    acc_t* __restrict grad_crop, acc_t* __restrict grad_attn, int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    const math::BlendGrads<acc_t> bg = math::sigmoid_blend_grads(g[pw], e[pw], math::sigmoid_of(crop[pw]));
     grad_crop[pw] = bg.crop * crop_scale;
     grad_attn[pw] = bg.attention;
   }
@@ -194,13 +222,14 @@ struct RoiWorkspace {
     x_w_hi.resize(x_lo.size());
     for (int ph = row_begin; ph < row_end; ++ph) {
       for (int iy = 0; iy < gh; ++iy) {
-        y_taps[ph * gh + iy] = math::axis_taps(math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height);
+        y_taps[ph * gh + iy] = math::sample_taps(
+            math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height, n.bottom_nearest);
       }
     }
     for (int pw = 0; pw < n.out; ++pw) {
       for (int ix = 0; ix < gw; ++ix) {
         const AxisTaps<acc_t> x =
-            math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
+            math::sample_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width, n.bottom_nearest);
         const int i = ix * n.out + pw;
         x_lo[i] = x.lo;  // axis_taps gives 0, 0 and zero weights to an invalid sample
         x_hi[i] = x.hi;
@@ -293,9 +322,18 @@ struct RoiWorkspace {
 
   /// Softmax over K and the blend for the whole current row: max_row, exp_row, inv_sum_row
   /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
-  /// innermost so that it vectorises (exp included, see math::exp_vectorizable).
+  /// innermost so that it vectorises (exp included, see math::exp_vectorizable). In
+  /// "sigmoid" mode: exp_row holds sigmoid(a[k]) and out_row sum_k sigmoid(a[k]) sigmoid(r[k]).
   void blend_row() {
     const int r = n.out;
+    if (n.sigmoid) {
+      acc_t* acc = out_row.data();
+      std::fill(acc, acc + r, acc_t(0));
+      for (int64_t k = 0; k < n.channels; ++k) {
+        sigmoid_blend_accumulate(attn_row.data() + k * r, crop_row.data() + k * r, exp_row.data() + k * r, acc, r);
+      }
+      return;
+    }
     acc_t* mx = max_row.data();
     std::copy(attn_row.begin(), attn_row.begin() + r, mx);
     for (int64_t k = 1; k < n.channels; ++k) {
@@ -508,7 +546,11 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
             const acc_t* c = ws.crop_row.data() + k * n.out;
             acc_t* gc = grad_crop_row.data() + k * n.out;
             acc_t* ga = grad_attn_row.data() + k * n.out;
-            blend_grads_row(g_row.data(), e, ws.inv_sum_row.data(), c, ws.out_row.data(), inv_count, gc, ga, n.out);
+            if (n.sigmoid) {
+              sigmoid_blend_grads_row(g_row.data(), e, c, inv_count, gc, ga, n.out);
+            } else {
+              blend_grads_row(g_row.data(), e, ws.inv_sum_row.data(), c, ws.out_row.data(), inv_count, gc, ga, n.out);
+            }
           }
 
           for (int64_t k = 0; k < n.channels; ++k) {

@@ -54,10 +54,11 @@ int grid_size(int64_t work, int threads) {
 
 at::Tensor blend_cuda(
     const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois, int64_t output_size,
-    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
+    double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
   const BlendCall call = prepare_call(
       "blend_cuda", c10::DeviceType::CUDA, at::Tensor(), bases, attns, rois, output_size, spatial_scale,
-      sampling_ratio, aligned, top_interp, /*check_values=*/false);
+      sampling_ratio, aligned, top_interp, normalize, bottom_interp, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(bases.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor output = at::empty({call.n.num_rois, output_size, output_size}, bases.options());
@@ -83,10 +84,11 @@ at::Tensor blend_cuda(
 
 std::tuple<at::Tensor, at::Tensor> blend_backward_cuda(
     const at::Tensor& grad, const at::Tensor& bases, const at::Tensor& attns, const at::Tensor& rois,
-    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp) {
+    int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned, c10::string_view top_interp,
+    c10::string_view normalize, c10::string_view bottom_interp) {
   const BlendCall call = prepare_call(
       "blend_backward_cuda", c10::DeviceType::CUDA, grad, bases, attns, rois, output_size, spatial_scale,
-      sampling_ratio, aligned, top_interp, /*check_values=*/false);
+      sampling_ratio, aligned, top_interp, normalize, bottom_interp, /*check_values=*/false);
   // atomicAdd scatters into grad_bases: the summation order varies from run to run.
   at::globalContext().alertNotDeterministic("blend_backward_cuda");
   const c10::cuda::CUDAGuard device_guard(bases.device());

@@ -10,6 +10,10 @@
 // which the block owns: it is accumulated in shared memory and written once, without
 // global atomics. Half and bfloat16 accumulate in float (at::opmath_type).
 //
+// normalize == "sigmoid" replaces the softmax blend by sum_k sigmoid(a[k]) sigmoid(r[k]) (one
+// pass, no max); bottom_interp == "nearest" replaces the bilinear taps by the nearest cell
+// (math::sample_taps), in the forward and in the scatter of the backward alike.
+//
 // A roi that math::roi_problem rejects (NaN/inf value, batch index outside [0, N)) gets an
 // all-NaN mask and no gradient: the kernels validate on the device, so the host never waits.
 //
@@ -104,10 +108,22 @@ __global__ void blend_forward_kernel(
     const scalar_t* attn = attns + d * attn_size;
     const PixelTaps<acc_t> taps = pixel_taps<acc_t>(ph, pw, n);
 
+    if (n.sigmoid) {
+      acc_t acc = acc_t(0);
+      for (int k = 0; k < n.channels; ++k) {
+        const acc_t a = attention_at<acc_t>(attn + k * n.attn_h * n.attn_w, taps, n);
+        const acc_t r =
+            math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw, n.bottom_nearest);
+        acc += math::sigmoid_of(a) * math::sigmoid_of(r);
+      }
+      output[i] = static_cast<scalar_t>(acc);
+      continue;
+    }
     math::SoftmaxBlend<acc_t> blend(attention_max<acc_t>(attn, taps, n));
     for (int k = 0; k < n.channels; ++k) {
       const acc_t a = attention_at<acc_t>(attn + k * n.attn_h * n.attn_w, taps, n);
-      const acc_t r = math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw);
+      const acc_t r =
+          math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw, n.bottom_nearest);
       blend.push(a, r);
     }
     output[i] = static_cast<scalar_t>(blend.value());
@@ -159,28 +175,36 @@ __global__ void blend_backward_kernel(
       const int ph = static_cast<int>(p / n.out);
       const int pw = static_cast<int>(p % n.out);
       const PixelTaps<acc_t> taps = pixel_taps<acc_t>(ph, pw, n);
-      math::SoftmaxBlend<acc_t> blend(attention_max<acc_t>(attn, taps, n));
-      for (int k = 0; k < n.channels; ++k) {
-        blend.push(
-            attention_at<acc_t>(attn + k * attn_plane, taps, n),
-            math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw));
+      // softmax statistics (unused in "sigmoid" mode, whose per-k gradient needs no sum over K)
+      math::SoftmaxBlend<acc_t> blend(n.sigmoid ? acc_t(0) : attention_max<acc_t>(attn, taps, n));
+      if (!n.sigmoid) {
+        for (int k = 0; k < n.channels; ++k) {
+          blend.push(
+              attention_at<acc_t>(attn + k * attn_plane, taps, n),
+              math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw, n.bottom_nearest));
+        }
       }
-      const acc_t out = blend.value();
-      const acc_t inv_sum = acc_t(1) / blend.sum;
+      const acc_t out = n.sigmoid ? acc_t(0) : blend.value();
+      const acc_t inv_sum = n.sigmoid ? acc_t(0) : acc_t(1) / blend.sum;
       const acc_t g = static_cast<acc_t>(grad[d * pixels + p]);
 
       for (int k = 0; k < n.channels; ++k) {
         const acc_t a = attention_at<acc_t>(attn + k * attn_plane, taps, n);
-        const acc_t r = math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw);
-        const math::BlendGrads<acc_t> bg = math::blend_grads(g, math::softmax_weight(a, blend.max, inv_sum), r, out);
+        const acc_t r =
+            math::roi_align_pixel<acc_t>(image + k * plane_size, n.height, n.width, geo, ph, pw, n.bottom_nearest);
+        const math::BlendGrads<acc_t> bg = n.sigmoid
+            ? math::sigmoid_blend_grads(g, math::sigmoid_of(a), math::sigmoid_of(r))
+            : math::blend_grads(g, math::softmax_weight(a, blend.max, inv_sum), r, out);
 
         const acc_t grad_sample = bg.crop / geo.count;
         acc_t* grad_plane = grad_image + k * plane_size;
         for (int iy = 0; iy < geo.grid_h; ++iy) {
-          const AxisTaps<acc_t> y = math::axis_taps(math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height);
+          const AxisTaps<acc_t> y = math::sample_taps(
+              math::sample_coord(geo.start_h, geo.bin_h, ph, iy, geo.grid_h), n.height, n.bottom_nearest);
           if (!y.valid) continue;
           for (int ix = 0; ix < geo.grid_w; ++ix) {
-            const AxisTaps<acc_t> x = math::axis_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width);
+            const AxisTaps<acc_t> x = math::sample_taps(
+                math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width, n.bottom_nearest);
             if (x.valid) scatter_bilinear(grad_plane, n.width, y, x, grad_sample);
           }
         }

@@ -52,7 +52,12 @@ class FPNBackbone(nn.Module):
     forward: (N, 3, H, W) normalised image -> ``OrderedDict`` ``"p3"``..``"p{5+top_levels}"``,
     each (N, out_channels, ceil(H/stride), ceil(W/stride)) for H, W multiples of 32.
 
-    Attributes: ``out_channels`` (int), ``strides`` ({"p3": 8, ...}), ``size_divisibility`` (32),
+    With ``return_stages = True`` the dict also holds the bottom-up stages ``"c3"``, ``"c4"``,
+    ``"c5"`` (strides 8, 16, 32; channels in ``stage_channels``), for a bottom module fed by the
+    backbone instead of the FPN (the paper's Table 4, "C3, C5").
+
+    Attributes: ``out_channels`` (int), ``strides`` ({"p3": 8, ...}), ``stage_strides``
+    ({"c3": 8, "c4": 16, "c5": 32}), ``stage_channels``, ``return_stages`` (False), ``size_divisibility`` (32),
     and the input convention ``input_format`` ("RGB"/"BGR"), ``pixel_mean``/``pixel_std``
     (lists of 3 floats on the 0-255 scale, in ``input_format`` channel order).
     """
@@ -81,6 +86,13 @@ class FPNBackbone(nn.Module):
         self.out_channels = out_channels
         self.strides: Dict[str, int] = {f"p{level}": 2 ** level for level in range(first, 6 + top_levels)}
         self.size_divisibility = max(bottom_up.strides.values())
+        # Bottom-up stages named by level: "c3".."c5" (and "c2" with the stride-4 map).
+        stage_names = [f"c{int(math.log2(bottom_up.strides[n]))}" for n in self.in_features]
+        self.stage_strides: Dict[str, int] = {c: bottom_up.strides[n] for c, n in zip(stage_names, self.in_features)}
+        self.stage_channels: Dict[str, int] = {
+            c: bottom_up.out_channels[n] for c, n in zip(stage_names, self.in_features)
+        }
+        self.return_stages = False
         self.input_format = input_format
         self.pixel_mean = [float(v) for v in pixel_mean]
         self.pixel_std = [float(v) for v in pixel_std]
@@ -99,4 +111,7 @@ class FPNBackbone(nn.Module):
             outputs.insert(0, getattr(self, f"fpn_output{level}")(prev))
         if self.top_block is not None:
             outputs.extend(self.top_block(outputs[-1]))
-        return OrderedDict(zip(self.strides, outputs))
+        pyramid = OrderedDict(zip(self.strides, outputs))
+        if self.return_stages:
+            pyramid.update(zip(self.stage_strides, features))
+        return pyramid
