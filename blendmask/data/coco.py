@@ -59,6 +59,27 @@ Target = Dict[str, Any]
 Transform = Callable[[torch.Tensor, Target], Tuple[torch.Tensor, Target]]
 
 
+def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") -> Any:
+    """The parsed JSON of ``path``: the one reader of the package's annotation files. A missing
+    file is a ``FileNotFoundError`` naming ``what``; broken JSON (line and column), a file that is
+    not UTF-8, an integer too long to convert or nesting too deep is a one-line ``ValueError``
+    naming the file. A UTF-8 byte-order mark is accepted."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path!r}")
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise ValueError(f"{path}: not valid JSON: {' '.join(str(e).split())}") from e
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+
+
 def load_coco_json(ann_file: str | os.PathLike) -> COCO:
     """Read and validate a COCO annotation file into a pycocotools ``COCO`` object.
 
@@ -69,19 +90,7 @@ def load_coco_json(ann_file: str | os.PathLike) -> COCO:
     (:func:`blendmask.data.coco_checks.fill_coco_defaults`).
     """
     ann_file = os.fspath(ann_file)
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"COCO annotation file not found: {ann_file!r}")
-    try:
-        with open(ann_file, "r", encoding="utf-8-sig") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ann_file}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{ann_file}: not a UTF-8 text file ({e})") from e
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise ValueError(f"{ann_file}: not valid JSON: {' '.join(str(e).split())}") from e
-    except RecursionError:
-        raise ValueError(f"{ann_file}: JSON nested too deeply") from None
+    data = read_json_file(ann_file, what="COCO annotation file")
     check_coco(data, ann_file)
     filled = fill_coco_defaults(data)
     if filled:

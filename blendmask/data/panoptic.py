@@ -24,7 +24,6 @@ one-line ``ValueError`` saying which format was found.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .coco import read_json_file
 from .images import read_image
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
@@ -59,15 +59,7 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path!r}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
     return data
