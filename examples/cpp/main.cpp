@@ -21,8 +21,11 @@
 
 namespace {
 
+// blend(bases, attns, rois, output_size, spatial_scale, sampling_ratio, aligned, top_interp,
+//       normalize, bottom_interp): the schema's arguments in order (the dispatcher passes defaults
+// only from Python, so C++ callers give every one).
 using BlendFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double,
-                           int64_t, bool, std::string_view);
+                           int64_t, bool, std::string_view, std::string_view, std::string_view);
 
 // sin(scale * i + offset) over the flattened index i, computed in float64 and cast to float32,
 // reshaped to `shape`. The Python test builds the same tensors with the same torch calls.
@@ -67,7 +70,8 @@ int main() try {
   };
   for (const Case& c : cases) {
     const at::Tensor out = blend.call(bases, attns, rois, c.output_size, 0.25, c.sampling_ratio, c.aligned,
-                                      std::string_view(c.top_interp))
+                                      std::string_view(c.top_interp), std::string_view("softmax"),
+                                      std::string_view("bilinear"))
                                .contiguous();  // (D, R, R)
     std::printf("case %s %lld %lld %lld\n", c.name, static_cast<long long>(out.size(0)),
                 static_cast<long long>(out.size(1)), static_cast<long long>(out.size(2)));
