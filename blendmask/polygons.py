@@ -58,9 +58,14 @@ def clip_polygon(polygon: Polygon, x0: float, y0: float, x1: float, y1: float) -
 
     A polygon that leaves and re-enters the window stays one polygon, joined along the window's edge
     by zero-width parts; they cover no pixel center, so it rasterises as the separate pieces would.
+    Vertices inside such a part (on a window edge, between two vertices on the same edge) are removed,
+    so that the vertices' extent is the extent of the part inside (detectron2's boxes of cropped
+    polygons). A concave polygon that wraps around a window corner without covering it is joined
+    through that corner (Sutherland-Hodgman's known limit).
     """
     xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    for axis, bound, keep_above in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
+    edges = ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False))
+    for axis, bound, keep_above in edges:
         if len(xy) == 0:
             break
         coord = xy[:, axis]
@@ -74,6 +79,12 @@ def clip_polygon(polygon: Polygon, x0: float, y0: float, x1: float, y1: float) -
         # per vertex: the crossing into or out of the window (if any), then the vertex itself (if inside)
         points = np.stack([cut, xy], axis=1).reshape(-1, 2)
         xy = points[np.stack([crossing, inside], axis=1).reshape(-1)]
+    while len(xy) >= 3:  # drop the middle vertices of runs along one window edge
+        on = np.stack([xy[:, axis] == bound for axis, bound, _ in edges], axis=1)  # (k, 4)
+        inner = (on & np.roll(on, 1, axis=0) & np.roll(on, -1, axis=0)).any(axis=1)
+        if not inner.any():
+            break
+        xy = xy[~inner]
     if len(xy) < 3 or _area(xy) <= 0.0:
         return None
     return xy.reshape(-1)

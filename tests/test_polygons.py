@@ -110,6 +110,50 @@ def test_clip_polygon_hand_cases():
     assert xy[:, 1].max() == 10.0
 
 
+def _extent_inside(xy, x0, y0, x1, y1):
+    """The extent of (simple) polygon ``xy`` (k, 2) inside the window, computed independently of the
+    clipping: from its vertices inside, its edges' crossings of the window's edges, and the window's
+    corners inside the polygon (even-odd rule)."""
+    points = [p for p in xy if x0 <= p[0] <= x1 and y0 <= p[1] <= y1]
+    for a, b in zip(xy, np.roll(xy, -1, axis=0)):
+        for axis, bound in ((0, x0), (0, x1), (1, y0), (1, y1)):
+            if (a[axis] - bound) * (b[axis] - bound) < 0:
+                p = a + (bound - a[axis]) / (b[axis] - a[axis]) * (b - a)
+                if x0 - 1e-9 <= p[0] <= x1 + 1e-9 and y0 - 1e-9 <= p[1] <= y1 + 1e-9:
+                    points.append(p)
+    for cx, cy in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+        crossings = sum(((a[1] > cy) != (b[1] > cy)) and cx < a[0] + (cy - a[1]) / (b[1] - a[1]) * (b[0] - a[0])
+                        for a, b in zip(xy, np.roll(xy, -1, axis=0)))
+        if crossings % 2:
+            points.append(np.array([cx, cy]))
+    if not points:
+        return None
+    points = np.array(points)
+    return np.concatenate([points.min(0), points.max(0)])
+
+
+def test_clipped_polygons_span_exactly_their_part_inside_the_window():
+    """The vertices left by the clip span the polygon's part inside the window (no window corner the
+    polygon does not cover, which Sutherland-Hodgman's degenerate edges along the window would add), so
+    the crop's recomputed boxes are the boxes of the visible parts."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(2000):
+        (poly,) = _random_polygons(rng, 1, 60, 80)[0]
+        xy = np.array(poly).reshape(-1, 2)
+        x0, y0 = rng.integers(0, 20), rng.integers(0, 15)
+        x1, y1 = x0 + rng.integers(30, 60), y0 + rng.integers(25, 45)
+        clipped = clip_polygon(np.array(poly), x0, y0, x1, y1)
+        expected = _extent_inside(xy, x0, y0, x1, y1)
+        if clipped is None:
+            assert expected is None or (expected[2] - expected[0]) * (expected[3] - expected[1]) < 1e-6
+            continue
+        c = clipped.reshape(-1, 2)
+        np.testing.assert_allclose(np.concatenate([c.min(0), c.max(0)]), expected, atol=1e-9)
+        checked += 1
+    assert checked > 100
+
+
 def test_flip_resize_and_crop_move_the_vertices_as_the_pixels():
     """Each transform of the polygons, rasterised, equals the same transform of their full-image bitmasks
     but for a few edge pixels (pycocotools rounds vertices to 1/5 pixel, and its scanlines are not mirror
