@@ -341,3 +341,16 @@ def test_training_on_polygons_gives_the_losses_of_their_bitmasks():
         assert losses["polygon"][key] == pytest.approx(losses["bitmask"][key], rel=1e-6), key
     assert losses["polygon"]["loss_mask"] == pytest.approx(losses["bitmask"]["loss_mask"], rel=0.05)
     assert losses["polygon"]["loss_basis_sem"] == pytest.approx(losses["bitmask"]["loss_basis_sem"], rel=0.02)
+
+
+def test_bad_polygon_targets_are_refused_naming_the_problem():
+    with pytest.raises(ValueError, match="instance 0 has a polygon of 4 coordinates"):
+        PolygonMasks([[[0.0, 0.0, 4.0, 4.0]]], (8, 8))
+    model = blendmask_mobilenet_v2_fpn(num_classes=2, **{"input.min_size_train": (64,), "input.max_size_train": 96})
+    model.train()
+    masks = PolygonMasks([[_square(2, 2, 10, 10)]], (32, 48))
+    target = {"boxes": torch.tensor([[2.0, 2.0, 10.0, 10.0]]), "labels": torch.tensor([0]), "masks": masks}
+    with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\] must hold 1 instances of a \(32, 40\) image, got 1 of \(32, 48\)"):
+        model([torch.rand(3, 32, 40)], [target])
+    with pytest.raises(ValueError, match="expected boxes \\(1, 4\\)"):
+        masks.crop_and_resize(torch.zeros(2, 4), 8)
