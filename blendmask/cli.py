@@ -109,7 +109,8 @@ def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[b
     if found == "panoptic":
         return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
     ann_file, image_dir = resolve_split(data, split)
-    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms)
+    mask_format = train_input.mask_format if train_input is not None else "polygon"
+    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
 
 
 def _val_source(data: str, val_data: Optional[str]) -> Optional[str]:

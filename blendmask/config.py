@@ -144,6 +144,9 @@ class InputConfig:
     crop_enabled: bool = False
     crop_type: str = "relative_range"  # "relative_range" | "relative"
     crop_size: Tuple[float, ...] = (0.9, 0.9)
+    # detectron2's INPUT.MASK_FORMAT: "polygon" keeps polygon annotations as polygons through the
+    # transforms and rasterises them inside their boxes; "bitmask" decodes every mask to (n, H, W).
+    mask_format: str = "polygon"
 
 
 @dataclass
@@ -194,6 +197,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.fcos.norm": ("GN", "BN", "none"),
     "input.min_size_train_sampling": ("choice", "range"),
     "input.crop_type": ("relative_range", "relative"),
+    "input.mask_format": ("polygon", "bitmask"),
     "model.blender.top_interp": ("bilinear", "nearest"),
     "model.panoptic.norm": ("GN", "none"),
     "model.blender.normalize": ("softmax", "sigmoid"),

@@ -386,7 +386,7 @@ class Runner:
                 n = len(target["labels"])
                 evaluator.process([target["image_id"]], [{
                     "boxes": target["boxes"], "labels": target["labels"], "scores": self.torch.ones(n),
-                    "masks": target["masks"][:, None].float()}])
+                    "masks": _bitmasks(target["masks"])[:, None].float()}])
             for task, values in evaluator.evaluate().items():
                 for name, value in values.items():
                     assert math.isnan(value) or 0.0 <= value <= 1.0, f"{task} {name} = {value}"
@@ -402,11 +402,19 @@ class Runner:
             if varying.get(image_id):
                 assert image.max() > image.min(), "an image with varying pixels loaded as a constant"
             n = len(target["labels"])
-            assert target["masks"].shape == (n, h, w) and target["boxes"].shape == (n, 4)
+            masks = target["masks"]
+            if not isinstance(masks, self.torch.Tensor):  # polygon annotations stay PolygonMasks
+                assert len(masks) == n and masks.image_size == (h, w)
+            assert _bitmasks(masks).shape == (n, h, w) and target["boxes"].shape == (n, 4)
             boxes = target["boxes"]
             assert torch.isfinite(boxes).all() and (boxes[:, 2:] > boxes[:, :2]).all()
             assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all() and (boxes[:, 1::2] <= h).all()
             assert n == 0 or (target["labels"].min() >= 0 and target["labels"].max() < dataset.num_classes)
+
+
+def _bitmasks(masks):
+    """``(n, H, W)`` masks of a target's ``masks``: a tensor, or PolygonMasks rasterised."""
+    return masks if hasattr(masks, "shape") else masks.to_bitmasks()
 
 
 def _address_space() -> int:

@@ -44,6 +44,8 @@ PRESETS = {
     "550_R_50_3x": "550_R_50_3x",
     "R_101_dcni3_5x": "R_101_dcni3_5x",
     "DLA_34_syncbn_4x": "DLA_34_syncbn_4x",
+    "550_R_50_dcni3_5x": "550_R_50_dcni3_5x",
+    "RT_R_50_4x-BN-head": "RT_R_50_4x-BN-head",
 }
 RECORDED = [name for name in PRESETS if (FIXTURES / f"{name}.pt").exists()]
 
@@ -91,6 +93,8 @@ def parity(request):
     matched, report = match_state_dict(converted, model.state_dict(), report)
     assert report.ok, report.summary()
     model.load_state_dict(matched, strict=True)
+    # the fixture's MODEL.PIXEL_STD (BGR, as ours), where it records one that is not the preset's
+    model.transform.pixel_std.copy_(torch.tensor(record.get("pixel_std", model.transform.pixel_std.flatten().tolist())).view(3, 1, 1))
     images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0
               for im in synthetic.generate_images(sizes, record["input_seed"])]
     return record, model.eval(), images

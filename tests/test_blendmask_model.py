@@ -590,11 +590,21 @@ def _border_iou_study(*, amodal_boxes: bool, num_iters: int, size: int = 96, num
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("amodal_boxes", [True, False], ids=["whole-object-boxes", "visible-boxes"])
-def test_border_rule_gives_the_best_masks_of_objects_cut_by_the_border(amodal_boxes):
-    """The border rule (docs/design.md §10) against both earlier rules, with a briefly trained lite model."""
-    ious = _border_iou_study(amodal_boxes=amodal_boxes, num_iters=150)
+def test_border_rule_gives_the_best_masks_of_objects_cut_by_the_border():
+    """The border rule (docs/design.md §10) against both earlier rules, with a briefly trained lite model
+    whose training boxes are the whole objects' (so its boxes cross the border). Measured (150 iterations,
+    1 thread, ~25 s): mean mask IoU 0.827 ours, 0.794 AdelaiDet's rule, 0.699 clip-before-blend."""
+    ious = _border_iou_study(amodal_boxes=True, num_iters=150)
     assert ious["same_box"] > ious["clip_first"] and ious["same_box"] > ious["paste_clipped"], ious
+
+
+@pytest.mark.slow
+def test_border_rules_agree_when_training_boxes_are_the_visible_extent():
+    """Trained on the visible extents (COCO's boxes), the model's boxes stay inside the image, so the three
+    rules crop and paste with (nearly) the same boxes: their mean mask IoUs agree (measured: 0.83105 ours,
+    0.83107 both others). The border rule matters for boxes that cross the border, and costs nothing here."""
+    ious = _border_iou_study(amodal_boxes=False, num_iters=150)
+    assert max(ious.values()) - min(ious.values()) < 0.005, ious
 
 
 # ----------------------------------------------------------------------------- blender modes, bottom modules

@@ -5,7 +5,9 @@ conventions (README, "Conventions shared across the package"):
 
 - ``image``: ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]``;
 - ``target``: ``dict(boxes=(n, 4) float32 xyxy pixels, labels=(n,) int64 in [0, C),
-  masks=(n, H, W) uint8, image_id=int)``.
+  masks, image_id=int)``; ``masks`` is a :class:`blendmask.polygons.PolygonMasks` when every
+  annotation of the image is a polygon (with ``mask_format="polygon"``, the default, as
+  detectron2's ``INPUT.MASK_FORMAT``), else ``(n, H, W)`` uint8 bitmasks.
 
 Rules (documented choices):
 
@@ -28,6 +30,9 @@ Rules (documented choices):
   clipped box has zero width or height are dropped from the targets (they cannot be learned).
 - **Masks**: polygons (each with at least 3 points), compressed RLE (``counts`` string) and
   uncompressed RLE (``counts`` list) via pycocotools. An RLE's ``size`` must equal the image's.
+  Polygons stay polygons (the transforms move their vertices and the model rasterises them inside
+  their boxes, so no ``n x H x W`` mask is built); an image with any RLE annotation, or
+  ``mask_format="bitmask"``, gets all its masks decoded to bitmasks.
 - **Missing image files** are an error at construction. **Unreadable or wrongly sized image files
   fail clearly** (``ValueError`` naming the annotation file, the image id and the image file)
   when loaded: skipping them silently would change the data order and hide a corrupt data set.
@@ -49,10 +54,14 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from ..polygons import PolygonMasks
 from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
 from .images import read_image
 
-__all__ = ["CocoInstanceDataset", "load_coco_json", "resolve_split"]
+__all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
+
+#: ``mask_format`` values: keep polygon annotations as polygons, or decode every mask to a bitmask.
+MASK_FORMATS = ("polygon", "bitmask")
 
 logger = logging.getLogger(__name__)
 Target = Dict[str, Any]
@@ -163,6 +172,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: keep images without non-crowd annotations (default True, needed for
             evaluation and harmless for training); False drops them.
         box_tolerance: how far (pixels) a box may stick out of its image before it is an error.
+        mask_format: ``"polygon"`` (default): an image whose annotations are all polygons gets
+            :class:`~blendmask.polygons.PolygonMasks`; ``"bitmask"``: ``(n, H, W)`` uint8 always.
 
     Attributes:
         ann_file, image_dir: the paths given.
@@ -181,6 +192,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         transforms: Optional[Transform] = None,
         keep_empty: bool = True,
         box_tolerance: float = 2.0,
+        mask_format: str = "polygon",
     ) -> None:
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
@@ -188,6 +200,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image directory not found: {self.image_dir!r} (for {self.ann_file})")
         if box_tolerance < 0:
             raise ValueError(f"box_tolerance must be >= 0, got {box_tolerance}")
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        self.mask_format = mask_format
         self.transforms = transforms
         self.box_tolerance = float(box_tolerance)
         self.coco = load_coco_json(self.ann_file)
@@ -276,8 +291,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             x, y, bw, bh = (float(v) for v in ann["bbox"])
             boxes[i] = torch.tensor([x, y, x + bw, y + bh])
             labels[i] = self._label_of[ann["category_id"]]
+        segmentations = [ann["segmentation"] for ann in anns]
         try:
-            masks = _decode_segmentations([ann["segmentation"] for ann in anns], h, w)
+            if self.mask_format == "polygon" and anns and all(isinstance(seg, list) for seg in segmentations):
+                masks = PolygonMasks(segmentations, (h, w))
+            else:
+                masks = _decode_segmentations(segmentations, h, w)
         except ValueError as e:  # cannot happen after validation; if it does, name the records
             ids = [ann["id"] for ann in anns]
             raise self._err(f"image id {info['id']}: annotations {ids}: cannot decode the segmentations: {e}") from e

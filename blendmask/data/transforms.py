@@ -4,7 +4,8 @@ The model resizes its inputs itself (shortest side sampled from ``config.input.m
 with ``max_size_train``, like torchvision's ``GeneralizedRCNNTransform``), so the data side only
 crops (AdelaiDet's ``INPUT.CROP``, which detectron2 applies before the resize) and flips;
 :func:`build_train_transforms` assembles both from ``config.input``. Transforms take and return ``(image Tensor(3, H, W), target dict)`` with the target keys of
-:class:`blendmask.data.CocoInstanceDataset` (``boxes`` xyxy, ``masks`` (n, H, W), ...).
+:class:`blendmask.data.CocoInstanceDataset` (``boxes`` xyxy, ``masks``: ``(n, H, W)`` bitmasks or
+:class:`blendmask.polygons.PolygonMasks`, whose vertices are transformed, ...).
 
 Randomness comes from torch's global RNG; :func:`blendmask.data.build_train_loader` seeds it per
 sample, so the augmentation of every sample is a function of (seed, position in the stream).
@@ -15,6 +16,8 @@ import math
 from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 import torch
+
+from blendmask.polygons import PolygonMasks
 
 __all__ = ["Compose", "RandomHorizontalFlip", "RandomInstanceCrop", "build_train_transforms"]
 
@@ -61,7 +64,8 @@ class RandomHorizontalFlip:
             boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
             target["boxes"] = boxes
         if "masks" in target:
-            target["masks"] = target["masks"].flip(-1)
+            masks = target["masks"]
+            target["masks"] = masks.hflip() if isinstance(masks, PolygonMasks) else masks.flip(-1)
         if "sem_seg" in target:  # the panoptic semantic target (H, W)
             target["sem_seg"] = target["sem_seg"].flip(-1)
         return image.flip(-1), target
@@ -93,6 +97,9 @@ class RandomInstanceCrop:
     masks (detectron2's ``recompute_boxes`` with masks; without masks the boxes are shifted and
     clipped), and instances left with an empty box or mask are dropped from ``boxes``, ``labels``
     and ``masks`` alike. Other per-instance keys are refused rather than silently misaligned.
+    :class:`~blendmask.polygons.PolygonMasks` are cropped as detectron2 crops polygons: each polygon
+    is clipped to the window (:func:`~blendmask.polygons.clip_polygon`), the boxes are the extents of
+    the clipped vertices, and an instance with no polygon left is empty.
     """
 
     _PER_INSTANCE = ("boxes", "labels", "masks")
@@ -137,7 +144,11 @@ class RandomInstanceCrop:
         boxes = target.get("boxes", torch.zeros((0, 4)))
         y0, x0 = self._origin(boxes, height, width, crop_h, crop_w)
         target = dict(target)
-        if "masks" in target:
+        if isinstance(target.get("masks"), PolygonMasks):
+            target["masks"] = target["masks"].crop(x0, y0, crop_w, crop_h)
+            target["boxes"] = target["masks"].bounding_boxes()
+            keep = target["masks"].nonempty()
+        elif "masks" in target:
             target["masks"] = target["masks"][:, y0:y0 + crop_h, x0:x0 + crop_w]
             target["boxes"] = _mask_boxes(target["masks"])
             keep = target["masks"].flatten(1).any(dim=1).bool()  # any() of uint8 masks is uint8

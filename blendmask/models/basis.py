@@ -18,11 +18,14 @@ multi-process training synchronises the statistics: the trainer calls
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from blendmask.polygons import PolygonMasks
 
 __all__ = ["conv_block", "ProtoNet", "semantic_targets_from_instances", "SemanticHead"]
 
@@ -53,10 +56,13 @@ def semantic_targets_from_instances(
     Follows AdelaiDet's ``prepare_thing_sem_from_instance.py`` + its nearest downsampling:
     background is 0, an instance of class ``c`` paints ``c + 1`` (later instances overwrite
     earlier ones), and the label of output cell ``(i, j)`` is that of input pixel
-    ``(i * stride, j * stride)``; cells outside a mask's extent are background.
+    ``(i * stride, j * stride)``; cells outside a mask's extent are background. Polygon masks are
+    rasterised on those pixels only (:meth:`PolygonMasks.rasterize
+    <blendmask.polygons.PolygonMasks.rasterize>` at ``stride``), one instance at a time.
 
     Args:
-        masks: per image ``(n, H, W)`` binary masks in the (resized, unpadded) image frame.
+        masks: per image ``(n, H, W)`` binary masks in the (resized, unpadded) image frame, or
+            its ``PolygonMasks``.
         labels: per image ``(n,)`` int64 classes.
         output_size: ``(Hs, Ws)`` size of the semantic logits.
         stride: pixels per output cell.
@@ -64,9 +70,16 @@ def semantic_targets_from_instances(
         ``(N, Hs, Ws)`` int64 labels in ``[0, num_classes]``.
     """
     hs, ws = output_size
-    device = masks[0].device if len(masks) else torch.device("cpu")
+    device = next((m.device for m in masks if isinstance(m, Tensor)), labels[0].device if len(labels) else None)
     out = torch.zeros((len(masks), hs, ws), dtype=torch.int64, device=device)
     for i, (m, cls) in enumerate(zip(masks, labels)):
+        if isinstance(m, PolygonMasks):
+            h = min(math.ceil(m.image_size[0] / stride), hs)
+            w = min(math.ceil(m.image_size[1] / stride), ws)
+            canvas = out[i, :h, :w]
+            for j, c in enumerate(cls.tolist()):
+                canvas[m.rasterize(j, stride, (h, w)).to(device)] = c + 1
+            continue
         if m.shape[0] == 0:
             continue
         sub = m[:, ::stride, ::stride][:, :hs, :ws].bool()  # (n, h, w)

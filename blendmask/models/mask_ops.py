@@ -4,7 +4,8 @@ into images, encode pasted masks as COCO RLE.
 The geometry follows detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``, its center is
 ``i + 0.5``):
 - :func:`crop_and_resize_masks` is ``BitMasks.crop_and_resize``: RoIAlign (aligned, adaptive
-  sampling) of the binary mask inside the box, thresholded at 0.5;
+  sampling) of the binary mask inside the box, thresholded at 0.5; for polygons it is
+  ``PolygonMasks.crop_and_resize``: the polygon rasterised inside the box at R x R;
 - :func:`paste_mask_patches` is ``paste_masks_in_image``: each image pixel center inside the box
   samples the R x R mask bilinearly (as ``grid_sample``, ``align_corners=False``), computed for a
   bounded chunk of masks at once over their box regions only. :func:`paste_masks_in_image` writes
@@ -16,13 +17,15 @@ with pycocotools; :func:`paste_masks_rle` gives the same RLEs from the unpasted 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchvision.ops import roi_align
+
+from blendmask.polygons import PolygonMasks
 
 __all__ = [
     "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "paste_mask_patches",
@@ -33,16 +36,22 @@ __all__ = [
 MASK_THRESHOLD = 0.5
 
 
-def crop_and_resize_masks(masks: Tensor, boxes: Tensor, size: int) -> Tensor:
+def crop_and_resize_masks(masks: Union[Tensor, PolygonMasks], boxes: Tensor, size: int) -> Tensor:
     """Crop each mask with its box and resize the crop to ``size x size``.
 
+    Polygons are rasterised directly inside their boxes at ``size x size``
+    (:meth:`PolygonMasks.crop_and_resize <blendmask.polygons.PolygonMasks.crop_and_resize>`,
+    detectron2's ``PolygonMasks.crop_and_resize``); bitmasks go through RoIAlign as below.
+
     Args:
-        masks: ``(n, H, W)`` binary masks (bool, uint8 or float).
+        masks: ``(n, H, W)`` binary masks (bool, uint8 or float), or ``PolygonMasks`` of ``n`` instances.
         boxes: ``(n, 4)`` xyxy boxes in mask pixels, one per mask.
         size: output resolution R.
     Returns:
         ``(n, R, R)`` float32 tensor of 0/1 values.
     """
+    if isinstance(masks, PolygonMasks):
+        return masks.crop_and_resize(boxes, size)
     if masks.dim() != 3 or boxes.dim() != 2 or boxes.shape[1] != 4 or masks.shape[0] != boxes.shape[0]:
         raise ValueError(f"expected masks (n, H, W) and boxes (n, 4), got {tuple(masks.shape)} and {tuple(boxes.shape)}")
     n = masks.shape[0]

@@ -11,9 +11,10 @@ filter (:func:`resize_image`: antialiased when shrinking). It is then scaled to 
 backbone's channel order (``input_format``), normalised with ``(x - pixel_mean) / pixel_std``
 and zero-padded at the bottom/right to a multiple of ``size_divisibility``.
 
-Targets (``boxes (n, 4)`` xyxy pixels, ``labels (n,)`` int64, optional ``masks (n, H, W)``
-uint8/bool) are resized with their image; masks are resized bilinearly and thresholded at
-0.5 (closer to re-rasterising a polygon than nearest-neighbour) and come back as uint8.
+Targets (``boxes (n, 4)`` xyxy pixels, ``labels (n,)`` int64, optional ``masks``: ``(n, H, W)``
+uint8/bool or :class:`~blendmask.polygons.PolygonMasks`) are resized with their image; bitmasks are
+resized bilinearly and thresholded at 0.5 and come back as uint8; polygons have their vertices
+scaled (detectron2's ``ResizeTransform`` on polygons) and stay polygons.
 
 Export notes: in eval the only Python-side data-dependent work is the validation of values
 (NaN/inf/range), which is skipped while tracing, exporting or compiling. The resized size is
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
+
+from blendmask.polygons import PolygonMasks
 
 __all__ = ["ImageList", "ImageTransform", "resize_image", "resized_size", "postprocess_boxes"]
 
@@ -183,7 +186,12 @@ class ImageTransform(nn.Module):
                 raise ValueError(f"targets[{i}]['labels'] must lie in [0, {self.num_classes}), "
                                  f"got values in [{int(labels.min())}, {int(labels.max())}]")
             masks = target.get("masks")
-            if masks is not None:
+            if isinstance(masks, PolygonMasks):
+                size = (int(image.shape[1]), int(image.shape[2]))
+                if len(masks) != n or masks.image_size != size:
+                    raise ValueError(f"targets[{i}]['masks'] must hold {n} instances of a {size} image, "
+                                     f"got {len(masks)} of {masks.image_size}")
+            elif masks is not None:
                 expected = (n, image.shape[1], image.shape[2])
                 if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != expected:
                     shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
@@ -214,7 +222,9 @@ class ImageTransform(nn.Module):
             [new_w / width, new_h / height, new_w / width, new_h / height],
             dtype=target["boxes"].dtype, device=target["boxes"].device)
         masks = target.get("masks")
-        if masks is not None:
+        if isinstance(masks, PolygonMasks):
+            target["masks"] = masks.resize((new_h, new_w))
+        elif masks is not None:
             masks = masks.to(torch.uint8)
             if (new_h, new_w) != (height, width) and masks.shape[0]:
                 resized = F.interpolate(masks[:, None].float(), size=(new_h, new_w), mode="bilinear",
