@@ -51,9 +51,33 @@ RECORDED = [name for name in PRESETS if (FIXTURES / f"{name}.pt").exists()]
 
 BOX_ATOL = 1e-3  # pixels
 SCORE_ATOL = 1e-4  # scores are probabilities: the tolerance of the mask probabilities
+TIE_ATOL = 1e-6  # scores this close are ordered by float rounding (see _align_near_ties)
 MASK_RTOL = 1e-4
 STAGE_RTOL = 5e-4  # float32 rounding grows with depth: R_101_dcni3_5x reaches 1e-4 at res4/res5
 LOSS_RTOL = 1e-5
+
+
+def _align_near_ties(scores, labels, boxes, final) -> torch.Tensor:
+    """Index into our first n detections (n: AdelaiDet's count) that puts them in AdelaiDet's order.
+
+    Where AdelaiDet's scores differ by at most ``TIE_ATOL``, their order is float rounding (it
+    changes with the thread count, on both sides), not the model's: within such a run our
+    detections are matched to AdelaiDet's by class, then nearest box. Elsewhere the index is the
+    identity, so any other difference in order still fails."""
+    n = final["scores"].shape[0]
+    order = torch.arange(n)
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and float(final["scores"][end - 1] - final["scores"][end]) <= TIE_ATOL:
+            end += 1
+        free = list(range(start, end))
+        for r in range(start, end):
+            cost = [float(labels[j] != final["classes"][r]) * 1e9 + float((boxes[j] - final["boxes"][r]).abs().max())
+                    for j in free]
+            order[r] = free.pop(min(range(len(free)), key=cost.__getitem__))
+        start = end
+    return order
 
 
 def _clip(boxes: torch.Tensor, size) -> torch.Tensor:
@@ -73,8 +97,22 @@ def _assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float,
     assert err <= rtol * scale, f"{what}: max abs difference {err:.3g} > {rtol} x max|expected| {scale:.3g}"
 
 
+#: float32 sums depend on the thread count (on both sides): the fixtures were recorded with
+#: 2 threads, so ours runs with 2 too. At 1 thread R_101_dcni3_5x's boxes move by about 1e-3 px,
+#: the tolerance itself (in float64 both sides agree to 1e-13 at any thread count).
+RECORDING_THREADS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def recording_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(RECORDING_THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", params=RECORDED)
-def parity(request):
+def parity(request, recording_threads):
     """(record, our model in eval mode with the converted weights, input images as float tensors)."""
     name = request.param
     record = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
@@ -162,6 +200,9 @@ def test_detections_match_in_order(parity, detections):
             assert raw.shape[0] == proposals["boxes"].shape[0], f"image {i}: detection count"
         raw, clipped, scores, labels = raw[keep], clipped[keep], scores[keep], labels[keep]
         assert clipped.shape[0] >= n, f"image {i}: {clipped.shape[0]} non-empty detections, AdelaiDet has {n}"
+        head = _align_near_ties(scores, labels, clipped, final)
+        raw, clipped = torch.cat([raw[head], raw[n:]]), torch.cat([clipped[head], clipped[n:]])
+        scores, labels = torch.cat([scores[head], scores[n:]]), torch.cat([labels[head], labels[n:]])
         assert torch.equal(labels[:n], final["classes"]), f"image {i}: classes differ in order"
         torch.testing.assert_close(scores[:n], final["scores"], rtol=0, atol=SCORE_ATOL, msg=f"image {i}: scores")
         torch.testing.assert_close(clipped[:n], final["boxes"], rtol=0, atol=BOX_ATOL, msg=f"image {i}: boxes")
