@@ -14,6 +14,7 @@ from torch import nn
 
 from blendmask.data.images import read_image
 from blendmask.models.blendmask import MASK_FORMATS
+from blendmask.models.inference import inference_model_of
 from blendmask.models.mask_ops import encode_masks_rle
 
 __all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
@@ -30,13 +31,16 @@ class Predictor:
         class_names: name of every contiguous label.
         score_threshold: detections scoring below it are dropped.
         device: where the model runs.
+        optimize: run the copy of ``model`` made by :func:`blendmask.models.optimize_for_inference`
+            (batch norms folded; ``model`` itself is left as it is). ``self.model`` is what runs.
     """
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], score_threshold: float = 0.3,
-                 device: Union[str, torch.device] = "cpu"):
+                 device: Union[str, torch.device] = "cpu", optimize: bool = True):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        self.model = model.to(device).eval()
+        model = model.to(device).eval()
+        self.model = inference_model_of(model) if optimize else model
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
         self.device = torch.device(device)

@@ -33,7 +33,9 @@ class PanopticPredictor:
 
     def __init__(self, *, model: torch.nn.Module, class_names: Sequence[str], stuff_names: Sequence[str],
                  device: Union[str, torch.device] = "cpu"):
-        self.model = model.to(device).eval()
+        from blendmask.models.inference import inference_model_of
+
+        self.model = inference_model_of(model.to(device).eval())  # batch norms folded, in a copy
         self.class_names, self.stuff_names = list(class_names), list(stuff_names)
         self.device = torch.device(device)
 

@@ -217,6 +217,14 @@ class BlendMask(nn.Module):
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.constant_(self.top_layer.bias, 0.0)
 
+    def train(self, mode: bool = True) -> "BlendMask":
+        """As ``nn.Module.train``; refused on a model folded for inference
+        (:func:`blendmask.models.optimize_for_inference`), whose batch norms are gone."""
+        if mode and getattr(self, "inference_only", False):
+            raise RuntimeError("this BlendMask was folded for inference (blendmask.models.optimize_for_inference): "
+                               "its batch norms are folded into the convolutions; train the original model")
+        return super().train(mode)
+
     def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
         """``(D, R, R)`` blended masks from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``:
         logits (``normalize="softmax"``) or sums of K probabilities (``"sigmoid"``); see
