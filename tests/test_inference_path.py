@@ -65,11 +65,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("preset, overrides, remaining", CASES)
-def test_folded_model_equals_eager_eval(preset, overrides, remaining):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_folded_model_equals_eager_eval(preset, overrides, remaining, channels_last):
     model = _model(preset, **overrides)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     norms = _count_norms(model)
-    folded = optimize_for_inference(model)
+    folded = optimize_for_inference(model, channels_last=channels_last)
     assert folded.folded_batchnorms > 0
     if remaining is None:  # per-level FCOS BNs cannot be folded: one shared conv feeds one BN per level
         remaining = sum(is_foldable_norm(m) for n, m in model.named_modules() if "fcos_head" in n)
@@ -85,6 +86,8 @@ def test_folded_model_equals_eager_eval(preset, overrides, remaining):
     with torch.no_grad():
         feats_ref, head_ref, top_ref = model._heads(x)
         feats, head, top = folded._heads(x)
+        first = feats[next(iter(feats))]
+        assert first.is_contiguous(memory_format=torch.channels_last) == channels_last
         for name in feats_ref:
             _assert_close(feats[name], feats_ref[name], f"feature {name}")
         for field in head_ref._fields:
