@@ -138,3 +138,67 @@ def test_weights_round_trip_through_the_unfolded_model(tmp_path):
 def test_fold_rejects_a_non_module():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fold_batchnorm("model")
+
+
+# ----------------------------------------------------------------------------- --compile
+
+def test_compiled_model_equals_eager_and_reports_compile_time_apart():
+    from blendmask.models.inference import compile_report, compiled_stages
+
+    model = _model("lite_mobilenet_v2")
+    compiled = optimize_for_inference(model, compile=True)
+    images = [torch.rand(3, 60, 80, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        (ref,) = model(images)
+        (first,) = compiled(images)
+        (second,) = compiled(images)
+    stages = compiled_stages(compiled)
+    assert [s.name for s in stages] == ["backbone", "head"]
+    assert all(len(s.compile_seconds) == 1 and len(s.run_seconds) == 1 for s in stages)
+    assert not stages[0].state.failed
+    report = compile_report(compiled)
+    assert "compiling took" in report and "backbone steady state" in report and "head steady state" in report
+    for out in (first, second):
+        assert torch.equal(out["labels"], ref["labels"])
+        for key in ("boxes", "scores"):
+            _assert_close(out[key], ref[key], key)
+        _assert_close(out["masks"], ref["masks"], "pasted masks", rtol=2e-3, atol=0.0)
+
+
+def _tiny_weights_and_image(tmp_path):
+    from PIL import Image
+
+    model = _model("lite_mobilenet_v2")
+    cfg = get_config("lite_mobilenet_v2", _tiny())
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, weights)
+    image = tmp_path / "img.png"
+    pixels = (torch.rand(60, 80, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(image)
+    return weights, image
+
+
+def test_predict_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_path):
+    """No working C++ compiler (CXX=/nonexistent, caches off so that nothing compiled earlier is
+    reused): ``blendmask predict --compile`` predicts eagerly, with one warning and no traceback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    weights, image = _tiny_weights_and_image(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CXX="/nonexistent",
+               TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "blendmask", "predict", str(image), "--weights", str(weights),
+                           "--out", str(out), "--score-threshold", "0.0", "--compile"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warnings) == 1 and "cannot compile" in warnings[0] and "running it eagerly" in warnings[0], proc.stderr
+    assert "ran eagerly" in proc.stdout
+    assert json.loads((out / "predictions.json").read_text())["images"][0]["file"] == str(image)

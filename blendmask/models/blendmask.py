@@ -270,8 +270,15 @@ class BlendMask(nn.Module):
         the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
         attention logits."""
         features = self.backbone(images)
-        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
-        return features, head, [self.top_layer(t) for t in head.bbox_towers]
+        head, top_feats = self._head_and_top([features[f] for f in self.fcos_in_features])
+        return features, head, top_feats
+
+    def _head_and_top(self, levels: List[Tensor]) -> Tuple[FCOSHeadOutputs, List[Tensor]]:
+        """FCOS head and top layer of the FPN maps FCOS runs on (one ``(N, D, Hl, Wl)`` per level):
+        the head outputs and per level the ``(N, K*M*M, Hl, Wl)`` attention logits (the unit
+        :func:`blendmask.models.optimize_for_inference` compiles with the backbone)."""
+        head = self.proposal_generator(levels)
+        return head, [self.top_layer(t) for t in head.bbox_towers]
 
     def detect(
         self,
