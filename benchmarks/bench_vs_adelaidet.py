@@ -17,8 +17,9 @@ Sides, run in turn within each pair (the order alternating from pair to pair):
 
 Stages are timed with wrappers around the same units on every side: preprocess (normalise + pad,
 everything before the backbone), backbone + FPN, FCOS head + top layer, basis module, FCOS decoding
-+ NMS, blender, postprocess + paste (AdelaiDet's ``detector_postprocess``: binary masks; ours: float
-mask probabilities, the default API), and the whole model. The images are generated at the test
++ NMS, blender, postprocess + paste (AdelaiDet's ``detector_postprocess`` returns binary masks; ours
+runs with ``mask_format="binary"``, the same output; the default float probabilities cost more, see
+``bench_postprocess.py``), and the whole model. The images are generated at the test
 size (512 x 683, 800 x 1067), so neither side resizes. The training step is forward + backward of
 two 512 x 512 images with the fixtures' synthetic targets (AdelaiDet's ``basis_sem`` painted from the
 same masks), both sides in train mode.
@@ -178,6 +179,7 @@ def build_ours(args, weights: Dict[str, torch.Tensor], size: int, clock: StageCl
     if train:
         return model.train()
     model.eval()
+    model.mask_format = "binary"  # AdelaiDet's output: binary masks
     if inference_path:
         model = optimize_for_inference(model)
     clock.wrap(model.transform, "forward", "preprocess")

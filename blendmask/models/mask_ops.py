@@ -16,7 +16,7 @@ with pycocotools; :func:`paste_masks_rle` gives the same RLEs from the unpasted 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -155,24 +155,32 @@ def paste_mask_patches(
 
 
 def paste_masks_in_image(
-    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES
+    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES,
+    threshold: Optional[float] = None,
 ) -> Tensor:
     """Paste ``R x R`` masks into an image at their boxes (:func:`paste_mask_patches`).
 
-    This materialises ``n x H x W`` floats; to evaluate or save masks, use
-    :func:`paste_masks_rle`, whose memory does not grow with ``n x H x W``.
+    This materialises ``n x H x W`` values (floats, or bools with ``threshold``); to evaluate or
+    save masks, use :func:`paste_masks_rle`, whose memory does not grow with ``n x H x W``.
 
     Args:
         masks: ``(n, R, R)`` mask probabilities (or logits; values are interpolated as given).
         boxes: ``(n, 4)`` xyxy boxes in image pixels.
         image_size: ``(height, width)`` of the output image.
         chunk_bytes: bound of one paste chunk's float buffers.
+        threshold: None for the pasted values; else ``> 0``: binary masks ``pasted >= threshold``,
+            thresholded chunk by chunk (a quarter of the float output's memory, never held as floats).
     Returns:
-        ``(n, 1, height, width)`` tensor, zero outside the boxes.
+        ``(n, 1, height, width)`` tensor, zero outside the boxes: ``masks.dtype``, or bool with ``threshold``.
     """
     _check_paste_args(masks, boxes)
-    out = masks.new_zeros((masks.shape[0], 1, int(image_size[0]), int(image_size[1])))
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"paste_masks_in_image: threshold must be > 0 (pixels outside the boxes are 0), got {threshold}")
+    dtype = masks.dtype if threshold is None else torch.bool
+    out = torch.zeros((masks.shape[0], 1, int(image_size[0]), int(image_size[1])), dtype=dtype, device=masks.device)
     for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
+        if threshold is not None:
+            patches = patches >= threshold
         for i, (x0, y0, x1, y1), patch in zip(group, extents.tolist(), patches):
             out[i, 0, y0:y1, x0:x1] = patch[: y1 - y0, : x1 - x0]
         del patches, patch  # one chunk alive at a time

@@ -134,6 +134,8 @@ class ImageTransform(nn.Module):
         self.size_divisibility = size_divisibility
         self.input_format = input_format
         self.num_classes = num_classes
+        self._mean = tuple(float(v) for v in pixel_mean)  # Python floats for the in-place normalisation
+        self._std = tuple(float(v) for v in pixel_std)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
@@ -235,14 +237,17 @@ class ImageTransform(nn.Module):
     def _normalize_into(self, out: torch.Tensor, pixels: torch.Tensor) -> None:
         """Write ``pixels`` (3, h, w), uint8 0-255 or float RGB 0-1, normalised in the backbone's
         convention (channel order, ``(x * 255 - mean) / std``) into ``out`` (3, h, w), a view of the
-        padded batch: per channel one converting copy and two in-place passes, no temporaries."""
+        padded batch: per channel two passes (three when std != 1), no temporaries."""
         order = (2, 1, 0) if self.input_format == "BGR" else (0, 1, 2)
         for channel, source in enumerate(order):
             dst = out[channel]
-            dst.copy_(pixels[source])
             if pixels.is_floating_point():
-                dst.mul_(255.0)
-            dst.sub_(self.pixel_mean[channel, 0, 0]).div_(self.pixel_std[channel, 0, 0])
+                torch.mul(pixels[source], 255.0, out=dst)
+                dst.sub_(self._mean[channel])
+            else:
+                torch.sub(pixels[source], self._mean[channel], out=dst)  # uint8 - float: computed in dst's dtype
+            if self._std[channel] != 1.0:
+                dst.div_(self._std[channel])
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, Any]]] = None):
         """Validate, resize and normalise ``images`` straight into one zero-padded batch
