@@ -154,6 +154,19 @@ def paste_mask_patches(
         yield group, ext, torch.bmm(torch.bmm(wy, masks[index]), wx.transpose(1, 2))
 
 
+_NUMPY_DTYPES = {torch.bool: np.bool_, torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _zeros_untouched(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero tensor whose memory is not written: on the CPU numpy's ``zeros`` (``calloc``: large
+    buffers are fresh, already-zero pages, touched only where the paste writes), elsewhere
+    ``torch.zeros``. ``torch.zeros`` fills every page: at 100 x 800 x 1067 that fill was 92% of the
+    binary paste (44 ms of 47 ms, one thread)."""
+    if torch.device(device).type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 def paste_masks_in_image(
     masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES,
     threshold: Optional[float] = None,
@@ -177,7 +190,7 @@ def paste_masks_in_image(
     if threshold is not None and not threshold > 0:
         raise ValueError(f"paste_masks_in_image: threshold must be > 0 (pixels outside the boxes are 0), got {threshold}")
     dtype = masks.dtype if threshold is None else torch.bool
-    out = torch.zeros((masks.shape[0], 1, int(image_size[0]), int(image_size[1])), dtype=dtype, device=masks.device)
+    out = _zeros_untouched((masks.shape[0], 1, int(image_size[0]), int(image_size[1])), dtype, masks.device)
     for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
         if threshold is not None:
             patches = patches >= threshold
