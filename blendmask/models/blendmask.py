@@ -17,6 +17,7 @@ from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
 from .fcos.inference import clip_boxes
+from .fuse import INFERENCE_ONLY_ATTRIBUTE
 from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
 
@@ -226,7 +227,7 @@ class BlendMask(nn.Module):
     def train(self, mode: bool = True) -> "BlendMask":
         """As ``nn.Module.train``; refused on a model folded for inference
         (:func:`blendmask.models.optimize_for_inference`), whose batch norms are gone."""
-        if mode and getattr(self, "inference_only", False):
+        if mode and getattr(self, INFERENCE_ONLY_ATTRIBUTE, False):
             raise RuntimeError("this BlendMask was folded for inference (blendmask.models.optimize_for_inference): "
                                "its batch norms are folded into the convolutions; train the original model")
         return super().train(mode)

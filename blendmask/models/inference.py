@@ -35,7 +35,7 @@ from typing import Any, Callable, List
 import torch
 from torch import nn
 
-from .fuse import fold_batchnorm
+from .fuse import INFERENCE_ONLY_ATTRIBUTE, fold_batchnorm
 
 __all__ = ["optimize_for_inference", "inference_model_of", "CompiledStage", "compiled_stages", "compile_report"]
 
@@ -137,6 +137,6 @@ def inference_model_of(model: nn.Module, *, compile: bool = False) -> nn.Module:
     that is not one already; any other module (a DDP wrapper, a test double) as it is."""
     from .blendmask import BlendMask  # deferred: blendmask.py is the larger import
 
-    if isinstance(model, BlendMask) and not getattr(model, "inference_only", False):
+    if isinstance(model, BlendMask) and not getattr(model, INFERENCE_ONLY_ATTRIBUTE, False):
         return optimize_for_inference(model, compile=compile)
     return model
