@@ -202,3 +202,32 @@ def test_predict_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_
     assert len(warnings) == 1 and "cannot compile" in warnings[0] and "running it eagerly" in warnings[0], proc.stderr
     assert "ran eagerly" in proc.stdout
     assert json.loads((out / "predictions.json").read_text())["images"][0]["file"] == str(image)
+
+
+def test_eval_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_path):
+    """``blendmask eval --compile`` where inductor cannot compile: evaluates eagerly, one warning, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from blendmask.cli import main
+
+    data = tmp_path / "shapes"
+    assert main(["make-shapes", str(data), "--train", "1", "--val", "2", "--size", "64", "--seed", "1"]) == 0
+    torch.manual_seed(0)
+    cfg = get_config("lite_mobilenet_v2", {**_tiny(), "model.num_classes": 4})  # the shapes set's 4 classes
+    weights = tmp_path / "tiny.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, weights)
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CXX="/nonexistent",
+               TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "blendmask", "eval", "--weights", str(weights), "--data", str(data),
+                           "--output", str(out), "--compile"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "RuntimeWarning" in line]
+    assert len(warnings) == 1 and "cannot compile" in warnings[0], proc.stderr
+    assert "ran eagerly" in proc.stdout and (out / "metrics.json").is_file()
