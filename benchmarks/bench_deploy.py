@@ -1,13 +1,17 @@
 """CPU latency of the ONNX export run by onnxruntime against PyTorch eager, side by side in one run.
 
-Two levels, each timed interleaved (eager, onnxruntime, eager, ...) on the same input with the
-same thread count:
+Two levels, each timed interleaved (eager, inference path, onnxruntime, eager, ...) on the same
+input with the same thread count:
 
 - ``graph``: the exported graph alone (normalised padded image -> boxes, scores, labels,
   R x R masks): ``InferenceGraph`` in PyTorch (fused blender when the extension is built)
   against ``onnxruntime.InferenceSession.run``;
 - ``end_to_end``: ``model([image])`` against ``OnnxPredictor([image])``, both including the
   resize/normalise/pad and the mask pasting they share.
+
+PyTorch runs twice: ``pytorch_eager``, the plain ``model.eval()``, and ``pytorch_inference_path``,
+the model of :func:`blendmask.models.optimize_for_inference` (batch norms folded, channels_last),
+what ``Predictor`` and ``blendmask eval``/``predict`` run. The ONNX file is exported from the plain model.
 
 The score threshold defaults to 0, so every run carries the full ``post_nms_topk`` detections
 (the worst case for the mask branch and the pasting). Writes ``<out>.json`` and ``<out>.png``.
@@ -32,7 +36,7 @@ from tqdm import tqdm
 from blendmask import _extension
 from blendmask.config import get_config
 from blendmask.deploy import InferenceGraph, OnnxPredictor, export_onnx
-from blendmask.models import build_model, load_weights
+from blendmask.models import build_model, load_weights, optimize_for_inference
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -75,16 +79,18 @@ def plot(results: Dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     levels = list(results["levels"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    width = 0.38
-    for j, runtime in enumerate(("pytorch_eager", "onnxruntime")):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    runtimes = ("pytorch_eager", "pytorch_inference_path", "onnxruntime")
+    width = 0.8 / len(runtimes)
+    for j, runtime in enumerate(runtimes):
         med = [results["levels"][lv][runtime]["median_ms"] for lv in levels]
         low = [m - results["levels"][lv][runtime]["p25_ms"] for lv, m in zip(levels, med)]
         high = [results["levels"][lv][runtime]["p75_ms"] - m for lv, m in zip(levels, med)]
-        xs = [i + (j - 0.5) * width for i in range(len(levels))]
+        xs = [i + (j - (len(runtimes) - 1) / 2) * width for i in range(len(levels))]
         ax.bar(xs, med, width, yerr=[low, high], capsize=4, label=runtime)
     ax.set_xticks(range(len(levels)))
-    ax.set_xticklabels([f"{lv}\n(eager/ORT {results['levels'][lv]['ratio_eager_over_ort']:.2f}x)" for lv in levels])
+    ax.set_xticklabels([f"{lv}\n(eager/ORT {results['levels'][lv]['ratio_eager_over_ort']:.2f}x, "
+                        f"path/ORT {results['levels'][lv]['ratio_inference_path_over_ort']:.2f}x)" for lv in levels])
     ax.set_ylabel("latency per image (ms, median, IQR)")
     ax.set_title(f"{results['config']} {results['input_size'][0]}x{results['input_size'][1]}, "
                  f"{results['detections']} detections, {results['threads']} threads")
@@ -111,6 +117,8 @@ def main(argv: List[str]) -> int:
         predictor = OnnxPredictor(onnx_path, num_threads=args.threads)
 
         graph = InferenceGraph(model, reference_blender=False)
+        fast = optimize_for_inference(model)
+        fast_graph = InferenceGraph(fast, reference_blender=False)
         batch, _ = model.transform([image])
         tensors, size = batch.tensors, torch.tensor(batch.image_sizes[0])
         with torch.inference_mode():
@@ -129,10 +137,20 @@ def main(argv: List[str]) -> int:
             with torch.inference_mode():
                 model([image])
 
+        def fast_graph_run():
+            with torch.inference_mode():
+                fast_graph(tensors, size)
+
+        def fast_model():
+            with torch.inference_mode():
+                fast([image])
+
         levels = {
-            "graph": time_interleaved({"pytorch_eager": eager_graph, "onnxruntime": lambda: predictor.run_raw(tensors, size)},
+            "graph": time_interleaved({"pytorch_eager": eager_graph, "pytorch_inference_path": fast_graph_run,
+                                       "onnxruntime": lambda: predictor.run_raw(tensors, size)},
                                       args.warmup, args.repeats, "graph"),
-            "end_to_end": time_interleaved({"pytorch_eager": eager_model, "onnxruntime": lambda: predictor([image])},
+            "end_to_end": time_interleaved({"pytorch_eager": eager_model, "pytorch_inference_path": fast_model,
+                                            "onnxruntime": lambda: predictor([image])},
                                            args.warmup, args.repeats, "end to end"),
         }
 
@@ -154,6 +172,8 @@ def main(argv: List[str]) -> int:
     for level, samples in levels.items():
         entry = {name: summarize(s) for name, s in samples.items()}
         entry["ratio_eager_over_ort"] = entry["pytorch_eager"]["median_ms"] / entry["onnxruntime"]["median_ms"]
+        entry["ratio_inference_path_over_ort"] = (entry["pytorch_inference_path"]["median_ms"]
+                                                  / entry["onnxruntime"]["median_ms"])
         results["levels"][level] = entry
 
     out = Path(args.out)
@@ -163,10 +183,11 @@ def main(argv: List[str]) -> int:
 
     print(f"\n{args.config}, input {args.height}x{args.width} (padded {tuple(tensors.shape[-2:])}), "
           f"{detections} detections, {args.threads} threads, fused blender in eager: {results['fused_blender_in_eager']}")
-    print(f"{'level':<12} {'eager ms':>10} {'ORT ms':>10} {'eager/ORT':>10}")
+    print(f"{'level':<12} {'eager ms':>10} {'path ms':>10} {'ORT ms':>10} {'eager/ORT':>10} {'path/ORT':>10}")
     for level, entry in results["levels"].items():
-        print(f"{level:<12} {entry['pytorch_eager']['median_ms']:>10.1f} {entry['onnxruntime']['median_ms']:>10.1f} "
-              f"{entry['ratio_eager_over_ort']:>9.2f}x")
+        print(f"{level:<12} {entry['pytorch_eager']['median_ms']:>10.1f} "
+              f"{entry['pytorch_inference_path']['median_ms']:>10.1f} {entry['onnxruntime']['median_ms']:>10.1f} "
+              f"{entry['ratio_eager_over_ort']:>9.2f}x {entry['ratio_inference_path_over_ort']:>9.2f}x")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from blendmask.data.images import read_image
 from blendmask.models.blendmask import MASK_FORMATS
+from blendmask.models.inference import inference_model_of
 from blendmask.models.mask_ops import encode_masks_rle
 
 __all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
@@ -30,20 +31,28 @@ class Predictor:
         class_names: name of every contiguous label.
         score_threshold: detections scoring below it are dropped.
         device: where the model runs.
+        optimize: run the copy of ``model`` made by :func:`blendmask.models.optimize_for_inference`
+            (batch norms folded, channels_last; ``model`` itself is left as it is). ``self.model``
+            is what runs.
+        compile: also ``torch.compile`` its backbone and head (``blendmask predict --compile``;
+            eager with one warning where inductor cannot compile).
     """
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], score_threshold: float = 0.3,
-                 device: Union[str, torch.device] = "cpu"):
+                 device: Union[str, torch.device] = "cpu", optimize: bool = True, compile: bool = False):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        self.model = model.to(device).eval()
+        if compile and not optimize:
+            raise ValueError("compile=True needs optimize=True (the compiled model is the optimised copy)")
+        model = model.to(device).eval()
+        self.model = inference_model_of(model, compile=compile) if optimize else model
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
         self.device = torch.device(device)
 
     @classmethod
     def from_weights(cls, path: PathLike, *, score_threshold: float = 0.3,
-                     device: Union[str, torch.device] = "cpu") -> "Predictor":
+                     device: Union[str, torch.device] = "cpu", compile: bool = False) -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
         from blendmask.engine.checkpoint import load_model_from_weights
@@ -52,7 +61,7 @@ class Predictor:
         model, cfg = load_model_from_weights(path, device=device)
         names = (load_checkpoint(path, what="weights file").get("class_names")
                  or [f"class_{i}" for i in range(cfg.model.num_classes)])
-        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device)
+        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device, compile=compile)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, *, internals: bool = False, mask_format: str = "probs") -> Dict[str, Any]:

@@ -32,13 +32,17 @@ class PanopticPredictor:
     """
 
     def __init__(self, *, model: torch.nn.Module, class_names: Sequence[str], stuff_names: Sequence[str],
-                 device: Union[str, torch.device] = "cpu"):
-        self.model = model.to(device).eval()
+                 device: Union[str, torch.device] = "cpu", compile: bool = False):
+        from blendmask.models.inference import inference_model_of
+
+        # batch norms folded in a copy (and with ``compile`` backbone and head compiled)
+        self.model = inference_model_of(model.to(device).eval(), compile=compile)
         self.class_names, self.stuff_names = list(class_names), list(stuff_names)
         self.device = torch.device(device)
 
     @classmethod
-    def from_weights(cls, path: PathLike, *, device: Union[str, torch.device] = "cpu") -> "PanopticPredictor":
+    def from_weights(cls, path: PathLike, *, device: Union[str, torch.device] = "cpu",
+                     compile: bool = False) -> "PanopticPredictor":
         """The model of a weights file written by ``blendmask train`` on panoptic data (names from the file,
         else ``class_<i>`` / ``stuff_<i>``)."""
         from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
@@ -49,7 +53,7 @@ class PanopticPredictor:
         data = load_checkpoint(path)
         names = data.get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
         stuff = data.get("stuff_names") or [f"stuff_{i}" for i in range(cfg.model.panoptic.num_stuff_classes)]
-        return cls(model=model, class_names=names, stuff_names=stuff, device=device)
+        return cls(model=model, class_names=names, stuff_names=stuff, device=device, compile=compile)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Dict[str, Any]:

@@ -214,3 +214,32 @@ def test_paste_masks_rle_equals_encoding_the_pasted_masks(threshold):
     assert paste_masks_rle(torch.zeros(0, 4, 4), torch.zeros(0, 4), size) == []
     with pytest.raises(ValueError, match="threshold"):
         paste_masks_rle(masks, boxes, size, threshold=0.0)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.2])
+def test_binary_paste_equals_thresholding_the_float_paste(threshold):
+    g = torch.Generator().manual_seed(11)
+    size = (45, 61)
+    masks = torch.rand(25, 28, 28, generator=g)
+    boxes = _hostile_boxes(25, *size, g)
+    want = paste_masks_in_image(masks, boxes, size) >= threshold
+    for chunk_bytes in (1, 10**8):
+        got = paste_masks_in_image(masks, boxes, size, threshold=threshold, chunk_bytes=chunk_bytes)
+        assert got.dtype == torch.bool and torch.equal(got, want)
+    with pytest.raises(ValueError, match="threshold"):
+        paste_masks_in_image(masks, boxes, size, threshold=0.0)
+
+
+def test_eval_mask_format_binary_is_the_thresholded_probs():
+    from blendmask.models import blendmask_mobilenet_v2_fpn
+
+    torch.manual_seed(0)
+    model = blendmask_mobilenet_v2_fpn(num_classes=3, **{"input.min_size_test": 64, "input.max_size_test": 96}).eval()
+    model.proposal_generator.score_thresh = 0.0
+    image = [torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(4))]
+    with torch.no_grad():
+        (probs,) = model(image)
+        model.mask_format = "binary"
+        (binary,) = model(image)
+    assert binary["masks"].dtype == torch.bool and binary["masks"].shape == probs["masks"].shape
+    assert torch.equal(binary["masks"], probs["masks"] >= 0.5)

@@ -176,3 +176,32 @@ def test_resized_size_rounds_like_detectron2():
     cases += [(1, 3, 1, 2), (2, 5, 1, 1000), (3, 8, 2, 1000)]  # long sides on .5 boundaries: 2.5, 2.5 and 5.333
     assert all(resized_size(*c) == detectron2(*c) for c in cases)
     assert resized_size(2, 5, 1, 1000) == (1, 3)  # 2.5 rounds up
+
+
+@pytest.mark.parametrize("stats", [MSRA, IMAGENET], ids=["BGR", "RGB"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_equals_resize_then_normalise_then_pad(stats, dtype):
+    """The transform writes the normalised uint8 resize straight into the padded batch; it equals the
+    composition it replaces (resize_image -> (x * 255 - mean) / std in channel order -> zero pad),
+    within float rounding, for resized images and for an image kept at its size."""
+    import torch.nn.functional as F
+
+    from blendmask.models.transform import resize_image
+
+    t = _transform(min_test=64, max_test=100, stats=stats).eval()
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 30, 50, generator=g, dtype=dtype), torch.rand(3, 120, 64, generator=g, dtype=dtype),
+              torch.rand(3, 64, 90, generator=g, dtype=dtype)]  # the last one is not resized
+    batch, _ = t(images)
+    assert batch.tensors.dtype == dtype
+    mean = torch.tensor(stats["pixel_mean"], dtype=dtype).view(3, 1, 1)
+    std = torch.tensor(stats["pixel_std"], dtype=dtype).view(3, 1, 1)
+    for i, (image, (h, w)) in enumerate(zip(images, batch.image_sizes)):
+        pixels = resize_image(image, (h, w)) if (h, w) != tuple(image.shape[-2:]) else image
+        if i == 2:
+            assert (h, w) == (64, 90)
+        pixels = pixels * 255.0
+        if stats["input_format"] == "BGR":
+            pixels = pixels.flip(0)
+        expected = F.pad((pixels - mean) / std, (0, batch.tensors.shape[-1] - w, 0, batch.tensors.shape[-2] - h))
+        torch.testing.assert_close(batch.tensors[i], expected, rtol=0, atol=1e-4)

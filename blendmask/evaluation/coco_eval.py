@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..data.loader import build_test_loader
 from ..distributed import dist_rank_and_world_size
+from ..models.inference import inference_model_of
 from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
@@ -269,13 +270,16 @@ def evaluate_model(
     progress: bool = True,
     num_workers: int = 0,
     distributed: Optional[bool] = False,
+    compile: bool = False,
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
 
     ``dataset`` must yield ``(image, target)`` with ``target["image_id"]`` and carry ``coco`` and
     ``category_ids`` (a :class:`blendmask.data.CocoInstanceDataset` built without training
     transforms). A model with a ``mask_format`` attribute (BlendMask) runs with ``"rle"``, so that
-    no image-sized masks are held; its training mode and ``mask_format`` are restored afterwards. With ``distributed=True`` (or
+    no image-sized masks are held; its training mode and ``mask_format`` are restored afterwards. A
+    BlendMask runs as its inference copy (:func:`blendmask.models.inference.inference_model_of`:
+    batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics.
     """
@@ -284,6 +288,7 @@ def evaluate_model(
             "evaluate_model: the dataset has transforms; the ground truth is the untransformed file, "
             "so build the evaluation dataset with transforms=None"
         )
+    model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
     evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)

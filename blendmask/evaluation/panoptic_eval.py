@@ -205,6 +205,7 @@ def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optio
     ``panoptic_results.json`` and the PNGs in ``panoptic_results/``. The model's mode is restored.
     """
     from blendmask.data.panoptic import id_to_rgb
+    from blendmask.models.inference import inference_model_of
 
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError("evaluate_panoptic: the dataset has transforms; build the evaluation dataset with "
@@ -214,6 +215,7 @@ def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optio
     if output_dir is not None:
         png_dir = Path(output_dir) / Path(PANOPTIC_RESULTS).stem
         png_dir.mkdir(parents=True, exist_ok=True)
+    model = inference_model_of(model)  # a BlendMask runs as its folded copy; the caller's model is untouched
     device = _model_device(model)
     was_training = model.training
     model.eval()

@@ -7,6 +7,7 @@ from .builders import (
     build_model,
     load_weights,
 )
+from .inference import optimize_for_inference
 from .panoptic import PanopticBlendMask
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "PanopticBlendMask",
     "build_model",
     "load_weights",
+    "optimize_for_inference",
     "blendmask_resnet50_fpn",
     "blendmask_resnet101_fpn",
     "blendmask_mobilenet_v2_fpn",

@@ -17,15 +17,18 @@ from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
 from .fcos.inference import clip_boxes
-from .mask_ops import crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
+from .fuse import INFERENCE_ONLY_ATTRIBUTE
+from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
 
 __all__ = ["BlendMask", "MASK_FORMATS", "postprocess_detections"]
 
 #: What the eval output carries as masks: ``"probs"`` ``masks (n, 1, H, W)`` float probabilities
-#: (torchvision's API), or ``"rle"`` ``masks_rle``, n COCO RLE dicts of the masks binarised at 0.5
-#: (:func:`~blendmask.models.mask_ops.paste_masks_rle`: no image-sized mask is ever held).
-MASK_FORMATS = ("probs", "rle")
+#: (torchvision's API), ``"binary"`` ``masks (n, 1, H, W)`` bool, binarised at 0.5 chunk by chunk
+#: (what AdelaiDet/detectron2 return; a quarter of the memory), or ``"rle"`` ``masks_rle``, n COCO
+#: RLE dicts of the masks binarised at 0.5 (:func:`~blendmask.models.mask_ops.paste_masks_rle`: no
+#: image-sized mask is ever held).
+MASK_FORMATS = ("probs", "binary", "rle")
 
 
 def postprocess_detections(
@@ -56,12 +59,13 @@ def postprocess_detections(
         masks: ``(n, R, R)`` mask probabilities inside the boxes.
         image_size: ``(h, w)`` of the resized image (before padding).
         original_size: ``(H, W)`` of the image given by the user.
-        mask_format: ``"probs"`` or ``"rle"`` (:data:`MASK_FORMATS`).
+        mask_format: ``"probs"``, ``"binary"`` or ``"rle"`` (:data:`MASK_FORMATS`).
     Returns:
         ``dict(boxes (n, 4), labels (n,) int64, scores (n,), masks (n, 1, H, W))`` with boxes
         clipped to ``[0, W] x [0, H]`` and masks as probabilities in ``[0, 1]``, zero outside
-        the boxes: the eval output of the model. With ``mask_format="rle"``, ``masks_rle``
-        (n COCO RLE dicts, binarised at 0.5) replaces ``masks``.
+        the boxes: the eval output of the model. With ``mask_format="binary"`` the masks are
+        bool, binarised at 0.5; with ``"rle"``, ``masks_rle`` (n COCO RLE dicts, binarised at 0.5)
+        replaces ``masks``.
 
     Example, after an ONNX session::
 
@@ -84,6 +88,8 @@ def postprocess_detections(
     result: Dict[str, Any] = {"boxes": clip_boxes(boxes, size), "labels": labels.to(torch.int64), "scores": scores}
     if mask_format == "rle":
         result["masks_rle"] = paste_masks_rle(masks, boxes, size)
+    elif mask_format == "binary":
+        result["masks"] = paste_masks_in_image(masks, boxes, size, threshold=MASK_THRESHOLD)
     else:
         result["masks"] = paste_masks_in_image(masks, boxes, size)
     return result
@@ -121,7 +127,8 @@ class BlendMask(nn.Module):
 
     Set the attribute ``mask_format = "rle"`` to get, in eval, ``masks_rle`` (n COCO RLE dicts of
     the masks binarised at 0.5) instead of ``masks``: pasted and encoded a bounded chunk at a time,
-    its memory does not grow with ``n x H x W`` (what ``blendmask eval`` and ``predict`` use).
+    its memory does not grow with ``n x H x W`` (what ``blendmask eval`` and ``predict`` use). Set it
+    to ``"binary"`` for bool ``masks (n, 1, H, W)`` binarised at 0.5 (pasted straight to bools).
 
     Set the attribute ``return_internals = True`` to add, in eval, ``"bases"`` ``(K, Hb, Wb)``
     (the bases at stride 4 of the resized image, cropped to its unpadded extent) and ``"attns"``
@@ -217,6 +224,14 @@ class BlendMask(nn.Module):
         nn.init.normal_(self.top_layer.weight, std=0.01)
         nn.init.constant_(self.top_layer.bias, 0.0)
 
+    def train(self, mode: bool = True) -> "BlendMask":
+        """As ``nn.Module.train``; refused on a model folded for inference
+        (:func:`blendmask.models.optimize_for_inference`), whose batch norms are gone."""
+        if mode and getattr(self, INFERENCE_ONLY_ATTRIBUTE, False):
+            raise RuntimeError("this BlendMask was folded for inference (blendmask.models.optimize_for_inference): "
+                               "its batch norms are folded into the convolutions; train the original model")
+        return super().train(mode)
+
     def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
         """``(D, R, R)`` blended masks from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``:
         logits (``normalize="softmax"``) or sums of K probabilities (``"sigmoid"``); see
@@ -262,8 +277,15 @@ class BlendMask(nn.Module):
         the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
         attention logits."""
         features = self.backbone(images)
-        head = self.proposal_generator([features[f] for f in self.fcos_in_features])
-        return features, head, [self.top_layer(t) for t in head.bbox_towers]
+        head, top_feats = self._head_and_top([features[f] for f in self.fcos_in_features])
+        return features, head, top_feats
+
+    def _head_and_top(self, levels: List[Tensor]) -> Tuple[FCOSHeadOutputs, List[Tensor]]:
+        """FCOS head and top layer of the FPN maps FCOS runs on (one ``(N, D, Hl, Wl)`` per level):
+        the head outputs and per level the ``(N, K*M*M, Hl, Wl)`` attention logits (the unit
+        :func:`blendmask.models.optimize_for_inference` compiles with the backbone)."""
+        head = self.proposal_generator(levels)
+        return head, [self.top_layer(t) for t in head.bbox_towers]
 
     def detect(
         self,

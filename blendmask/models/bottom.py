@@ -55,7 +55,8 @@ class ASPP(nn.Module):
         outs = [branch(x) for branch in self.branches]
         # a BatchNorm over a 1x1 map with batch 1 has no statistics: pool, conv, then normalise the broadcast map
         pooled = self.pooling[0](x.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, *x.shape[-2:])
-        outs.append(self.pooling[2](self.pooling[1](pooled)))
+        # not the in-place pooling[2]: with the norm folded away (fold_batchnorm) its input is the expanded view
+        outs.append(F.relu(self.pooling[1](pooled)))
         return self.project(torch.cat(outs, dim=1))
 
 

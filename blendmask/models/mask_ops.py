@@ -17,7 +17,7 @@ with pycocotools; :func:`paste_masks_rle` gives the same RLEs from the unpasted 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -163,25 +163,46 @@ def paste_mask_patches(
         yield group, ext, torch.bmm(torch.bmm(wy, masks[index]), wx.transpose(1, 2))
 
 
+_NUMPY_DTYPES = {torch.bool: np.bool_, torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _zeros_untouched(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero tensor whose memory is not written: on the CPU numpy's ``zeros`` (``calloc``: large
+    buffers are fresh, already-zero pages, touched only where the paste writes), elsewhere
+    ``torch.zeros``. ``torch.zeros`` fills every page: at 100 x 800 x 1067 that fill was 92% of the
+    binary paste (44 ms of 47 ms, one thread)."""
+    if torch.device(device).type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 def paste_masks_in_image(
-    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES
+    masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], *, chunk_bytes: int = PASTE_CHUNK_BYTES,
+    threshold: Optional[float] = None,
 ) -> Tensor:
     """Paste ``R x R`` masks into an image at their boxes (:func:`paste_mask_patches`).
 
-    This materialises ``n x H x W`` floats; to evaluate or save masks, use
-    :func:`paste_masks_rle`, whose memory does not grow with ``n x H x W``.
+    This materialises ``n x H x W`` values (floats, or bools with ``threshold``); to evaluate or
+    save masks, use :func:`paste_masks_rle`, whose memory does not grow with ``n x H x W``.
 
     Args:
         masks: ``(n, R, R)`` mask probabilities (or logits; values are interpolated as given).
         boxes: ``(n, 4)`` xyxy boxes in image pixels.
         image_size: ``(height, width)`` of the output image.
         chunk_bytes: bound of one paste chunk's float buffers.
+        threshold: None for the pasted values; else ``> 0``: binary masks ``pasted >= threshold``,
+            thresholded chunk by chunk (a quarter of the float output's memory, never held as floats).
     Returns:
-        ``(n, 1, height, width)`` tensor, zero outside the boxes.
+        ``(n, 1, height, width)`` tensor, zero outside the boxes: ``masks.dtype``, or bool with ``threshold``.
     """
     _check_paste_args(masks, boxes)
-    out = masks.new_zeros((masks.shape[0], 1, int(image_size[0]), int(image_size[1])))
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"paste_masks_in_image: threshold must be > 0 (pixels outside the boxes are 0), got {threshold}")
+    dtype = masks.dtype if threshold is None else torch.bool
+    out = _zeros_untouched((masks.shape[0], 1, int(image_size[0]), int(image_size[1])), dtype, masks.device)
     for group, extents, patches in paste_mask_patches(masks, boxes, image_size, chunk_bytes=chunk_bytes):
+        if threshold is not None:
+            patches = patches >= threshold
         for i, (x0, y0, x1, y1), patch in zip(group, extents.tolist(), patches):
             out[i, 0, y0:y1, x0:x1] = patch[: y1 - y0, : x1 - x0]
         del patches, patch  # one chunk alive at a time

@@ -33,7 +33,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from blendmask.polygons import PolygonMasks
 
-__all__ = ["ImageList", "ImageTransform", "resize_image", "resized_size", "postprocess_boxes"]
+__all__ = ["ImageList", "ImageTransform", "resize_image", "resize_image_uint8", "resized_size", "postprocess_boxes"]
 
 
 def _is_exporting() -> bool:
@@ -72,9 +72,14 @@ def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     enlarging; torch's float antialiased bilinear would be within 1.0006, 82% exact once
     rounded, and the plain bilinear up to 134 grey levels off when shrinking.
     """
+    return resize_image_uint8(image, size).to(image.dtype) / 255.0
+
+
+def resize_image_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """:func:`resize_image` before its conversion back to float: the ``(3, h, w)`` uint8 image
+    (0-255) that the transform normalises directly, without a float round trip."""
     quantised = (image * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-    resized = F.interpolate(quantised[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-    return resized.to(image.dtype) / 255.0
+    return F.interpolate(quantised[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def postprocess_boxes(boxes: torch.Tensor, image_size: Sequence[int], original_size: Sequence[int]) -> torch.Tensor:
@@ -132,6 +137,8 @@ class ImageTransform(nn.Module):
         self.size_divisibility = size_divisibility
         self.input_format = input_format
         self.num_classes = num_classes
+        self._mean = tuple(float(v) for v in pixel_mean)  # Python floats for the in-place normalisation
+        self._std = tuple(float(v) for v in pixel_std)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
@@ -149,9 +156,9 @@ class ImageTransform(nn.Module):
                 raise TypeError(f"images[{i}] must be a float tensor with RGB values in [0, 1], got {image.dtype} "
                                 f"(convert uint8 images with image.float() / 255)")
             if not _is_exporting():
-                if not bool(torch.isfinite(image).all()):
+                low, high = (float(v) for v in torch.aminmax(image))  # one pass; NaN propagates, inf is extreme
+                if not (math.isfinite(low) and math.isfinite(high)):
                     raise ValueError(f"images[{i}] contains NaN or inf")
-                low, high = float(image.min()), float(image.max())
                 if low < -1e-3 or high > 1 + 1e-3:
                     raise ValueError(f"images[{i}] must hold RGB values in [0, 1], found range [{low:g}, {high:g}] "
                                      f"(divide 0-255 images by 255)")
@@ -210,11 +217,13 @@ class ImageTransform(nn.Module):
         return self.min_size_train[index]
 
     def _resize(self, image: torch.Tensor, target: Optional[Dict[str, Any]]):
+        """``(pixels, target)``: ``pixels`` is the resized image as uint8 0-255
+        (:func:`resize_image_uint8`) or, when the size is unchanged, ``image`` itself (float 0-1)."""
         height, width = image.shape[-2:]
         max_size = self.max_size_train if self.training else self.max_size_test
         new_h, new_w = resized_size(int(height), int(width), self._pick_min_size(), max_size)
         if (new_h, new_w) != (height, width):
-            image = resize_image(image, (new_h, new_w))
+            image = resize_image_uint8(image, (new_h, new_w))
         if target is None:
             return image, None
         target = dict(target)
@@ -235,33 +244,40 @@ class ImageTransform(nn.Module):
             target["masks"] = masks
         return image, target
 
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) RGB in [0, 1] -> (3, H, W) normalised in the backbone's convention."""
-        image = image * 255.0
-        if self.input_format == "BGR":
-            image = image.flip(0)
-        return (image - self.pixel_mean.to(image)) / self.pixel_std.to(image)
-
-    def batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Zero-pad (3, h, w) images at the bottom/right to a common (N, 3, Hp, Wp), multiples of
-        ``size_divisibility``."""
-        d = self.size_divisibility
-        max_h = max(int(img.shape[-2]) for img in images)
-        max_w = max(int(img.shape[-1]) for img in images)
-        pad_h, pad_w = int(math.ceil(max_h / d) * d), int(math.ceil(max_w / d) * d)
-        return torch.stack([F.pad(img, (0, pad_w - img.shape[-1], 0, pad_h - img.shape[-2])) for img in images])
+    def _normalize_into(self, out: torch.Tensor, pixels: torch.Tensor) -> None:
+        """Write ``pixels`` (3, h, w), uint8 0-255 or float RGB 0-1, normalised in the backbone's
+        convention (channel order, ``(x * 255 - mean) / std``) into ``out`` (3, h, w), a view of the
+        padded batch: per channel two passes (three when std != 1), no temporaries."""
+        order = (2, 1, 0) if self.input_format == "BGR" else (0, 1, 2)
+        for channel, source in enumerate(order):
+            dst = out[channel]
+            if pixels.is_floating_point():
+                torch.mul(pixels[source], 255.0, out=dst)
+                dst.sub_(self._mean[channel])
+            else:
+                torch.sub(pixels[source], self._mean[channel], out=dst)  # uint8 - float: computed in dst's dtype
+            if self._std[channel] != 1.0:
+                dst.div_(self._std[channel])
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, Any]]] = None):
+        """Validate, resize and normalise ``images`` straight into one zero-padded batch
+        ``(N, 3, Hp, Wp)`` (bottom/right padding to multiples of ``size_divisibility``)."""
         self._check_images(images)
         if targets is not None:
             self._check_targets(images, targets)
-        out_images, out_targets = [], []
+        resized, out_targets = [], []
         for i, image in enumerate(images):
-            image, target = self._resize(image, None if targets is None else targets[i])
-            out_images.append(self.normalize(image))
+            pixels, target = self._resize(image, None if targets is None else targets[i])
+            resized.append(pixels)
             out_targets.append(target)
-        image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in out_images]
-        return ImageList(self.batch(out_images), image_sizes), (out_targets if targets is not None else None)
+        image_sizes = [(int(p.shape[-2]), int(p.shape[-1])) for p in resized]
+        d = self.size_divisibility
+        pad_h = int(math.ceil(max(h for h, _ in image_sizes) / d) * d)
+        pad_w = int(math.ceil(max(w for _, w in image_sizes) / d) * d)
+        batch = images[0].new_zeros((len(images), 3, pad_h, pad_w))
+        for i, (pixels, (h, w)) in enumerate(zip(resized, image_sizes)):
+            self._normalize_into(batch[i, :, :h, :w], pixels)
+        return ImageList(batch, image_sizes), (out_targets if targets is not None else None)
 
     def postprocess_boxes(self, boxes: torch.Tensor, image_size: Sequence[int], original_size: Sequence[int]):
         """See :func:`postprocess_boxes`."""

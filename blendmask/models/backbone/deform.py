@@ -38,7 +38,7 @@ class DeformConvNorm(ConvNorm):
         super().__init__(in_channels, out_channels, 3, stride=stride, padding=1, norm=norm)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = deform_conv2d(x, offset, self.weight, None, stride=self.stride, padding=self.padding,
+        out = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
                             dilation=self.dilation, mask=mask)
         return self.norm(out)
 
