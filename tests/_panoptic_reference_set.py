@@ -82,7 +82,7 @@ def _image(rng: np.random.RandomState, index: int) -> Dict[str, Any]:
     pred = np.zeros((HEIGHT, WIDTH), np.int64)
     gt_segments: List[Dict[str, Any]] = []
     pred_segments: List[Dict[str, Any]] = []
-    next_gt, next_pred = 1, 1000 + 4093 * index  # large predicted ids exercise the 24-bit RGB code
+    next_gt, next_pred = 1, 60000 + 40093 * index  # predicted ids use all three bytes of the RGB code
 
     def new_pred(category: int) -> Dict[str, Any]:
         nonlocal next_pred
