@@ -313,10 +313,11 @@ def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
     result = steps.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
                     resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False)
     train_s = time.perf_counter() - start
+    start = time.perf_counter()
     dataset = steps.load_split(task["eval_data"], task["eval_split"])
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
     record = {"label": task["label"], "overrides": _jsonable(task["overrides"]), "train_s": train_s,
-              "eval_split": task["eval_split"], **evaluation}
+              "eval_s": time.perf_counter() - start, "eval_split": task["eval_split"], **evaluation}
     text = json.dumps(record, indent=1)
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(text)
@@ -469,6 +470,10 @@ def write_table(grid: Grid, records: Sequence[Mapping[str, Any]], output: Path, 
              f"`{BASE_CONFIG}`; paper: COCO val, R-50. Times are CPU milliseconds per image (blender op / whole forward).",
              "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    if all("train_s" in r and "eval_s" in r for r in records):
+        train_s, eval_s = sum(r["train_s"] for r in records), sum(r["eval_s"] for r in records)
+        lines += ["", f"Wall time: {(train_s + eval_s) / 60:.1f} min for {len(records)} configurations "
+                      f"(training {train_s / 60:.1f} min including model builds, evaluation {eval_s / 60:.1f} min)."]
     md = output / "table.md"
     md.write_text("\n".join(lines) + "\n")
     js = output / "table.json"

@@ -109,6 +109,13 @@ def test_table_is_laid_out_like_the_paper(tmp_path):
     assert lines[4].startswith("| Alignment | R | AP | AP50 | AP75 | blender (ms/img) | total (ms/img) | paper AP")
     assert lines[6] == "| Nearest | 28 | 25.0 | 35.0 | 12.5 | 1.23 | 56.8 | 30.5 | 53.0 | 31.6 |"
     assert lines[7] == "| Bilinear | 28 | 30.0 | 40.0 | 15.0 | 1.23 | 56.8 | - | - | - |"
+    assert len(lines) == 8  # records without timings (e.g. resumed from an older run): no wall-time line
+    timed = [{**_fake_record(0.25), "train_s": 60.0, "eval_s": 30.0}, {**_fake_record(0.3), "train_s": 60.0, "eval_s": 30.0}]
+    md, _ = write_table(grid, timed, tmp_path, iters=5, size=64, data="d", eval_split="val")
+    assert md.read_text().splitlines()[-1] == ("Wall time: 3.0 min for 2 configurations (training 2.0 min including "
+                                               "model builds, evaluation 1.0 min).")
+    md, js = write_table(grid, [_fake_record(0.25), _fake_record(0.3)], tmp_path, iters=5, size=64, data="d",
+                         eval_split="val")
     table = json.loads(js.read_text())
     assert table["rows"][0]["AP"] == 25.0 and table["rows"][1]["paper_AP"] is None
     png = write_plot(grid, [_fake_record(0.25), _fake_record(0.3)], tmp_path / "plot.png")
@@ -124,10 +131,12 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(tiny_set, tmp_path, m
         assert (out / row.label / "result.json").is_file()
         assert record["images"] == 2 and record["eval_split"] == "val"
         assert record["total_ms"] >= record["blender_ms"] > 0
+        assert record["train_s"] > 0 and record["eval_s"] > 0
         assert 0.0 <= record["metrics"]["segm"]["AP"] <= 1.0
     table = json.loads((out / "table.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["M1", "K1-sigmoid"] and table["rows"][0]["paper_AP"] == 29.7
     assert (out / "table.md").is_file() and (out / "plot.png").is_file()
+    assert (out / "table.md").read_text().splitlines()[-1].startswith("Wall time: ")
 
     # resumable: a finished configuration is not retrained
     def no_training(task):
