@@ -509,88 +509,97 @@ def _clear_demo_output(out: Path) -> None:
     (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
 
 
+class _DemoKind(NamedTuple):
+    """What differs between the instance demo and ``demo --panoptic`` (see :func:`_run_demo`)."""
+    dataset: str              # the data set's name in the progress lines
+    generate: Callable        # make_shapes or make_panoptic_shapes
+    config: str               # the preset trained
+    metric: str               # what step 3 evaluates
+    data: Dict[str, Any]      # generator arguments
+    overrides: Dict[str, Any]  # the training schedule
+    predict: Callable         # (weights, images, output dir) -> (pictures, [(label, path)])
+    table: Callable           # metrics -> the printed table
+    summary: Callable         # metrics -> the headline figures and their goal
+    results_file: str         # the evaluation's JSON under eval/
+
+
 def _run_demo(args) -> int:
+    """``demo``: generate a synthetic set, train the lite model on the CPU, evaluate, predict.
+
+    The instance demo (shapes, COCO AP) and ``--panoptic`` (shapes over stuff bands, PQ) are the
+    same four steps; :func:`_instance_demo` and :func:`_panoptic_demo` give what differs."""
+    _setup_logging()
+    kind = _panoptic_demo() if args.panoptic else _instance_demo()
+    data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (kind.data, kind.overrides)
+    overrides = {**overrides, **parse_overrides(args.overrides)}
+    out = Path(args.output)
+    _clear_demo_output(out)
+    start = time.perf_counter()
+    print(f"[1/4] generating the {kind.dataset} ({data_args['train']} train + {data_args['val']} val, "
+          f"{data_args['size']} px) in {out / 'data'}", flush=True)
+    data = kind.generate(out / "data", train=data_args["train"], val=data_args["val"], size=data_args["size"],
+                            seed=data_args["seed"], progress=True)
+    print(f"[2/4] training {kind.config} on the CPU", flush=True)
+    result = _train(config=kind.config, data=str(data), output=str(out / "train"), overrides=overrides,
+                    num_workers=args.num_workers, evaluate_on_val=False)
+    print(f"[3/4] evaluating {kind.metric} on the val split", flush=True)
+    metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
+    print("[4/4] predicting on a few val images", flush=True)
+    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
+    pictures, outputs = kind.predict(result.final_checkpoint, val_images, out / "predictions")
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print(kind.table(metrics))
+    print()
+    print(f"{kind.summary(metrics)} on {data_args['val']} val images; total time {minutes:.1f} min")
+    print(f"weights:      {result.final_checkpoint}")
+    print(f"loss curve:   {result.loss_curve_path}")
+    print(f"results JSON: {out / 'eval' / kind.results_file}")
+    for label, path in outputs:
+        print(f"{label + ':':<13} {path}")
+    print("pictures:")
+    for path in pictures:
+        print(f"  {path}")
+    return 0
+
+
+def _instance_demo() -> _DemoKind:
+    """The instance demo's parts for :func:`_run_demo` (imports deferred: the CLI starts instantly)."""
     from blendmask.data import make_shapes
     from blendmask.evaluation import RESULTS_FILE, format_results_table
     from blendmask.predict import Predictor, predict_files
 
-    _setup_logging()
-    if args.panoptic:
-        return _run_panoptic_demo(args)
-    extra = parse_overrides(args.overrides)
-    data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (DEMO_DATA, DEMO_OVERRIDES)
-    overrides = {**overrides, **extra}
-    out = Path(args.output)
-    _clear_demo_output(out)
-    start = time.perf_counter()
-    print(f"[1/4] generating the synthetic shapes set ({data_args['train']} train + {data_args['val']} val, "
-          f"{data_args['size']} px) in {out / 'data'}", flush=True)
-    data = make_shapes(out / "data", train=data_args["train"], val=data_args["val"], size=data_args["size"],
-                       seed=data_args["seed"], progress=True)
-    print("[2/4] training lite_mobilenet_v2 on the CPU", flush=True)
-    result = _train(config="lite_mobilenet_v2", data=str(data), output=str(out / "train"), overrides=overrides,
-                    num_workers=args.num_workers, evaluate_on_val=False)
-    print("[3/4] evaluating on the val split", flush=True)
-    metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
-    print("[4/4] predicting on a few val images", flush=True)
-    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
-    predictor = Predictor.from_weights(result.final_checkpoint, score_threshold=0.3)
-    files = predict_files(predictor, val_images, out / "predictions", show_bases=True)
-    minutes = (time.perf_counter() - start) / 60
-    print()
-    print(format_results_table(metrics))
-    print()
-    segm = metrics["segm"]
-    print(f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} on {data_args['val']} val images "
-          f"(goal: AP >= 0.50, AP50 >= 0.85); total time {minutes:.1f} min")
-    print(f"weights:      {result.final_checkpoint}")
-    print(f"loss curve:   {result.loss_curve_path}")
-    print(f"results JSON: {out / 'eval' / RESULTS_FILE}")
-    print("pictures:")
-    for path in files.overlays + files.bases_figures:
-        print(f"  {path}")
-    return 0
+    def predict(weights, images, output):
+        files = predict_files(Predictor.from_weights(weights, score_threshold=0.3), images, output, show_bases=True)
+        return files.overlays + files.bases_figures, []
+
+    def summary(metrics):
+        segm = metrics["segm"]
+        return f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} (goal: AP >= 0.50, AP50 >= 0.85)"
+
+    return _DemoKind(dataset="synthetic shapes set", generate=make_shapes, config="lite_mobilenet_v2", metric="COCO AP",
+                     data=DEMO_DATA, overrides=DEMO_OVERRIDES, predict=predict, table=format_results_table,
+                     summary=summary, results_file=RESULTS_FILE)
 
 
-def _run_panoptic_demo(args) -> int:
-    """``demo --panoptic``: the synthetic panoptic set, lite_mobilenet_v2_panoptic training, PQ, overlays."""
+def _panoptic_demo() -> _DemoKind:
+    """``demo --panoptic``'s parts for :func:`_run_demo`: the synthetic panoptic set,
+    lite_mobilenet_v2_panoptic, PQ, panoptic overlays."""
     from blendmask.data.panoptic_shapes import make_panoptic_shapes
     from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
     from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
 
-    extra = parse_overrides(args.overrides)
-    data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (PANOPTIC_DEMO_DATA, PANOPTIC_DEMO_OVERRIDES)
-    overrides = {**overrides, **extra}
-    out = Path(args.output)
-    _clear_demo_output(out)
-    start = time.perf_counter()
-    print(f"[1/4] generating the synthetic panoptic set ({data_args['train']} train + {data_args['val']} val, "
-          f"{data_args['size']} px) in {out / 'data'}", flush=True)
-    data = make_panoptic_shapes(out / "data", train=data_args["train"], val=data_args["val"],
-                                size=data_args["size"], seed=data_args["seed"], progress=True)
-    print("[2/4] training lite_mobilenet_v2_panoptic on the CPU", flush=True)
-    result = _train(config="lite_mobilenet_v2_panoptic", data=str(data), output=str(out / "train"),
-                    overrides=overrides, num_workers=args.num_workers, evaluate_on_val=False)
-    print("[3/4] evaluating PQ on the val split", flush=True)
-    metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
-    print("[4/4] predicting on a few val images", flush=True)
-    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
-    overlays = predict_panoptic_files(PanopticPredictor.from_weights(result.final_checkpoint), val_images,
-                                      out / "predictions")
-    minutes = (time.perf_counter() - start) / 60
-    print()
-    print(format_pq_table(metrics))
-    print()
-    print(f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, stuff {metrics['Stuff']['PQ']:.3f}) "
-          f"on {data_args['val']} val images (goal: PQ >= 0.60); total time {minutes:.1f} min")
-    print(f"weights:      {result.final_checkpoint}")
-    print(f"loss curve:   {result.loss_curve_path}")
-    print(f"results JSON: {out / 'eval' / PANOPTIC_RESULTS}")
-    print(f"predictions:  {out / 'predictions' / PANOPTIC_PREDICTIONS_JSON}")
-    print("pictures:")
-    for path in overlays:
-        print(f"  {path}")
-    return 0
+    def predict(weights, images, output):
+        overlays = predict_panoptic_files(PanopticPredictor.from_weights(weights), images, output)
+        return overlays, [("predictions", output / PANOPTIC_PREDICTIONS_JSON)]
+
+    def summary(metrics):
+        return (f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, "
+                f"stuff {metrics['Stuff']['PQ']:.3f}) (goal: PQ >= 0.60)")
+
+    return _DemoKind(dataset="synthetic panoptic set", generate=make_panoptic_shapes, config="lite_mobilenet_v2_panoptic",
+                     metric="PQ", data=PANOPTIC_DEMO_DATA, overrides=PANOPTIC_DEMO_OVERRIDES, predict=predict,
+                     table=format_pq_table, summary=summary, results_file=PANOPTIC_RESULTS)
 
 
 # --------------------------------------------------------------------------- ablate
