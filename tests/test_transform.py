@@ -46,6 +46,20 @@ def test_eval_resizes_normalises_and_pads():
     torch.testing.assert_close(rgb.mean((1, 2)), expected_rgb)
 
 
+def test_normalisation_follows_the_pixel_buffers():
+    """The buffers are the one source of the mean and std: changing them after construction (as
+    a fixture recorded at another ``PIXEL_STD`` does) changes the batch."""
+    t = _transform().eval()
+    t.pixel_mean.copy_(torch.tensor([10.0, 20.0, 30.0]).view(3, 1, 1))
+    t.pixel_std.copy_(torch.tensor([5.0, 4.0, 2.0]).view(3, 1, 1))
+    for side in (64, 32):  # no resize (float pixels), resized (the 8-bit resize's uint8 pixels)
+        constant = torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1).expand(3, side, side)
+        out = t([constant])[0].tensors[0, :, :64, :64].mean((1, 2))
+        bgr = torch.tensor([0.6, 0.4, 0.2]) * 255
+        bgr = bgr if side == 64 else bgr.round()
+        torch.testing.assert_close(out, (bgr - torch.tensor([10.0, 20.0, 30.0])) / torch.tensor([5.0, 4.0, 2.0]))
+
+
 def test_no_resize_when_min_size_is_zero_and_divisibility_one():
     t = _transform(min_test=0, div=1).eval()
     batch, _ = t([torch.rand(3, 33, 17)])

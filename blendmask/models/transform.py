@@ -137,8 +137,6 @@ class ImageTransform(nn.Module):
         self.size_divisibility = size_divisibility
         self.input_format = input_format
         self.num_classes = num_classes
-        self._mean = tuple(float(v) for v in pixel_mean)  # Python floats for the in-place normalisation
-        self._std = tuple(float(v) for v in pixel_std)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
 
@@ -247,17 +245,18 @@ class ImageTransform(nn.Module):
     def _normalize_into(self, out: torch.Tensor, pixels: torch.Tensor) -> None:
         """Write ``pixels`` (3, h, w), uint8 0-255 or float RGB 0-1, normalised in the backbone's
         convention (channel order, ``(x * 255 - mean) / std``) into ``out`` (3, h, w), a view of the
-        padded batch: per channel two passes (three when std != 1), no temporaries."""
+        padded batch: three passes per channel, no temporaries. The mean and std are read from the
+        ``pixel_mean``/``pixel_std`` buffers at every call, so a changed buffer takes effect."""
         order = (2, 1, 0) if self.input_format == "BGR" else (0, 1, 2)
+        mean, std = self.pixel_mean.view(3), self.pixel_std.view(3)
         for channel, source in enumerate(order):
             dst = out[channel]
             if pixels.is_floating_point():
                 torch.mul(pixels[source], 255.0, out=dst)
-                dst.sub_(self._mean[channel])
+                dst.sub_(mean[channel])
             else:
-                torch.sub(pixels[source], self._mean[channel], out=dst)  # uint8 - float: computed in dst's dtype
-            if self._std[channel] != 1.0:
-                dst.div_(self._std[channel])
+                torch.sub(pixels[source], mean[channel], out=dst)  # uint8 - float: computed in dst's dtype
+            dst.div_(std[channel])
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict[str, Any]]] = None):
         """Validate, resize and normalise ``images`` straight into one zero-padded batch
