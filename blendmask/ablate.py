@@ -88,7 +88,7 @@ BASIS_LOSS = "model.basis.loss_on"
 #: The paper's tables (numbers: mask AP, AP50, AP75 on COCO val, R-50, 1x; None where not reported).
 GRIDS: Dict[str, Grid] = {
     "merge": Grid(
-        "merge", "Table 1: merging top and bottom modules (R=28, K=4, M=4)", ("Merge",),
+        "merge", "Table 1: merging top and bottom modules (R=28, K=4, M=4; the Assembler has K=16)", ("Merge",),
         _rows(
             ("weighted-sum", ("Weighted-sum (M=1)",), {M: 1}, (29.7, 52.2, 30.1)),
             # FCIS-like: K = M*M = 16 bases, each 7x7 region of the 28x28 crop takes one (no top layer)
