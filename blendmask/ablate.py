@@ -79,6 +79,7 @@ R = "model.blender.bottom_resolution"
 TOP = "model.blender.top_interp"
 BOTTOM = "model.blender.bottom_interp"
 NORM = "model.blender.normalize"
+MERGE = "model.blender.merge"
 BASIS_FEATURES = "model.basis.in_features"
 BASIS_MODULE = "model.basis.module"
 BASIS_WIDTH = "model.basis.convs_dim"
@@ -87,9 +88,11 @@ BASIS_LOSS = "model.basis.loss_on"
 #: The paper's tables (numbers: mask AP, AP50, AP75 on COCO val, R-50, 1x; None where not reported).
 GRIDS: Dict[str, Grid] = {
     "merge": Grid(
-        "merge", "Table 1: merging top and bottom modules (R=28, K=4, M=4)", ("Merge",),
+        "merge", "Table 1: merging top and bottom modules (R=28, K=4, M=4; the Assembler has K=16)", ("Merge",),
         _rows(
             ("weighted-sum", ("Weighted-sum (M=1)",), {M: 1}, (29.7, 52.2, 30.1)),
+            # FCIS-like: K = M*M = 16 bases, each 7x7 region of the 28x28 crop takes one (no top layer)
+            ("assembler", ("Assembler (K=16)",), {MERGE: "assembler", K: 16, M: 4, TOP: "nearest"}, (30.3, 52.5, 31.3)),
             ("blender", ("Blender (M=4)",), {M: 4}, (31.6, 53.4, 33.3)),
         ),
         base={R: 28, K: 4},

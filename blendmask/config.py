@@ -91,6 +91,9 @@ class BlenderConfig:
     top_interp: str = "bilinear"  # "bilinear" | "nearest"
     normalize: str = "softmax"  # "softmax" | "sigmoid" (K = 1 needs "sigmoid", paper Table 3)
     bottom_interp: str = "bilinear"  # "bilinear" (RoIAlign) | "nearest" (RoIPool-style, Table 6)
+    # "blender" (learned attentions) | "assembler" (paper Table 1's FCIS analogue: fixed one-hot
+    # attentions, region (i, j) of the M x M grid takes base i*M + j; needs K = M*M, nearest top)
+    merge: str = "blender"
     sampling_ratio: int = 1
     aligned: bool = True
 
@@ -203,6 +206,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.blender.normalize": ("softmax", "sigmoid"),
     "model.basis.module": ("protonet", "deeplabv3plus"),
     "model.blender.bottom_interp": ("bilinear", "nearest"),
+    "model.blender.merge": ("blender", "assembler"),
 }
 
 

@@ -180,3 +180,22 @@ def test_nearest_bottom_sampling_export_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bottom_interp='nearest' is not supported.*bottom_interp='bilinear'"):
         export_onnx(cfg, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_assembler_model_exports_and_matches_eager(tmp_path, images):
+    """merge='assembler' (no top layer, constant one-hot attentions) exports; onnxruntime matches eager."""
+    cfg = small_lite_config()
+    cfg.model.blender.merge = "assembler"
+    cfg.model.basis.num_bases = 16
+    cfg.model.blender.attn_size = 4
+    cfg.model.blender.top_interp = "nearest"
+    cfg.model.blender.bottom_resolution = 28
+    model = small_lite_model(cfg)
+    assert model.top_layer is None
+    path = export_onnx(model, tmp_path / "assembler.onnx")
+    names = ["shapes", "noise"]
+    got = OnnxPredictor(path)([images[n] for n in names])
+    expected = eager_single(model, [images[n] for n in names])
+    for g, e in zip(got, expected):
+        assert e["boxes"].shape[0] > 0
+        assert_same_detections(g, e)

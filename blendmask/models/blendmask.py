@@ -95,6 +95,25 @@ def postprocess_detections(
     return result
 
 
+#: Merge strategies of the top and bottom modules (paper Table 1): ``"blender"`` learns the
+#: attentions (the top layer); ``"assembler"`` (FCIS-like) fixes them to one-hot.
+MERGE_MODES = ("blender", "assembler")
+
+#: The assembler's logit for the bases a region does not take: ``exp(-1e4)`` is 0 in float32 (and
+#: ``-1e4`` fits in float16), so the softmax over K is exactly one-hot.
+_ASSEMBLER_OFF_LOGIT = -1e4
+
+
+def assembler_attention_logits(num_bases: int, attn_size: int) -> Tensor:
+    """The assembler's fixed attention logits ``(K, M, M)`` float32, ``K = M*M``: region ``(i, j)``
+    of the ``M x M`` grid has logit 0 for base ``i*M + j`` and :data:`_ASSEMBLER_OFF_LOGIT` for the
+    others, so its softmax over K is exactly one-hot (FCIS's position-sensitive assembly)."""
+    if num_bases != attn_size * attn_size:
+        raise ValueError(f"assembler needs num_bases == attn_size**2, got {num_bases} and {attn_size}")
+    one_hot = torch.eye(num_bases).reshape(num_bases, attn_size, attn_size)  # [k, i, j] = (k == i*M + j)
+    return (1.0 - one_hot) * _ASSEMBLER_OFF_LOGIT
+
+
 #: Probabilities are clamped into [eps, 1 - eps] before the log of the BCE (float32: log(1e-6) = -13.8).
 _PROBABILITY_EPS = 1e-6
 
@@ -162,6 +181,11 @@ class BlendMask(nn.Module):
             probability is that sum divided by K, so ``[0, 1]`` for any K and exactly the
             paper's for K = 1). K = 1 needs ``"sigmoid"``: a softmax over one basis is 1.
         bottom_interp: ``"bilinear"`` (RoIAlign) or ``"nearest"`` (RoIPool-style) bases crop.
+        merge: ``"blender"`` (attentions from the learned top layer) or ``"assembler"`` (the
+            paper's FCIS analogue, Table 1: no top layer; the attentions are the constant buffer
+            ``assembler_logits (K, M, M)`` of :func:`assembler_attention_logits`, so region
+            ``(i, j)`` of the nearest-upsampled ``M x M`` grid is the crop of base ``i*M + j``;
+            needs ``K = M*M``, ``top_interp="nearest"`` and ``normalize="softmax"``).
         sampling_ratio, aligned: RoIAlign parameters of the bases crop.
         return_internals: initial value of the ``return_internals`` attribute.
         mask_format: initial value of the ``mask_format`` attribute (:data:`MASK_FORMATS`).
@@ -183,6 +207,7 @@ class BlendMask(nn.Module):
         top_interp: str = "bilinear",
         normalize: str = "softmax",
         bottom_interp: str = "bilinear",
+        merge: str = "blender",
         sampling_ratio: int = 1,
         aligned: bool = True,
         return_internals: bool = False,
@@ -195,6 +220,15 @@ class BlendMask(nn.Module):
             raise ValueError(f"normalize must be 'softmax' or 'sigmoid', got {normalize!r}")
         if bottom_interp not in ("bilinear", "nearest"):
             raise ValueError(f"bottom_interp must be 'bilinear' or 'nearest', got {bottom_interp!r}")
+        if merge not in MERGE_MODES:
+            raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
+        if merge == "assembler" and (num_bases != attn_size * attn_size or top_interp != "nearest"
+                                     or normalize != "softmax"):
+            raise ValueError(
+                "model.blender.merge='assembler' needs model.basis.num_bases == model.blender.attn_size**2, "
+                "model.blender.top_interp='nearest' and model.blender.normalize='softmax', got num_bases="
+                f"{num_bases}, attn_size={attn_size}, top_interp={top_interp!r}, normalize={normalize!r}"
+            )
         if num_bases == 1 and normalize == "softmax":
             raise ValueError(
                 "num_bases=1 with normalize='softmax': a softmax over one basis is the constant 1, so the "
@@ -220,9 +254,14 @@ class BlendMask(nn.Module):
         self.aligned = aligned
         self.return_internals = return_internals
         self.mask_format = mask_format
-        self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
-        nn.init.normal_(self.top_layer.weight, std=0.01)
-        nn.init.constant_(self.top_layer.bias, 0.0)
+        self.merge = merge
+        self.top_layer: Optional[nn.Conv2d] = None
+        if merge == "assembler":  # a constant of the config, not a weight: kept out of the state dict
+            self.register_buffer("assembler_logits", assembler_attention_logits(num_bases, attn_size), persistent=False)
+        else:
+            self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
+            nn.init.normal_(self.top_layer.weight, std=0.01)
+            nn.init.constant_(self.top_layer.bias, 0.0)
 
     def train(self, mode: bool = True) -> "BlendMask":
         """As ``nn.Module.train``; refused on a model folded for inference
@@ -231,6 +270,11 @@ class BlendMask(nn.Module):
             raise RuntimeError("this BlendMask was folded for inference (blendmask.models.optimize_for_inference): "
                                "its batch norms are folded into the convolutions; train the original model")
         return super().train(mode)
+
+    def _fixed_attentions(self, n: int) -> Tensor:
+        """The assembler's attention logits for ``n`` masks: ``(n, K*M*M)``, every row the
+        constant :func:`assembler_attention_logits`."""
+        return self.assembler_logits.reshape(1, -1).expand(n, -1)
 
     def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
         """``(D, R, R)`` blended masks from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``:
@@ -272,19 +316,21 @@ class BlendMask(nn.Module):
         detections = self.detect(batch.tensors, batch.image_sizes)
         return self._postprocess(detections, batch.image_sizes, original_sizes)
 
-    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs, List[Tensor]]:
+    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs, Optional[List[Tensor]]]:
         """Backbone, FCOS head and top layer of a normalised padded batch ``(N, 3, Hp, Wp)``:
         the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
-        attention logits."""
+        attention logits (None for the assembler, which has no top layer)."""
         features = self.backbone(images)
         head, top_feats = self._head_and_top([features[f] for f in self.fcos_in_features])
         return features, head, top_feats
 
-    def _head_and_top(self, levels: List[Tensor]) -> Tuple[FCOSHeadOutputs, List[Tensor]]:
+    def _head_and_top(self, levels: List[Tensor]) -> Tuple[FCOSHeadOutputs, Optional[List[Tensor]]]:
         """FCOS head and top layer of the FPN maps FCOS runs on (one ``(N, D, Hl, Wl)`` per level):
-        the head outputs and per level the ``(N, K*M*M, Hl, Wl)`` attention logits (the unit
-        :func:`blendmask.models.optimize_for_inference` compiles with the backbone)."""
+        the head outputs and per level the ``(N, K*M*M, Hl, Wl)`` attention logits, None for the
+        assembler (the unit :func:`blendmask.models.optimize_for_inference` compiles with the backbone)."""
         head = self.proposal_generator(levels)
+        if self.top_layer is None:
+            return head, None
         return head, [self.top_layer(t) for t in head.bbox_towers]
 
     def detect(
@@ -339,6 +385,9 @@ class BlendMask(nn.Module):
             torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
             for i, d in enumerate(detections)
         ])
+        if top_feats is None:  # the assembler: the same fixed attentions for every detection
+            for d in detections:
+                d["extras"] = self._fixed_attentions(d["boxes"].shape[0])
         attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
         mask_probs = self.mask_probabilities(self.blend_masks(bases, attns, rois, blender=blender).float())  # (D, R, R) float32
         per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
@@ -365,7 +414,7 @@ class BlendMask(nn.Module):
         return losses
 
     def _mask_loss(self, bases: Tensor, positives: FCOSPositives, gt_boxes: List[Tensor], gt_masks: List[Tensor]) -> Tensor:
-        attns = positives.extras
+        attns = positives.extras if positives.extras is not None else self._fixed_attentions(positives.gt_inds.numel())
         if positives.gt_inds.numel() == 0:
             return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
         boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)

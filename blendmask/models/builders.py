@@ -117,6 +117,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
         top_interp=m.blender.top_interp,
         normalize=m.blender.normalize,
         bottom_interp=m.blender.bottom_interp,
+        merge=m.blender.merge,
         sampling_ratio=m.blender.sampling_ratio,
         aligned=m.blender.aligned,
     )
