@@ -73,16 +73,11 @@ def timed_stages(model: torch.nn.Module, image: torch.Tensor) -> Dict[str, float
     with torch.no_grad():
         batch, _ = clock("preprocess", lambda: model.transform([image]))
         features = clock("backbone", lambda: model.backbone(batch.tensors))
-        head, top = clock("head", lambda: _head(model, features))
+        head, top = clock("head", lambda: model._head_and_top([features[f] for f in model.fcos_in_features]))
         dets = clock("detect", lambda: model._detect_from_heads(features, head, top, batch.image_sizes))
         clock("postprocess", lambda: model._postprocess(dets, batch.image_sizes, [tuple(image.shape[-2:])]))
     times["total"] = sum(times[s] for s in STAGES)
     return times
-
-
-def _head(model, features):
-    head = model.proposal_generator([features[f] for f in model.fcos_in_features])
-    return head, [model.top_layer(t) for t in head.bbox_towers]
 
 
 def variants(model: torch.nn.Module, names: List[str]) -> Dict[str, torch.nn.Module]:
