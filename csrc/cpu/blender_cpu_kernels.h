@@ -38,12 +38,69 @@ using math::AxisTaps;
 using math::LinearTaps;
 using math::RoiGeometry;
 
+/// Adds pairs of values into ``row[index]`` and ``row[index + 1]`` (the two taps of a linear
+/// interpolation), summing runs of equal consecutive indices in registers first.
+/// Interpolation taps are monotonic, so upsampling hits one index several times in a row;
+/// adding each value to memory would chain every add on the previous store. A tap pair
+/// clamped onto one cell passes its whole value as ``lo`` (see pair_taps); ``row[index + 1]``
+/// is written only inside the row of ``width`` cells.
+template <typename acc_t>
+struct PairRunAccumulator {
+  acc_t* row;
+  int width;
+  int index = -1;
+  acc_t lo = acc_t(0);
+  acc_t hi = acc_t(0);
+
+  PairRunAccumulator(acc_t* row_, int width_) : row(row_), width(width_) {}
+
+  void add(int i, acc_t value_lo, acc_t value_hi) {
+    if (i != index) {
+      flush();
+      index = i;
+    }
+    lo += value_lo;
+    hi += value_hi;
+  }
+
+  void flush() {
+    if (index >= 0) {
+      row[index] += lo;
+      if (index + 1 < width) row[index + 1] += hi;
+    }
+    index = -1;
+    lo = hi = acc_t(0);
+  }
+};
+
+/// Interpolation taps (lo, hi, w_lo, w_hi) with hi == lo + 1, or hi == lo (clamped at the
+/// border, nearest sampling, an invalid sample) as PairRunAccumulator takes them: the index
+/// and the two weights, a clamped pair's weights summed onto the low tap.
+template <typename acc_t>
+struct PairTaps {
+  std::vector<int> index;
+  std::vector<acc_t> w_lo, w_hi;
+
+  void assign(const std::vector<int>& lo, const std::vector<int>& hi, const std::vector<acc_t>& wl,
+              const std::vector<acc_t>& wh) {
+    index = lo;
+    w_lo.resize(lo.size());
+    w_hi.resize(lo.size());
+    for (size_t i = 0; i < lo.size(); ++i) {
+      const bool clamped = hi[i] == lo[i];
+      w_lo[i] = clamped ? wl[i] + wh[i] : wl[i];
+      w_hi[i] = clamped ? acc_t(0) : wh[i];
+    }
+  }
+};
+
 /// The upsample taps of the attentions; the same for every roi.
 template <typename acc_t>
 struct AttentionPlan {
   TopInterp mode;
   std::vector<LinearTaps<acc_t>> rows;  // bilinear, per output row
   std::vector<LinearTaps<acc_t>> cols;  // bilinear, per output column
+  PairTaps<acc_t> col_taps;             // bilinear: cols for the backward's PairRunAccumulator
   std::vector<int> nearest_rows;        // nearest, per output row
   std::vector<int> nearest_cols;        // nearest, per output column
 
@@ -55,6 +112,15 @@ struct AttentionPlan {
         rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
         cols[p] = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
       }
+      std::vector<int> i0(n.out), i1(n.out);
+      std::vector<acc_t> w0(n.out), w1(n.out);
+      for (int p = 0; p < n.out; ++p) {
+        i0[p] = cols[p].i0;
+        i1[p] = cols[p].i1;
+        w0[p] = cols[p].w0;
+        w1[p] = cols[p].w1;
+      }
+      col_taps.assign(i0, i1, w0, w1);
     } else {
       nearest_rows.resize(n.out);
       nearest_cols.resize(n.out);
@@ -98,6 +164,42 @@ void add_blended_rows(
   for (int pw = 0; pw < r; ++pw) dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw];
 }
 
+/// dst[pw] = (w_lo * src_lo[pw] + w_hi * src_hi[pw]) * scale over R pixels.
+template <typename acc_t>
+void blend_rows_scaled(
+    const acc_t* __restrict src_lo, const acc_t* __restrict src_hi, acc_t w_lo, acc_t w_hi, acc_t scale,
+    acc_t* __restrict dst, int r) {
+  for (int pw = 0; pw < r; ++pw) dst[pw] = (w_lo * src_lo[pw] + w_hi * src_hi[pw]) * scale;
+}
+
+/// The running max over K of the upsampled attentions: max[pw] = a[pw] for the first k,
+/// max(max[pw], a[pw]) after.
+template <typename acc_t>
+void update_max(const acc_t* __restrict a, acc_t* __restrict max, bool first, int r) {
+  if (first) {
+    std::copy(a, a + r, max);
+  } else {
+    for (int pw = 0; pw < r; ++pw) max[pw] = std::max(max[pw], a[pw]);
+  }
+}
+
+/// a[pw] = top[pw] * w0 + bottom[pw] * w1 over R pixels (the height pass of the bilinear
+/// attention upsample), with update_max in the same loop.
+template <typename acc_t>
+void upsample_row_and_max(
+    const acc_t* __restrict top, const acc_t* __restrict bottom, acc_t w0, acc_t w1, acc_t* __restrict a,
+    acc_t* __restrict max, bool first, int r) {
+  if (first) {
+    for (int pw = 0; pw < r; ++pw) max[pw] = a[pw] = top[pw] * w0 + bottom[pw] * w1;
+  } else {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = top[pw] * w0 + bottom[pw] * w1;
+      a[pw] = v;
+      max[pw] = std::max(max[pw], v);
+    }
+  }
+}
+
 /// dst[pw] += row[lo[pw]] * w_lo[pw] + row[hi[pw]] * w_hi[pw] over R pixels (a gather).
 template <typename scalar_t, typename acc_t>
 void add_gathered_row(
@@ -118,6 +220,27 @@ void blend_grads_row(
     const math::BlendGrads<acc_t> bg = math::blend_grads(g[pw], e[pw] * inv_sum[pw], crop[pw], out[pw]);
     grad_crop[pw] = bg.crop * crop_scale;
     grad_attn[pw] = bg.attention;
+  }
+}
+
+/// The whole per-pixel backward of one k over R pixels in "softmax" mode, for a row whose
+/// crop has one y sample and whose attentions are bilinear (AdelaiDet's setting): the grads
+/// of blend_grads_row go straight into the two lines of the y sample and the two width-pass
+/// rows of the attention taps, without a row buffer in between. The four destinations are
+/// distinct (the caller points an unused one at a scratch row with weight 0).
+template <typename acc_t>
+void blend_grads_scatter_row(
+    const acc_t* __restrict g, const acc_t* __restrict e, const acc_t* __restrict inv_sum, const acc_t* __restrict crop,
+    const acc_t* __restrict out, acc_t crop_scale, acc_t y_w_lo, acc_t y_w_hi, acc_t* __restrict line_lo,
+    acc_t* __restrict line_hi, acc_t a_w0, acc_t a_w1, acc_t* __restrict attn_top, acc_t* __restrict attn_bottom,
+    int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    const math::BlendGrads<acc_t> bg = math::blend_grads(g[pw], e[pw] * inv_sum[pw], crop[pw], out[pw]);
+    const acc_t gc = bg.crop * crop_scale;
+    line_lo[pw] += gc * y_w_lo;
+    line_hi[pw] += gc * y_w_hi;
+    attn_top[pw] += bg.attention * a_w0;
+    attn_bottom[pw] += bg.attention * a_w1;
   }
 }
 
@@ -142,32 +265,6 @@ void scatter_rows(const acc_t* __restrict g, acc_t w_lo, acc_t w_hi, acc_t* __re
     dst_hi[pw] += g[pw] * w_hi;
   }
 }
-
-/// Adds values into ``row[index]``, summing runs of equal consecutive indices in a register
-/// first. Interpolation taps are monotonic, so upsampling hits one index several times in a
-/// row; adding each value to memory would chain every add on the previous store.
-template <typename acc_t>
-struct RunAccumulator {
-  acc_t* row;
-  int index = -1;
-  acc_t sum = acc_t(0);
-
-  explicit RunAccumulator(acc_t* row_) : row(row_) {}
-
-  void add(int i, acc_t value) {
-    if (i != index) {
-      flush();
-      index = i;
-    }
-    sum += value;
-  }
-
-  void flush() {
-    if (index >= 0) row[index] += sum;
-    index = -1;
-    sum = acc_t(0);
-  }
-};
 
 /// Per-thread state for one roi at a time: its crop taps and the row buffers.
 template <typename scalar_t, typename acc_t>
@@ -300,22 +397,28 @@ struct RoiWorkspace {
         const LinearTaps<acc_t>& ty = plan.rows[ph];
         const acc_t* top = width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
         const acc_t* bottom = width_pass.data() + (k * n.attn_h + ty.i1) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) arow[pw] = top[pw] * ty.w0 + bottom[pw] * ty.w1;
+        upsample_row_and_max(top, bottom, ty.w0, ty.w1, arow, max_row.data(), k == 0, n.out);
       } else {
         const scalar_t* src = attn + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
         for (int pw = 0; pw < n.out; ++pw) arow[pw] = static_cast<acc_t>(src[plan.nearest_cols[pw]]);
+        update_max(arow, max_row.data(), k == 0, n.out);
       }
 
       acc_t* crow = crop_row.data() + k * n.out;
-      std::fill(crow, crow + n.out, acc_t(0));
       const acc_t* hk = horizontal.data() + k * num_slots() * n.out;
+      const acc_t inv_count = acc_t(1) / geo.count;
+      if (gh == 1 && y_taps[ph].valid) {
+        const AxisTaps<acc_t>& y = y_taps[ph];
+        blend_rows_scaled(hk + y_slot_lo[ph] * n.out, hk + y_slot_hi[ph] * n.out, y.w_lo, y.w_hi, inv_count, crow, n.out);
+        continue;
+      }
+      std::fill(crow, crow + n.out, acc_t(0));
       for (int iy = 0; iy < gh; ++iy) {
         const int i = ph * gh + iy;
         const AxisTaps<acc_t>& y = y_taps[i];
         if (!y.valid) continue;
         add_blended_rows(hk + y_slot_lo[i] * n.out, hk + y_slot_hi[i] * n.out, y.w_lo, y.w_hi, crow, n.out);
       }
-      const acc_t inv_count = acc_t(1) / geo.count;
       for (int pw = 0; pw < n.out; ++pw) crow[pw] *= inv_count;
     }
   }
@@ -334,12 +437,7 @@ struct RoiWorkspace {
       }
       return;
     }
-    acc_t* mx = max_row.data();
-    std::copy(attn_row.begin(), attn_row.begin() + r, mx);
-    for (int64_t k = 1; k < n.channels; ++k) {
-      const acc_t* a = attn_row.data() + k * r;
-      for (int pw = 0; pw < r; ++pw) mx[pw] = std::max(mx[pw], a[pw]);
-    }
+    const acc_t* mx = max_row.data();  // from compute_row
     acc_t* sum = inv_sum_row.data();
     acc_t* acc = out_row.data();
     std::fill(sum, sum + r, acc_t(0));
@@ -444,8 +542,7 @@ struct RoiLineGrads {
   int grid_w = 0;
   std::vector<int> slot_rows;         // (slots): the base row of each line
   std::vector<acc_t> lines;           // (K, slots, R)
-  std::vector<int> x_lo, x_hi;        // (grid_w * R)
-  std::vector<acc_t> x_w_lo, x_w_hi;  // (grid_w * R)
+  PairTaps<acc_t> x_taps;             // (grid_w * R)
 };
 
 /// The end of the backward group of rois that starts at ``begin``: rois are added while
@@ -521,6 +618,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
       std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
       std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
       std::vector<acc_t> g_row(n.out);
+      std::vector<acc_t> scratch(3 * static_cast<size_t>(n.out));  // sink rows of blend_grads_scatter_row
       for (int64_t local = chunk_bounds[chunk_begin]; local < chunk_bounds[chunk_end]; ++local) {
         const int64_t d = g0 + local;
         RoiLineGrads<acc_t>& out = group[local];
@@ -530,6 +628,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         ws.load_crops(bases_p);
         const int gh = std::max(ws.geo.grid_h, 0);
         const int slots = ws.num_slots();
+        const bool fused_rows = !n.sigmoid && mode == TopInterp::Bilinear && gh == 1;
         std::vector<acc_t>& grad_horizontal = out.lines;  // (K, slots, R): transpose of ws.horizontal
         grad_horizontal.assign(static_cast<size_t>(n.channels) * slots * n.out, acc_t(0));
         std::fill(grad_attn.begin(), grad_attn.end(), acc_t(0));
@@ -541,6 +640,29 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
           const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
           for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
           const acc_t inv_count = acc_t(1) / ws.geo.count;
+          if (fused_rows) {
+            // one y sample, bilinear attentions: blend_grads_scatter_row; an invalid sample
+            // or a clamped tap pair sends its share to the scratch row with weight 0
+            const AxisTaps<acc_t>& y = ws.y_taps[ph];
+            const LinearTaps<acc_t>& ty = plan.rows[ph];
+            const bool y_pair = y.valid && ws.y_slot_lo[ph] != ws.y_slot_hi[ph];
+            const bool a_pair = ty.i0 != ty.i1;
+            const acc_t y_w_lo = y.valid ? (y_pair ? y.w_lo : y.w_lo + y.w_hi) : acc_t(0);
+            const acc_t y_w_hi = y_pair ? y.w_hi : acc_t(0);
+            const acc_t a_w0 = a_pair ? ty.w0 : ty.w0 + ty.w1;
+            const acc_t a_w1 = a_pair ? ty.w1 : acc_t(0);
+            for (int64_t k = 0; k < n.channels; ++k) {
+              acc_t* ghk = grad_horizontal.data() + k * slots * n.out;
+              acc_t* line_lo = y.valid ? ghk + ws.y_slot_lo[ph] * n.out : scratch.data();
+              acc_t* line_hi = y_pair ? ghk + ws.y_slot_hi[ph] * n.out : scratch.data() + n.out;
+              acc_t* top = grad_width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
+              acc_t* bottom = a_pair ? grad_width_pass.data() + (k * n.attn_h + ty.i1) * n.out : scratch.data() + 2 * n.out;
+              blend_grads_scatter_row(
+                  g_row.data(), ws.exp_row.data() + k * n.out, ws.inv_sum_row.data(), ws.crop_row.data() + k * n.out,
+                  ws.out_row.data(), inv_count, y_w_lo, y_w_hi, line_lo, line_hi, a_w0, a_w1, top, bottom, n.out);
+            }
+            continue;
+          }
           for (int64_t k = 0; k < n.channels; ++k) {
             const acc_t* e = ws.exp_row.data() + k * n.out;
             const acc_t* c = ws.crop_row.data() + k * n.out;
@@ -590,22 +712,16 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         out.image = ws.image;
         out.grid_w = std::max(ws.geo.grid_w, 0);
         out.slot_rows = ws.slot_rows;
-        out.x_lo = ws.x_lo;
-        out.x_hi = ws.x_hi;
-        out.x_w_lo = ws.x_w_lo;
-        out.x_w_hi = ws.x_w_hi;
+        out.x_taps.assign(ws.x_lo, ws.x_hi, ws.x_w_lo, ws.x_w_hi);
         if (mode == TopInterp::Bilinear) {
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
             acc_t* dst = grad_attn.data() + km * n.attn_w;
-            RunAccumulator<acc_t> to_0(dst), to_1(dst);
+            PairRunAccumulator<acc_t> to_row(dst, n.attn_w);
             for (int pw = 0; pw < n.out; ++pw) {
-              const LinearTaps<acc_t>& t = plan.cols[pw];
-              to_0.add(t.i0, src[pw] * t.w0);
-              to_1.add(t.i1, src[pw] * t.w1);
+              to_row.add(plan.col_taps.index[pw], src[pw] * plan.col_taps.w_lo[pw], src[pw] * plan.col_taps.w_hi[pw]);
             }
-            to_0.flush();
-            to_1.flush();
+            to_row.flush();
           }
         }
         scalar_t* grad_attn_out = grad_attns_p + d * attn_size;
@@ -644,17 +760,12 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
             const acc_t* src = roi.lines.data() + (k * slots + slot) * n.out;
             for (int ix = 0; ix < roi.grid_w; ++ix) {
               const int64_t t = static_cast<int64_t>(ix) * n.out;
-              const int* lo = roi.x_lo.data() + t;
-              const int* hi = roi.x_hi.data() + t;
-              const acc_t* w_lo = roi.x_w_lo.data() + t;
-              const acc_t* w_hi = roi.x_w_hi.data() + t;
-              RunAccumulator<acc_t> to_lo(row), to_hi(row);
-              for (int pw = 0; pw < n.out; ++pw) {
-                to_lo.add(lo[pw], src[pw] * w_lo[pw]);
-                to_hi.add(hi[pw], src[pw] * w_hi[pw]);
-              }
-              to_lo.flush();
-              to_hi.flush();
+              const int* index = roi.x_taps.index.data() + t;
+              const acc_t* w_lo = roi.x_taps.w_lo.data() + t;
+              const acc_t* w_hi = roi.x_taps.w_hi.data() + t;
+              PairRunAccumulator<acc_t> to_row(row, n.width);
+              for (int pw = 0; pw < n.out; ++pw) to_row.add(index[pw], src[pw] * w_lo[pw], src[pw] * w_hi[pw]);
+              to_row.flush();
             }
           }
         }
