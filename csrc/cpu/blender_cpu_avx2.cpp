@@ -11,6 +11,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../blender.h"
 #include "../blender_math.h"
 #include "blender_cpu_isa.h"
@@ -24,7 +28,9 @@
 #endif
 
 #define BLENDMASK_CPU_ISA avx2
+#define BLENDMASK_CPU_PAIR_LOADS 1
 #include "blender_cpu_kernels.h"
+#undef BLENDMASK_CPU_PAIR_LOADS
 #undef BLENDMASK_CPU_ISA
 
 #if defined(__clang__)

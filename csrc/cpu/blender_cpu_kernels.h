@@ -200,13 +200,37 @@ void upsample_row_and_max(
   }
 }
 
-/// dst[pw] += row[lo[pw]] * w_lo[pw] + row[hi[pw]] * w_hi[pw] over R pixels (a gather).
+/// dst[pw] = row[lo[pw]] * w_lo[pw] + row[lo[pw] + step] * w_hi[pw] over R pixels, or
+/// dst[pw] += that with ``accumulate``: one base row interpolated at the x taps of a roi
+/// (RoiWorkspace's pair form; ``step`` is 1 unless the map is one cell wide). The AVX2 copy
+/// loads each tap pair as one 64-bit load, half the loads of a gather of both taps.
 template <typename scalar_t, typename acc_t>
-void add_gathered_row(
-    const scalar_t* __restrict row, const int* __restrict lo, const int* __restrict hi, const acc_t* __restrict w_lo,
-    const acc_t* __restrict w_hi, acc_t* __restrict dst, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    dst[pw] += static_cast<acc_t>(row[lo[pw]]) * w_lo[pw] + static_cast<acc_t>(row[hi[pw]]) * w_hi[pw];
+void gather_pairs(
+    const scalar_t* __restrict row, const int* __restrict lo, int step, const acc_t* __restrict w_lo,
+    const acc_t* __restrict w_hi, bool accumulate, acc_t* __restrict dst, int r) {
+  int pw = 0;
+#if defined(BLENDMASK_CPU_PAIR_LOADS)
+  if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value) {
+    if (step == 1) {
+      auto pair = [&](int i) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(row + lo[i]))); };
+      auto pairs = [&](int i) {  // (row[lo[i]], row[lo[i] + 1], row[lo[i + 1]], row[lo[i + 1] + 1])
+        return _mm_loadh_pi(pair(i), reinterpret_cast<const __m64*>(row + lo[i + 1]));
+      };
+      for (; pw + 8 <= r; pw += 8) {
+        const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(pw)), pairs(pw + 4), 1);
+        const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(pw + 2)), pairs(pw + 6), 1);
+        const __m256 left = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));   // row[lo[pw..pw+8)]
+        const __m256 right = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));  // row[lo[pw..pw+8) + 1]
+        __m256 v = _mm256_fmadd_ps(left, _mm256_loadu_ps(w_lo + pw), _mm256_mul_ps(right, _mm256_loadu_ps(w_hi + pw)));
+        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(dst + pw), v);
+        _mm256_storeu_ps(dst + pw, v);
+      }
+    }
+  }
+#endif
+  for (; pw < r; ++pw) {
+    const acc_t v = static_cast<acc_t>(row[lo[pw]]) * w_lo[pw] + static_cast<acc_t>(row[lo[pw] + step]) * w_hi[pw];
+    dst[pw] = accumulate ? dst[pw] + v : v;
   }
 }
 
@@ -273,9 +297,11 @@ struct RoiWorkspace {
   RoiGeometry<acc_t> geo{};
   int64_t image = 0;
   std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
-  // x taps as arrays (grid_w, R), sample-major; an invalid sample has index 0 and weights 0
-  std::vector<int> x_lo, x_hi;          // (grid_w * R)
+  // x taps as arrays (grid_w, R), sample-major, in pair form: cells x_lo and x_lo + x_step
+  // (x_step is 1 unless the map is one cell wide); an invalid sample has weights 0
+  std::vector<int> x_lo;                // (grid_w * R)
   std::vector<acc_t> x_w_lo, x_w_hi;    // (grid_w * R)
+  int x_step = 1;
   std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
   std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
   std::vector<acc_t> crop_row;          // (K, R): crops of the current row
@@ -314,7 +340,7 @@ struct RoiWorkspace {
     const int gw = std::max(geo.grid_w, 0);
     y_taps.resize(static_cast<size_t>(n.out) * gh);
     x_lo.resize(static_cast<size_t>(n.out) * gw);
-    x_hi.resize(x_lo.size());
+    x_step = n.width > 1 ? 1 : 0;
     x_w_lo.resize(x_lo.size());
     x_w_hi.resize(x_lo.size());
     for (int ph = row_begin; ph < row_end; ++ph) {
@@ -328,10 +354,23 @@ struct RoiWorkspace {
         const AxisTaps<acc_t> x =
             math::sample_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width, n.bottom_nearest);
         const int i = ix * n.out + pw;
-        x_lo[i] = x.lo;  // axis_taps gives 0, 0 and zero weights to an invalid sample
-        x_hi[i] = x.hi;
-        x_w_lo[i] = x.valid ? x.w_lo : acc_t(0);
-        x_w_hi[i] = x.valid ? x.w_hi : acc_t(0);
+        // pair form: the taps are x_lo and x_lo + 1 whenever the map is 2 cells wide or
+        // more. A sample on one cell (clamped at the right border, nearest sampling, or
+        // invalid: 0, 0 and zero weights) puts its whole weight on that cell.
+        int lo = x.lo;
+        acc_t w_lo = x.valid ? x.w_lo : acc_t(0);
+        acc_t w_hi = x.valid ? x.w_hi : acc_t(0);
+        if (x.hi == x.lo) {
+          w_lo += w_hi;
+          w_hi = acc_t(0);
+          if (lo + 1 >= n.width && lo > 0) {
+            --lo;
+            std::swap(w_lo, w_hi);
+          }
+        }
+        x_lo[i] = lo;
+        x_w_lo[i] = w_lo;
+        x_w_hi[i] = w_hi;
       }
     }
     for (int row : slot_rows) row_slot[row] = -1;
@@ -361,15 +400,16 @@ struct RoiWorkspace {
   void load_crops(const scalar_t* bases) {
     const int gw = std::max(geo.grid_w, 0);
     const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
-    horizontal.assign(static_cast<size_t>(n.channels) * num_slots() * n.out, acc_t(0));
+    horizontal.resize(static_cast<size_t>(n.channels) * num_slots() * n.out);
     for (int64_t k = 0; k < n.channels; ++k) {
       const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
       for (int slot = 0; slot < num_slots(); ++slot) {
         const scalar_t* row = plane + static_cast<int64_t>(slot_rows[slot]) * n.width;
         acc_t* dst = horizontal.data() + (k * num_slots() + slot) * n.out;
+        if (gw == 0) std::fill(dst, dst + n.out, acc_t(0));
         for (int ix = 0; ix < gw; ++ix) {
           const int64_t t = static_cast<int64_t>(ix) * n.out;
-          add_gathered_row(row, x_lo.data() + t, x_hi.data() + t, x_w_lo.data() + t, x_w_hi.data() + t, dst, n.out);
+          gather_pairs(row, x_lo.data() + t, x_step, x_w_lo.data() + t, x_w_hi.data() + t, ix > 0, dst, n.out);
         }
       }
     }
@@ -542,7 +582,8 @@ struct RoiLineGrads {
   int grid_w = 0;
   std::vector<int> slot_rows;         // (slots): the base row of each line
   std::vector<acc_t> lines;           // (K, slots, R)
-  PairTaps<acc_t> x_taps;             // (grid_w * R)
+  std::vector<int> x_lo;              // (grid_w * R): RoiWorkspace's pair-form x taps
+  std::vector<acc_t> x_w_lo, x_w_hi;  // (grid_w * R)
 };
 
 /// The end of the backward group of rois that starts at ``begin``: rois are added while
@@ -712,7 +753,9 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         out.image = ws.image;
         out.grid_w = std::max(ws.geo.grid_w, 0);
         out.slot_rows = ws.slot_rows;
-        out.x_taps.assign(ws.x_lo, ws.x_hi, ws.x_w_lo, ws.x_w_hi);
+        out.x_lo = ws.x_lo;
+        out.x_w_lo = ws.x_w_lo;
+        out.x_w_hi = ws.x_w_hi;
         if (mode == TopInterp::Bilinear) {
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
@@ -760,9 +803,9 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
             const acc_t* src = roi.lines.data() + (k * slots + slot) * n.out;
             for (int ix = 0; ix < roi.grid_w; ++ix) {
               const int64_t t = static_cast<int64_t>(ix) * n.out;
-              const int* index = roi.x_taps.index.data() + t;
-              const acc_t* w_lo = roi.x_taps.w_lo.data() + t;
-              const acc_t* w_hi = roi.x_taps.w_hi.data() + t;
+              const int* index = roi.x_lo.data() + t;
+              const acc_t* w_lo = roi.x_w_lo.data() + t;
+              const acc_t* w_hi = roi.x_w_hi.data() + t;
               PairRunAccumulator<acc_t> to_row(row, n.width);
               for (int pw = 0; pw < n.out; ++pw) to_row.add(index[pw], src[pw] * w_lo[pw], src[pw] * w_hi[pw]);
               to_row.flush();
