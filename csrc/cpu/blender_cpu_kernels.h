@@ -27,6 +27,14 @@
 #error "define BLENDMASK_CPU_ISA before including blender_cpu_kernels.h"
 #endif
 
+#ifndef BLENDMASK_PREFETCH
+#if defined(__GNUC__) || defined(__clang__)
+#define BLENDMASK_PREFETCH(address) __builtin_prefetch(address)
+#else
+#define BLENDMASK_PREFETCH(address) ((void)(address))
+#endif
+#endif
+
 namespace blendmask {
 namespace cpu {
 
@@ -73,24 +81,38 @@ struct PairRunAccumulator {
   }
 };
 
-/// Interpolation taps (lo, hi, w_lo, w_hi) with hi == lo + 1, or hi == lo (clamped at the
-/// border, nearest sampling, an invalid sample) as PairRunAccumulator takes them: the index
-/// and the two weights, a clamped pair's weights summed onto the low tap.
+/// Linear-interpolation taps along one axis of ``length`` cells, in pair form: tap i reads
+/// cells index[i] and index[i] + step with weights w_lo[i] and w_hi[i]; step is 1 unless the
+/// axis is one cell long, so both cells always lie on the axis. A tap on one cell (clamped at
+/// the border, nearest sampling, or invalid with weights 0) puts its whole weight on it: at
+/// the last cell as the high one of the pair (index = length - 2), else as the low one.
+/// gather_pairs reads and PairRunAccumulator writes taps of this form.
 template <typename acc_t>
 struct PairTaps {
   std::vector<int> index;
   std::vector<acc_t> w_lo, w_hi;
+  int step = 1;
 
-  void assign(const std::vector<int>& lo, const std::vector<int>& hi, const std::vector<acc_t>& wl,
-              const std::vector<acc_t>& wh) {
-    index = lo;
-    w_lo.resize(lo.size());
-    w_hi.resize(lo.size());
-    for (size_t i = 0; i < lo.size(); ++i) {
-      const bool clamped = hi[i] == lo[i];
-      w_lo[i] = clamped ? wl[i] + wh[i] : wl[i];
-      w_hi[i] = clamped ? acc_t(0) : wh[i];
+  void resize(size_t count, int length) {
+    index.resize(count);
+    w_lo.resize(count);
+    w_hi.resize(count);
+    step = length > 1 ? 1 : 0;
+  }
+
+  /// Tap i from cells lo <= hi <= lo + 1 with weights wl and wh.
+  void set(size_t i, int lo, int hi, acc_t wl, acc_t wh, int length) {
+    if (hi == lo) {
+      wl += wh;
+      wh = acc_t(0);
+      if (lo + 1 >= length && lo > 0) {
+        --lo;
+        std::swap(wl, wh);
+      }
     }
+    index[i] = lo;
+    w_lo[i] = wl;
+    w_hi[i] = wh;
   }
 };
 
@@ -99,28 +121,19 @@ template <typename acc_t>
 struct AttentionPlan {
   TopInterp mode;
   std::vector<LinearTaps<acc_t>> rows;  // bilinear, per output row
-  std::vector<LinearTaps<acc_t>> cols;  // bilinear, per output column
-  PairTaps<acc_t> col_taps;             // bilinear: cols for the backward's PairRunAccumulator
+  PairTaps<acc_t> col_taps;             // bilinear, per output column
   std::vector<int> nearest_rows;        // nearest, per output row
   std::vector<int> nearest_cols;        // nearest, per output column
 
   AttentionPlan(TopInterp mode_, const Dims& n) : mode(mode_) {
     if (mode == TopInterp::Bilinear) {
       rows.resize(n.out);
-      cols.resize(n.out);
+      for (int p = 0; p < n.out; ++p) rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
+      col_taps.resize(n.out, n.attn_w);
       for (int p = 0; p < n.out; ++p) {
-        rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
-        cols[p] = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
+        const LinearTaps<acc_t> t = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
+        col_taps.set(p, t.i0, t.i1, t.w0, t.w1, n.attn_w);
       }
-      std::vector<int> i0(n.out), i1(n.out);
-      std::vector<acc_t> w0(n.out), w1(n.out);
-      for (int p = 0; p < n.out; ++p) {
-        i0[p] = cols[p].i0;
-        i1[p] = cols[p].i1;
-        w0[p] = cols[p].w0;
-        w1[p] = cols[p].w1;
-      }
-      col_taps.assign(i0, i1, w0, w1);
     } else {
       nearest_rows.resize(n.out);
       nearest_cols.resize(n.out);
@@ -200,14 +213,18 @@ void upsample_row_and_max(
   }
 }
 
-/// dst[pw] = row[lo[pw]] * w_lo[pw] + row[lo[pw] + step] * w_hi[pw] over R pixels, or
-/// dst[pw] += that with ``accumulate``: one base row interpolated at the x taps of a roi
-/// (RoiWorkspace's pair form; ``step`` is 1 unless the map is one cell wide). The AVX2 copy
-/// loads each tap pair as one 64-bit load, half the loads of a gather of both taps.
+/// dst[pw] = row[lo] * w_lo + row[lo + step] * w_hi over R pixels, with the pair taps
+/// [offset, offset + R) of ``taps``, or dst[pw] += that with ``accumulate``: one row (of the
+/// bases, or of an attention) interpolated along x. The AVX2 copy loads each tap pair as one
+/// 64-bit load, half the loads of a gather of both taps.
 template <typename scalar_t, typename acc_t>
 void gather_pairs(
-    const scalar_t* __restrict row, const int* __restrict lo, int step, const acc_t* __restrict w_lo,
-    const acc_t* __restrict w_hi, bool accumulate, acc_t* __restrict dst, int r) {
+    const scalar_t* __restrict row, const PairTaps<acc_t>& taps, int64_t offset, bool accumulate, acc_t* __restrict dst,
+    int r) {
+  const int* __restrict lo = taps.index.data() + offset;
+  const acc_t* __restrict w_lo = taps.w_lo.data() + offset;
+  const acc_t* __restrict w_hi = taps.w_hi.data() + offset;
+  const int step = taps.step;
   int pw = 0;
 #if defined(BLENDMASK_CPU_PAIR_LOADS)
   if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value) {
@@ -297,11 +314,7 @@ struct RoiWorkspace {
   RoiGeometry<acc_t> geo{};
   int64_t image = 0;
   std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
-  // x taps as arrays (grid_w, R), sample-major, in pair form: cells x_lo and x_lo + x_step
-  // (x_step is 1 unless the map is one cell wide); an invalid sample has weights 0
-  std::vector<int> x_lo;                // (grid_w * R)
-  std::vector<acc_t> x_w_lo, x_w_hi;    // (grid_w * R)
-  int x_step = 1;
+  PairTaps<acc_t> x_taps;               // (grid_w * R), sample-major; an invalid sample has weights 0
   std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
   std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
   std::vector<acc_t> crop_row;          // (K, R): crops of the current row
@@ -339,10 +352,7 @@ struct RoiWorkspace {
     const int gh = std::max(geo.grid_h, 0);
     const int gw = std::max(geo.grid_w, 0);
     y_taps.resize(static_cast<size_t>(n.out) * gh);
-    x_lo.resize(static_cast<size_t>(n.out) * gw);
-    x_step = n.width > 1 ? 1 : 0;
-    x_w_lo.resize(x_lo.size());
-    x_w_hi.resize(x_lo.size());
+    x_taps.resize(static_cast<size_t>(n.out) * gw, n.width);
     for (int ph = row_begin; ph < row_end; ++ph) {
       for (int iy = 0; iy < gh; ++iy) {
         y_taps[ph * gh + iy] = math::sample_taps(
@@ -353,24 +363,8 @@ struct RoiWorkspace {
       for (int ix = 0; ix < gw; ++ix) {
         const AxisTaps<acc_t> x =
             math::sample_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width, n.bottom_nearest);
-        const int i = ix * n.out + pw;
-        // pair form: the taps are x_lo and x_lo + 1 whenever the map is 2 cells wide or
-        // more. A sample on one cell (clamped at the right border, nearest sampling, or
-        // invalid: 0, 0 and zero weights) puts its whole weight on that cell.
-        int lo = x.lo;
-        acc_t w_lo = x.valid ? x.w_lo : acc_t(0);
-        acc_t w_hi = x.valid ? x.w_hi : acc_t(0);
-        if (x.hi == x.lo) {
-          w_lo += w_hi;
-          w_hi = acc_t(0);
-          if (lo + 1 >= n.width && lo > 0) {
-            --lo;
-            std::swap(w_lo, w_hi);
-          }
-        }
-        x_lo[i] = lo;
-        x_w_lo[i] = w_lo;
-        x_w_hi[i] = w_hi;
+        // axis_taps gives 0, 0 and zero weights to an invalid sample
+        x_taps.set(ix * n.out + pw, x.lo, x.hi, x.valid ? x.w_lo : acc_t(0), x.valid ? x.w_hi : acc_t(0), n.width);
       }
     }
     for (int row : slot_rows) row_slot[row] = -1;
@@ -401,15 +395,27 @@ struct RoiWorkspace {
     const int gw = std::max(geo.grid_w, 0);
     const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
     horizontal.resize(static_cast<size_t>(n.channels) * num_slots() * n.out);
+    // the cells the x taps read in a row, prefetched a few rows ahead: each row is a new
+    // cache line or two, and the loads of one row cannot start before their indices
+    const std::vector<int>& x_index = x_taps.index;
+    const int first_cell = gw > 0 ? *std::min_element(x_index.begin(), x_index.end()) : 0;
+    const int last_cell = gw > 0 ? *std::max_element(x_index.begin(), x_index.end()) + x_taps.step : 0;
+    constexpr int kPrefetchRows = 4;
+    constexpr int kLineElements = 64 / sizeof(scalar_t);
     for (int64_t k = 0; k < n.channels; ++k) {
       const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
       for (int slot = 0; slot < num_slots(); ++slot) {
         const scalar_t* row = plane + static_cast<int64_t>(slot_rows[slot]) * n.width;
+        if (slot + kPrefetchRows < num_slots()) {
+          const scalar_t* ahead = plane + static_cast<int64_t>(slot_rows[slot + kPrefetchRows]) * n.width;
+          for (int c = first_cell; c <= last_cell; c += kLineElements) BLENDMASK_PREFETCH(ahead + c);
+          BLENDMASK_PREFETCH(ahead + last_cell);
+        }
         acc_t* dst = horizontal.data() + (k * num_slots() + slot) * n.out;
         if (gw == 0) std::fill(dst, dst + n.out, acc_t(0));
         for (int ix = 0; ix < gw; ++ix) {
           const int64_t t = static_cast<int64_t>(ix) * n.out;
-          gather_pairs(row, x_lo.data() + t, x_step, x_w_lo.data() + t, x_w_hi.data() + t, ix > 0, dst, n.out);
+          gather_pairs(row, x_taps, t, ix > 0, dst, n.out);
         }
       }
     }
@@ -419,12 +425,7 @@ struct RoiWorkspace {
   void load_attention(const scalar_t* attn, const AttentionPlan<acc_t>& plan) {
     if (plan.mode != TopInterp::Bilinear) return;
     for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
-      const scalar_t* src = attn + km * n.attn_w;
-      acc_t* dst = width_pass.data() + km * n.out;
-      for (int pw = 0; pw < n.out; ++pw) {
-        const LinearTaps<acc_t>& t = plan.cols[pw];
-        dst[pw] = static_cast<acc_t>(src[t.i0]) * t.w0 + static_cast<acc_t>(src[t.i1]) * t.w1;
-      }
+      gather_pairs(attn + km * n.attn_w, plan.col_taps, 0, false, width_pass.data() + km * n.out, n.out);
     }
   }
 
@@ -582,8 +583,7 @@ struct RoiLineGrads {
   int grid_w = 0;
   std::vector<int> slot_rows;         // (slots): the base row of each line
   std::vector<acc_t> lines;           // (K, slots, R)
-  std::vector<int> x_lo;              // (grid_w * R): RoiWorkspace's pair-form x taps
-  std::vector<acc_t> x_w_lo, x_w_hi;  // (grid_w * R)
+  PairTaps<acc_t> x_taps;             // (grid_w * R): RoiWorkspace::x_taps
 };
 
 /// The end of the backward group of rois that starts at ``begin``: rois are added while
@@ -753,9 +753,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         out.image = ws.image;
         out.grid_w = std::max(ws.geo.grid_w, 0);
         out.slot_rows = ws.slot_rows;
-        out.x_lo = ws.x_lo;
-        out.x_w_lo = ws.x_w_lo;
-        out.x_w_hi = ws.x_w_hi;
+        out.x_taps = ws.x_taps;
         if (mode == TopInterp::Bilinear) {
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
@@ -803,9 +801,9 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
             const acc_t* src = roi.lines.data() + (k * slots + slot) * n.out;
             for (int ix = 0; ix < roi.grid_w; ++ix) {
               const int64_t t = static_cast<int64_t>(ix) * n.out;
-              const int* index = roi.x_lo.data() + t;
-              const acc_t* w_lo = roi.x_w_lo.data() + t;
-              const acc_t* w_hi = roi.x_w_hi.data() + t;
+              const int* index = roi.x_taps.index.data() + t;
+              const acc_t* w_lo = roi.x_taps.w_lo.data() + t;
+              const acc_t* w_hi = roi.x_taps.w_hi.data() + t;
               PairRunAccumulator<acc_t> to_row(row, n.width);
               for (int pw = 0; pw < n.out; ++pw) to_row.add(index[pw], src[pw] * w_lo[pw], src[pw] * w_hi[pw]);
               to_row.flush();
