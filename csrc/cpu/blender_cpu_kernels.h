@@ -147,15 +147,25 @@ struct AttentionPlan {
 
 /// One k of the row-wise softmax blend: e = exp(a - max), sum += e, acc += e * crop
 /// (math::SoftmaxBlend::push for R pixels at once; restrict pointers let it vectorise).
-template <typename acc_t>
+/// The first k sets sum and acc; e is stored with ``keep_weights`` only (the backward).
+template <bool keep_weights, typename acc_t>
 void softmax_blend_accumulate(
     const acc_t* __restrict a, const acc_t* __restrict max, const acc_t* __restrict crop, acc_t* __restrict e,
-    acc_t* __restrict sum, acc_t* __restrict acc, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    const acc_t v = math::exp_of(a[pw] - max[pw]);
-    e[pw] = v;
-    sum[pw] += v;
-    acc[pw] += v * crop[pw];
+    acc_t* __restrict sum, acc_t* __restrict acc, bool first, int r) {
+  if (first) {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = math::exp_of(a[pw] - max[pw]);
+      if constexpr (keep_weights) e[pw] = v;
+      sum[pw] = v;
+      acc[pw] = v * crop[pw];
+    }
+  } else {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = math::exp_of(a[pw] - max[pw]);
+      if constexpr (keep_weights) e[pw] = v;
+      sum[pw] += v;
+      acc[pw] += v * crop[pw];
+    }
   }
 }
 
@@ -468,7 +478,8 @@ struct RoiWorkspace {
   /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
   /// innermost so that it vectorises (exp included, see math::exp_vectorizable). In
   /// "sigmoid" mode: exp_row holds sigmoid(a[k]) and out_row sum_k sigmoid(a[k]) sigmoid(r[k]).
-  void blend_row() {
+  /// exp_row is written with ``keep_weights`` only (the backward needs it, the forward not).
+  void blend_row(bool keep_weights) {
     const int r = n.out;
     if (n.sigmoid) {
       acc_t* acc = out_row.data();
@@ -481,11 +492,14 @@ struct RoiWorkspace {
     const acc_t* mx = max_row.data();  // from compute_row
     acc_t* sum = inv_sum_row.data();
     acc_t* acc = out_row.data();
-    std::fill(sum, sum + r, acc_t(0));
-    std::fill(acc, acc + r, acc_t(0));
     for (int64_t k = 0; k < n.channels; ++k) {
-      softmax_blend_accumulate(
-          attn_row.data() + k * r, mx, crop_row.data() + k * r, exp_row.data() + k * r, sum, acc, r);
+      const acc_t* a = attn_row.data() + k * r;
+      const acc_t* crop = crop_row.data() + k * r;
+      if (keep_weights) {
+        softmax_blend_accumulate<true>(a, mx, crop, exp_row.data() + k * r, sum, acc, k == 0, r);
+      } else {
+        softmax_blend_accumulate<false>(a, mx, crop, exp_row.data() + k * r, sum, acc, k == 0, r);
+      }
     }
     for (int pw = 0; pw < r; ++pw) {
       sum[pw] = acc_t(1) / sum[pw];
@@ -532,7 +546,7 @@ void blend_forward_kernel(const BlendCall& call, at::Tensor& output) {
       ws.load_crops(bases_p);
       for (int ph = row_begin; ph < row_end; ++ph) {
         ws.compute_row(attn, plan, ph);
-        ws.blend_row();
+        ws.blend_row(false);
         scalar_t* out_row = out_p + (d * n.out + ph) * n.out;
         for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.out_row[pw]);
       }
@@ -677,7 +691,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
 
         for (int ph = 0; ph < n.out; ++ph) {
           ws.compute_row(attn, plan, ph);
-          ws.blend_row();
+          ws.blend_row(true);
           const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
           for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
           const acc_t inv_count = acc_t(1) / ws.geo.count;
