@@ -49,9 +49,10 @@ using math::RoiGeometry;
 /// Adds pairs of values into ``row[index]`` and ``row[index + 1]`` (the two taps of a linear
 /// interpolation), summing runs of equal consecutive indices in registers first.
 /// Interpolation taps are monotonic, so upsampling hits one index several times in a row;
-/// adding each value to memory would chain every add on the previous store. A tap pair
-/// clamped onto one cell passes its whole value as ``lo`` (see pair_taps); ``row[index + 1]``
-/// is written only inside the row of ``width`` cells.
+/// adding each value to memory would chain every add on the previous store. When the index
+/// steps by one, the pending sum of the high cell carries on as the next low one, so every
+/// cell is written once per line. Taps are in PairTaps form; ``row[index + 1]`` is written
+/// only inside the row of ``width`` cells.
 template <typename acc_t>
 struct PairRunAccumulator {
   acc_t* row;
@@ -64,7 +65,13 @@ struct PairRunAccumulator {
 
   void add(int i, acc_t value_lo, acc_t value_hi) {
     if (i != index) {
-      flush();
+      if (index >= 0 && i == index + 1) {  // the next cell: its pending high sum goes on as the low one
+        row[index] += lo;
+        lo = hi;
+        hi = acc_t(0);
+      } else {
+        flush();
+      }
       index = i;
     }
     lo += value_lo;
