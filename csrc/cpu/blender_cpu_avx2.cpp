@@ -11,13 +11,13 @@
 #include <algorithm>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "../blender.h"
 #include "../blender_math.h"
 #include "blender_cpu_isa.h"
+
+#if BLENDMASK_CPU_HAS_AVX2
+#include <immintrin.h>
+#endif
 
 #if BLENDMASK_CPU_HAS_AVX2
 #if defined(__clang__)
@@ -28,7 +28,7 @@
 #endif
 
 #define BLENDMASK_CPU_ISA avx2
-#define BLENDMASK_CPU_PAIR_LOADS 1
+#define BLENDMASK_CPU_PAIR_LOADS 1  // gather_pairs' 64-bit pair loads (SSE/AVX intrinsics)
 #include "blender_cpu_kernels.h"
 #undef BLENDMASK_CPU_PAIR_LOADS
 #undef BLENDMASK_CPU_ISA

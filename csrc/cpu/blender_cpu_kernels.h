@@ -16,6 +16,13 @@
 // per-pixel blend (blend_row, the per-pixel grads), "nearest" only the taps (math::sample_taps
 // gives both taps of a sample its nearest cell, weights 1 and 0).
 //
+// Along x, taps are kept in pair form (PairTaps: cells i and i + 1, weights summed onto one
+// cell where a sample has one), so a row is read with one 64-bit load per sample in the AVX2
+// copy (gather_pairs) and written back with one run accumulator (PairRunAccumulator). In
+// AdelaiDet's setting (softmax, one y sample per bin, bilinear attentions) the backward
+// sends each pixel's grads straight into the lines and attention rows it came from
+// (blend_grads_scatter_row); other settings go through K x R row buffers.
+//
 // The backward recomputes the forward row by row. Its gradient w.r.t. attns belongs to one
 // roi, so the thread owning the roi writes it. Its gradient w.r.t. bases is a scatter that
 // rois can share. It runs in two passes per group of rois: the rois in parallel, each
@@ -446,7 +453,8 @@ struct RoiWorkspace {
     }
   }
 
-  /// Fills attn_row and crop_row (K, R) for output row ``ph`` (after load_roi, load_attention, load_crops).
+  /// Fills attn_row and crop_row (K, R) and max_row (R, the max over K of attn_row) for output
+  /// row ``ph`` (after load_roi, load_attention, load_crops).
   void compute_row(const scalar_t* attn, const AttentionPlan<acc_t>& plan, int ph) {
     const int gh = std::max(geo.grid_h, 0);
     for (int64_t k = 0; k < n.channels; ++k) {
