@@ -31,7 +31,8 @@ namespace math {
 /// e^r (Cephes expf coefficients, about 1 ulp) and 2^n built in the exponent bits. Inputs
 /// below -87.3 (e^x < 1.2e-38) are clamped there; the softmax only feeds it x <= 0.
 BLENDMASK_HOST_DEVICE float exp_vectorizable(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  x = x > 88.3f ? 88.3f : x;  // two selects of x itself: minps / maxps, NaN passes through
+  x = x < -87.3f ? -87.3f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (x * 1.44269504088896341f + shifter) - shifter;
   const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;

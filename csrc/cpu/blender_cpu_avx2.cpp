@@ -16,6 +16,10 @@
 #include "blender_cpu_isa.h"
 
 #if BLENDMASK_CPU_HAS_AVX2
+#include <immintrin.h>
+#endif
+
+#if BLENDMASK_CPU_HAS_AVX2
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
@@ -24,7 +28,9 @@
 #endif
 
 #define BLENDMASK_CPU_ISA avx2
+#define BLENDMASK_CPU_PAIR_LOADS 1  // gather_pairs' 64-bit pair loads (SSE/AVX intrinsics)
 #include "blender_cpu_kernels.h"
+#undef BLENDMASK_CPU_PAIR_LOADS
 #undef BLENDMASK_CPU_ISA
 
 #if defined(__clang__)

@@ -16,6 +16,13 @@
 // per-pixel blend (blend_row, the per-pixel grads), "nearest" only the taps (math::sample_taps
 // gives both taps of a sample its nearest cell, weights 1 and 0).
 //
+// Along x, taps are kept in pair form (PairTaps: cells i and i + 1, weights summed onto one
+// cell where a sample has one), so a row is read with one 64-bit load per sample in the AVX2
+// copy (gather_pairs) and written back with one run accumulator (PairRunAccumulator). In
+// AdelaiDet's setting (softmax, one y sample per bin, bilinear attentions) the backward
+// sends each pixel's grads straight into the lines and attention rows it came from
+// (blend_grads_scatter_row); other settings go through K x R row buffers.
+//
 // The backward recomputes the forward row by row. Its gradient w.r.t. attns belongs to one
 // roi, so the thread owning the roi writes it. Its gradient w.r.t. bases is a scatter that
 // rois can share. It runs in two passes per group of rois: the rois in parallel, each
@@ -25,6 +32,14 @@
 // count, so the result is bit-for-bit the same at any number of threads.
 #ifndef BLENDMASK_CPU_ISA
 #error "define BLENDMASK_CPU_ISA before including blender_cpu_kernels.h"
+#endif
+
+#ifndef BLENDMASK_PREFETCH
+#if defined(__GNUC__) || defined(__clang__)
+#define BLENDMASK_PREFETCH(address) __builtin_prefetch(address)
+#else
+#define BLENDMASK_PREFETCH(address) ((void)(address))
+#endif
 #endif
 
 namespace blendmask {
@@ -38,22 +53,100 @@ using math::AxisTaps;
 using math::LinearTaps;
 using math::RoiGeometry;
 
+/// Adds pairs of values into ``row[index]`` and ``row[index + 1]`` (the two taps of a linear
+/// interpolation), summing runs of equal consecutive indices in registers first.
+/// Interpolation taps are monotonic, so upsampling hits one index several times in a row;
+/// adding each value to memory would chain every add on the previous store. When the index
+/// steps by one, the pending sum of the high cell carries on as the next low one, so every
+/// cell is written once per line. Taps are in PairTaps form; ``row[index + 1]`` is written
+/// only inside the row of ``width`` cells.
+template <typename acc_t>
+struct PairRunAccumulator {
+  acc_t* row;
+  int width;
+  int index = -1;
+  acc_t lo = acc_t(0);
+  acc_t hi = acc_t(0);
+
+  PairRunAccumulator(acc_t* row_, int width_) : row(row_), width(width_) {}
+
+  void add(int i, acc_t value_lo, acc_t value_hi) {
+    if (i != index) {
+      if (index >= 0 && i == index + 1) {  // the next cell: its pending high sum goes on as the low one
+        row[index] += lo;
+        lo = hi;
+        hi = acc_t(0);
+      } else {
+        flush();
+      }
+      index = i;
+    }
+    lo += value_lo;
+    hi += value_hi;
+  }
+
+  void flush() {
+    if (index >= 0) {
+      row[index] += lo;
+      if (index + 1 < width) row[index + 1] += hi;
+    }
+    index = -1;
+    lo = hi = acc_t(0);
+  }
+};
+
+/// Linear-interpolation taps along one axis of ``length`` cells, in pair form: tap i reads
+/// cells index[i] and index[i] + step with weights w_lo[i] and w_hi[i]; step is 1 unless the
+/// axis is one cell long, so both cells always lie on the axis. A tap on one cell (clamped at
+/// the border, nearest sampling, or invalid with weights 0) puts its whole weight on it: at
+/// the last cell as the high one of the pair (index = length - 2), else as the low one.
+/// gather_pairs reads and PairRunAccumulator writes taps of this form.
+template <typename acc_t>
+struct PairTaps {
+  std::vector<int> index;
+  std::vector<acc_t> w_lo, w_hi;
+  int step = 1;
+
+  void resize(size_t count, int length) {
+    index.resize(count);
+    w_lo.resize(count);
+    w_hi.resize(count);
+    step = length > 1 ? 1 : 0;
+  }
+
+  /// Tap i from cells lo <= hi <= lo + 1 with weights wl and wh.
+  void set(size_t i, int lo, int hi, acc_t wl, acc_t wh, int length) {
+    if (hi == lo) {
+      wl += wh;
+      wh = acc_t(0);
+      if (lo + 1 >= length && lo > 0) {
+        --lo;
+        std::swap(wl, wh);
+      }
+    }
+    index[i] = lo;
+    w_lo[i] = wl;
+    w_hi[i] = wh;
+  }
+};
+
 /// The upsample taps of the attentions; the same for every roi.
 template <typename acc_t>
 struct AttentionPlan {
   TopInterp mode;
   std::vector<LinearTaps<acc_t>> rows;  // bilinear, per output row
-  std::vector<LinearTaps<acc_t>> cols;  // bilinear, per output column
+  PairTaps<acc_t> col_taps;             // bilinear, per output column
   std::vector<int> nearest_rows;        // nearest, per output row
   std::vector<int> nearest_cols;        // nearest, per output column
 
   AttentionPlan(TopInterp mode_, const Dims& n) : mode(mode_) {
     if (mode == TopInterp::Bilinear) {
       rows.resize(n.out);
-      cols.resize(n.out);
+      for (int p = 0; p < n.out; ++p) rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
+      col_taps.resize(n.out, n.attn_w);
       for (int p = 0; p < n.out; ++p) {
-        rows[p] = math::upsample_linear_taps<acc_t>(p, n.attn_h, n.out);
-        cols[p] = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
+        const LinearTaps<acc_t> t = math::upsample_linear_taps<acc_t>(p, n.attn_w, n.out);
+        col_taps.set(p, t.i0, t.i1, t.w0, t.w1, n.attn_w);
       }
     } else {
       nearest_rows.resize(n.out);
@@ -68,15 +161,25 @@ struct AttentionPlan {
 
 /// One k of the row-wise softmax blend: e = exp(a - max), sum += e, acc += e * crop
 /// (math::SoftmaxBlend::push for R pixels at once; restrict pointers let it vectorise).
-template <typename acc_t>
+/// The first k sets sum and acc; e is stored with ``keep_weights`` only (the backward).
+template <bool keep_weights, typename acc_t>
 void softmax_blend_accumulate(
     const acc_t* __restrict a, const acc_t* __restrict max, const acc_t* __restrict crop, acc_t* __restrict e,
-    acc_t* __restrict sum, acc_t* __restrict acc, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    const acc_t v = math::exp_of(a[pw] - max[pw]);
-    e[pw] = v;
-    sum[pw] += v;
-    acc[pw] += v * crop[pw];
+    acc_t* __restrict sum, acc_t* __restrict acc, bool first, int r) {
+  if (first) {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = math::exp_of(a[pw] - max[pw]);
+      if constexpr (keep_weights) e[pw] = v;
+      sum[pw] = v;
+      acc[pw] = v * crop[pw];
+    }
+  } else {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = math::exp_of(a[pw] - max[pw]);
+      if constexpr (keep_weights) e[pw] = v;
+      sum[pw] += v;
+      acc[pw] += v * crop[pw];
+    }
   }
 }
 
@@ -98,13 +201,77 @@ void add_blended_rows(
   for (int pw = 0; pw < r; ++pw) dst[pw] += w_lo * src_lo[pw] + w_hi * src_hi[pw];
 }
 
-/// dst[pw] += row[lo[pw]] * w_lo[pw] + row[hi[pw]] * w_hi[pw] over R pixels (a gather).
+/// dst[pw] = (w_lo * src_lo[pw] + w_hi * src_hi[pw]) * scale over R pixels.
+template <typename acc_t>
+void blend_rows_scaled(
+    const acc_t* __restrict src_lo, const acc_t* __restrict src_hi, acc_t w_lo, acc_t w_hi, acc_t scale,
+    acc_t* __restrict dst, int r) {
+  for (int pw = 0; pw < r; ++pw) dst[pw] = (w_lo * src_lo[pw] + w_hi * src_hi[pw]) * scale;
+}
+
+/// The running max over K of the upsampled attentions: max[pw] = a[pw] for the first k,
+/// max(max[pw], a[pw]) after.
+template <typename acc_t>
+void update_max(const acc_t* __restrict a, acc_t* __restrict max, bool first, int r) {
+  if (first) {
+    std::copy(a, a + r, max);
+  } else {
+    for (int pw = 0; pw < r; ++pw) max[pw] = std::max(max[pw], a[pw]);
+  }
+}
+
+/// a[pw] = top[pw] * w0 + bottom[pw] * w1 over R pixels (the height pass of the bilinear
+/// attention upsample), with update_max in the same loop.
+template <typename acc_t>
+void upsample_row_and_max(
+    const acc_t* __restrict top, const acc_t* __restrict bottom, acc_t w0, acc_t w1, acc_t* __restrict a,
+    acc_t* __restrict max, bool first, int r) {
+  if (first) {
+    for (int pw = 0; pw < r; ++pw) max[pw] = a[pw] = top[pw] * w0 + bottom[pw] * w1;
+  } else {
+    for (int pw = 0; pw < r; ++pw) {
+      const acc_t v = top[pw] * w0 + bottom[pw] * w1;
+      a[pw] = v;
+      max[pw] = std::max(max[pw], v);
+    }
+  }
+}
+
+/// dst[pw] = row[lo] * w_lo + row[lo + step] * w_hi over R pixels, with the pair taps
+/// [offset, offset + R) of ``taps``, or dst[pw] += that with ``accumulate``: one row (of the
+/// bases, or of an attention) interpolated along x. The AVX2 copy loads each tap pair as one
+/// 64-bit load, half the loads of a gather of both taps.
 template <typename scalar_t, typename acc_t>
-void add_gathered_row(
-    const scalar_t* __restrict row, const int* __restrict lo, const int* __restrict hi, const acc_t* __restrict w_lo,
-    const acc_t* __restrict w_hi, acc_t* __restrict dst, int r) {
-  for (int pw = 0; pw < r; ++pw) {
-    dst[pw] += static_cast<acc_t>(row[lo[pw]]) * w_lo[pw] + static_cast<acc_t>(row[hi[pw]]) * w_hi[pw];
+void gather_pairs(
+    const scalar_t* __restrict row, const PairTaps<acc_t>& taps, int64_t offset, bool accumulate, acc_t* __restrict dst,
+    int r) {
+  const int* __restrict lo = taps.index.data() + offset;
+  const acc_t* __restrict w_lo = taps.w_lo.data() + offset;
+  const acc_t* __restrict w_hi = taps.w_hi.data() + offset;
+  const int step = taps.step;
+  int pw = 0;
+#if defined(BLENDMASK_CPU_PAIR_LOADS)
+  if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value) {
+    if (step == 1) {
+      auto pair = [&](int i) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(row + lo[i]))); };
+      auto pairs = [&](int i) {  // (row[lo[i]], row[lo[i] + 1], row[lo[i + 1]], row[lo[i + 1] + 1])
+        return _mm_loadh_pi(pair(i), reinterpret_cast<const __m64*>(row + lo[i + 1]));
+      };
+      for (; pw + 8 <= r; pw += 8) {
+        const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(pw)), pairs(pw + 4), 1);
+        const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(pairs(pw + 2)), pairs(pw + 6), 1);
+        const __m256 left = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));   // row[lo[pw..pw+8)]
+        const __m256 right = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));  // row[lo[pw..pw+8) + 1]
+        __m256 v = _mm256_fmadd_ps(left, _mm256_loadu_ps(w_lo + pw), _mm256_mul_ps(right, _mm256_loadu_ps(w_hi + pw)));
+        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(dst + pw), v);
+        _mm256_storeu_ps(dst + pw, v);
+      }
+    }
+  }
+#endif
+  for (; pw < r; ++pw) {
+    const acc_t v = static_cast<acc_t>(row[lo[pw]]) * w_lo[pw] + static_cast<acc_t>(row[lo[pw] + step]) * w_hi[pw];
+    dst[pw] = accumulate ? dst[pw] + v : v;
   }
 }
 
@@ -118,6 +285,27 @@ void blend_grads_row(
     const math::BlendGrads<acc_t> bg = math::blend_grads(g[pw], e[pw] * inv_sum[pw], crop[pw], out[pw]);
     grad_crop[pw] = bg.crop * crop_scale;
     grad_attn[pw] = bg.attention;
+  }
+}
+
+/// The whole per-pixel backward of one k over R pixels in "softmax" mode, for a row whose
+/// crop has one y sample and whose attentions are bilinear (AdelaiDet's setting): the grads
+/// of blend_grads_row go straight into the two lines of the y sample and the two width-pass
+/// rows of the attention taps, without a row buffer in between. The four destinations are
+/// distinct (the caller points an unused one at a scratch row with weight 0).
+template <typename acc_t>
+void blend_grads_scatter_row(
+    const acc_t* __restrict g, const acc_t* __restrict e, const acc_t* __restrict inv_sum, const acc_t* __restrict crop,
+    const acc_t* __restrict out, acc_t crop_scale, acc_t y_w_lo, acc_t y_w_hi, acc_t* __restrict line_lo,
+    acc_t* __restrict line_hi, acc_t a_w0, acc_t a_w1, acc_t* __restrict attn_top, acc_t* __restrict attn_bottom,
+    int r) {
+  for (int pw = 0; pw < r; ++pw) {
+    const math::BlendGrads<acc_t> bg = math::blend_grads(g[pw], e[pw] * inv_sum[pw], crop[pw], out[pw]);
+    const acc_t gc = bg.crop * crop_scale;
+    line_lo[pw] += gc * y_w_lo;
+    line_hi[pw] += gc * y_w_hi;
+    attn_top[pw] += bg.attention * a_w0;
+    attn_bottom[pw] += bg.attention * a_w1;
   }
 }
 
@@ -143,32 +331,6 @@ void scatter_rows(const acc_t* __restrict g, acc_t w_lo, acc_t w_hi, acc_t* __re
   }
 }
 
-/// Adds values into ``row[index]``, summing runs of equal consecutive indices in a register
-/// first. Interpolation taps are monotonic, so upsampling hits one index several times in a
-/// row; adding each value to memory would chain every add on the previous store.
-template <typename acc_t>
-struct RunAccumulator {
-  acc_t* row;
-  int index = -1;
-  acc_t sum = acc_t(0);
-
-  explicit RunAccumulator(acc_t* row_) : row(row_) {}
-
-  void add(int i, acc_t value) {
-    if (i != index) {
-      flush();
-      index = i;
-    }
-    sum += value;
-  }
-
-  void flush() {
-    if (index >= 0) row[index] += sum;
-    index = -1;
-    sum = acc_t(0);
-  }
-};
-
 /// Per-thread state for one roi at a time: its crop taps and the row buffers.
 template <typename scalar_t, typename acc_t>
 struct RoiWorkspace {
@@ -176,9 +338,7 @@ struct RoiWorkspace {
   RoiGeometry<acc_t> geo{};
   int64_t image = 0;
   std::vector<AxisTaps<acc_t>> y_taps;  // (R * grid_h)
-  // x taps as arrays (grid_w, R), sample-major; an invalid sample has index 0 and weights 0
-  std::vector<int> x_lo, x_hi;          // (grid_w * R)
-  std::vector<acc_t> x_w_lo, x_w_hi;    // (grid_w * R)
+  PairTaps<acc_t> x_taps;               // (grid_w * R), sample-major; an invalid sample has weights 0
   std::vector<acc_t> width_pass;        // (K, Mh, R): attentions interpolated along x only
   std::vector<acc_t> attn_row;          // (K, R): upsampled attentions of the current row
   std::vector<acc_t> crop_row;          // (K, R): crops of the current row
@@ -216,10 +376,7 @@ struct RoiWorkspace {
     const int gh = std::max(geo.grid_h, 0);
     const int gw = std::max(geo.grid_w, 0);
     y_taps.resize(static_cast<size_t>(n.out) * gh);
-    x_lo.resize(static_cast<size_t>(n.out) * gw);
-    x_hi.resize(x_lo.size());
-    x_w_lo.resize(x_lo.size());
-    x_w_hi.resize(x_lo.size());
+    x_taps.resize(static_cast<size_t>(n.out) * gw, n.width);
     for (int ph = row_begin; ph < row_end; ++ph) {
       for (int iy = 0; iy < gh; ++iy) {
         y_taps[ph * gh + iy] = math::sample_taps(
@@ -230,11 +387,8 @@ struct RoiWorkspace {
       for (int ix = 0; ix < gw; ++ix) {
         const AxisTaps<acc_t> x =
             math::sample_taps(math::sample_coord(geo.start_w, geo.bin_w, pw, ix, geo.grid_w), n.width, n.bottom_nearest);
-        const int i = ix * n.out + pw;
-        x_lo[i] = x.lo;  // axis_taps gives 0, 0 and zero weights to an invalid sample
-        x_hi[i] = x.hi;
-        x_w_lo[i] = x.valid ? x.w_lo : acc_t(0);
-        x_w_hi[i] = x.valid ? x.w_hi : acc_t(0);
+        // axis_taps gives 0, 0 and zero weights to an invalid sample
+        x_taps.set(ix * n.out + pw, x.lo, x.hi, x.valid ? x.w_lo : acc_t(0), x.valid ? x.w_hi : acc_t(0), n.width);
       }
     }
     for (int row : slot_rows) row_slot[row] = -1;
@@ -264,15 +418,28 @@ struct RoiWorkspace {
   void load_crops(const scalar_t* bases) {
     const int gw = std::max(geo.grid_w, 0);
     const int64_t plane_size = static_cast<int64_t>(n.height) * n.width;
-    horizontal.assign(static_cast<size_t>(n.channels) * num_slots() * n.out, acc_t(0));
+    horizontal.resize(static_cast<size_t>(n.channels) * num_slots() * n.out);
+    // the cells the x taps read in a row, prefetched a few rows ahead: each row is a new
+    // cache line or two, and the loads of one row cannot start before their indices
+    const std::vector<int>& x_index = x_taps.index;
+    const int first_cell = gw > 0 ? *std::min_element(x_index.begin(), x_index.end()) : 0;
+    const int last_cell = gw > 0 ? *std::max_element(x_index.begin(), x_index.end()) + x_taps.step : 0;
+    constexpr int kPrefetchRows = 4;
+    constexpr int kLineElements = 64 / sizeof(scalar_t);
     for (int64_t k = 0; k < n.channels; ++k) {
       const scalar_t* plane = bases + (image * n.channels + k) * plane_size;
       for (int slot = 0; slot < num_slots(); ++slot) {
         const scalar_t* row = plane + static_cast<int64_t>(slot_rows[slot]) * n.width;
+        if (slot + kPrefetchRows < num_slots()) {
+          const scalar_t* ahead = plane + static_cast<int64_t>(slot_rows[slot + kPrefetchRows]) * n.width;
+          for (int c = first_cell; c <= last_cell; c += kLineElements) BLENDMASK_PREFETCH(ahead + c);
+          BLENDMASK_PREFETCH(ahead + last_cell);
+        }
         acc_t* dst = horizontal.data() + (k * num_slots() + slot) * n.out;
+        if (gw == 0) std::fill(dst, dst + n.out, acc_t(0));
         for (int ix = 0; ix < gw; ++ix) {
           const int64_t t = static_cast<int64_t>(ix) * n.out;
-          add_gathered_row(row, x_lo.data() + t, x_hi.data() + t, x_w_lo.data() + t, x_w_hi.data() + t, dst, n.out);
+          gather_pairs(row, x_taps, t, ix > 0, dst, n.out);
         }
       }
     }
@@ -282,16 +449,12 @@ struct RoiWorkspace {
   void load_attention(const scalar_t* attn, const AttentionPlan<acc_t>& plan) {
     if (plan.mode != TopInterp::Bilinear) return;
     for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
-      const scalar_t* src = attn + km * n.attn_w;
-      acc_t* dst = width_pass.data() + km * n.out;
-      for (int pw = 0; pw < n.out; ++pw) {
-        const LinearTaps<acc_t>& t = plan.cols[pw];
-        dst[pw] = static_cast<acc_t>(src[t.i0]) * t.w0 + static_cast<acc_t>(src[t.i1]) * t.w1;
-      }
+      gather_pairs(attn + km * n.attn_w, plan.col_taps, 0, false, width_pass.data() + km * n.out, n.out);
     }
   }
 
-  /// Fills attn_row and crop_row (K, R) for output row ``ph`` (after load_roi, load_attention, load_crops).
+  /// Fills attn_row and crop_row (K, R) and max_row (R, the max over K of attn_row) for output
+  /// row ``ph`` (after load_roi, load_attention, load_crops).
   void compute_row(const scalar_t* attn, const AttentionPlan<acc_t>& plan, int ph) {
     const int gh = std::max(geo.grid_h, 0);
     for (int64_t k = 0; k < n.channels; ++k) {
@@ -300,22 +463,28 @@ struct RoiWorkspace {
         const LinearTaps<acc_t>& ty = plan.rows[ph];
         const acc_t* top = width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
         const acc_t* bottom = width_pass.data() + (k * n.attn_h + ty.i1) * n.out;
-        for (int pw = 0; pw < n.out; ++pw) arow[pw] = top[pw] * ty.w0 + bottom[pw] * ty.w1;
+        upsample_row_and_max(top, bottom, ty.w0, ty.w1, arow, max_row.data(), k == 0, n.out);
       } else {
         const scalar_t* src = attn + (k * n.attn_h + plan.nearest_rows[ph]) * n.attn_w;
         for (int pw = 0; pw < n.out; ++pw) arow[pw] = static_cast<acc_t>(src[plan.nearest_cols[pw]]);
+        update_max(arow, max_row.data(), k == 0, n.out);
       }
 
       acc_t* crow = crop_row.data() + k * n.out;
-      std::fill(crow, crow + n.out, acc_t(0));
       const acc_t* hk = horizontal.data() + k * num_slots() * n.out;
+      const acc_t inv_count = acc_t(1) / geo.count;
+      if (gh == 1 && y_taps[ph].valid) {
+        const AxisTaps<acc_t>& y = y_taps[ph];
+        blend_rows_scaled(hk + y_slot_lo[ph] * n.out, hk + y_slot_hi[ph] * n.out, y.w_lo, y.w_hi, inv_count, crow, n.out);
+        continue;
+      }
+      std::fill(crow, crow + n.out, acc_t(0));
       for (int iy = 0; iy < gh; ++iy) {
         const int i = ph * gh + iy;
         const AxisTaps<acc_t>& y = y_taps[i];
         if (!y.valid) continue;
         add_blended_rows(hk + y_slot_lo[i] * n.out, hk + y_slot_hi[i] * n.out, y.w_lo, y.w_hi, crow, n.out);
       }
-      const acc_t inv_count = acc_t(1) / geo.count;
       for (int pw = 0; pw < n.out; ++pw) crow[pw] *= inv_count;
     }
   }
@@ -324,7 +493,8 @@ struct RoiWorkspace {
   /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
   /// innermost so that it vectorises (exp included, see math::exp_vectorizable). In
   /// "sigmoid" mode: exp_row holds sigmoid(a[k]) and out_row sum_k sigmoid(a[k]) sigmoid(r[k]).
-  void blend_row() {
+  /// exp_row is written with ``keep_weights`` only (the backward needs it, the forward not).
+  void blend_row(bool keep_weights) {
     const int r = n.out;
     if (n.sigmoid) {
       acc_t* acc = out_row.data();
@@ -334,19 +504,17 @@ struct RoiWorkspace {
       }
       return;
     }
-    acc_t* mx = max_row.data();
-    std::copy(attn_row.begin(), attn_row.begin() + r, mx);
-    for (int64_t k = 1; k < n.channels; ++k) {
-      const acc_t* a = attn_row.data() + k * r;
-      for (int pw = 0; pw < r; ++pw) mx[pw] = std::max(mx[pw], a[pw]);
-    }
+    const acc_t* mx = max_row.data();  // from compute_row
     acc_t* sum = inv_sum_row.data();
     acc_t* acc = out_row.data();
-    std::fill(sum, sum + r, acc_t(0));
-    std::fill(acc, acc + r, acc_t(0));
     for (int64_t k = 0; k < n.channels; ++k) {
-      softmax_blend_accumulate(
-          attn_row.data() + k * r, mx, crop_row.data() + k * r, exp_row.data() + k * r, sum, acc, r);
+      const acc_t* a = attn_row.data() + k * r;
+      const acc_t* crop = crop_row.data() + k * r;
+      if (keep_weights) {
+        softmax_blend_accumulate<true>(a, mx, crop, exp_row.data() + k * r, sum, acc, k == 0, r);
+      } else {
+        softmax_blend_accumulate<false>(a, mx, crop, exp_row.data() + k * r, sum, acc, k == 0, r);
+      }
     }
     for (int pw = 0; pw < r; ++pw) {
       sum[pw] = acc_t(1) / sum[pw];
@@ -393,7 +561,7 @@ void blend_forward_kernel(const BlendCall& call, at::Tensor& output) {
       ws.load_crops(bases_p);
       for (int ph = row_begin; ph < row_end; ++ph) {
         ws.compute_row(attn, plan, ph);
-        ws.blend_row();
+        ws.blend_row(false);
         scalar_t* out_row = out_p + (d * n.out + ph) * n.out;
         for (int pw = 0; pw < n.out; ++pw) out_row[pw] = static_cast<scalar_t>(ws.out_row[pw]);
       }
@@ -444,8 +612,7 @@ struct RoiLineGrads {
   int grid_w = 0;
   std::vector<int> slot_rows;         // (slots): the base row of each line
   std::vector<acc_t> lines;           // (K, slots, R)
-  std::vector<int> x_lo, x_hi;        // (grid_w * R)
-  std::vector<acc_t> x_w_lo, x_w_hi;  // (grid_w * R)
+  PairTaps<acc_t> x_taps;             // (grid_w * R): RoiWorkspace::x_taps
 };
 
 /// The end of the backward group of rois that starts at ``begin``: rois are added while
@@ -521,6 +688,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
       std::vector<acc_t> grad_width_pass(static_cast<size_t>(n.channels) * n.attn_h * n.out);
       std::vector<acc_t> grad_attn(static_cast<size_t>(attn_size));
       std::vector<acc_t> g_row(n.out);
+      std::vector<acc_t> scratch(3 * static_cast<size_t>(n.out));  // sink rows of blend_grads_scatter_row
       for (int64_t local = chunk_bounds[chunk_begin]; local < chunk_bounds[chunk_end]; ++local) {
         const int64_t d = g0 + local;
         RoiLineGrads<acc_t>& out = group[local];
@@ -530,6 +698,7 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         ws.load_crops(bases_p);
         const int gh = std::max(ws.geo.grid_h, 0);
         const int slots = ws.num_slots();
+        const bool fused_rows = !n.sigmoid && mode == TopInterp::Bilinear && gh == 1;
         std::vector<acc_t>& grad_horizontal = out.lines;  // (K, slots, R): transpose of ws.horizontal
         grad_horizontal.assign(static_cast<size_t>(n.channels) * slots * n.out, acc_t(0));
         std::fill(grad_attn.begin(), grad_attn.end(), acc_t(0));
@@ -537,10 +706,33 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
 
         for (int ph = 0; ph < n.out; ++ph) {
           ws.compute_row(attn, plan, ph);
-          ws.blend_row();
+          ws.blend_row(true);
           const scalar_t* grad_row = grad_p + (d * n.out + ph) * n.out;
           for (int pw = 0; pw < n.out; ++pw) g_row[pw] = static_cast<acc_t>(grad_row[pw]);
           const acc_t inv_count = acc_t(1) / ws.geo.count;
+          if (fused_rows) {
+            // one y sample, bilinear attentions: blend_grads_scatter_row; an invalid sample
+            // or a clamped tap pair sends its share to the scratch row with weight 0
+            const AxisTaps<acc_t>& y = ws.y_taps[ph];
+            const LinearTaps<acc_t>& ty = plan.rows[ph];
+            const bool y_pair = y.valid && ws.y_slot_lo[ph] != ws.y_slot_hi[ph];
+            const bool a_pair = ty.i0 != ty.i1;
+            const acc_t y_w_lo = y.valid ? (y_pair ? y.w_lo : y.w_lo + y.w_hi) : acc_t(0);
+            const acc_t y_w_hi = y_pair ? y.w_hi : acc_t(0);
+            const acc_t a_w0 = a_pair ? ty.w0 : ty.w0 + ty.w1;
+            const acc_t a_w1 = a_pair ? ty.w1 : acc_t(0);
+            for (int64_t k = 0; k < n.channels; ++k) {
+              acc_t* ghk = grad_horizontal.data() + k * slots * n.out;
+              acc_t* line_lo = y.valid ? ghk + ws.y_slot_lo[ph] * n.out : scratch.data();
+              acc_t* line_hi = y_pair ? ghk + ws.y_slot_hi[ph] * n.out : scratch.data() + n.out;
+              acc_t* top = grad_width_pass.data() + (k * n.attn_h + ty.i0) * n.out;
+              acc_t* bottom = a_pair ? grad_width_pass.data() + (k * n.attn_h + ty.i1) * n.out : scratch.data() + 2 * n.out;
+              blend_grads_scatter_row(
+                  g_row.data(), ws.exp_row.data() + k * n.out, ws.inv_sum_row.data(), ws.crop_row.data() + k * n.out,
+                  ws.out_row.data(), inv_count, y_w_lo, y_w_hi, line_lo, line_hi, a_w0, a_w1, top, bottom, n.out);
+            }
+            continue;
+          }
           for (int64_t k = 0; k < n.channels; ++k) {
             const acc_t* e = ws.exp_row.data() + k * n.out;
             const acc_t* c = ws.crop_row.data() + k * n.out;
@@ -590,22 +782,16 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
         out.image = ws.image;
         out.grid_w = std::max(ws.geo.grid_w, 0);
         out.slot_rows = ws.slot_rows;
-        out.x_lo = ws.x_lo;
-        out.x_hi = ws.x_hi;
-        out.x_w_lo = ws.x_w_lo;
-        out.x_w_hi = ws.x_w_hi;
+        out.x_taps = ws.x_taps;
         if (mode == TopInterp::Bilinear) {
           for (int64_t km = 0; km < n.channels * n.attn_h; ++km) {
             const acc_t* src = grad_width_pass.data() + km * n.out;
             acc_t* dst = grad_attn.data() + km * n.attn_w;
-            RunAccumulator<acc_t> to_0(dst), to_1(dst);
+            PairRunAccumulator<acc_t> to_row(dst, n.attn_w);
             for (int pw = 0; pw < n.out; ++pw) {
-              const LinearTaps<acc_t>& t = plan.cols[pw];
-              to_0.add(t.i0, src[pw] * t.w0);
-              to_1.add(t.i1, src[pw] * t.w1);
+              to_row.add(plan.col_taps.index[pw], src[pw] * plan.col_taps.w_lo[pw], src[pw] * plan.col_taps.w_hi[pw]);
             }
-            to_0.flush();
-            to_1.flush();
+            to_row.flush();
           }
         }
         scalar_t* grad_attn_out = grad_attns_p + d * attn_size;
@@ -644,17 +830,12 @@ void blend_backward_kernel(const BlendCall& call, at::Tensor& grad_bases, at::Te
             const acc_t* src = roi.lines.data() + (k * slots + slot) * n.out;
             for (int ix = 0; ix < roi.grid_w; ++ix) {
               const int64_t t = static_cast<int64_t>(ix) * n.out;
-              const int* lo = roi.x_lo.data() + t;
-              const int* hi = roi.x_hi.data() + t;
-              const acc_t* w_lo = roi.x_w_lo.data() + t;
-              const acc_t* w_hi = roi.x_w_hi.data() + t;
-              RunAccumulator<acc_t> to_lo(row), to_hi(row);
-              for (int pw = 0; pw < n.out; ++pw) {
-                to_lo.add(lo[pw], src[pw] * w_lo[pw]);
-                to_hi.add(hi[pw], src[pw] * w_hi[pw]);
-              }
-              to_lo.flush();
-              to_hi.flush();
+              const int* index = roi.x_taps.index.data() + t;
+              const acc_t* w_lo = roi.x_taps.w_lo.data() + t;
+              const acc_t* w_hi = roi.x_taps.w_hi.data() + t;
+              PairRunAccumulator<acc_t> to_row(row, n.width);
+              for (int pw = 0; pw < n.out; ++pw) to_row.add(index[pw], src[pw] * w_lo[pw], src[pw] * w_hi[pw]);
+              to_row.flush();
             }
           }
         }
