@@ -189,6 +189,35 @@ def test_reduced_precision_cpu(dtype, tol):
     torch.testing.assert_close(ga.float(), gaf, rtol=tol, atol=tol * gaf.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bottom_interp", ["bilinear", "nearest"])
+@pytest.mark.parametrize("top_interp", TOP_INTERPS)
+def test_no_read_past_the_inputs(dtype, bottom_interp, top_interp):
+    """Boxes over the bottom-right corner sample the last row and column of the bases, and the
+    upsample reads the last attention column: the kernels must read no element past them. Both
+    inputs are views at the start of storage whose following elements are NaN, so a read past
+    the end (a tap pair's right cell beyond the map, say) turns the result into NaN."""
+    n, k, h, w, m, r = 1, 2, 6, 7, 5, 12
+    g = torch.Generator().manual_seed(0)
+    rois = torch.tensor([[0, 3.0, 2.0, w + 0.4, h + 0.3], [0, w - 1.6, h - 1.2, w + 0.9, h + 0.8],
+                         [0, -0.7, -0.4, w + 0.2, h + 0.1]], dtype=dtype)
+    bases_storage = torch.full((2 * n * k * h * w,), float("nan"), dtype=dtype)
+    bases = bases_storage[: n * k * h * w].view(n, k, h, w)
+    bases.copy_(torch.randn(n, k, h, w, generator=g, dtype=dtype))
+    attns_storage = torch.full((2 * len(rois) * k * m * m,), float("nan"), dtype=dtype)
+    attns = attns_storage[: len(rois) * k * m * m].view(len(rois), k, m, m)
+    attns.copy_(torch.randn(len(rois), k, m, m, generator=g, dtype=dtype))
+    kw = dict(output_size=r, spatial_scale=1.0, sampling_ratio=1, top_interp=top_interp, bottom_interp=bottom_interp)
+    out = blend(bases, attns, rois, **kw)
+    grad_out = torch.randn(out.shape, generator=g, dtype=dtype)
+    grads = _grads(blend, bases, attns, rois, grad_out, **kw)
+    for name, t in zip(("out", "grad bases", "grad attns"), (out, *grads)):
+        assert torch.isfinite(t).all(), f"{name} has non-finite values: a read past the inputs"
+    torch.testing.assert_close(out, blend_reference(bases, attns, rois, **kw), **TOLERANCES[dtype])
+    for x, y in zip(grads, _grads(blend_reference, bases, attns, rois, grad_out, **kw)):
+        torch.testing.assert_close(x, y, **TOLERANCES[dtype])
+
+
 def test_many_rois_on_many_threads_are_race_free():
     """Heavily overlapping rois scatter into the same base pixels from every thread."""
     bases, attns, _ = make_inputs(n=2, k=4, h=16, w=16, d=64, m=4)
