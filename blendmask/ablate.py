@@ -84,6 +84,7 @@ BASIS_FEATURES = "model.basis.in_features"
 BASIS_MODULE = "model.basis.module"
 BASIS_WIDTH = "model.basis.convs_dim"
 BASIS_LOSS = "model.basis.loss_on"
+FPN_P2 = "model.backbone.fpn_with_p2"
 
 #: The paper's tables (numbers: mask AP, AP50, AP75 on COCO val, R-50, 1x; None where not reported).
 GRIDS: Dict[str, Grid] = {
@@ -163,7 +164,8 @@ GRIDS: Dict[str, Grid] = {
              {BASIS_MODULE: "deeplabv3plus", BASIS_FEATURES: ("p3", "p5"), BASIS_WIDTH: 256, BASIS_LOSS: True},
              (34.3, 54.9, 36.6)),
             ("deeplab-s4", ("+s/4",),
-             {BASIS_MODULE: "deeplabv3plus", BASIS_FEATURES: ("p2", "p5"), BASIS_WIDTH: 256, BASIS_LOSS: True},
+             {BASIS_MODULE: "deeplabv3plus", BASIS_FEATURES: ("p2", "p5"), FPN_P2: True, BASIS_WIDTH: 256,
+              BASIS_LOSS: True},
              (34.4, 55.0, 36.8)),
             ("proto-p3", ("Proto-P3",),
              {BASIS_MODULE: "protonet", BASIS_FEATURES: ("p3",), BASIS_WIDTH: 256, BASIS_LOSS: True},
@@ -360,6 +362,13 @@ def _eval_source(data: str, steps: Steps) -> Tuple[str, str]:
     return (val, "val") if val else (data, "train")
 
 
+def configuration_overrides(grid: Grid, row: GridRow, iters: int, size: int,
+                            extra_overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The config overrides of one configuration (on :data:`BASE_CONFIG`): the short-run schedule,
+    the grid's shared overrides, the row's, then ``extra_overrides`` (``--set``)."""
+    return {**short_run_overrides(iters, size), **grid.base, **row.overrides, **(extra_overrides or {})}
+
+
 def run_grid(
     grid: Grid,
     data: str,
@@ -392,7 +401,7 @@ def run_grid(
     eval_data, eval_split = _eval_source(data, steps)
     tasks = []
     for row in grid.rows:
-        overrides = {**short_run_overrides(iters, size), **grid.base, **row.overrides, **(extra_overrides or {})}
+        overrides = configuration_overrides(grid, row, iters, size, extra_overrides)
         build_model(get_config(BASE_CONFIG, overrides))  # a bad value or an unbuildable model fails before any training
         tasks.append({"steps": steps, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
                       "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,

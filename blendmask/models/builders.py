@@ -39,8 +39,9 @@ def _build_basis_module(m, backbone) -> nn.Module:
     channels = {**{name: backbone.out_channels for name in backbone.strides}, **backbone.stage_channels}
     for name in m.basis.in_features:
         if name not in strides:
+            hint = " (set model.backbone.fpn_with_p2=true for P2)" if name == "p2" else ""
             raise ValueError(f"model.basis.in_features: the backbone has no level {name!r}; it provides FPN levels "
-                             f"{sorted(backbone.strides)} and backbone stages {sorted(backbone.stage_strides)}")
+                             f"{sorted(backbone.strides)} and backbone stages {sorted(backbone.stage_strides)}{hint}")
     if any(name in backbone.stage_strides for name in m.basis.in_features):
         backbone.return_stages = True
     common = dict(in_features=m.basis.in_features, in_channels={n: channels[n] for n in m.basis.in_features},
