@@ -253,7 +253,8 @@ void gather_pairs(
 #if defined(BLENDMASK_CPU_PAIR_LOADS)
   if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value) {
     if (step == 1) {
-      auto pair = [&](int i) { return _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(row + lo[i]))); };
+      // __m128i and __m64 are may-alias types: these loads read the floats without punning them
+      auto pair = [&](int i) { return _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + lo[i]))); };
       auto pairs = [&](int i) {  // (row[lo[i]], row[lo[i] + 1], row[lo[i + 1]], row[lo[i + 1] + 1])
         return _mm_loadh_pi(pair(i), reinterpret_cast<const __m64*>(row + lo[i + 1]));
       };
