@@ -65,9 +65,8 @@ def test_fuzz_forward_and_backward_match_reference(problem):
 @settings(max_examples=100, deadline=None)
 @given(blend_problems())
 def test_fuzz_float32_matches_the_float64_reference(problem):
-    """float32 takes the vectorised paths of the CPU kernels (the AVX2 copy's 64-bit tap-pair
-    loads, the fused softmax rows), which the float64 fuzz above does not reach; the float64
-    reference of the same float32 inputs bounds their error."""
+    """float32 takes the AVX2 copy's 64-bit tap-pair loads (float only), which the float64 fuzz
+    above does not reach; the float64 reference of the same float32 inputs bounds their error."""
     n, k, h, w, m, boxes, config, seed = problem
     g = torch.Generator().manual_seed(seed)
     bases = torch.randn(n, k, h, w, generator=g)
