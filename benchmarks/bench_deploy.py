@@ -72,6 +72,16 @@ def time_interleaved(variants: Dict[str, Callable[[], object]], warmup: int, rep
     return samples
 
 
+def _in_inference_mode(fn: Callable[..., object], *args) -> Callable[[], None]:
+    """A callable that runs ``fn(*args)`` under ``torch.inference_mode``."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            fn(*args)
+
+    return run
+
+
 def plot(results: Dict, path: Path) -> None:
     import matplotlib
 
@@ -129,21 +139,10 @@ def main(argv: List[str]) -> int:
             raise RuntimeError(f"eager and onnxruntime disagree: {eager_e2e['boxes'].shape[0]} vs "
                                f"{ort_e2e['boxes'].shape[0]} detections")
 
-        def eager_graph():
-            with torch.inference_mode():
-                graph(tensors, size)
-
-        def eager_model():
-            with torch.inference_mode():
-                model([image])
-
-        def fast_graph_run():
-            with torch.inference_mode():
-                fast_graph(tensors, size)
-
-        def fast_model():
-            with torch.inference_mode():
-                fast([image])
+        eager_graph = _in_inference_mode(graph, tensors, size)
+        eager_model = _in_inference_mode(model, [image])
+        fast_graph_run = _in_inference_mode(fast_graph, tensors, size)
+        fast_model = _in_inference_mode(fast, [image])
 
         levels = {
             "graph": time_interleaved({"pytorch_eager": eager_graph, "pytorch_inference_path": fast_graph_run,
