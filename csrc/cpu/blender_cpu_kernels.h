@@ -494,7 +494,8 @@ struct RoiWorkspace {
   /// and out_row. The same arithmetic as math::SoftmaxBlend, arranged with the pixel loop
   /// innermost so that it vectorises (exp included, see math::exp_vectorizable). In
   /// "sigmoid" mode: exp_row holds sigmoid(a[k]) and out_row sum_k sigmoid(a[k]) sigmoid(r[k]).
-  /// exp_row is written with ``keep_weights`` only (the backward needs it, the forward not).
+  /// In "softmax" mode exp_row is written with ``keep_weights`` only (the backward needs it, the
+  /// forward not); the "sigmoid" mode always writes it.
   void blend_row(bool keep_weights) {
     const int r = n.out;
     if (n.sigmoid) {
