@@ -8,7 +8,7 @@ image of ``--size`` (short side, the long side 4/3 of it), 100 forced detections
 
 - ``preprocess``: ``model.transform`` (validate, resize, normalise, pad);
 - ``backbone``: backbone + FPN;
-- ``head``: FCOS head + top layer;
+- ``head``: FCOS head (towers, classification, box, centerness);
 - ``detect``: basis module, FCOS decoding + NMS, blender;
 - ``postprocess``: box rescaling and the mask paste (``mask_format="rle"``, what eval and predict use).
 
@@ -73,8 +73,8 @@ def timed_stages(model: torch.nn.Module, image: torch.Tensor) -> Dict[str, float
     with torch.no_grad():
         batch, _ = clock("preprocess", lambda: model.transform([image]))
         features = clock("backbone", lambda: model.backbone(batch.tensors))
-        head, top = clock("head", lambda: model._head_and_top([features[f] for f in model.fcos_in_features]))
-        dets = clock("detect", lambda: model._detect_from_heads(features, head, top, batch.image_sizes))
+        head = clock("head", lambda: model.proposal_generator([features[f] for f in model.fcos_in_features]))
+        dets = clock("detect", lambda: model._detect_from_heads(features, head, batch.image_sizes))
         clock("postprocess", lambda: model._postprocess(dets, batch.image_sizes, [tuple(image.shape[-2:])]))
     times["total"] = sum(times[s] for s in STAGES)
     return times

@@ -184,7 +184,8 @@ def build_ours(args, weights: Dict[str, torch.Tensor], size: int, clock: StageCl
         model = optimize_for_inference(model)
     clock.wrap(model.transform, "forward", "preprocess")
     clock.wrap(model.backbone, "forward", "backbone")
-    clock.wrap(model, "_head_and_top", "head")
+    clock.wrap(model.proposal_generator, "forward", "head")
+    clock.wrap(model, "attentions", "head")  # the top layer, at the detections only
     clock.wrap(model.basis_module, "forward", "basis")
     clock.wrap(model.proposal_generator, "predict", "decode_nms")
     clock.wrap(model, "blend_masks", "blender")

@@ -309,8 +309,9 @@ def test_mask_loss_matches_its_definition():
     gt_masks[1][0, 10:60, 2:18] = 1
     gt_masks[1][1, 20:40, 35:55] = 1
     ctr = torch.tensor([0.5, 1.0, 0.25])
-    positives = FCOSPositives(gt_inds=torch.tensor([0, 2, 2]), ctr_targets=ctr, loss_denorm=3.0, extras=attns)
-    loss = model._mask_loss(bases, positives, gt_boxes, gt_masks)
+    positives = FCOSPositives(gt_inds=torch.tensor([0, 2, 2]), ctr_targets=ctr, loss_denorm=3.0,
+                              locations=torch.tensor([0, 1, 2]))
+    loss = model._mask_loss(bases, attns, positives, gt_boxes, gt_masks)
 
     expected = 0.0
     for j, (image, box, mask) in enumerate([(0, gt_boxes[0][0], gt_masks[0][0]), (1, gt_boxes[1][1], gt_masks[1][1]),
@@ -634,8 +635,8 @@ def test_sigmoid_mask_loss_is_bce_on_probabilities(k):
     gt_masks[0][0, 6:28, 10:30] = 1
     gt_masks[0][1, 30:60, 20:50] = 1
     ctr = torch.tensor([1.0, 0.5])
-    positives = FCOSPositives(gt_inds=torch.tensor([0, 1]), ctr_targets=ctr, loss_denorm=1.5, extras=attns)
-    loss = model._mask_loss(bases, positives, gt_boxes, gt_masks)
+    positives = FCOSPositives(gt_inds=torch.tensor([0, 1]), ctr_targets=ctr, loss_denorm=1.5, locations=torch.tensor([0, 1]))
+    loss = model._mask_loss(bases, attns, positives, gt_boxes, gt_masks)
     expected = 0.0
     for j in range(2):
         roi = torch.cat([torch.zeros(1), gt_boxes[0][j]])[None]

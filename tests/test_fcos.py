@@ -199,16 +199,16 @@ def test_inference_decodes_thresholds_and_nms():
     ctr[0, 1, 1] = 0.0  # ctr 0.5 -> cls*ctr = 0.25
     reg = torch.ones(4, h, w) * 4.0  # 64-pixel boxes around every location
     dets = fcos_inference_single_image(
-        [logits], [reg], [ctr], [compute_locations(h, w, stride)], [stride], [torch.arange(16.0).reshape(4, 2, 2)],
+        [logits], [reg], [ctr], [compute_locations(h, w, stride)], [stride],
         score_thresh=0.05, nms_thresh=0.6, post_nms_topk=100,
     )
     assert dets["labels"].tolist() == [1, 0]
     assert dets["boxes"].tolist() == [[-28.0, -28.0, 36.0, 36.0], [-20.0, -20.0, 44.0, 44.0]]
     assert dets["scores"][1].item() == pytest.approx(math.sqrt(0.25), rel=1e-4)
-    assert dets["extras"].tolist() == [[0.0, 4.0, 8.0, 12.0], [3.0, 7.0, 11.0, 15.0]]
+    assert dets["locations"].tolist() == [0, 3]  # (y, x) = (0, 0) and (1, 1)
     # a higher threshold drops the weak detection; post_nms_topk caps the count
     dets = fcos_inference_single_image([logits], [reg], [ctr], [compute_locations(h, w, stride)], [stride], score_thresh=0.3)
-    assert dets["labels"].tolist() == [1] and "extras" not in dets
+    assert dets["labels"].tolist() == [1]
     dets = fcos_inference_single_image([logits], [reg], [ctr], [compute_locations(h, w, stride)], [stride], post_nms_topk=1)
     assert dets["boxes"].shape == (1, 4)
 
@@ -216,9 +216,8 @@ def test_inference_decodes_thresholds_and_nms():
 def test_inference_without_candidates_is_empty():
     dets = fcos_inference_single_image(
         [torch.full((3, 2, 2), -30.0)], [torch.ones(4, 2, 2)], [torch.zeros(1, 2, 2)], [compute_locations(2, 2, 8)], [8],
-        [torch.zeros(5, 2, 2)],
     )
-    assert dets["boxes"].shape == (0, 4) and dets["scores"].shape == (0,) and dets["extras"].shape == (0, 5)
+    assert dets["boxes"].shape == (0, 4) and dets["scores"].shape == (0,) and dets["locations"].shape == (0,)
 
 
 def test_clip_boxes():
@@ -273,12 +272,11 @@ def test_inference_drops_boxes_empty_after_clipping_before_the_top_k():
     reg = torch.full((4, h, w), 0.25)  # 4-pixel boxes around the locations: they never overlap
     reg[0, 1, 1] = reg[2, 1, 1] = 0.0  # location (12, 12): zero width
     ctr = torch.full((1, h, w), 5.0)
-    extras = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w)
-    dets = fcos_inference_single_image([logits], [reg], [ctr], [locations], [stride], [extras],
+    dets = fcos_inference_single_image([logits], [reg], [ctr], [locations], [stride],
                                        image_size=(16, 16), score_thresh=0.0, post_nms_topk=3)
     # inside the image: (4, 4), (12, 4), (4, 12) and the empty (12, 12); the best three real ones
     assert dets["boxes"].tolist() == [[2.0, 10.0, 6.0, 14.0], [10.0, 2.0, 14.0, 6.0], [2.0, 2.0, 6.0, 6.0]]
-    assert dets["extras"][:, 0].tolist() == [4.0, 1.0, 0.0]  # extras follow their boxes
+    assert dets["locations"].tolist() == [4, 1, 0]  # the locations follow their boxes
     # without an image size only the predicted-empty box goes
     dets = fcos_inference_single_image([logits], [reg], [ctr], [locations], [stride], score_thresh=0.0, post_nms_topk=100)
     assert dets["boxes"].shape == (15, 4) and bool(((dets["boxes"][:, 2:] - dets["boxes"][:, :2]) > 0).all())

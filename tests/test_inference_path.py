@@ -84,8 +84,8 @@ def test_folded_model_equals_eager_eval(preset, overrides, remaining, channels_l
     model.eval()
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
-        feats_ref, head_ref, top_ref = model._heads(x)
-        feats, head, top = folded._heads(x)
+        feats_ref, head_ref = model._heads(x)
+        feats, head = folded._heads(x)
         first = feats[next(iter(feats))]
         assert first.is_contiguous(memory_format=torch.channels_last) == channels_last
         for name in feats_ref:
@@ -93,8 +93,6 @@ def test_folded_model_equals_eager_eval(preset, overrides, remaining, channels_l
         for field in head_ref._fields:
             for level, (a, b) in enumerate(zip(getattr(head, field), getattr(head_ref, field))):
                 _assert_close(a, b, f"{field}[{level}]")
-        for a, b in zip(top, top_ref):
-            _assert_close(a, b, "top layer")
         (det_ref,) = model.detect(x, [(64, 96)])
         (det,) = folded.detect(x, [(64, 96)])
         images = [torch.rand(3, 60, 80, generator=torch.Generator().manual_seed(1))]

@@ -41,9 +41,9 @@ class PanopticInferenceGraph(InferenceGraph):
 
     def forward(self, images: Tensor, image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         model = self.model
-        features, head, top_feats = model._heads(images)
+        features, head = model._heads(images)
         blender = blend_reference if self.reference_blender else blend
-        det = model._detect_from_heads(features, head, top_feats, [image_size], blender=blender)[0]
+        det = model._detect_from_heads(features, head, [image_size], blender=blender)[0]
         return det["boxes"], det["scores"], det["labels"], det["masks"], model.sem_seg_head(features)
 
 

@@ -17,6 +17,7 @@ from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
 from .fcos.inference import clip_boxes
+from .top_layer import TopLayer
 from .fuse import INFERENCE_ONLY_ATTRIBUTE
 from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .transform import postprocess_boxes
@@ -255,13 +256,11 @@ class BlendMask(nn.Module):
         self.return_internals = return_internals
         self.mask_format = mask_format
         self.merge = merge
-        self.top_layer: Optional[nn.Conv2d] = None
+        self.top_layer: Optional[TopLayer] = None
         if merge == "assembler":  # a constant of the config, not a weight: kept out of the state dict
             self.register_buffer("assembler_logits", assembler_attention_logits(num_bases, attn_size), persistent=False)
         else:
-            self.top_layer = nn.Conv2d(in_channels, num_bases * attn_size * attn_size, kernel_size=3, stride=1, padding=1)
-            nn.init.normal_(self.top_layer.weight, std=0.01)
-            nn.init.constant_(self.top_layer.bias, 0.0)
+            self.top_layer = TopLayer(in_channels, num_bases * attn_size * attn_size)
 
     def train(self, mode: bool = True) -> "BlendMask":
         """As ``nn.Module.train``; refused on a model folded for inference
@@ -271,10 +270,15 @@ class BlendMask(nn.Module):
                                "its batch norms are folded into the convolutions; train the original model")
         return super().train(mode)
 
-    def _fixed_attentions(self, n: int) -> Tensor:
-        """The assembler's attention logits for ``n`` masks: ``(n, K*M*M)``, every row the
-        constant :func:`assembler_attention_logits`."""
-        return self.assembler_logits.reshape(1, -1).expand(n, -1)
+    def attentions(self, head: FCOSHeadOutputs, locations: Tensor) -> Tensor:
+        """``(P, K*M*M)`` attention logits at ``locations`` ``(P,)`` (indices in FCOS's flattened
+        location order, :func:`~blendmask.models.fcos.fcos.flatten_levels`): the top layer on the
+        box towers, evaluated at those locations only (:meth:`TopLayer.at
+        <blendmask.models.top_layer.TopLayer.at>`); for the assembler, the constant
+        :func:`assembler_attention_logits` in every row."""
+        if self.top_layer is None:
+            return self.assembler_logits.reshape(1, -1).expand(locations.shape[0], -1)
+        return self.top_layer.at(head.bbox_towers, locations)
 
     def blend_masks(self, bases: Tensor, attns: Tensor, rois: Tensor, *, blender: Callable[..., Tensor] = blend) -> Tensor:
         """``(D, R, R)`` blended masks from bases ``(N, K, Hb, Wb)``, flat attentions ``(D, K*M*M)``, rois ``(D, 5)``:
@@ -316,22 +320,12 @@ class BlendMask(nn.Module):
         detections = self.detect(batch.tensors, batch.image_sizes)
         return self._postprocess(detections, batch.image_sizes, original_sizes)
 
-    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs, Optional[List[Tensor]]]:
-        """Backbone, FCOS head and top layer of a normalised padded batch ``(N, 3, Hp, Wp)``:
-        the FPN maps by name, the head outputs, and per FCOS level the ``(N, K*M*M, Hl, Wl)``
-        attention logits (None for the assembler, which has no top layer)."""
+    def _heads(self, images: Tensor) -> Tuple[Dict[str, Tensor], FCOSHeadOutputs]:
+        """Backbone and FCOS head of a normalised padded batch ``(N, 3, Hp, Wp)``: the FPN maps by
+        name and the head outputs. The top layer runs later, where its attentions are read
+        (:meth:`attentions`)."""
         features = self.backbone(images)
-        head, top_feats = self._head_and_top([features[f] for f in self.fcos_in_features])
-        return features, head, top_feats
-
-    def _head_and_top(self, levels: List[Tensor]) -> Tuple[FCOSHeadOutputs, Optional[List[Tensor]]]:
-        """FCOS head and top layer of the FPN maps FCOS runs on (one ``(N, D, Hl, Wl)`` per level):
-        the head outputs and per level the ``(N, K*M*M, Hl, Wl)`` attention logits, None for the
-        assembler (the unit :func:`blendmask.models.optimize_for_inference` compiles with the backbone)."""
-        head = self.proposal_generator(levels)
-        if self.top_layer is None:
-            return head, None
-        return head, [self.top_layer(t) for t in head.bbox_towers]
+        return features, self.proposal_generator([features[f] for f in self.fcos_in_features])
 
     def detect(
         self,
@@ -344,9 +338,9 @@ class BlendMask(nn.Module):
 
         The inference pipeline shared by the eval path (:meth:`forward`) and the exported graphs
         (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
-        backbone and FPN, FCOS head and top layer (:meth:`_heads`), basis module, FCOS decoding
-        and NMS (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), then one blend over
-        every image's detections, cropped with their whole, unclipped boxes (the boxes the
+        backbone and FPN, FCOS head (:meth:`_heads`), basis module, FCOS decoding and NMS
+        (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), the top layer at the kept
+        detections' locations (:meth:`attentions`), then one blend over every image's detections, cropped with their whole, unclipped boxes (the boxes the
         attentions were predicted for, and the boxes :func:`postprocess_detections` pastes
         with). Call it in eval mode.
 
@@ -372,49 +366,47 @@ class BlendMask(nn.Module):
         self,
         features: Dict[str, Tensor],
         head: FCOSHeadOutputs,
-        top_feats: List[Tensor],
         image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
         *,
         blender: Callable[..., Tensor] = blend,
     ) -> List[Dict[str, Tensor]]:
-        """:meth:`detect` after :meth:`_heads` (whose outputs ``features``, ``head``, ``top_feats``
-        are): for callers that reuse the backbone features (the panoptic model's semantic head)."""
+        """:meth:`detect` after :meth:`_heads` (whose outputs ``features`` and ``head`` are): for
+        callers that reuse the backbone features (the panoptic model's semantic head)."""
         bases, _ = self.basis_module(features)
-        detections = self.proposal_generator.predict(head, image_sizes, top_feats)
+        detections = self.proposal_generator.predict(head, image_sizes)
         rois = torch.cat([  # (D, 5) [image index, x0, y0, x1, y1], float32 (FCOS decodes in float32)
             torch.cat([d["boxes"].new_full((d["boxes"].shape[0], 1), float(i)), d["boxes"]], dim=1)
             for i, d in enumerate(detections)
         ])
-        if top_feats is None:  # the assembler: the same fixed attentions for every detection
-            for d in detections:
-                d["extras"] = self._fixed_attentions(d["boxes"].shape[0])
-        attns = torch.cat([d["extras"] for d in detections])  # (D, K*M*M)
+        attns = self.attentions(head, torch.cat([d["locations"] for d in detections]))  # (D, K*M*M)
         mask_probs = self.mask_probabilities(self.blend_masks(bases, attns, rois, blender=blender).float())  # (D, R, R) float32
-        per_image = mask_probs.split([d["boxes"].shape[0] for d in detections])
+        counts = [d["boxes"].shape[0] for d in detections]
         return [
             {
                 "boxes": d["boxes"],
                 "scores": d["scores"],
                 "labels": d["labels"],
                 "masks": probs,
-                "attns": d["extras"].reshape(-1, self.num_bases, self.attn_size, self.attn_size),
+                "attns": a.reshape(-1, self.num_bases, self.attn_size, self.attn_size),
                 "bases": bases[i],
             }
-            for i, (d, probs) in enumerate(zip(detections, per_image))
+            for i, (d, probs, a) in enumerate(zip(detections, mask_probs.split(counts), attns.split(counts)))
         ]
 
-    def _losses(self, features, head, top_feats, targets) -> Dict[str, Tensor]:
+    def _losses(self, features: Dict[str, Tensor], head: FCOSHeadOutputs, targets) -> Dict[str, Tensor]:
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
         gt_masks = [t["masks"] for t in targets]
         bases, losses = self.basis_module(features, gt_masks, gt_labels)
-        fcos_losses, positives = self.proposal_generator.losses(head, gt_boxes, gt_labels, top_feats)
+        fcos_losses, positives = self.proposal_generator.losses(head, gt_boxes, gt_labels)
         losses.update(fcos_losses)
-        losses["loss_mask"] = self._mask_loss(bases, positives, gt_boxes, gt_masks)
+        attns = self.attentions(head, positives.locations)
+        losses["loss_mask"] = self._mask_loss(bases, attns, positives, gt_boxes, gt_masks)
         return losses
 
-    def _mask_loss(self, bases: Tensor, positives: FCOSPositives, gt_boxes: List[Tensor], gt_masks: List[Tensor]) -> Tensor:
-        attns = positives.extras if positives.extras is not None else self._fixed_attentions(positives.gt_inds.numel())
+    def _mask_loss(self, bases: Tensor, attns: Tensor, positives: FCOSPositives, gt_boxes: List[Tensor],
+                   gt_masks: List[Tensor]) -> Tensor:
+        """The mask loss of the positives, whose ``(Np, K*M*M)`` attention logits are ``attns``."""
         if positives.gt_inds.numel() == 0:
             return attns.sum() * 0.0 + bases.sum() * 0.0  # keeps the graph connected
         boxes = torch.cat(gt_boxes).to(torch.float32)  # rois stay float32 whatever the bases' dtype (autocast)

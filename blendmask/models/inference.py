@@ -17,7 +17,7 @@ tests/test_inference_path.py):
    which oneDNN's convolutions prefer. Measured on 1 CPU thread (``benchmarks/bench_inference.py``):
    on top of the fold, backbone 1.13x (R_50, 512) and 1.31x (lite), FCOS head 1.06x / 1.10x.
 3. ``compile=True`` (``blendmask predict --compile``, ``blendmask eval --compile``): the backbone +
-   FPN and the FCOS head + top layer are each ``torch.compile``d (inductor, with freezing: the
+   FPN and the FCOS head are each ``torch.compile``d (inductor, with freezing: the
    folded weights become constants). Compilation is lazy: the first call of each new input size
    pays it (see :class:`CompiledStage`'s ``compile_seconds``). Where inductor cannot compile (no
    working C++ compiler, for example) the model falls back to eager with one warning.
@@ -92,7 +92,7 @@ class CompiledStage:
 
 def compiled_stages(model: nn.Module) -> List[CompiledStage]:
     """The :class:`CompiledStage` s of a model built with ``optimize_for_inference(compile=True)``."""
-    return [f for f in (getattr(model.backbone, "forward", None), getattr(model, "_head_and_top", None))
+    return [f for f in (getattr(model.backbone, "forward", None), getattr(model.proposal_generator, "forward", None))
             if isinstance(f, CompiledStage)]
 
 
@@ -127,7 +127,7 @@ def optimize_for_inference(model: nn.Module, *, inplace: bool = False, channels_
     if compile:
         state = _FallbackState()
         model.backbone.forward = CompiledStage("backbone", model.backbone.forward, state)
-        model._head_and_top = CompiledStage("head", model._head_and_top, state)
+        model.proposal_generator.forward = CompiledStage("head", model.proposal_generator.forward, state)
     return model
 
 

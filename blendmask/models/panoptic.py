@@ -224,10 +224,10 @@ class PanopticBlendMask(BlendMask):
                 if isinstance(t, dict) and "masks" not in t:
                     raise ValueError(f"targets[{i}] needs 'masks' (n, H, W) uint8/bool to train BlendMask")
         batch, targets = self.transform(images, targets if self.training else None)
-        features, head, top_feats = self._heads(batch.tensors)
+        features, head = self._heads(batch.tensors)
         sem_logits = self.sem_seg_head(features)
         if self.training:
-            losses = self._losses(features, head, top_feats, targets)
+            losses = self._losses(features, head, targets)
             sem_targets = semantic_targets(targets, batch.image_sizes, tuple(batch.tensors.shape[-2:]),
                                            self.sem_seg_head.ignore_value).to(sem_logits.device)
             losses["loss_sem_seg"] = self.sem_seg_head.loss(sem_logits, sem_targets)
@@ -236,7 +236,7 @@ class PanopticBlendMask(BlendMask):
             raise ValueError(f"PanopticBlendMask.mask_format must be 'probs' (the fusion reads the pasted "
                              f"mask probabilities), got {self.mask_format!r}")
         original_sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        detections = self._detect_from_heads(features, head, top_feats, batch.image_sizes)
+        detections = self._detect_from_heads(features, head, batch.image_sizes)
         results = self._postprocess(detections, batch.image_sizes, original_sizes)
         return [self.add_panoptic(result, sem_logits[i], image_size=size, original_size=orig)
                 for i, (result, size, orig) in enumerate(zip(results, batch.image_sizes, original_sizes))]

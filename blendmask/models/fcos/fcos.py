@@ -4,7 +4,7 @@ Attribute names mirror AdelaiDet (``proposal_generator.fcos_head``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +14,7 @@ from .inference import fcos_inference_single_image
 from .losses import fcos_losses
 from .targets import assign_targets, compute_locations
 
-__all__ = ["FCOS", "FCOSPositives"]
+__all__ = ["FCOS", "FCOSPositives", "flatten_levels"]
 
 
 class FCOSPositives(NamedTuple):
@@ -23,16 +23,17 @@ class FCOSPositives(NamedTuple):
     gt_inds: ``(Np,)`` index of each positive's box in the concatenation of all images' boxes.
     ctr_targets: ``(Np,)`` centerness targets (mask-loss weights).
     loss_denorm: normaliser of the weighted losses (sum of centerness targets over ranks).
-    extras: ``(Np, E)`` per-location features (top-layer attentions) at the positives, or None.
+    locations: ``(Np,)`` int64 index of each positive location in :func:`flatten_levels` order
+        (where BlendMask's top layer reads its attentions).
     """
 
     gt_inds: Tensor
     ctr_targets: Tensor
     loss_denorm: float
-    extras: Optional[Tensor]
+    locations: Tensor
 
 
-def _flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
+def flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
     """List of ``(N, C, Hl, Wl)`` -> ``(N * sum_l Hl * Wl, C)``, image-major, then level, then position."""
     n, c = per_level[0].shape[:2]
     return torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, x.shape[1]) for x in per_level], dim=1).reshape(-1, c)
@@ -120,7 +121,6 @@ class FCOS(nn.Module):
         head: FCOSHeadOutputs,
         gt_boxes: List[Tensor],
         gt_labels: List[Tensor],
-        extras: Optional[List[Tensor]] = None,
     ) -> Tuple[Dict[str, Tensor], FCOSPositives]:
         """Training losses and positives.
 
@@ -128,7 +128,6 @@ class FCOS(nn.Module):
             head: head outputs of the batch.
             gt_boxes: per image ``(Gi, 4)`` xyxy boxes in the padded-batch frame.
             gt_labels: per image ``(Gi,)`` int64 classes.
-            extras: optional per level ``(N, E, Hl, Wl)`` features to gather at the positives.
         """
         targets = assign_targets(
             self.locations(head.logits),
@@ -141,17 +140,16 @@ class FCOS(nn.Module):
             radius=self.pos_radius,
         )
         out = fcos_losses(
-            _flatten_levels(head.logits),
-            _flatten_levels(head.reg),
-            _flatten_levels(head.ctrness).reshape(-1),
+            flatten_levels(head.logits),
+            flatten_levels(head.reg),
+            flatten_levels(head.ctrness).reshape(-1),
             targets.labels,
             targets.reg_targets,
             num_classes=self.num_classes,
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
         )
-        pos_extras = _flatten_levels(extras)[out.pos_inds] if extras is not None else None
-        positives = FCOSPositives(targets.gt_inds[out.pos_inds], out.ctr_targets, out.loss_denorm, pos_extras)
+        positives = FCOSPositives(targets.gt_inds[out.pos_inds], out.ctr_targets, out.loss_denorm, out.pos_inds)
         return out.losses, positives
 
     @torch.no_grad()
@@ -159,22 +157,22 @@ class FCOS(nn.Module):
         self,
         head: FCOSHeadOutputs,
         image_sizes: Sequence[Union[Tuple[int, int], Tensor]],
-        extras: Optional[List[Tensor]] = None,
     ) -> List[Dict[str, Tensor]]:
         """Detections per image: ``boxes (n, 4)`` as predicted (unclipped; those empty once
-        clipped to the image are dropped), ``scores``, ``labels``, and ``extras (n, E)`` when
-        ``extras`` (per level ``(N, E, Hl, Wl)``) is given.
+        clipped to the image are dropped), ``scores``, ``labels``, and ``locations (n,)``: the
+        index of each detection's location in :func:`flatten_levels` order (image ``i``'s
+        locations start at ``i * sum_l Hl * Wl``).
 
         ``image_sizes`` holds per image its ``(h, w)``: ints, or a ``(2,)`` tensor when traced."""
         locations = self.locations(head.logits)
-        return [
+        per_image = sum(loc.shape[0] for loc in locations)
+        detections = [
             fcos_inference_single_image(
                 [x[i] for x in head.logits],
                 [x[i] for x in head.reg],
                 [x[i] for x in head.ctrness],
                 locations,
                 self.strides,
-                [x[i] for x in extras] if extras is not None else None,
                 image_size=size,
                 score_thresh=self.score_thresh,
                 thresh_with_ctr=self.thresh_with_ctr,
@@ -184,3 +182,6 @@ class FCOS(nn.Module):
             )
             for i, size in enumerate(image_sizes)
         ]
+        for i, d in enumerate(detections):
+            d["locations"] = d["locations"] + i * per_image
+        return detections

@@ -79,7 +79,6 @@ def fcos_inference_single_image(
     ctrness: Sequence[Tensor],
     locations: Sequence[Tensor],
     strides: Sequence[int],
-    extras: Optional[Sequence[Tensor]] = None,
     *,
     image_size: Optional[Union[Tensor, Tuple[int, int]]] = None,
     score_thresh: float = 0.05,
@@ -96,19 +95,20 @@ def fcos_inference_single_image(
         ctrness: per level ``(1, Hl, Wl)`` centerness logits.
         locations: per level ``(Hl * Wl, 2)`` location coordinates.
         strides: per level stride.
-        extras: optional per level ``(E, Hl, Wl)`` features gathered at the kept locations
-            (BlendMask's top-layer attentions).
         image_size: optional ``(height, width)`` (ints or a ``(2,)`` tensor) of the image:
             boxes empty once clipped to it (see :func:`clip_boxes`) are dropped before the NMS
             and the top-k; without it, boxes empty as predicted are. The returned boxes are
             *not* clipped (BlendMask blends and pastes with the whole predicted box).
     Returns:
-        dict with ``boxes (n, 4)`` float32 xyxy as predicted (unclipped), ``scores (n,)`` float32, ``labels (n,)`` int64 and
-        ``extras (n, E)`` (only when ``extras`` is given), sorted by decreasing score,
+        dict with ``boxes (n, 4)`` float32 xyxy as predicted (unclipped), ``scores (n,)`` float32,
+        ``labels (n,)`` int64 and ``locations (n,)`` int64, the index of each detection's location
+        among the image's locations, level after level (``sum_{l' < l} Hl' * Wl' + y * Wl + x``;
+        where BlendMask's top layer reads its attentions), sorted by decreasing score,
         ``n <= post_nms_topk``, every box non-empty.
     """
-    all_boxes, all_scores, all_labels, all_extras = [], [], [], []
-    for level, (cls_l, reg_l, ctr_l, loc_l, stride) in enumerate(zip(logits, reg, ctrness, locations, strides)):
+    all_boxes, all_scores, all_labels, all_locations = [], [], [], []
+    level_start = 0
+    for cls_l, reg_l, ctr_l, loc_l, stride in zip(logits, reg, ctrness, locations, strides):
         # decode in float32 whatever autocast made of the head: boxes and scores are never rounded
         cls_l, reg_l, ctr_l = cls_l.float(), reg_l.float(), ctr_l.float()
         num_classes = cls_l.shape[0]
@@ -127,22 +127,15 @@ def fcos_inference_single_image(
         all_boxes.append(torch.cat([loc - dist[:, :2], loc + dist[:, 2:]], dim=1))
         all_scores.append(torch.sqrt(top_scores))
         all_labels.append(labels)
-        if extras is not None:
-            ext_l = extras[level]
-            all_extras.append(ext_l.permute(1, 2, 0).reshape(-1, ext_l.shape[0])[loc_idx])
+        all_locations.append(loc_idx + level_start)
+        level_start = level_start + loc_l.shape[0]
 
     boxes = torch.cat(all_boxes)
     scores = torch.cat(all_scores)
     labels = torch.cat(all_labels)
+    locations = torch.cat(all_locations)
     valid = nonempty_boxes(clip_boxes(boxes, image_size) if image_size is not None else boxes)
     valid_idx = valid.nonzero()[:, 0]
-    boxes, scores, labels = boxes[valid_idx], scores[valid_idx], labels[valid_idx]
+    boxes, scores, labels, locations = boxes[valid_idx], scores[valid_idx], labels[valid_idx], locations[valid_idx]
     keep = class_aware_nms(boxes, scores, labels, nms_thresh)[:post_nms_topk]
-    result = {
-        "boxes": boxes[keep],
-        "scores": scores[keep],
-        "labels": labels[keep],
-    }
-    if extras is not None:
-        result["extras"] = torch.cat(all_extras)[valid_idx][keep]
-    return result
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "locations": locations[keep]}
