@@ -22,7 +22,7 @@ runs with ``mask_format="binary"``, the same output; the default float probabili
 ``bench_postprocess.py``), and the whole model. The images are generated at the test
 size (512 x 683, 800 x 1067), so neither side resizes. The training step is forward + backward of
 two 512 x 512 images with the fixtures' synthetic targets (AdelaiDet's ``basis_sem`` painted from the
-same masks), both sides in train mode.
+same masks), both sides in train mode, ours prepared as the trainer prepares it (``solver.channels_last``).
 
 Reported: per side the median time of each stage, and per stage the median over pairs of the per-pair
 ratio ``adelaidet / ours`` (and ``adelaidet / ours_eager``). Writes ``<out>.json`` and ``<out>.png``.
@@ -167,16 +167,20 @@ def build_ours(args, weights: Dict[str, torch.Tensor], size: int, clock: StageCl
     from blendmask.config import get_config
     from blendmask.convert import convert_state_dict, match_state_dict
     from blendmask.models import build_model, optimize_for_inference
+    from blendmask.models.memory_format import use_channels_last
 
     overrides = {"input.min_size_test": size, "input.max_size_test": 1333, "input.min_size_train": (size,),
                  "input.max_size_train": 1333, "input.min_size_train_sampling": "choice"}
-    model = build_model(get_config(args.config, overrides))
+    cfg = get_config(args.config, overrides)
+    model = build_model(cfg)
     converted, report = convert_state_dict({"model": weights})
     matched, report = match_state_dict(converted, model.state_dict(), report)
     if not report.ok:
         raise SystemExit(f"weights do not convert: {report.summary()}")
     model.load_state_dict(matched, strict=True)
-    if train:
+    if train:  # as the trainer prepares it
+        if cfg.solver.channels_last:
+            use_channels_last(model)
         return model.train()
     model.eval()
     model.mask_format = "binary"  # AdelaiDet's output: binary masks

@@ -170,6 +170,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0: no clipping
     amp: bool = True  # CUDA: float16 autocast with a GradScaler
     amp_cpu: bool = False  # CPU: bfloat16 autocast (bf16 has float32's range: no scaler)
+    channels_last: bool = True  # weights and activations in channels_last (blendmask.models.memory_format)
 
 
 @dataclass

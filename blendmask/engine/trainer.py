@@ -137,6 +137,10 @@ class Trainer:
         self.max_iter = self.solver.max_iter
 
         model = convert_sync_batchnorm(model.to(self.device), self.device)
+        if self.solver.channels_last:
+            from ..models.memory_format import use_channels_last  # deferred: the models package is the larger import
+
+            use_channels_last(model)
         self.model = model
         self.optimizer = build_optimizer(model, self.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, self.solver)
