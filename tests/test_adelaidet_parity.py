@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from blendmask import _extension
 from blendmask.config import get_config
 from blendmask.convert import convert_state_dict, match_state_dict
-from blendmask.models import build_model
+from blendmask.models import build_model, optimize_for_inference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adelaidet"
 _spec = importlib.util.spec_from_file_location("adelaidet_synthetic", FIXTURES / "synthetic.py")
@@ -189,6 +190,22 @@ def test_adelaidet_postprocess_is_clip_then_drop_empty(parity):
 
 def test_detections_match_in_order(parity, detections):
     record, model, _ = parity
+    _assert_detections_match(record, model, detections)
+
+
+def test_inference_path_detections_match_in_order(parity):
+    """What ``blendmask eval``/``predict`` run (:func:`~blendmask.models.optimize_for_inference`:
+    batch norms folded, channels_last, Winograd 3x3 convolutions) to the same tolerances."""
+    record, model, images = parity
+    fast = optimize_for_inference(model)
+    assert sum(hasattr(m, "winograd_weight") for m in fast.modules()) > 0 or not _extension.extension_loaded()
+    with torch.no_grad():
+        batch, _ = fast.transform(images)
+        detections = fast.detect(batch.tensors, batch.image_sizes)
+    _assert_detections_match(record, model, detections)
+
+
+def _assert_detections_match(record, model, detections):
     top_k = model.proposal_generator.post_nms_topk
     for i, (ours, image, size) in enumerate(zip(detections, record["images"], record["image_sizes"])):
         final, proposals = image["final"], image["proposals"]
