@@ -13,8 +13,10 @@ image of ``--size`` (short side, the long side 4/3 of it), 100 forced detections
 - ``postprocess``: box rescaling and the mask paste (``mask_format="rle"``, what eval and predict use).
 
 Variants: ``eager`` (the model as trained, ``model.eval()``), ``folded`` (batch norms folded),
-``folded+cl`` (and channels_last activations), ``compiled`` (``--compile``: folded + torch.compile of
-backbone and head; its first call, the compile, is reported apart as ``compile_s``). Reports the
+``folded+cl`` (and channels_last activations), ``folded+cl+winograd`` (and Winograd 3x3
+convolutions: the default inference path), ``compiled`` (``--compile``: the default path + torch.compile
+of backbone and head; its first call, the compile, is reported apart as ``compile_s``). Every variant,
+eager included, evaluates the top layer at the detections only (it is part of ``detect``). Reports the
 median per stage and the median of the per-repeat ratios eager / variant. Writes ``<out>.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_inference.py --size 800 --threads 1 --repeats 3
@@ -45,7 +47,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=800, help="short side of the image and min_size_test (default 800)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["eager", "folded", "folded+cl"])
+    p.add_argument("--variants", nargs="+", default=["eager", "folded", "folded+cl", "folded+cl+winograd"])
     p.add_argument("--out", default="benchmarks/results/inference_cpu")
     return p.parse_args(argv)
 
@@ -86,9 +88,11 @@ def variants(model: torch.nn.Module, names: List[str]) -> Dict[str, torch.nn.Mod
         if name == "eager":
             out[name] = model
         elif name == "folded":
-            out[name] = optimize_for_inference(model, channels_last=False)
+            out[name] = optimize_for_inference(model, channels_last=False, winograd=False)
         elif name == "folded+cl":
-            out[name] = optimize_for_inference(model, channels_last=True)
+            out[name] = optimize_for_inference(model, winograd=False)
+        elif name == "folded+cl+winograd":
+            out[name] = optimize_for_inference(model)
         elif name == "compiled":
             out[name] = optimize_for_inference(model, compile=True)
         else:
@@ -121,12 +125,12 @@ def main(argv: List[str]) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     print(f"{args.preset} {args.size}, {args.threads} thread(s), {args.repeats} repeats, load {os.getloadavg()[0]:.2f}")
-    print("variant    " + "".join(f"{k:>13}" for k in keys) + "   first call")
+    print(f"{'variant':<19}" + "".join(f"{k:>13}" for k in keys) + "   first call")
     for name in runs:
-        print(f"{name:<11}" + "".join(f"{1000 * median[name][k]:>10.1f} ms" for k in keys)
+        print(f"{name:<19}" + "".join(f"{1000 * median[name][k]:>10.1f} ms" for k in keys)
               + f"   {compile_s[name]:.1f} s")
         if ratio:
-            print(f"{'  eager/x':<11}" + "".join(f"{ratio[name][k]:>13.2f}" for k in keys))
+            print(f"{'  eager/x':<19}" + "".join(f"{ratio[name][k]:>13.2f}" for k in keys))
     return 0
 
 

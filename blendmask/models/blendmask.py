@@ -17,9 +17,9 @@ from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
 from .fcos.inference import clip_boxes
-from .top_layer import TopLayer
 from .fuse import INFERENCE_ONLY_ATTRIBUTE
 from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
+from .top_layer import TopLayer
 from .transform import postprocess_boxes
 
 __all__ = ["BlendMask", "MASK_FORMATS", "postprocess_detections"]
@@ -340,9 +340,10 @@ class BlendMask(nn.Module):
         (:class:`blendmask.deploy.InferenceGraph`), so it has no data-dependent Python branch:
         backbone and FPN, FCOS head (:meth:`_heads`), basis module, FCOS decoding and NMS
         (:meth:`FCOS.predict <blendmask.models.fcos.FCOS.predict>`), the top layer at the kept
-        detections' locations (:meth:`attentions`), then one blend over every image's detections, cropped with their whole, unclipped boxes (the boxes the
-        attentions were predicted for, and the boxes :func:`postprocess_detections` pastes
-        with). Call it in eval mode.
+        detections' locations (:meth:`attentions`), then one blend over every image's
+        detections, cropped with their whole, unclipped boxes (the boxes the attentions were
+        predicted for, and the boxes :func:`postprocess_detections` pastes with). Call it in
+        eval mode.
 
         Args:
             images: ``(N, 3, Hp, Wp)`` normalised, zero-padded images, as ``self.transform``
