@@ -201,3 +201,30 @@ def test_bad_backbone_configs():
         build_backbone(_cfg(fpn_top_levels=3))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         build_backbone(_cfg(name="mobilenet_v2", layout="torchvision"))(torch.randn(1, 1, 32, 32))
+
+
+def test_convnorm_applies_a_frozen_bn_to_its_filters_in_training_with_the_same_values_and_gradients():
+    from blendmask.models.backbone.resnet import ConvNorm
+
+    torch.manual_seed(0)
+    conv = ConvNorm(6, 5, 3, padding=1, norm="FrozenBN").double()
+    with torch.no_grad():
+        conv.norm.weight.uniform_(0.5, 1.5)
+        conv.norm.bias.normal_()
+        conv.norm.running_mean.normal_()
+        conv.norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+    results = []
+    for training in (True, False):  # training: conv(x, W * scale) + shift; eval: norm(conv(x, W))
+        conv.train(training)
+        conv.weight.grad, x.grad = None, None
+        y = conv(x)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=torch.float64)).reshape(y.shape))
+        results.append((y.detach(), conv.weight.grad.clone(), x.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the eval path is the norm applied to the output, detectron2's arithmetic
+    conv.eval()
+    with torch.no_grad():
+        expected = conv.norm(torch.nn.functional.conv2d(x, conv.weight, padding=1))
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)

@@ -405,3 +405,13 @@ def test_amp_cpu_trains_under_bfloat16_autocast(tmp_path, amp_cpu, expected):
     assert set(seen) == {expected}
     assert trainer.model.box.weight.dtype == torch.float32 and not torch.equal(trainer.model.box.weight, before)
     assert all(torch.isfinite(torch.tensor(m["loss_total"])) for m in result.losses)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_trainer_converts_the_model_to_channels_last_unless_told_not_to(tmp_path, channels_last):
+    model = TinyDetector()
+    trainer = _trainer(tmp_path, tiny_cfg(channels_last=channels_last, max_iter=2), model=model)
+    conv = trainer.model.features[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert conv.weight.is_contiguous() != channels_last
+    trainer.train()  # and trains
