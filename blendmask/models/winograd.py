@@ -4,8 +4,10 @@ A 3x3, stride-1 convolution computed by Winograd's minimal filtering (Lavin & Gr
 takes 36 multiplies per 4 x 4 output tile and input channel instead of 144. The compiled op
 ``torch.ops.blendmask.winograd_conv3x3`` (csrc/cpu/winograd_cpu.cpp) transforms 6 x 6 input
 windows, runs 36 matrix products per block of tiles through ATen's sgemm and transforms back. On
-one core of this machine a 256 -> 256 FCOS tower convolution at 100 x 134 takes 34 ms against
-oneDNN's 71 ms (which already runs near the core's float32 peak): ``benchmarks/bench_winograd.py``.
+one core of this machine a 256 -> 256 FCOS tower convolution at 100 x 134 takes 38 ms against
+oneDNN's 83 ms (which already runs near the core's float32 peak): ``benchmarks/bench_winograd.py``.
+The transformed filters take four times the memory of the weights they stand for (R_50_3x: 304 MB
+next to 137 MB of weights).
 
 The price is rounding: the transforms' coefficients (up to 8 and 1/24) make the error about
 six times that of the direct convolution, ~1e-5 of the output's scale in float32
