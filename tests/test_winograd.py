@@ -71,6 +71,17 @@ def test_fuzz_shapes(n, c, o, h, w, seed):
     assert _relative_error(winograd_conv3x3(x, transform_weight(weight), bias), x, weight, bias) < RELATIVE_TOL
 
 
+def test_a_nan_input_spreads_over_its_tiles_and_no_further():
+    x, weight, bias = _case(1, 8, 6, 16, 16)
+    x[0, 3, 9, 6] = float("nan")
+    y = winograd_conv3x3(x, transform_weight(weight), bias)
+    direct = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    nan = y.isnan()
+    assert bool(nan[direct.isnan()].all())  # NaN wherever the direct convolution has one
+    assert not bool(nan[..., :4, :].any()) and not bool(nan[..., 12:, :].any())  # tiles not reading the pixel
+    assert not bool(nan[..., :, :4].any()) and not bool(nan[..., :, 8:].any())
+
+
 def test_two_threads_give_the_same_output():
     x, weight, bias = _case(2, 64, 64, 40, 44)
     u = transform_weight(weight)
@@ -152,6 +163,11 @@ def test_use_winograd_rewires_the_eligible_convolutions_and_keeps_the_outputs():
         rewired = conv(torch.rand(1, 256, 10, 12, generator=torch.Generator().manual_seed(0)))
     assert not torch.equal(rewired, direct)  # another rounding: the Winograd op ran
     torch.testing.assert_close(rewired, direct, rtol=1e-4, atol=1e-4 * float(direct.abs().max()))
+
+
+def test_only_float32_cpu_convolutions_are_rewired():
+    assert use_winograd(_r50().double()) == 0  # float64 weights: the op is float32 only
+    assert use_winograd(nn.Sequential(nn.Conv2d(64, 64, 3, padding=1).half())) == 0
 
 
 def test_rewired_convolutions_run_direct_where_winograd_does_not_apply():

@@ -9,6 +9,10 @@ oneDNN's 83 ms (which already runs near the core's float32 peak): ``benchmarks/b
 The transformed filters take four times the memory of the weights they stand for (R_50_3x: 304 MB
 next to 137 MB of weights).
 
+Non-finite inputs spread differently: a NaN or inf anywhere in a tile's 6 x 6 input window makes
+the whole 4 x 4 output tile NaN (the transforms add and subtract the window's values), where the
+direct convolution spreads it to the 3 x 3 neighbourhood only.
+
 The price is rounding: the transforms' coefficients (up to 8 and 1/24) make the error about
 six times that of the direct convolution, ~1e-5 of the output's scale in float32
 (tests/test_winograd.py measures both against float64). That is float32 tolerance, not bit
@@ -112,14 +116,17 @@ class _WinogradConvForward:
 
 
 def use_winograd(module: nn.Module) -> int:
-    """Rewire every eligible convolution of ``module`` in place (module docstring); returns how
-    many. Call it on an inference copy whose weights are final (after batch-norm folding): the
-    transformed filters are computed now. Does nothing without the compiled extension."""
+    """Rewire every eligible convolution of ``module`` whose weight is float32 on the CPU, in place
+    (module docstring); returns how many. Call it on an inference copy whose weights are final
+    (after batch-norm folding): the transformed filters are computed now. Convolutions on a GPU are
+    left alone (cuDNN picks Winograd itself, and the filters would only take GPU memory). Does
+    nothing without the compiled extension."""
     if not _extension.extension_loaded():
         return 0
     count = 0
     for conv in module.modules():
-        if is_eligible(conv) and not hasattr(conv, "winograd_weight"):
+        if (is_eligible(conv) and not hasattr(conv, "winograd_weight") and conv.weight.device.type == "cpu"
+                and conv.weight.dtype == torch.float32):
             conv.register_buffer("winograd_weight", transform_weight(conv.weight), persistent=False)
             conv._conv_forward = _WinogradConvForward(conv)
             count += 1
