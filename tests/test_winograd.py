@@ -82,8 +82,12 @@ def test_a_nan_input_spreads_over_its_tiles_and_no_further():
     assert not bool(nan[..., :, :4].any()) and not bool(nan[..., :, 8:].any())
 
 
-def test_two_threads_give_the_same_output():
-    x, weight, bias = _case(2, 64, 64, 40, 44)
+@pytest.mark.parametrize("n,h,w", [
+    (2, 40, 44),  # 220 tiles, 4 blocks: the threads take whole blocks
+    (1, 20, 20),  # 25 tiles, one block: its transforms are split over the threads
+])
+def test_two_threads_give_the_same_output(n, h, w):
+    x, weight, bias = _case(n, 64, 64, h, w)
     u = transform_weight(weight)
     threads = torch.get_num_threads()
     try:
@@ -93,7 +97,8 @@ def test_two_threads_give_the_same_output():
         two = winograd_conv3x3(x, u, bias)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, two)  # the blocks are independent: no reduction across threads
+    assert torch.equal(one, two)  # no reduction across threads: tiles and blocks are independent
+    assert _relative_error(two, x, weight, bias) < RELATIVE_TOL
 
 
 @pytest.mark.parametrize("args,message", [

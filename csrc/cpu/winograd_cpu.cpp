@@ -14,9 +14,11 @@
 // 36 multiplies per 16 outputs and input channel instead of 144: 4x fewer, for a rounding error a
 // few times that of the direct convolution (tests/test_winograd.py measures both against float64).
 //
-// Tiles are processed in blocks of kBlockTiles, one block at a time per thread (at::parallel_for
-// over blocks), so the transformed block (V and M, 36 x kBlockTiles x C floats each) stays in the
-// cache and the memory used does not grow with the image.
+// Tiles are processed in blocks of kBlockTiles, so the transformed block (V and M, 36 x kBlockTiles
+// x C floats each) stays in the cache and the memory used does not grow with the image. With at
+// least as many blocks as threads, each thread takes whole blocks (at::parallel_for over blocks,
+// single-threaded products); a smaller map takes its blocks in turn, each block's transforms split
+// over the threads and its products on sgemm's threads, so that no thread idles on small maps.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
@@ -147,6 +149,40 @@ void transform_product(const float* m, const Geometry& g, int64_t tile, int64_t 
   }
 }
 
+// Block `[first, first + count)` of tiles: windows -> V (36, count, C), V @ U -> M (36, count, O)
+// (ATen's bmm), M -> output tiles. With `parallel_tiles` the two transforms are split over the threads
+// and the product runs on sgemm's own threads (the caller is then outside any parallel region).
+void run_block(const float* x, const at::Tensor& u, const float* bias, float* y, const Geometry& g, int64_t first,
+               int64_t count, const at::Tensor& v_storage, const at::Tensor& m_storage, bool parallel_tiles) {
+  const at::Tensor v = v_storage.narrow(0, 0, kPositions * count * g.c).view({kPositions, count, g.c});
+  at::Tensor m = m_storage.narrow(0, 0, kPositions * count * g.o).view({kPositions, count, g.o});
+  float* v_data = v.mutable_data_ptr<float>();
+  const float* m_data = m.const_data_ptr<float>();
+  const auto windows = [&](int64_t begin, int64_t end) {
+    std::vector<float> zeros(g.c, 0.0f), rows(kPositions * g.c);
+    for (int64_t slot = begin; slot < end; ++slot) {
+      transform_window(x, g, first + slot, slot, count, zeros.data(), rows.data(), v_data);
+    }
+  };
+  const auto products = [&](int64_t begin, int64_t end) {
+    std::vector<float> cols(kWindow * kTile * g.o), discard(g.o);
+    for (int64_t slot = begin; slot < end; ++slot) {
+      transform_product(m_data, g, first + slot, slot, count, bias, cols.data(), discard.data(), y);
+    }
+  };
+  if (parallel_tiles) {
+    at::parallel_for(0, count, 1, windows);
+  } else {
+    windows(0, count);
+  }
+  at::bmm_out(m, v, u);
+  if (parallel_tiles) {
+    at::parallel_for(0, count, 1, products);
+  } else {
+    products(0, count);
+  }
+}
+
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor u = weight.contiguous();
@@ -160,26 +196,21 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& input, const at::Tensor& weigh
   const float* x_data = x.const_data_ptr<float>();
   const float* b_data = b.defined() ? b.const_data_ptr<float>() : nullptr;
   float* y_data = y.mutable_data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    // a block of `count` tiles: V (36, count, C) and M (36, count, O), contiguous
-    const at::Tensor v_storage = at::empty({kPositions * kBlockTiles * g.c}, x.options());
-    const at::Tensor m_storage = at::empty({kPositions * kBlockTiles * g.o}, x.options());
-    std::vector<float> zeros(g.c, 0.0f), rows(kPositions * g.c), cols(kWindow * kTile * g.o), discard(g.o);
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t first = block * kBlockTiles;
-      const int64_t count = std::min(kBlockTiles, g.tiles() - first);
-      const at::Tensor v = v_storage.narrow(0, 0, kPositions * count * g.c).view({kPositions, count, g.c});
-      at::Tensor m = m_storage.narrow(0, 0, kPositions * count * g.o).view({kPositions, count, g.o});
-      for (const auto slot : c10::irange(count)) {
-        transform_window(x_data, g, first + slot, slot, count, zeros.data(), rows.data(), v.mutable_data_ptr<float>());
-      }
-      at::bmm_out(m, v, u);
-      for (const auto slot : c10::irange(count)) {
-        transform_product(m.const_data_ptr<float>(), g, first + slot, slot, count, b_data, cols.data(), discard.data(),
-                          y_data);
-      }
-    }
-  });
+  const auto block = [&](int64_t index, const at::Tensor& v_storage, const at::Tensor& m_storage, bool parallel_tiles) {
+    const int64_t first = index * kBlockTiles;
+    run_block(x_data, u, b_data, y_data, g, first, std::min(kBlockTiles, g.tiles() - first), v_storage, m_storage,
+              parallel_tiles);
+  };
+  const auto storage = [&](int64_t channels) { return at::empty({kPositions * kBlockTiles * channels}, x.options()); };
+  if (blocks >= at::get_num_threads()) {  // enough blocks for every thread: one block at a time per thread
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      const at::Tensor v_storage = storage(g.c), m_storage = storage(g.o);
+      for (int64_t index = begin; index < end; ++index) block(index, v_storage, m_storage, false);
+    });
+  } else {  // a small map: the blocks in turn, each spread over the threads
+    const at::Tensor v_storage = storage(g.c), m_storage = storage(g.o);
+    for (int64_t index = 0; index < blocks; ++index) block(index, v_storage, m_storage, true);
+  }
   // as conv2d: the output in the input's memory format (the tiles are written channels_last)
   return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ? y : y.contiguous();
 }
