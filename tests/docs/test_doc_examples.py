@@ -71,16 +71,33 @@ def test_example_runs(example, tmp_path, monkeypatch):
 
 
 def _relative_links(text: str):
+    """``(file, anchor)`` of every relative link of a markdown text (anchor "" when none)."""
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
         if not re.match(r"^[a-z]+:", target) and not target.startswith("#"):
-            yield target.split("#")[0]
+            path, _, anchor = target.partition("#")
+            yield path, anchor
 
 
-def test_the_readme_links_point_to_files_that_exist():
+def _anchors(markdown_file: Path) -> set:
+    """The heading ids of a markdown file, as GitHub and MkDocs make them."""
+    anchors, fence = set(), False
+    for line in markdown_file.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and re.match(r"^#{1,6} ", line):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"\s+", "-", re.sub(r"[^\w\- ]", "", title)).strip("-"))
+    return anchors
+
+
+def test_the_readme_links_point_to_files_and_headings_that_exist():
     """mkdocs checks the links of docs/; the README is outside it, so it is checked here."""
-    missing = [t for t in _relative_links((ROOT / "README.md").read_text(encoding="utf-8"))
-               if not (ROOT / t).exists()]
-    assert not missing, f"README.md links to missing files: {missing}"
+    broken = []
+    for path, anchor in _relative_links((ROOT / "README.md").read_text(encoding="utf-8")):
+        target = ROOT / path
+        if not target.exists() or (anchor and anchor not in _anchors(target)):
+            broken.append(f"{path}#{anchor}" if anchor else path)
+    assert not broken, f"README.md has broken links: {broken}"
 
 
 def test_ci_finds_the_test_command_in_the_readme():
