@@ -2,9 +2,8 @@
 
 A *grid* is a named list of configurations, one per row of a paper table, each a set of config
 overrides on top of the ``lite_mobilenet_v2`` preset and the short-run schedule of
-:func:`short_run_overrides`. :func:`run_grid` trains every configuration with the ``blendmask
-train`` machinery (``blendmask.cli._train``, handed in as a :class:`Steps`: library modules never
-import the command line), evaluates it with COCOeval
+:func:`short_run_overrides`. :func:`run_grid` trains every configuration as ``blendmask train``
+does (:func:`blendmask.engine.defaults.train`), evaluates it with COCOeval
 (:func:`blendmask.evaluation.evaluate_model`) while timing the blender and the whole forward
 pass per image, and writes into the output directory:
 
@@ -24,10 +23,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
-    "GRIDS", "Grid", "GridRow", "Steps", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
+    "GRIDS", "Grid", "GridRow", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
     "default_jobs", "run_grid", "write_table", "write_plot", "MARKER",
 ]
 
@@ -35,17 +34,6 @@ __all__ = [
 MARKER = ".blendmask-ablate"
 RESULT_FILE = "result.json"
 BASE_CONFIG = "lite_mobilenet_v2"
-
-
-class Steps(NamedTuple):
-    """The command line's steps a run is made of (module-level functions of ``blendmask.cli``, so
-    they pickle into worker processes): ``train(config=, data=, output=, overrides=, resume=, seed=,
-    evaluate_on_val=)`` returning a result with ``final_checkpoint``; ``load_split(data, split)``;
-    ``val_source(data, val_data)`` (the val set of ``data`` or None)."""
-
-    train: Callable[..., Any]
-    load_split: Callable[[str, str], Any]
-    val_source: Callable[[str, Optional[str]], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -305,21 +293,24 @@ def _timed_evaluation(weights: Path, dataset, output_dir: Path) -> Dict[str, Any
 
 
 def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
-    """Train and evaluate one configuration (``task``: its :class:`Steps`, data, eval source, run
-    dir, overrides, threads); writes and returns ``result.json``. Runs in a worker process with
-    ``--jobs > 1``."""
+    """Train and evaluate one configuration (``task``: its data, eval source, run dir, overrides,
+    seed, threads and ``announce`` callback); writes and returns ``result.json``. Runs in a worker
+    process with ``--jobs > 1``."""
     import torch
 
-    steps: Steps = task["steps"]
+    from blendmask.engine import defaults
+    from blendmask.engine.tasks import INSTANCE
+
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
     run_dir = Path(task["run_dir"])
     start = time.perf_counter()
-    result = steps.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
-                    resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False)
+    result = defaults.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
+                            resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False,
+                            announce=task["announce"]).result
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    dataset = steps.load_split(task["eval_data"], task["eval_split"])
+    dataset = defaults.load_dataset(task["eval_data"], task["eval_split"], task=INSTANCE)
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
     record = {"label": task["label"], "overrides": _jsonable(task["overrides"]), "train_s": train_s,
               "eval_s": time.perf_counter() - start, "eval_split": task["eval_split"], **evaluation}
@@ -355,10 +346,12 @@ def _prepare_output(output: Path, grid: Grid) -> None:
     marker.write_text(json.dumps({"grid": grid.name}) + "\n")
 
 
-def _eval_source(data: str, steps: Steps) -> Tuple[str, str]:
+def _eval_source(data: str) -> Tuple[str, str]:
     """The val split of a data directory; a data set without one (a single COCO JSON) is
     evaluated on its training images (stated in the table)."""
-    val = steps.val_source(data, None)
+    from blendmask.engine.defaults import val_source
+
+    val = val_source(data, None)
     return (val, "val") if val else (data, "train")
 
 
@@ -374,19 +367,20 @@ def run_grid(
     data: str,
     output: Path,
     *,
-    steps: Steps,
     iters: int,
     size: int = 256,
     jobs: int = 1,
     seed: int = 0,
     extra_overrides: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
 ) -> List[Dict[str, Any]]:
     """Run every configuration of ``grid`` not finished yet, then write the table and the plot.
 
     Returns the result records in grid order. A configuration whose ``result.json`` exists with
     the same overrides is reused; one with different overrides is an error (another
-    ``--iters`` or ``--set`` needs another ``--output``).
+    ``--iters`` or ``--set`` needs another ``--output``). ``announce`` receives each training
+    run's description (a module-level function, so that it pickles into worker processes).
     """
     from tqdm import tqdm
 
@@ -398,12 +392,12 @@ def run_grid(
                          f"per 2 cores), got {jobs}")
     if not Path(data).exists():
         raise FileNotFoundError(f"--data {data!r} does not exist (give a data directory or a COCO JSON file)")
-    eval_data, eval_split = _eval_source(data, steps)
+    eval_data, eval_split = _eval_source(data)
     tasks = []
     for row in grid.rows:
         overrides = configuration_overrides(grid, row, iters, size, extra_overrides)
         build_model(get_config(BASE_CONFIG, overrides))  # a bad value or an unbuildable model fails before any training
-        tasks.append({"steps": steps, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
+        tasks.append({"announce": announce, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
                       "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,
                       "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
     _prepare_output(output, grid)
