@@ -74,7 +74,8 @@ def _add_num_workers(p: argparse.ArgumentParser) -> None:
 
 
 def _add_panoptic(p: argparse.ArgumentParser, help: str) -> None:
-    """``--panoptic``: ``args.task`` is ``"panoptic"`` instead of ``"instance"`` (:data:`~blendmask.engine.tasks.TASKS`)."""
+    """``--panoptic``: ``args.task``, a key of :data:`blendmask.engine.tasks.TASKS`, is ``"panoptic"``
+    instead of ``"instance"``."""
     p.add_argument("--panoptic", dest="task", action="store_const", const="panoptic", default="instance", help=help)
 
 

@@ -37,7 +37,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from blendmask.config import BlendMaskConfig, get_config
-from blendmask.data import resolve_split
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
 from blendmask.models import build_model
@@ -83,8 +82,8 @@ def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, tra
 
 def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
     """Where the val split comes from: ``val_data`` (``--val-data``) if given, else ``data`` when it
-    is a directory holding a val split. A single COCO JSON is the training set only, so training
-    on it alone evaluates nothing (rather than scoring the training images)."""
+    is a directory holding a val split of its task's format. A single COCO JSON is the training set
+    only, so training on it alone evaluates nothing (rather than scoring the training images)."""
     if val_data:
         if not Path(val_data).exists():
             raise FileNotFoundError(f"--val-data {str(val_data)!r} does not exist (give a data directory or a COCO "
@@ -93,7 +92,7 @@ def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
     if not Path(data).is_dir():
         return None
     try:
-        resolve_split(data, "val")
+        task_of_data(data).resolve_split(data, "val")
     except FileNotFoundError:
         return None
     return str(data)

@@ -24,7 +24,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -102,6 +102,12 @@ class Task(ABC):
         return f"<task {self.name}>"
 
     # ---------------------------------------------------------------- data
+
+    @abstractmethod
+    def resolve_split(self, data: PathLike, split: str) -> Tuple[str, ...]:
+        """The files of ``split`` (``"train"`` or ``"val"``) of ``data``: annotations first, then
+        the image directory (and the panoptic PNG directory). Raises ``FileNotFoundError``
+        naming the paths tried when ``data`` has no such split."""
 
     @abstractmethod
     def build_dataset(self, data: PathLike, split: str, *, train_input=None) -> torch.utils.data.Dataset:
@@ -183,8 +189,11 @@ class InstanceTask(Task):
     shapes_overwrite = True
     demo = DemoRecipe(DEMO_DATA, DEMO_OVERRIDES, goal="AP >= 0.50, AP50 >= 0.85", lists_predictions_json=False)
 
+    def resolve_split(self, data, split):
+        return resolve_split(data, split)
+
     def build_dataset(self, data, split, *, train_input=None):
-        ann_file, image_dir = resolve_split(data, split)
+        ann_file, image_dir = self.resolve_split(data, split)
         transforms = build_train_transforms(train_input) if train_input is not None else None
         mask_format = train_input.mask_format if train_input is not None else "polygon"
         return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
@@ -233,9 +242,12 @@ class PanopticTask(Task):
     shapes_overwrite = False
     demo = DemoRecipe(DEMO_DATA, DEMO_OVERRIDES, goal="PQ >= 0.60", lists_predictions_json=True)
 
+    def resolve_split(self, data, split):
+        return resolve_panoptic_split(data, split)
+
     def build_dataset(self, data, split, *, train_input=None):
         transforms = build_train_transforms(train_input) if train_input is not None else None
-        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_panoptic_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
