@@ -292,8 +292,8 @@ def _timed_evaluation(weights: Path, dataset, output_dir: Path) -> Dict[str, Any
             "total_ms": 1000 * timings["total"] / images, "images": timings["images"]}
 
 
-def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
-    """Train and evaluate one configuration (``task``: its data, eval source, run dir, overrides,
+def run_configuration(run: Dict[str, Any]) -> Dict[str, Any]:
+    """Train and evaluate one configuration (``run``: its data, eval source, run dir, overrides,
     seed, threads and ``announce`` callback); writes and returns ``result.json``. Runs in a worker
     process with ``--jobs > 1``."""
     import torch
@@ -301,19 +301,19 @@ def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
     from blendmask.engine import defaults
     from blendmask.engine.tasks import INSTANCE
 
-    if task.get("threads"):
-        torch.set_num_threads(task["threads"])
-    run_dir = Path(task["run_dir"])
+    if run.get("threads"):
+        torch.set_num_threads(run["threads"])
+    run_dir = Path(run["run_dir"])
     start = time.perf_counter()
-    result = defaults.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
-                            resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False,
-                            announce=task["announce"]).result
+    result = defaults.train(config=BASE_CONFIG, data=run["data"], output=str(run_dir), overrides=run["overrides"],
+                            resume=(run_dir / "last_checkpoint").exists(), seed=run["seed"], evaluate_on_val=False,
+                            announce=run["announce"]).result
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    dataset = defaults.load_dataset(task["eval_data"], task["eval_split"], task=INSTANCE)
+    dataset = defaults.load_dataset(run["eval_data"], run["eval_split"], task=INSTANCE)
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
-    record = {"label": task["label"], "overrides": _jsonable(task["overrides"]), "train_s": train_s,
-              "eval_s": time.perf_counter() - start, "eval_split": task["eval_split"], **evaluation}
+    record = {"label": run["label"], "overrides": _jsonable(run["overrides"]), "train_s": train_s,
+              "eval_s": time.perf_counter() - start, "eval_split": run["eval_split"], **evaluation}
     text = json.dumps(record, indent=1)
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(text)
@@ -393,40 +393,40 @@ def run_grid(
     if not Path(data).exists():
         raise FileNotFoundError(f"--data {data!r} does not exist (give a data directory or a COCO JSON file)")
     eval_data, eval_split = _eval_source(data)
-    tasks = []
+    runs = []
     for row in grid.rows:
         overrides = configuration_overrides(grid, row, iters, size, extra_overrides)
         build_model(get_config(BASE_CONFIG, overrides))  # a bad value or an unbuildable model fails before any training
-        tasks.append({"announce": announce, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
-                      "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,
-                      "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
+        runs.append({"label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
+                     "run_dir": str(output / row.label), "overrides": overrides, "seed": seed, "announce": announce,
+                     "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
     _prepare_output(output, grid)
 
     records: Dict[str, Dict[str, Any]] = {}
     todo = []
-    for task in tasks:
-        done = Path(task["run_dir"]) / RESULT_FILE
+    for run in runs:
+        done = Path(run["run_dir"]) / RESULT_FILE
         if done.is_file():
             record = json.loads(done.read_text())
-            if record.get("overrides") != _jsonable(task["overrides"]):
+            if record.get("overrides") != _jsonable(run["overrides"]):
                 raise FileExistsError(f"{done} was run with other settings ({record.get('overrides')}); "
                                       "use another --output for other --iters/--size/--set")
-            records[task["label"]] = record
+            records[run["label"]] = record
         else:
-            todo.append(task)
-    bar = tqdm(total=len(tasks), initial=len(records), desc=f"ablate {grid.name}", unit="config", disable=not progress)
+            todo.append(run)
+    bar = tqdm(total=len(runs), initial=len(records), desc=f"ablate {grid.name}", unit="config", disable=not progress)
     try:
         if jobs == 1:
-            for task in todo:
-                bar.set_postfix_str(task["label"])
-                records[task["label"]] = run_configuration(task)
+            for run in todo:
+                bar.set_postfix_str(run["label"])
+                records[run["label"]] = run_configuration(run)
                 bar.update(1)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(run_configuration, task): task["label"] for task in todo}
+                futures = {pool.submit(run_configuration, run): run["label"] for run in todo}
                 for future in as_completed(futures):
                     records[futures[future]] = future.result()
                     bar.update(1)
