@@ -134,3 +134,16 @@ def test_the_demo_replaces_only_a_directory_a_demo_made(tmp_path):
     (made / "old.txt").write_text("from the last demo")
     defaults.prepare_demo_output(made)
     assert sorted(path.name for path in made.iterdir()) == [defaults.DEMO_MARKER]
+
+
+def test_the_training_engine_loads_without_the_runs():
+    """``import blendmask.engine`` (the training loop) loads neither the runs nor the tasks, nor the
+    evaluation and prediction code they use."""
+    import subprocess
+    import sys
+
+    code = "import sys, blendmask.engine; print(' '.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "blendmask.engine" in loaded
+    assert not loaded & {"blendmask.engine.defaults", "blendmask.engine.tasks", "blendmask.predict",
+                         "blendmask.evaluation"}
