@@ -143,7 +143,8 @@ def test_the_training_engine_loads_without_the_runs():
     import sys
 
     code = "import sys, blendmask.engine; print(' '.join(sys.modules))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(proc.stdout.split())
     assert "blendmask.engine" in loaded
     assert not loaded & {"blendmask.engine.defaults", "blendmask.engine.tasks", "blendmask.predict",
                          "blendmask.evaluation"}
