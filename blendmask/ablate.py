@@ -2,9 +2,8 @@
 
 A *grid* is a named list of configurations, one per row of a paper table, each a set of config
 overrides on top of the ``lite_mobilenet_v2`` preset and the short-run schedule of
-:func:`short_run_overrides`. :func:`run_grid` trains every configuration with the ``blendmask
-train`` machinery (``blendmask.cli._train``, handed in as a :class:`Steps`: library modules never
-import the command line), evaluates it with COCOeval
+:func:`short_run_overrides`. :func:`run_grid` trains every configuration as ``blendmask train``
+does (:func:`blendmask.engine.defaults.train`), evaluates it with COCOeval
 (:func:`blendmask.evaluation.evaluate_model`) while timing the blender and the whole forward
 pass per image, and writes into the output directory:
 
@@ -24,10 +23,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
-    "GRIDS", "Grid", "GridRow", "Steps", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
+    "GRIDS", "Grid", "GridRow", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
     "default_jobs", "run_grid", "write_table", "write_plot", "MARKER",
 ]
 
@@ -35,17 +34,6 @@ __all__ = [
 MARKER = ".blendmask-ablate"
 RESULT_FILE = "result.json"
 BASE_CONFIG = "lite_mobilenet_v2"
-
-
-class Steps(NamedTuple):
-    """The command line's steps a run is made of (module-level functions of ``blendmask.cli``, so
-    they pickle into worker processes): ``train(config=, data=, output=, overrides=, resume=, seed=,
-    evaluate_on_val=)`` returning a result with ``final_checkpoint``; ``load_split(data, split)``;
-    ``val_source(data, val_data)`` (the val set of ``data`` or None)."""
-
-    train: Callable[..., Any]
-    load_split: Callable[[str, str], Any]
-    val_source: Callable[[str, Optional[str]], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -304,25 +292,28 @@ def _timed_evaluation(weights: Path, dataset, output_dir: Path) -> Dict[str, Any
             "total_ms": 1000 * timings["total"] / images, "images": timings["images"]}
 
 
-def run_configuration(task: Dict[str, Any]) -> Dict[str, Any]:
-    """Train and evaluate one configuration (``task``: its :class:`Steps`, data, eval source, run
-    dir, overrides, threads); writes and returns ``result.json``. Runs in a worker process with
-    ``--jobs > 1``."""
+def run_configuration(run: Dict[str, Any]) -> Dict[str, Any]:
+    """Train and evaluate one configuration (``run``: its data, eval source, run dir, overrides,
+    seed, threads and ``announce`` callback); writes and returns ``result.json``. Runs in a worker
+    process with ``--jobs > 1``."""
     import torch
 
-    steps: Steps = task["steps"]
-    if task.get("threads"):
-        torch.set_num_threads(task["threads"])
-    run_dir = Path(task["run_dir"])
+    from blendmask.engine import defaults
+    from blendmask.engine.tasks import INSTANCE
+
+    if run.get("threads"):
+        torch.set_num_threads(run["threads"])
+    run_dir = Path(run["run_dir"])
     start = time.perf_counter()
-    result = steps.train(config=BASE_CONFIG, data=task["data"], output=str(run_dir), overrides=task["overrides"],
-                    resume=(run_dir / "last_checkpoint").exists(), seed=task["seed"], evaluate_on_val=False)
+    result = defaults.train(config=BASE_CONFIG, data=run["data"], output=str(run_dir), overrides=run["overrides"],
+                            resume=(run_dir / "last_checkpoint").exists(), seed=run["seed"], evaluate_on_val=False,
+                            announce=run["announce"]).result
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    dataset = steps.load_split(task["eval_data"], task["eval_split"])
+    dataset = defaults.load_dataset(run["eval_data"], run["eval_split"], task=INSTANCE)
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
-    record = {"label": task["label"], "overrides": _jsonable(task["overrides"]), "train_s": train_s,
-              "eval_s": time.perf_counter() - start, "eval_split": task["eval_split"], **evaluation}
+    record = {"label": run["label"], "overrides": _jsonable(run["overrides"]), "train_s": train_s,
+              "eval_s": time.perf_counter() - start, "eval_split": run["eval_split"], **evaluation}
     text = json.dumps(record, indent=1)
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(text)
@@ -355,10 +346,12 @@ def _prepare_output(output: Path, grid: Grid) -> None:
     marker.write_text(json.dumps({"grid": grid.name}) + "\n")
 
 
-def _eval_source(data: str, steps: Steps) -> Tuple[str, str]:
+def _eval_source(data: str) -> Tuple[str, str]:
     """The val split of a data directory; a data set without one (a single COCO JSON) is
     evaluated on its training images (stated in the table)."""
-    val = steps.val_source(data, None)
+    from blendmask.engine.defaults import val_source
+
+    val = val_source(data, None)
     return (val, "val") if val else (data, "train")
 
 
@@ -374,19 +367,20 @@ def run_grid(
     data: str,
     output: Path,
     *,
-    steps: Steps,
     iters: int,
     size: int = 256,
     jobs: int = 1,
     seed: int = 0,
     extra_overrides: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    announce: Optional[Callable[[str], None]] = None,
 ) -> List[Dict[str, Any]]:
     """Run every configuration of ``grid`` not finished yet, then write the table and the plot.
 
     Returns the result records in grid order. A configuration whose ``result.json`` exists with
     the same overrides is reused; one with different overrides is an error (another
-    ``--iters`` or ``--set`` needs another ``--output``).
+    ``--iters`` or ``--set`` needs another ``--output``). ``announce`` receives each training
+    run's description (a module-level function, so that it pickles into worker processes).
     """
     from tqdm import tqdm
 
@@ -398,41 +392,41 @@ def run_grid(
                          f"per 2 cores), got {jobs}")
     if not Path(data).exists():
         raise FileNotFoundError(f"--data {data!r} does not exist (give a data directory or a COCO JSON file)")
-    eval_data, eval_split = _eval_source(data, steps)
-    tasks = []
+    eval_data, eval_split = _eval_source(data)
+    runs = []
     for row in grid.rows:
         overrides = configuration_overrides(grid, row, iters, size, extra_overrides)
         build_model(get_config(BASE_CONFIG, overrides))  # a bad value or an unbuildable model fails before any training
-        tasks.append({"steps": steps, "label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
-                      "run_dir": str(output / row.label), "overrides": overrides, "seed": seed,
-                      "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
+        runs.append({"label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
+                     "run_dir": str(output / row.label), "overrides": overrides, "seed": seed, "announce": announce,
+                     "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
     _prepare_output(output, grid)
 
     records: Dict[str, Dict[str, Any]] = {}
     todo = []
-    for task in tasks:
-        done = Path(task["run_dir"]) / RESULT_FILE
+    for run in runs:
+        done = Path(run["run_dir"]) / RESULT_FILE
         if done.is_file():
             record = json.loads(done.read_text())
-            if record.get("overrides") != _jsonable(task["overrides"]):
+            if record.get("overrides") != _jsonable(run["overrides"]):
                 raise FileExistsError(f"{done} was run with other settings ({record.get('overrides')}); "
                                       "use another --output for other --iters/--size/--set")
-            records[task["label"]] = record
+            records[run["label"]] = record
         else:
-            todo.append(task)
-    bar = tqdm(total=len(tasks), initial=len(records), desc=f"ablate {grid.name}", unit="config", disable=not progress)
+            todo.append(run)
+    bar = tqdm(total=len(runs), initial=len(records), desc=f"ablate {grid.name}", unit="config", disable=not progress)
     try:
         if jobs == 1:
-            for task in todo:
-                bar.set_postfix_str(task["label"])
-                records[task["label"]] = run_configuration(task)
+            for run in todo:
+                bar.set_postfix_str(run["label"])
+                records[run["label"]] = run_configuration(run)
                 bar.update(1)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(run_configuration, task): task["label"] for task in todo}
+                futures = {pool.submit(run_configuration, run): run["label"] for run in todo}
                 for future in as_completed(futures):
                     records[futures[future]] = future.result()
                     bar.update(1)

@@ -8,10 +8,7 @@ import pytest
 
 from blendmask import ablate
 from blendmask.ablate import GRIDS, Grid, GridRow, load_grid, run_grid, write_plot, write_table
-from blendmask.ablate import Steps
-from blendmask.cli import _load_split, _train, _val_source, main
-
-STEPS = Steps(_train, _load_split, _val_source)
+from blendmask.cli import main
 
 TINY = 64
 
@@ -140,7 +137,7 @@ def test_table_is_laid_out_like_the_paper(tmp_path):
 def test_tiny_grid_runs_resumes_and_refuses_other_settings(tiny_set, tmp_path, monkeypatch):
     grid = load_grid(str(_grid_file(tmp_path, TINY_ROWS)))
     out = tmp_path / "out"
-    records = run_grid(grid, str(tiny_set), out, steps=STEPS, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
+    records = run_grid(grid, str(tiny_set), out, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
     assert [r["label"] for r in records] == ["M1", "K1-sigmoid"]
     for row, record in zip(grid.rows, records):
         assert (out / row.label / "result.json").is_file()
@@ -158,10 +155,10 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(tiny_set, tmp_path, m
         raise AssertionError(f"{task['label']} was retrained")
 
     monkeypatch.setattr(ablate, "run_configuration", no_training)
-    again = run_grid(grid, str(tiny_set), out, steps=STEPS, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
+    again = run_grid(grid, str(tiny_set), out, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
     assert json.dumps(again) == json.dumps(records)  # (NaN metrics: compare the JSON text)
     with pytest.raises(FileExistsError, match="other settings"):
-        run_grid(grid, str(tiny_set), out, steps=STEPS, iters=3, size=TINY, extra_overrides=TINY_SET, progress=False)
+        run_grid(grid, str(tiny_set), out, iters=3, size=TINY, extra_overrides=TINY_SET, progress=False)
 
 
 def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_path, monkeypatch):
@@ -178,7 +175,7 @@ def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_pa
 
     monkeypatch.setattr(ablate, "run_configuration", first_only)
     with pytest.raises(KeyboardInterrupt):
-        run_grid(grid, str(tiny_set), out, steps=STEPS, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
+        run_grid(grid, str(tiny_set), out, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
     assert trained == ["M1"] and not (out / "table.md").exists()
 
     def second_only(task):
@@ -187,7 +184,7 @@ def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_pa
         return real(task)
 
     monkeypatch.setattr(ablate, "run_configuration", second_only)
-    run_grid(grid, str(tiny_set), out, steps=STEPS, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
+    run_grid(grid, str(tiny_set), out, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
     assert trained == ["M1", "K1-sigmoid"] and (out / "table.md").is_file()
 
 
@@ -226,4 +223,4 @@ def test_a_configuration_the_model_cannot_build_fails_before_any_training(tiny_s
 
     monkeypatch.setattr(ablate, "run_configuration", no_training)
     with pytest.raises(ValueError, match="no level 'p2'"):
-        run_grid(grid, str(tiny_set), tmp_path / "out", steps=STEPS, iters=1, size=TINY, progress=False)
+        run_grid(grid, str(tiny_set), tmp_path / "out", iters=1, size=TINY, progress=False)

@@ -196,11 +196,11 @@ def test_predict_refuses_two_inputs_with_one_output_name(shapes, trained, tmp_pa
 def _output_cases():
     """(argv, the function whose call is the long work, its module): output placeholders {out}."""
     return [
-        (["train", "--data", "{data}", "--output", "{out}"], "blendmask.cli", "_train", True),
-        (["eval", "--weights", "{weights}", "--data", "{data}", "--output", "{out}"], "blendmask.cli", "_evaluate", True),
-        (["predict", "{image}", "--weights", "{weights}", "--out", "{out}"], "blendmask.predict", "predict_files", True),
+        (["train", "--data", "{data}", "--output", "{out}"], "blendmask.engine.defaults", "train", True),
+        (["eval", "--weights", "{weights}", "--data", "{data}", "--output", "{out}"], "blendmask.engine.defaults", "evaluate", True),
+        (["predict", "{image}", "--weights", "{weights}", "--out", "{out}"], "blendmask.engine.defaults", "predict", True),
         (["convert", "{weights}", "{out}", "--config", "R_50_1x"], "blendmask.convert", "convert_checkpoint", False),
-        (["export-onnx", "--config", "lite_mobilenet_v2", "--out", "{out}"], "blendmask.deploy", "export_onnx", False),
+        (["export-onnx", "--config", "lite_mobilenet_v2", "--out", "{out}"], "blendmask.engine.defaults", "export_model", False),
         (["ablate", "--data", "{data}", "--grid", "bases", "--output", "{out}"], "blendmask.ablate", "run_grid", True),
     ]
 
@@ -238,7 +238,7 @@ def test_a_user_error_is_one_line_and_a_bug_is_a_traceback(shapes, trained, tmp_
     def fail_with(exc):
         def evaluate(*args, **kwargs):
             raise exc
-        monkeypatch.setattr("blendmask.cli._evaluate", evaluate)
+        monkeypatch.setattr("blendmask.engine.defaults.evaluate", evaluate)
 
     for bug in (ZeroDivisionError("division by zero"), RuntimeError("CUDA out of memory"), TypeError("bad call"),
                 KeyError("area"), ImportError("no module named foo")):
@@ -286,15 +286,15 @@ def test_torchrun_two_processes(shapes, tmp_path):
 def test_train_split_gets_the_config_augmentation(shapes):
     """``train`` builds its augmentation from the config: the instance crop of the 5x/dcni3 recipe
     when ``input.crop_enabled``, then the flip; evaluation splits get none."""
-    from blendmask.cli import _load_split
+    from blendmask.engine.defaults import load_dataset
     from blendmask.config import get_config
     from blendmask.data.transforms import RandomHorizontalFlip, RandomInstanceCrop
 
     crop_cfg = get_config("R_101_dcni3_5x").input
     assert crop_cfg.crop_enabled
-    kinds = [type(t) for t in _load_split(str(shapes), "train", train_input=crop_cfg).transforms.transforms]
+    kinds = [type(t) for t in load_dataset(str(shapes), "train", train_input=crop_cfg).transforms.transforms]
     assert kinds == [RandomInstanceCrop, RandomHorizontalFlip]
     plain = get_config("lite_mobilenet_v2").input
-    kinds = [type(t) for t in _load_split(str(shapes), "train", train_input=plain).transforms.transforms]
+    kinds = [type(t) for t in load_dataset(str(shapes), "train", train_input=plain).transforms.transforms]
     assert kinds == [RandomHorizontalFlip]
-    assert _load_split(str(shapes), "val").transforms is None
+    assert load_dataset(str(shapes), "val").transforms is None

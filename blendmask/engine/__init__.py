@@ -1,7 +1,10 @@
 """Training engine: the training loop and its hooks, solver and checkpoints.
 
 The engine depends on the models and the data, never the reverse; the distributed helpers that
-all of them use live in :mod:`blendmask.distributed`."""
+all of them use live in :mod:`blendmask.distributed`. The runs behind the commands (train,
+evaluate, predict, export, demo) are :mod:`blendmask.engine.defaults`, which asks the
+:class:`~blendmask.engine.tasks.Task` (instance or panoptic) for what differs; this package does
+not import them, so that the training loop loads without the evaluation and prediction code."""
 from .checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_from_weights
 from ..distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
 from .solver import WarmupMultiStepLR, build_lr_scheduler, build_optimizer

@@ -1,0 +1,311 @@
+"""The runs behind the ``blendmask`` commands, as functions of plain arguments.
+
+Each function does one command's work and returns what it produced, for the command line
+(:mod:`blendmask.cli`, which prints it), :mod:`blendmask.ablate` and any script:
+
+- :func:`train` -> :class:`TrainReport`: train on a data set (single process, or one rank of a
+  ``torchrun`` job), evaluating on its val split;
+- :func:`evaluate` -> :class:`EvalReport`: the metrics of a weights file on a data split;
+- :func:`predict` -> :class:`PredictReport`: overlays and a results JSON for image files;
+- :func:`export_model`: the ONNX graph of a config (and weights);
+- :func:`demo` -> :class:`DemoReport`: synthetic data, training, evaluation and predictions;
+- :func:`load_dataset` and :func:`val_source`: the data sets the runs read.
+
+What differs between instance and panoptic segmentation is the
+:class:`~blendmask.engine.tasks.Task`'s, known from the config, the weights file or the data.
+Progress messages go to an ``announce`` callback (none by default); nothing here prints.
+
+Example::
+
+    from blendmask.engine import defaults
+    trained = defaults.train(data="runs/shapes", output="runs/train",
+                             overrides={"solver.max_iter": 300})
+    report = defaults.evaluate(trained.result.final_checkpoint, "runs/shapes", output="runs/eval")
+    print(report.task.format_table(report.metrics))
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from blendmask.config import BlendMaskConfig, get_config
+from blendmask.data.panoptic import PanopticFormatError
+from blendmask.distributed import device_for_rank
+from blendmask.models import build_model
+from blendmask.models.inference import compile_report, optimize_for_inference
+from blendmask.predict import PredictionFiles
+
+from .checkpoint import load_model_from_weights
+from .hooks import TrainResult
+from .tasks import INSTANCE, Task, task_of_config, task_of_data, task_of_weights
+from .trainer import Trainer
+
+__all__ = [
+    "Announce", "TrainReport", "EvalReport", "PredictReport", "DemoReport",
+    "load_dataset", "val_source", "train", "evaluate", "predict", "export_model", "demo", "prepare_demo_output",
+    "FAST_DATA", "FAST_OVERRIDES", "DEMO_PREDICT_IMAGES", "DEMO_MARKER",
+]
+
+logger = logging.getLogger("blendmask")
+PathLike = Union[str, os.PathLike]
+#: Receives a run's progress messages (``print``, a logger method...).
+Announce = Callable[[str], None]
+
+
+def _silent(message: str) -> None:
+    """What stands for a missing :data:`Announce`: says nothing."""
+
+
+# --------------------------------------------------------------------------- data
+
+def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, train_input=None):
+    """The dataset of ``split`` of ``data`` (a directory or a COCO JSON file).
+
+    ``task``: the task whose data is expected (its :meth:`~Task.build_dataset` builds it); data
+    of the other task's format is a one-line ``PanopticFormatError`` naming the format found.
+    None takes the task of the data. ``train_input`` (a config's ``input`` section) adds its
+    training augmentation."""
+    found = task_of_data(data)
+    if task is not None and found is not task:
+        raise PanopticFormatError(f"--data {data} holds COCO {found.data_format} data, but {task.expected_data} are "
+                                  f"expected here" + (f"; {found.hint}" if found.hint else ""))
+    return found.build_dataset(data, split, train_input=train_input)
+
+
+def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
+    """Where the val split comes from: ``val_data`` (``--val-data``) if given, else ``data`` when it
+    is a directory holding a val split of its task's format. A single COCO JSON is the training set
+    only, so training on it alone evaluates nothing (rather than scoring the training images)."""
+    if val_data:
+        if not Path(val_data).exists():
+            raise FileNotFoundError(f"--val-data {str(val_data)!r} does not exist (give a data directory or a COCO "
+                                    "JSON file)")
+        return str(val_data)
+    if not Path(data).is_dir():
+        return None
+    try:
+        task_of_data(data).resolve_split(data, "val")
+    except FileNotFoundError:
+        return None
+    return str(data)
+
+
+# --------------------------------------------------------------------------- train
+
+@dataclass
+class TrainReport:
+    """What :func:`train` produced: the task, the config trained (classes sized to the data) and
+    the trainer's :class:`~blendmask.engine.TrainResult` (weights, metrics, loss curve, last
+    evaluation)."""
+
+    task: Task
+    cfg: BlendMaskConfig
+    result: TrainResult
+
+
+def _backbone_weights(choice: str, cfg: BlendMaskConfig) -> Optional[str]:
+    """``auto`` -> the offline ImageNet weights for MobileNetV2, none for ResNets."""
+    if choice == "auto":
+        return "imagenet" if cfg.model.backbone.name == "mobilenet_v2" else None
+    return None if choice == "none" else choice
+
+
+def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
+          overrides: Optional[Mapping[str, Any]] = None, resume: bool = False, weights: Optional[PathLike] = None,
+          backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0, evaluate_on_val: bool = True,
+          val_data: Optional[PathLike] = None, announce: Optional[Announce] = None) -> TrainReport:
+    """Train the preset ``config`` (default: the lite preset of the data's task) with ``overrides``
+    (dotted config keys) on the train split of ``data``, writing checkpoints, metrics and the loss
+    curve into ``output``.
+
+    Args:
+        resume: continue from the last checkpoint in ``output``; without it, an ``output`` that
+            holds checkpoints is refused.
+        weights: initialise from this weights file (matching tensors only).
+        backbone_weights: ``"auto"`` (offline ImageNet weights for MobileNetV2), ``"none"``, or a
+            state-dict path.
+        seed: seed of the initialisation and the data order.
+        evaluate_on_val: evaluate every ``solver.eval_period`` iterations and at the end on the val
+            set (:func:`val_source` of ``data`` and ``val_data``), when there is one.
+        announce: receives the one-line description of the run before it starts.
+    """
+    overrides = dict(overrides or {})
+    if config is None:
+        config = task_of_data(data).default_config
+    cfg = get_config(config, overrides)
+    task = task_of_config(cfg)
+    train_set = load_dataset(data, "train", task=task, train_input=cfg.input)
+    if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
+        raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
+                         f"{train_set.num_classes} categories")
+    extra_state = task.configure(cfg, train_set)
+    val_from = val_source(data, val_data) if evaluate_on_val else None
+    val_set = load_dataset(val_from, "val", task=task) if val_from else None
+    output_dir = Path(output)
+    if not resume and (output_dir / "last_checkpoint").exists():
+        raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
+                              "or choose another --output")
+
+    def evaluate_on(model) -> Dict[str, Any]:
+        return task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False)
+
+    torch.manual_seed(seed)
+    model = build_model(cfg, weights_backbone=None if weights else _backbone_weights(backbone_weights, cfg))
+    trainer = Trainer(model=model, cfg=cfg, train_dataset=train_set, output_dir=output_dir,
+                      evaluate=evaluate_on if val_set is not None else None, device=device_for_rank(), seed=seed,
+                      num_workers=num_workers, extra_state=extra_state)
+    if resume:
+        if not trainer.resume():
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", output_dir)
+    elif weights:
+        trainer.load_matching_weights(weights)
+    (announce or _silent)(f"training {cfg.name} on {len(train_set)} images ({task.describe_classes(train_set)}) for "
+             f"{cfg.solver.max_iter} iterations, batch {cfg.solver.ims_per_batch}, output {output_dir}")
+    return TrainReport(task=task, cfg=cfg, result=trainer.train())
+
+
+# --------------------------------------------------------------------------- evaluate
+
+@dataclass
+class EvalReport:
+    """What :func:`evaluate` produced: the task, its metrics, the files written (the task's
+    predictions and ``metrics.json``), and with ``compile`` the compilation's one-line report."""
+
+    task: Task
+    metrics: Dict[str, Any]
+    results_path: Path
+    metrics_path: Path
+    compile_report: Optional[str] = None
+
+
+def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val",
+             compile: bool = False) -> EvalReport:
+    """Evaluate the model of a weights file on ``split`` of ``data`` with its task's metrics (COCO
+    AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` into ``output``.
+
+    ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile)."""
+    model, cfg = load_model_from_weights(weights)
+    model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
+    task = task_of_config(cfg)
+    dataset = load_dataset(data, split, task=task)
+    task.check_dataset(cfg, dataset, weights=weights, data=data)
+    output = Path(output)
+    metrics = task.evaluate(model, dataset, output_dir=output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
+                      metrics_path=output / "metrics.json", compile_report=compile_report(model) if compile else None)
+
+
+# --------------------------------------------------------------------------- predict and export
+
+@dataclass
+class PredictReport:
+    """What :func:`predict` produced: the task, the files written, and with ``compile`` the
+    compilation's one-line report."""
+
+    task: Task
+    files: PredictionFiles
+    compile_report: Optional[str] = None
+
+
+def predict(weights: PathLike, images: Sequence[PathLike], output: PathLike, *, score_threshold: float = 0.3,
+            show_bases: bool = False, compile: bool = False) -> PredictReport:
+    """Predict image files with the model of a weights file, as its task does: overlays and a
+    results JSON in ``output`` (instances: detections scoring at least ``score_threshold``, and
+    with ``show_bases`` the bases and attentions; panoptic: segment maps)."""
+    task = task_of_weights(weights)
+    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile)
+    files = task.predict_files(predictor, images, output, show_bases=show_bases)
+    return PredictReport(task=task, files=files, compile_report=compile_report(predictor.model) if compile else None)
+
+
+def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike] = None,
+                 opset: Optional[int] = None) -> Path:
+    """Export the inference graph of ``cfg``'s model (random weights, or those of ``weights``) to
+    ONNX at ``out`` (``opset`` default :data:`blendmask.deploy.DEFAULT_OPSET`); returns the path."""
+    from blendmask.deploy import DEFAULT_OPSET  # deferred: the export's own dependencies load with it
+
+    return task_of_config(cfg).export_onnx(cfg, out, weights=weights, opset=DEFAULT_OPSET if opset is None else opset)
+
+
+# --------------------------------------------------------------------------- demo
+
+# "fast" is a smoke run that exercises every step; its AP is meaningless.
+FAST_DATA: Dict[str, Any] = {"train": 16, "val": 4, "size": 128, "seed": 0}
+FAST_OVERRIDES: Dict[str, Any] = {
+    "solver.max_iter": 8, "solver.warmup_iters": 2, "solver.steps": (6,), "solver.ims_per_batch": 2,
+    "solver.checkpoint_period": 0, "input.min_size_train": (128,), "input.max_size_train": 128,
+    "input.min_size_test": 128, "input.max_size_test": 128,
+}
+DEMO_PREDICT_IMAGES = 4
+#: Written into a demo's output directory: the next demo run may replace that directory.
+DEMO_MARKER = ".blendmask-demo"
+
+
+def prepare_demo_output(out: Path) -> None:
+    """Empty ``out`` for a new demo run, but only if a previous demo made it (it holds
+    :data:`DEMO_MARKER`): a directory the user filled with anything else is never deleted."""
+    if out.exists():
+        if not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
+            raise FileExistsError(f"--output {out} exists and was not made by 'blendmask demo': "
+                                  "choose a new or empty directory")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
+
+
+@dataclass
+class DemoReport:
+    """What :func:`demo` produced: the task, the metrics on the val split and its size, the run
+    time, the files to show (``(label, path)``: weights, loss curve, results...) and the pictures."""
+
+    task: Task
+    metrics: Dict[str, Any]
+    val_images: int
+    seconds: float
+    outputs: List[Tuple[str, Path]] = field(default_factory=list)
+    pictures: List[Path] = field(default_factory=list)
+
+
+def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
+         overrides: Optional[Mapping[str, Any]] = None, num_workers: int = 0,
+         announce: Optional[Announce] = None) -> DemoReport:
+    """The README's main job for ``task``: generate its synthetic set, train its lite preset on its
+    demo schedule (with ``fast`` a tiny smoke run of every step; ``overrides`` on top),
+    evaluate on the val split and predict a few val images, all under ``output`` (a directory a
+    previous demo made is replaced, any other is refused). ``announce`` receives each step."""
+    announce = announce or _silent
+    data_args, schedule = (FAST_DATA, FAST_OVERRIDES) if fast else (task.demo.data, task.demo.overrides)
+    out = Path(output)
+    prepare_demo_output(out)
+    start = time.perf_counter()
+    announce(f"[1/4] generating the {task.synthetic_set} ({data_args['train']} train + {data_args['val']} val, "
+             f"{data_args['size']} px) in {out / 'data'}")
+    data = task.make_shapes(out / "data", train=data_args["train"], val=data_args["val"], size=data_args["size"],
+                            seed=data_args["seed"], progress=True)
+    announce(f"[2/4] training {task.default_config} on the CPU")
+    trained = train(config=task.default_config, data=str(data), output=str(out / "train"),
+                    overrides={**schedule, **(overrides or {})}, num_workers=num_workers, evaluate_on_val=False,
+                    announce=announce).result
+    announce(f"[3/4] evaluating {task.metric} on the val split")
+    evaluation = evaluate(str(trained.final_checkpoint), str(data), split="val", output=out / "eval")
+    announce("[4/4] predicting on a few val images")
+    val_images = sorted((data / "val").glob("*.png"))[:DEMO_PREDICT_IMAGES]
+    predictor = task.load_predictor(trained.final_checkpoint, score_threshold=0.3)
+    files = task.predict_files(predictor, val_images, out / "predictions", show_bases=True)
+    outputs = [("weights", trained.final_checkpoint), ("loss curve", trained.loss_curve_path),
+               ("results JSON", evaluation.results_path)]
+    if task.demo.lists_predictions_json:
+        outputs.append(("predictions", files.results_json))
+    return DemoReport(task=task, metrics=evaluation.metrics, val_images=data_args["val"],
+                      seconds=time.perf_counter() - start, outputs=outputs,
+                      pictures=files.overlays + files.bases_figures)

@@ -1,0 +1,319 @@
+"""What differs between the two tasks the package runs: instance and panoptic segmentation.
+
+A :class:`Task` owns its task's data set class, evaluator, predictor, results table, default
+preset, synthetic data, ONNX export and demo recipe, so that the run logic
+(:mod:`blendmask.engine.defaults`) asks the task instead of testing a flag. The task is always
+known, never guessed from results:
+
+- of a config: :func:`task_of_config` (``model.panoptic.enabled``);
+- of a weights file: :func:`task_of_weights` (its embedded config);
+- of a data set: :func:`task_of_data` (the format of its annotations,
+  :func:`blendmask.data.panoptic.detect_format`).
+
+Example::
+
+    from blendmask.engine import load_model_from_weights
+    task = task_of_weights("runs/train/model_final.pth")
+    model, _ = load_model_from_weights("runs/train/model_final.pth")
+    metrics = task.evaluate(model, task.build_dataset("runs/shapes", "val"))
+    print(task.format_table(metrics))
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from blendmask.config import BlendMaskConfig
+from blendmask.data import CocoInstanceDataset, make_shapes, resolve_split
+from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_panoptic_split
+from blendmask.data.panoptic_shapes import make_panoptic_shapes
+from blendmask.data.transforms import build_train_transforms
+from blendmask.evaluation import RESULTS_FILE, evaluate_model, format_results_table
+from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
+from blendmask.predict import PredictionFiles, Predictor, predict_files
+from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
+from blendmask.serialization import load_checkpoint
+
+__all__ = [
+    "Task", "InstanceTask", "PanopticTask", "DemoRecipe", "INSTANCE", "PANOPTIC", "TASKS",
+    "DEMO_DATA", "DEMO_OVERRIDES", "task_of_config", "task_of_data", "task_of_weights",
+]
+
+PathLike = Union[str, os.PathLike]
+Metrics = Dict[str, Any]
+
+# The built-in demo: the synthetic set's size and the solver/input overrides of the lite preset
+# (the README gives the figures they reach). Both tasks use them.
+DEMO_DATA: Dict[str, Any] = {"train": 1000, "val": 100, "size": 256, "seed": 0}
+DEMO_OVERRIDES: Dict[str, Any] = {
+    "solver.max_iter": 600, "solver.ims_per_batch": 4, "solver.base_lr": 0.01, "solver.warmup_iters": 100,
+    "solver.steps": (450, 550), "solver.checkpoint_period": 200, "solver.eval_period": 0,
+    "input.min_size_train": (256,), "input.max_size_train": 256,
+    "input.min_size_test": 256, "input.max_size_test": 256,
+}
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """A task's ``blendmask demo``: the synthetic set's generator arguments (``train``, ``val``,
+    ``size``, ``seed``), the training schedule (config overrides), the goal its headline states,
+    and whether its report lists the predictions JSON."""
+
+    data: Mapping[str, Any]
+    overrides: Mapping[str, Any]
+    goal: str
+    lists_predictions_json: bool
+
+
+class Task(ABC):
+    """One task's parts (see the module docstring); :data:`INSTANCE` and :data:`PANOPTIC` are the two.
+
+    Attributes:
+        name: ``"instance"`` or ``"panoptic"``.
+        data_format: what :func:`~blendmask.data.panoptic.detect_format` says of its data.
+        expected_data: how error messages name the data it expects.
+        hint: what an error message suggests when data of this task comes where the other is expected.
+        default_config: the preset trained when none is given (the lite model).
+        metric: what its evaluation measures, in words.
+        results_file: the predictions file its evaluation writes into the output directory.
+        synthetic_set: its synthetic data set, in words; synthetic_images: its images, in words.
+        shapes_overwrite: whether ``make-shapes`` may replace its own earlier files (``--overwrite``).
+        demo: its :class:`DemoRecipe`.
+    """
+
+    name: str
+    data_format: str
+    expected_data: str
+    hint: str
+    default_config: str
+    metric: str
+    results_file: str
+    synthetic_set: str
+    synthetic_images: str
+    shapes_overwrite: bool
+    demo: DemoRecipe
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # ---------------------------------------------------------------- data
+
+    @abstractmethod
+    def resolve_split(self, data: PathLike, split: str) -> Tuple[str, ...]:
+        """The files of ``split`` (``"train"`` or ``"val"``) of ``data``: annotations first, then
+        the image directory (and the panoptic PNG directory). Raises ``FileNotFoundError``
+        naming the paths tried when ``data`` has no such split."""
+
+    @abstractmethod
+    def build_dataset(self, data: PathLike, split: str, *, train_input=None) -> torch.utils.data.Dataset:
+        """The dataset of ``split`` (``"train"`` or ``"val"``) of ``data``, a directory or a JSON
+        file of this task's format. With ``train_input`` (a config's ``input`` section) it carries
+        the training augmentation (:func:`~blendmask.data.transforms.build_train_transforms`)."""
+
+    @abstractmethod
+    def make_shapes(self, out: PathLike, *, train: int, val: int, size: int, seed: int = 0, num_classes: int = 4,
+                    overwrite: bool = False, progress: bool = False) -> Path:
+        """Write the task's synthetic data set into ``out`` and return its path."""
+
+    def configure(self, cfg: BlendMaskConfig, dataset) -> Dict[str, Any]:
+        """Size ``cfg``'s classes to a training ``dataset`` (in place); return what the weights
+        file stores of the data set (names and category ids)."""
+        cfg.model.num_classes = dataset.num_classes
+        return {"class_names": dataset.class_names, "category_ids": dataset.category_ids}
+
+    def describe_classes(self, dataset) -> str:
+        """The classes of ``dataset`` in words, e.g. ``"4 classes"``."""
+        return f"{dataset.num_classes} classes"
+
+    def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike) -> None:
+        """Raise ``ValueError`` if the model of ``weights`` (config ``cfg``) does not predict
+        ``dataset``'s classes."""
+        if dataset.num_classes != cfg.model.num_classes:
+            raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
+                             f"{dataset.num_classes} categories")
+
+    # ---------------------------------------------------------------- evaluation
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
+                 progress: bool = True) -> Metrics:
+        """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
+        ``output_dir``, the predictions are written there as :attr:`results_file`."""
+
+    @abstractmethod
+    def format_table(self, metrics: Metrics) -> str:
+        """The printed table of :meth:`evaluate`'s metrics."""
+
+    @abstractmethod
+    def format_summary(self, metrics: Metrics) -> str:
+        """The headline figures of :meth:`evaluate`'s metrics on one line."""
+
+    @abstractmethod
+    def demo_headline(self, metrics: Metrics) -> str:
+        """The demo's headline figures and their goal (:attr:`DemoRecipe.goal`)."""
+
+    # ---------------------------------------------------------------- prediction and export
+
+    @abstractmethod
+    def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False):
+        """The task's predictor of a weights file (``score_threshold`` applies to instances)."""
+
+    @abstractmethod
+    def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *,
+                      show_bases: bool = False) -> PredictionFiles:
+        """Predict every image file; write the overlays and the results JSON into ``out_dir``
+        (with ``show_bases``, the instance task also draws the bases and attentions)."""
+
+    @abstractmethod
+    def export_onnx(self, cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike], opset: int) -> Path:
+        """Export the model of ``cfg`` (random weights, or those of ``weights``) to ONNX at ``out``."""
+
+
+class InstanceTask(Task):
+    """Instance segmentation: COCO instance annotations, COCO AP (bbox and segm), instance overlays."""
+
+    name = "instance"
+    data_format = "instances"
+    expected_data = "COCO instance annotations"
+    hint = ""
+    default_config = "lite_mobilenet_v2"
+    metric = "COCO AP"
+    results_file = RESULTS_FILE
+    synthetic_set = "synthetic shapes set"
+    synthetic_images = "images"
+    shapes_overwrite = True
+    demo = DemoRecipe(DEMO_DATA, DEMO_OVERRIDES, goal="AP >= 0.50, AP50 >= 0.85", lists_predictions_json=False)
+
+    def resolve_split(self, data, split):
+        return resolve_split(data, split)
+
+    def build_dataset(self, data, split, *, train_input=None):
+        ann_file, image_dir = self.resolve_split(data, split)
+        transforms = build_train_transforms(train_input) if train_input is not None else None
+        mask_format = train_input.mask_format if train_input is not None else "polygon"
+        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
+
+    def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
+        return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
+                           overwrite=overwrite, progress=progress)
+
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
+        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress)
+
+    def format_table(self, metrics):
+        return format_results_table(metrics)
+
+    def format_summary(self, metrics):
+        return ", ".join(f"{kind} AP={values['AP']:.3f} AP50={values['AP50']:.3f}" for kind, values in metrics.items())
+
+    def demo_headline(self, metrics):
+        segm = metrics["segm"]
+        return f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} (goal: {self.demo.goal})"
+
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
+        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile)
+
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
+        return predict_files(predictor, images, out_dir, show_bases=show_bases)
+
+    def export_onnx(self, cfg, out, *, weights, opset):
+        from blendmask.deploy import export_onnx
+
+        return export_onnx(cfg, out, weights=weights, opset=opset)
+
+
+class PanopticTask(Task):
+    """Panoptic segmentation: COCO panoptic data, PQ (all, things, stuff), panoptic overlays."""
+
+    name = "panoptic"
+    data_format = "panoptic"
+    expected_data = "COCO panoptic data (a panoptic config)"
+    hint = "use a panoptic config (e.g. lite_mobilenet_v2_panoptic) or panoptic weights"
+    default_config = "lite_mobilenet_v2_panoptic"
+    metric = "PQ"
+    results_file = PANOPTIC_RESULTS
+    synthetic_set = "synthetic panoptic set"
+    synthetic_images = "panoptic images"
+    shapes_overwrite = False
+    demo = DemoRecipe(DEMO_DATA, DEMO_OVERRIDES, goal="PQ >= 0.60", lists_predictions_json=True)
+
+    def resolve_split(self, data, split):
+        return resolve_panoptic_split(data, split)
+
+    def build_dataset(self, data, split, *, train_input=None):
+        transforms = build_train_transforms(train_input) if train_input is not None else None
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms)
+
+    def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
+        return make_panoptic_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
+                                    overwrite=overwrite, progress=progress)
+
+    def configure(self, cfg, dataset):
+        state = super().configure(cfg, dataset)
+        cfg.model.panoptic.num_stuff_classes = dataset.num_stuff_classes
+        return {**state, "stuff_names": dataset.stuff_names, "stuff_category_ids": dataset.stuff_category_ids}
+
+    def describe_classes(self, dataset):
+        return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
+
+    def check_dataset(self, cfg, dataset, *, weights, data):
+        super().check_dataset(cfg, dataset, weights=weights, data=data)
+        if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
+            raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
+                             f"has {dataset.num_stuff_classes} stuff categories")
+
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
+        return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
+
+    def format_table(self, metrics):
+        return format_pq_table(metrics)
+
+    def format_summary(self, metrics):
+        return ", ".join(f"{row} PQ={metrics[row]['PQ']:.3f}" for row in ("All", "Things", "Stuff"))
+
+    def demo_headline(self, metrics):
+        return (f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, "
+                f"stuff {metrics['Stuff']['PQ']:.3f}) (goal: {self.demo.goal})")
+
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
+        return PanopticPredictor.from_weights(weights, compile=compile)
+
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
+        overlays = predict_panoptic_files(predictor, images, out_dir)
+        return PredictionFiles(results_json=Path(out_dir) / PANOPTIC_PREDICTIONS_JSON, overlays=overlays)
+
+    def export_onnx(self, cfg, out, *, weights, opset):
+        from blendmask.deploy.onnx_export import resolve_model
+        from blendmask.deploy.panoptic import export_panoptic_onnx
+
+        # the graph adds the semantic logits; the panoptic fusion stays in Python
+        return export_panoptic_onnx(resolve_model(cfg, weights), out, opset=opset)
+
+
+INSTANCE: Task = InstanceTask()
+PANOPTIC: Task = PanopticTask()
+TASKS: Dict[str, Task] = {task.name: task for task in (INSTANCE, PANOPTIC)}
+_BY_DATA_FORMAT = {task.data_format: task for task in TASKS.values()}
+
+
+def task_of_config(cfg: BlendMaskConfig) -> Task:
+    """The task of a model config: :data:`PANOPTIC` when ``model.panoptic.enabled``."""
+    return PANOPTIC if cfg.model.panoptic.enabled else INSTANCE
+
+
+def task_of_weights(weights: PathLike) -> Task:
+    """The task of a weights file, by its embedded config. A file without a config is taken as
+    instance weights: building its model then says what it lacks."""
+    config = load_checkpoint(weights).get("config")
+    model = config.get("model", {}) if isinstance(config, dict) else {}
+    return PANOPTIC if model.get("panoptic", {}).get("enabled") else INSTANCE
+
+
+def task_of_data(data: PathLike) -> Task:
+    """The task of a data set (a directory or a COCO JSON file), by the format of its annotations."""
+    return _BY_DATA_FORMAT[detect_format(data)]
