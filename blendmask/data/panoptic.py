@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .coco import read_json_file
+from .json_files import read_json_file
 from .images import read_image
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
