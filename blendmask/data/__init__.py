@@ -9,12 +9,14 @@ from .loader import (
     collate,
 )
 from .shapes import SHAPE_CLASSES, make_shapes
+from .splits import load_split
 from .transforms import Compose, RandomHorizontalFlip
 
 __all__ = [
     "CocoInstanceDataset",
     "load_coco_json",
     "resolve_split",
+    "load_split",
     "read_image",
     "InferenceSampler",
     "TrainingSampler",

@@ -148,7 +148,7 @@ def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
 
 
 def _first_image_file_name(ann_file: str) -> Optional[str]:
-    records = load_coco_records(ann_file)
+    records = load_coco_records(ann_file)  # kept for the dataset: the file is parsed once
     return records.file_name(0) if records.num_images else None
 
 

@@ -35,18 +35,11 @@ Item ``k`` of a packed field spans ``[ends[k - 1], ends[k])`` (0 for ``k = 0``).
 from __future__ import annotations
 
 import json
-import logging
-from itertools import chain
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-from pycocotools import mask as mask_utils
-
-from .coco_checks import segmentation_area
 
 __all__ = ["CocoRecords", "RECORD_FIELDS"]
-
-logger = logging.getLogger(__name__)
 
 #: ``{field: (dtype, trailing shape)}`` of every array of :class:`CocoRecords`.
 RECORD_FIELDS: Dict[str, Tuple[str, Tuple[int, ...]]] = {
@@ -74,93 +67,16 @@ def _span(ends: np.ndarray, k: int) -> Tuple[int, int]:
     return (int(ends[k - 1]) if k > 0 else 0), int(ends[k])
 
 
-def _pack_bytes(items: List[bytes]) -> Tuple[np.ndarray, np.ndarray]:
-    """``(buffer uint8, ends int64)`` of byte strings laid back to back."""
-    ends = np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)))
-    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), ends
-
-
 class CocoRecords:
     """The records of one validated COCO instance file as flat arrays (fields in the module doc).
 
-    Build with :meth:`from_coco_dict` (from a dict that passed
-    :func:`blendmask.data.coco_checks.check_coco`) or from saved ``arrays``
-    (:meth:`from_arrays`, which checks their consistency). The instance owns only those arrays.
+    Built by :func:`blendmask.data.coco_build.build_records` from a parsed file, or from saved
+    ``arrays`` (:meth:`from_arrays`, which checks their consistency). The instance owns only those arrays.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
         for name in RECORD_FIELDS:
             setattr(self, name, arrays[name])
-
-    # ------------------------------------------------------------------------- building
-    @classmethod
-    def from_coco_dict(cls, data: Dict[str, Any]) -> "CocoRecords":
-        """The records of a :func:`~blendmask.data.coco_checks.check_coco`-validated dict (not
-        modified). A missing ``area`` becomes the mask's pixel area, a missing ``iscrowd`` 0."""
-        images, anns = data["images"], data["annotations"]
-        image_ids = np.fromiter((rec["id"] for rec in images), dtype=np.int64, count=len(images))
-        sizes = np.array([(rec["height"], rec["width"]) for rec in images], dtype=np.int64).reshape(-1, 2)
-        file_names, file_name_ends = _pack_bytes([rec["file_name"].encode("utf-8", "surrogatepass")
-                                                  for rec in images])
-        row_of = {int(iid): row for row, iid in enumerate(image_ids.tolist())}
-        n = len(anns)
-        ann_images = np.fromiter((row_of[a["image_id"]] for a in anns), dtype=np.int64, count=n)
-        segs = [a["segmentation"] for a in anns]
-        is_rle = np.fromiter((type(s) is dict for s in segs), dtype=np.uint8, count=n)
-        polygons = [s if type(s) is list else () for s in segs]
-        polygons_per_ann = np.fromiter(map(len, polygons), dtype=np.int64, count=n)
-        flat_polygons = list(chain.from_iterable(polygons))
-        polygon_lengths = np.fromiter(map(len, flat_polygons), dtype=np.int64, count=len(flat_polygons))
-        coordinates = np.fromiter(chain.from_iterable(flat_polygons), dtype=np.float64,
-                                  count=int(polygon_lengths.sum()))
-        rles: List[bytes] = []
-        for a, seg, row in zip(anns, segs, ann_images.tolist()):
-            if type(seg) is not dict:
-                rles.append(b"")
-                continue
-            counts = seg["counts"]
-            if type(counts) is list:
-                h, w = sizes[row].tolist()
-                counts = mask_utils.frPyObjects(seg, h, w)["counts"]
-            rles.append(counts.encode("ascii") if isinstance(counts, str) else bytes(counts))
-        rle_counts, rle_ends = _pack_bytes(rles)
-        areas = np.empty(n, dtype=np.float64)
-        crowd = np.zeros(n, dtype=np.uint8)
-        filled_area = filled_crowd = 0
-        for k, a in enumerate(anns):
-            if "area" in a:
-                areas[k] = a["area"]
-            else:
-                h, w = sizes[ann_images[k]].tolist()
-                areas[k] = segmentation_area(a["segmentation"], h, w)
-                filled_area += 1
-            if "iscrowd" in a:
-                crowd[k] = a["iscrowd"]
-            else:
-                filled_crowd += 1
-        if filled_area or filled_crowd:
-            logger.info("filled 'area' of %d and 'iscrowd' of %d annotations", filled_area, filled_crowd)
-        categories_json = np.frombuffer(
-            json.dumps(data["categories"], ensure_ascii=True).encode("ascii"), dtype=np.uint8).copy()
-        return cls({
-            "image_ids": image_ids,
-            "image_sizes": sizes,
-            "file_names": file_names,
-            "file_name_ends": file_name_ends,
-            "ann_ids": np.fromiter((a["id"] for a in anns), dtype=np.int64, count=n),
-            "ann_images": ann_images,
-            "ann_categories": np.fromiter((a["category_id"] for a in anns), dtype=np.int64, count=n),
-            "ann_boxes": np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4),
-            "ann_areas": areas,
-            "ann_crowd": crowd,
-            "ann_is_rle": is_rle,
-            "ann_polygon_ends": np.cumsum(polygons_per_ann),
-            "polygon_ends": np.cumsum(polygon_lengths),
-            "coordinates": coordinates,
-            "rle_counts": rle_counts,
-            "rle_ends": rle_ends,
-            "categories_json": categories_json,
-        })
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "CocoRecords":

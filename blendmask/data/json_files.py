@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Dict, Optional
 
-__all__ = ["read_json_file"]
+__all__ = ["read_json_file", "coco_json_format"]
 
 
 def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") -> Any:
@@ -27,3 +27,18 @@ def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") ->
         raise ValueError(f"{path}: not valid JSON: {' '.join(str(e).split())}") from e
     except RecursionError:
         raise ValueError(f"{path}: JSON nested too deeply") from None
+
+
+def coco_json_format(data: Dict[str, Any]) -> Optional[str]:
+    """"panoptic", "instances" or None (no annotation says) from a loaded COCO JSON."""
+    annotations = data.get("annotations")
+    if isinstance(annotations, list):
+        for ann in annotations:
+            if isinstance(ann, dict) and "segments_info" in ann:
+                return "panoptic"
+            if isinstance(ann, dict) and ("segmentation" in ann or "bbox" in ann):
+                return "instances"
+    categories = data.get("categories")
+    if isinstance(categories, list) and categories and all(isinstance(c, dict) and "isthing" in c for c in categories):
+        return "panoptic"
+    return None
