@@ -204,7 +204,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set solver.max_iter=300 solver.base_lr=0.02")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data-loader worker processes per process (default: min(4, CPU cores per local rank) "
+                        "when training on a GPU, 0 on the CPU)")
 
 
 def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str, Any], resume: bool = False,

@@ -165,6 +165,9 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         box_tolerance: how far (pixels) a box may stick out of its image before it is an error.
         mask_format: ``"polygon"`` (default): an image whose annotations are all polygons gets
             :class:`~blendmask.polygons.PolygonMasks`; ``"bitmask"``: ``(n, H, W)`` uint8 always.
+        uint8_images: return 8-bit images as uint8 ``(3, H, W)`` (a quarter of the bytes through
+            a loader worker's queue; :func:`blendmask.data.images.uint8_to_unit_float` makes the
+            float image on the training device). Default False: float32 in ``[0, 1]``.
         records: the file's :class:`~blendmask.data.coco_records.CocoRecords` when the caller
             already has them (:func:`blendmask.data.load_split` does); default: read ``ann_file``.
 
@@ -191,6 +194,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: bool = True,
         box_tolerance: float = 2.0,
         mask_format: str = "polygon",
+        uint8_images: bool = False,
         records: Optional[CocoRecords] = None,
     ) -> None:
         self.ann_file = os.fspath(ann_file)
@@ -202,6 +206,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.mask_format = mask_format
+        self.uint8_images = bool(uint8_images)
         self.transforms = transforms
         self.box_tolerance = float(box_tolerance)
         self.records = records if records is not None else load_coco_records(self.ann_file)
@@ -288,13 +293,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return os.path.join(self.image_dir, self.records.file_name(int(self._rows[index])))
 
     def load_image(self, index: int) -> torch.Tensor:
-        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]``.
+        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]`` (uint8 for an
+        8-bit file with ``uint8_images``).
 
         Raises ``ValueError`` naming the files and the image id if the file cannot be read or its
         size differs from the annotation's (checked before its pixels are decoded)."""
         h, w = self.image_size(index)
         return read_image(self.image_path(index), expected_size=(w, h),
-                          context=f"{self.ann_file}: image id {self.image_id(index)}: ")
+                          context=f"{self.ann_file}: image id {self.image_id(index)}: ",
+                          keep_uint8=self.uint8_images)
 
     def _annotations_of(self, index: int) -> np.ndarray:
         row = int(self._rows[index])

@@ -13,11 +13,16 @@ Training data order (documented contract for resuming):
   ``build_train_loader(..., start_iter=i)``: the sampler jumps straight to position ``i * B`` of
   this rank's stream (cost O(dataset size), not O(i)), and yields exactly the batches the
   uninterrupted run would have yielded from iteration ``i`` on.
+
+Feeding a GPU: ``num_workers=None`` picks :func:`default_num_workers`; workers are persistent;
+``pin_memory`` pins the batches for non-blocking copies (:func:`batch_to_device`), which also turns
+uint8 images (``CocoInstanceDataset(uint8_images=True)``) into float32 on the device.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import dist_rank_and_world_size
+from .images import uint8_to_unit_float
 
 __all__ = [
     "collate",
@@ -33,7 +39,35 @@ __all__ = [
     "InferenceSampler",
     "build_train_loader",
     "build_test_loader",
+    "default_num_workers",
+    "batch_to_device",
+    "MAX_AUTO_WORKERS",
 ]
+
+#: The most loader workers :func:`default_num_workers` picks per process.
+MAX_AUTO_WORKERS = 4
+
+
+def default_num_workers(device: Optional[torch.device] = None) -> int:
+    """Loader workers per process when none are asked for: ``min(4, CPU cores per local rank)``
+    when training on a GPU (``LOCAL_WORLD_SIZE`` from torchrun, else 1), so that image decoding
+    overlaps the device's work; 0 on the CPU, where workers would compete with the training
+    threads for the same cores."""
+    if device is None or torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(MAX_AUTO_WORKERS, cores // local_ranks))
+
+
+def batch_to_device(images: Sequence[torch.Tensor], targets: Sequence[Dict[str, Any]],
+                    device: torch.device) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
+    """A batch on ``device`` with non-blocking copies; uint8 images become float32 in ``[0, 1]``
+    there (:func:`blendmask.data.images.uint8_to_unit_float`)."""
+    images = [uint8_to_unit_float(image.to(device, non_blocking=True)) for image in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
 
 
 def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
@@ -127,20 +161,25 @@ def build_train_loader(
     dataset: Dataset,
     *,
     batch_size: int,
-    num_workers: int,
+    num_workers: Optional[int],
     seed: int,
     distributed: Optional[bool] = None,
     start_iter: int = 0,
+    device: Optional[torch.device] = None,
 ) -> DataLoader:
     """An infinite training loader of ``(list[image], list[target])`` batches.
 
-    ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
+    ``batch_size`` is per process. ``num_workers``: worker processes (persistent), None for
+    :func:`default_num_workers` of ``device`` (the training device; on CUDA the batches are
+    pinned for :func:`batch_to_device`). Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
     (module doc). ``distributed``: see :func:`blendmask.distributed.dist_rank_and_world_size`. The loader leaves the
     global RNG states of the calling process unchanged.
     """
     if batch_size <= 0:
         raise ValueError(f"build_train_loader: batch_size must be positive, got {batch_size}")
+    if num_workers is None:
+        num_workers = default_num_workers(device)
     if num_workers < 0:
         raise ValueError(f"build_train_loader: num_workers must be >= 0, got {num_workers}")
     if start_iter < 0:
@@ -155,6 +194,8 @@ def build_train_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
         # Workers' base seed comes from this generator, not from the global RNG.
         generator=torch.Generator().manual_seed(_derive_seed(seed, "workers", rank)),
     )

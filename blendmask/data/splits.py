@@ -23,6 +23,7 @@ def load_split(
     panoptic: Optional[bool] = False,
     transforms: Optional[Transform] = None,
     mask_format: str = "polygon",
+    uint8_images: bool = False,
 ) -> Union[CocoInstanceDataset, CocoPanopticDataset]:
     """The dataset of ``split`` ("train" or "val") of a data argument.
 
@@ -30,7 +31,8 @@ def load_split(
     :func:`blendmask.data.panoptic.resolve_panoptic_split`). ``panoptic``: False expects COCO
     instances, True COCO panoptic data, None takes what ``data`` holds; data of the other format
     is a one-line :class:`~blendmask.data.panoptic.PanopticFormatError` naming the format found.
-    ``transforms`` and ``mask_format`` (instances only) are passed to the dataset.
+    ``transforms``, and for instances ``mask_format`` and ``uint8_images`` (True for a training
+    set: 8-bit images cross the loader's worker boundary as uint8), are passed to the dataset.
     """
     data = os.fspath(data)
     found = detect_format(data)
@@ -43,4 +45,4 @@ def load_split(
         return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
     ann_file, image_dir = resolve_split(data, split)
     return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
-                               records=load_coco_records(ann_file))
+                               uint8_images=uint8_images, records=load_coco_records(ann_file))
