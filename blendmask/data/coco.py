@@ -308,6 +308,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         start = int(self._ann_ends[row - 1]) if row > 0 else 0
         return self._ann_order[start:int(self._ann_ends[row])]
 
+    def image_categories(self) -> List[np.ndarray]:
+        """The COCO category ids of each dataset index's training instances (for repeat factors)."""
+        return [self.records.ann_categories[self._annotations_of(i)] for i in range(len(self))]
+
     def load_target(self, index: int) -> Target:
         """Build the target dict of dataset ``index`` (no transforms applied)."""
         rec = self.records

@@ -42,7 +42,12 @@ __all__ = [
     "default_num_workers",
     "batch_to_device",
     "MAX_AUTO_WORKERS",
+    "SAMPLERS",
+    "derive_seed",
 ]
+
+#: ``sampler`` values of :func:`build_train_loader` (``dataloader.sampler`` of the config).
+SAMPLERS = ("training", "repeat_factor")
 
 #: The most loader workers :func:`default_num_workers` picks per process.
 MAX_AUTO_WORKERS = 4
@@ -77,7 +82,7 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     return images, targets
 
 
-def _derive_seed(seed: int, stream: str, n: int) -> int:
+def derive_seed(seed: int, stream: str, n: int) -> int:
     """A 63-bit seed that is a pure function of ``(seed, stream, n)``."""
     digest = hashlib.blake2b(f"{seed}:{stream}:{n}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -105,7 +110,7 @@ class TrainingSampler(Sampler[Tuple[int, int]]):
 
     def epoch_order(self, epoch: int) -> List[int]:
         """The global order of the dataset indices in ``epoch`` (a seeded permutation)."""
-        generator = torch.Generator().manual_seed(_derive_seed(self.seed, "epoch", epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
@@ -115,7 +120,7 @@ class TrainingSampler(Sampler[Tuple[int, int]]):
             if position // self.size != epoch:
                 epoch = position // self.size
                 order = self.epoch_order(epoch)
-            yield order[position % self.size], _derive_seed(self.seed, "sample", position)
+            yield order[position % self.size], derive_seed(self.seed, "sample", position)
 
 
 class InferenceSampler(Sampler[int]):
@@ -166,12 +171,16 @@ def build_train_loader(
     distributed: Optional[bool] = None,
     start_iter: int = 0,
     device: Optional[torch.device] = None,
+    sampler: str = "training",
+    repeat_threshold: float = 0.0,
 ) -> DataLoader:
     """An infinite training loader of ``(list[image], list[target])`` batches.
 
     ``batch_size`` is per process. ``num_workers``: worker processes (persistent), None for
     :func:`default_num_workers` of ``device`` (the training device; on CUDA the batches are
-    pinned for :func:`batch_to_device`). Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
+    pinned for :func:`batch_to_device`). ``sampler``: ``"training"`` (every image once per epoch)
+    or ``"repeat_factor"`` (:mod:`blendmask.data.repeat_factor` with ``repeat_threshold``; the
+    dataset must give ``image_categories()``, as :class:`~blendmask.data.CocoInstanceDataset` does). Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
     (module doc). ``distributed``: see :func:`blendmask.distributed.dist_rank_and_world_size`. The loader leaves the
     global RNG states of the calling process unchanged.
@@ -184,20 +193,29 @@ def build_train_loader(
         raise ValueError(f"build_train_loader: num_workers must be >= 0, got {num_workers}")
     if start_iter < 0:
         raise ValueError(f"build_train_loader: start_iter must be >= 0, got {start_iter}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"build_train_loader: sampler must be one of {SAMPLERS}, got {sampler!r}")
     rank, world_size = dist_rank_and_world_size(distributed)
-    sampler = TrainingSampler(
-        len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size
-    )
+    place = dict(seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size)
+    if sampler == "repeat_factor":
+        from .repeat_factor import RepeatFactorTrainingSampler, repeat_factors
+
+        if not hasattr(dataset, "image_categories"):
+            raise ValueError(f"build_train_loader: sampler 'repeat_factor' needs a dataset with image_categories() "
+                             f"(a CocoInstanceDataset), got {type(dataset).__name__}")
+        order = RepeatFactorTrainingSampler(repeat_factors(dataset.image_categories(), repeat_threshold), **place)
+    else:
+        order = TrainingSampler(len(dataset), **place)
     return DataLoader(
         _SeededSamples(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=order,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=device is not None and torch.device(device).type == "cuda",
         persistent_workers=num_workers > 0,
         # Workers' base seed comes from this generator, not from the global RNG.
-        generator=torch.Generator().manual_seed(_derive_seed(seed, "workers", rank)),
+        generator=torch.Generator().manual_seed(derive_seed(seed, "workers", rank)),
     )
 
 

@@ -259,7 +259,9 @@ class Trainer:
         from blendmask.data import build_train_loader
 
         return build_train_loader(self.train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
-                                  seed=self.seed, start_iter=self.start_iter, device=self.device)
+                                  seed=self.seed, start_iter=self.start_iter, device=self.device,
+                                  sampler=self.cfg.dataloader.sampler,
+                                  repeat_threshold=self.cfg.dataloader.repeat_threshold)
 
     def run_step(self) -> Dict[str, float]:
         """One optimisation step on the next batch. Returns its rank-averaged metrics
