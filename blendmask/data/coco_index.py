@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Optional
 
 from .coco_build import build_records
 from .coco_cache import CacheSlot, FileKey

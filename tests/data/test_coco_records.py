@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import sys
 import types
 
 import numpy as np
@@ -44,7 +43,7 @@ def test_targets_match_the_file(tmp_path):
     data = json.loads(path.read_text())
     ds = CocoInstanceDataset(path, tmp_path / "images")
     for index in (0, 17, 29):
-        _, target = ds.load_image, ds.load_target(index)
+        target = ds.load_target(index)
         anns = [a for a in data["annotations"] if a["image_id"] == ds.image_id(index)]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns])
