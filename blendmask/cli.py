@@ -70,7 +70,9 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
 
 
 def _add_num_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data-loader worker processes per process (default: min(4, CPU cores per local rank) "
+                        "when training on a GPU, 0 on the CPU)")
 
 
 def _add_panoptic(p: argparse.ArgumentParser, help: str) -> None:

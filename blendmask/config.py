@@ -174,11 +174,20 @@ class SolverConfig:
 
 
 @dataclass
+class DataLoaderConfig:
+    # "training": every image once per epoch; "repeat_factor": LVIS's repeat-factor sampling
+    # (blendmask.data.repeat_factor) with repeat_threshold (detectron2's REPEAT_THRESHOLD)
+    sampler: str = "training"
+    repeat_threshold: float = 0.0
+
+
+@dataclass
 class BlendMaskConfig:
     name: str = "R_50_1x"
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         """Nested plain dict (tuples become lists, so the result is JSON-friendly)."""
@@ -208,6 +217,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.basis.module": ("protonet", "deeplabv3plus"),
     "model.blender.bottom_interp": ("bilinear", "nearest"),
     "model.blender.merge": ("blender", "assembler"),
+    "dataloader.sampler": ("training", "repeat_factor"),
 }
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import warnings
@@ -56,7 +55,10 @@ from pycocotools.coco import COCO
 
 from ..polygons import PolygonMasks
 from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
+from .coco_index import load_coco_records
+from .coco_records import CocoRecords, first_error_row
 from .images import read_image
+from .json_files import read_json_file
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
 
@@ -68,32 +70,12 @@ Target = Dict[str, Any]
 Transform = Callable[[torch.Tensor, Target], Tuple[torch.Tensor, Target]]
 
 
-def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") -> Any:
-    """The parsed JSON of ``path``: the one reader of the package's annotation files. A missing
-    file is a ``FileNotFoundError`` naming ``what``; broken JSON (line and column), a file that is
-    not UTF-8, an integer too long to convert or nesting too deep is a one-line ``ValueError``
-    naming the file. A UTF-8 byte-order mark is accepted."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path!r}")
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file ({e})") from e
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise ValueError(f"{path}: not valid JSON: {' '.join(str(e).split())}") from e
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply") from None
-
-
 def load_coco_json(ann_file: str | os.PathLike) -> COCO:
-    """Read and validate a COCO annotation file into a pycocotools ``COCO`` object.
+    """Read and validate a COCO annotation file into a pycocotools ``COCO`` object holding the
+    whole file (every field kept; for training, :func:`blendmask.data.coco_index.load_coco_records`
+    is the reader).
 
-    This is the one path by which the package reads COCO ground truth. Raises
-    ``FileNotFoundError`` if the file is missing and a one-line ``ValueError`` naming the file
+    Raises ``FileNotFoundError`` if the file is missing and a one-line ``ValueError`` naming the file
     (and line/column, or the record) if it is not valid JSON or breaks a rule of
     :func:`blendmask.data.coco_checks.check_coco`. Missing ``area``/``iscrowd`` fields are filled
     (:func:`blendmask.data.coco_checks.fill_coco_defaults`).
@@ -104,6 +86,15 @@ def load_coco_json(ann_file: str | os.PathLike) -> COCO:
     filled = fill_coco_defaults(data)
     if filled:
         logger.info("%s: %s", ann_file, filled)
+    return _coco_of_dict(data)
+
+
+def coco_of_records(records: CocoRecords) -> COCO:
+    """A pycocotools ``COCO`` ground truth of ``records`` (what COCOeval needs)."""
+    return _coco_of_dict(records.to_coco_dict())
+
+
+def _coco_of_dict(data: Dict[str, Any]) -> COCO:
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
@@ -157,8 +148,8 @@ def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
 
 
 def _first_image_file_name(ann_file: str) -> Optional[str]:
-    images = load_coco_json(ann_file).dataset["images"]
-    return images[0]["file_name"] if images else None
+    records = load_coco_records(ann_file)  # kept for the dataset: the file is parsed once
+    return records.file_name(0) if records.num_images else None
 
 
 class CocoInstanceDataset(torch.utils.data.Dataset):
@@ -174,14 +165,24 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         box_tolerance: how far (pixels) a box may stick out of its image before it is an error.
         mask_format: ``"polygon"`` (default): an image whose annotations are all polygons gets
             :class:`~blendmask.polygons.PolygonMasks`; ``"bitmask"``: ``(n, H, W)`` uint8 always.
+        uint8_images: return 8-bit images as uint8 ``(3, H, W)`` (a quarter of the bytes through
+            a loader worker's queue; :func:`blendmask.data.images.uint8_to_unit_float` makes the
+            float image on the training device). Default False: float32 in ``[0, 1]``.
+        records: the file's :class:`~blendmask.data.coco_records.CocoRecords` when the caller
+            already has them (:func:`blendmask.engine.defaults.load_dataset` does, through the process's records index); default: read ``ann_file``.
+
+    The dataset holds its records in flat numpy arrays (:mod:`blendmask.data.coco_records`), a
+    fixed number of Python objects whatever the number of images, so forked loader workers share
+    them without copying.
 
     Attributes:
         ann_file, image_dir: the paths given.
-        coco: the pycocotools ``COCO`` object (ground truth for COCOeval).
+        records: the file's :class:`~blendmask.data.coco_records.CocoRecords`.
+        coco: the pycocotools ``COCO`` ground truth (for COCOeval), built on first access.
         category_ids: ``category_ids[label]`` is the COCO category id of contiguous ``label``.
         class_names: category names in label order.
         num_classes: ``len(category_ids)``.
-        image_ids: COCO image id of each dataset index.
+        image_ids: COCO image id of each dataset index (a new list on each access).
     """
 
     def __init__(
@@ -193,6 +194,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: bool = True,
         box_tolerance: float = 2.0,
         mask_format: str = "polygon",
+        uint8_images: bool = False,
+        records: Optional[CocoRecords] = None,
     ) -> None:
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
@@ -203,106 +206,132 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.mask_format = mask_format
+        self.uint8_images = bool(uint8_images)
         self.transforms = transforms
         self.box_tolerance = float(box_tolerance)
-        self.coco = load_coco_json(self.ann_file)
+        self.records = records if records is not None else load_coco_records(self.ann_file)
+        self._coco: Optional[COCO] = None
 
-        categories = {cat["id"]: cat["name"] for cat in self.coco.dataset["categories"]}
+        categories = {cat["id"]: cat["name"] for cat in self.records.categories()}
         self.category_ids: List[int] = sorted(categories)
         self.class_names: List[str] = [categories[c] for c in self.category_ids]
         self.num_classes = len(self.category_ids)
-        self._label_of = {cid: label for label, cid in enumerate(self.category_ids)}
 
-        images = {rec["id"]: rec for rec in self.coco.dataset["images"]}
-        self._check_image_files(images)
-        per_image = self._trainable_annotations(self.coco.dataset["annotations"], images)
-        self._records: List[Tuple[Dict[str, Any], List[Dict[str, Any]]]] = []
-        for image_id, info in images.items():
-            anns = per_image.get(image_id, [])
-            if anns or keep_empty:
-                self._records.append((info, anns))
-        self.image_ids: List[int] = [info["id"] for info, _ in self._records]
+        self._check_image_files()
+        trainable = self._trainable_annotations()
+        # per image row, its trainable annotations (in file order), grouped by image
+        order = trainable[np.argsort(self.records.ann_images[trainable], kind="stable")]
+        counts = np.bincount(self.records.ann_images[order], minlength=self.records.num_images)
+        self._ann_order = order
+        self._ann_ends = np.cumsum(counts)
+        self._rows = np.arange(self.records.num_images) if keep_empty else np.flatnonzero(counts)
+        labels = np.searchsorted(np.asarray(self.category_ids, dtype=np.int64), self.records.ann_categories)
+        self._ann_labels = labels.astype(np.int64)
+
+    @property
+    def image_ids(self) -> List[int]:
+        return self.records.image_ids[self._rows].tolist()
+
+    @property
+    def coco(self) -> COCO:
+        if self._coco is None:
+            self._coco = coco_of_records(self.records)
+        return self._coco
 
     # ----------------------------------------------------------------------------- validation
     def _err(self, what: str) -> ValueError:
         return ValueError(f"{self.ann_file}: {what}")
 
-    def _check_image_files(self, images: Dict[int, Dict[str, Any]]) -> None:
-        for iid, rec in images.items():
-            path = os.path.join(self.image_dir, rec["file_name"])
+    def _where(self, ann: int) -> str:
+        rec = self.records
+        row = int(rec.ann_images[ann])
+        return f"annotation id {int(rec.ann_ids[ann])} (image id {int(rec.image_ids[row])}, {rec.file_name(row)!r})"
+
+    def _check_image_files(self) -> None:
+        rec = self.records
+        for row in range(rec.num_images):
+            name = rec.file_name(row)
+            path = os.path.join(self.image_dir, name)
             try:
                 found = os.path.isfile(path)
             except ValueError:  # e.g. a lone surrogate the file system cannot encode
-                raise self._err(f"image id {iid}: file_name {rec['file_name']!r} is not a valid path") from None
+                raise self._err(f"image id {int(rec.image_ids[row])}: file_name {name!r} is not a valid path") from None
             if not found:
-                raise FileNotFoundError(f"{self.ann_file}: image id {iid}: image file {path!r} not found")
+                raise FileNotFoundError(f"{self.ann_file}: image id {int(rec.image_ids[row])}: "
+                                        f"image file {path!r} not found")
 
-    def _trainable_annotations(
-        self, anns: Sequence[Dict[str, Any]], images: Dict[int, Dict[str, Any]]
-    ) -> Dict[int, List[Dict[str, Any]]]:
-        """Apply the box policy to the (already validated) annotations; return the trainable
-        (non-crowd, non-empty box) ones per image id."""
-        per_image: Dict[int, List[Dict[str, Any]]] = {}
-        for ann in anns:
-            info = images[ann["image_id"]]
-            where = f"annotation id {ann['id']} (image id {info['id']}, {info['file_name']!r})"
-            box = self._check_box(ann["bbox"], info, where)
-            if ann["iscrowd"]:
-                continue
-            if box[2] <= box[0] or box[3] <= box[1]:
-                continue  # zero-area after clipping: nothing to learn
-            per_image.setdefault(info["id"], []).append(ann)
-        return per_image
-
-    def _check_box(self, bbox: List[float], info: Dict[str, Any], where: str) -> Tuple[float, float, float, float]:
-        """A validated COCO ``[x, y, w, h]`` box inside the image up to the tolerance, clipped, as xyxy."""
-        x, y, bw, bh = (float(v) for v in bbox)
-        w, h, tol = info["width"], info["height"], self.box_tolerance
-        if x < -tol or y < -tol or x + bw > w + tol or y + bh > h + tol:
-            raise self._err(
-                f"{where}: bbox {bbox} lies outside the {w}x{h} image by more than {tol} px"
-            )
-        return (min(max(x, 0.0), w), min(max(y, 0.0), h), min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h))
+    def _trainable_annotations(self) -> np.ndarray:
+        """Apply the box policy to the (already validated) annotations: every box must lie inside
+        its image up to the tolerance; return the indices of the trainable (non-crowd, non-empty
+        clipped box) annotations, in file order."""
+        rec, tol = self.records, self.box_tolerance
+        x, y, bw, bh = rec.ann_boxes.T
+        h, w = rec.image_sizes[rec.ann_images].T.astype(np.float64)
+        bad = first_error_row((x < -tol) | (y < -tol) | (x + bw > w + tol) | (y + bh > h + tol))
+        if bad is not None:
+            raise self._err(f"{self._where(bad)}: bbox {rec.ann_boxes[bad].tolist()} lies outside the "
+                            f"{int(w[bad])}x{int(h[bad])} image by more than {tol} px")
+        x0, x1 = np.minimum(np.maximum(x, 0.0), w), np.minimum(np.maximum(x + bw, 0.0), w)
+        y0, y1 = np.minimum(np.maximum(y, 0.0), h), np.minimum(np.maximum(y + bh, 0.0), h)
+        return np.flatnonzero((rec.ann_crowd == 0) & (x1 > x0) & (y1 > y0))
 
     # ----------------------------------------------------------------------------- loading
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._rows)
+
+    def image_id(self, index: int) -> int:
+        """COCO image id of dataset ``index``."""
+        return int(self.records.image_ids[self._rows[index]])
+
+    def image_size(self, index: int) -> Tuple[int, int]:
+        """``(height, width)`` of dataset ``index`` as annotated."""
+        h, w = self.records.image_sizes[self._rows[index]].tolist()
+        return h, w
 
     def image_path(self, index: int) -> str:
         """Path of the image file of dataset ``index``."""
-        return os.path.join(self.image_dir, self._records[index][0]["file_name"])
+        return os.path.join(self.image_dir, self.records.file_name(int(self._rows[index])))
 
     def load_image(self, index: int) -> torch.Tensor:
-        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]``.
+        """Read image ``index`` as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]`` (uint8 for an
+        8-bit file with ``uint8_images``).
 
         Raises ``ValueError`` naming the files and the image id if the file cannot be read or its
         size differs from the annotation's (checked before its pixels are decoded)."""
-        info = self._records[index][0]
-        return read_image(self.image_path(index), expected_size=(info["width"], info["height"]),
-                          context=f"{self.ann_file}: image id {info['id']}: ")
+        h, w = self.image_size(index)
+        return read_image(self.image_path(index), expected_size=(w, h),
+                          context=f"{self.ann_file}: image id {self.image_id(index)}: ",
+                          keep_uint8=self.uint8_images)
+
+    def _annotations_of(self, index: int) -> np.ndarray:
+        row = int(self._rows[index])
+        start = int(self._ann_ends[row - 1]) if row > 0 else 0
+        return self._ann_order[start:int(self._ann_ends[row])]
+
+    def image_categories(self) -> List[np.ndarray]:
+        """The COCO category ids of each dataset index's training instances (for repeat factors)."""
+        return [self.records.ann_categories[self._annotations_of(i)] for i in range(len(self))]
 
     def load_target(self, index: int) -> Target:
         """Build the target dict of dataset ``index`` (no transforms applied)."""
-        info, anns = self._records[index]
-        h, w = info["height"], info["width"]
-        boxes = torch.zeros((len(anns), 4), dtype=torch.float32)
-        labels = torch.zeros((len(anns),), dtype=torch.int64)
-        for i, ann in enumerate(anns):
-            x, y, bw, bh = (float(v) for v in ann["bbox"])
-            boxes[i] = torch.tensor([x, y, x + bw, y + bh])
-            labels[i] = self._label_of[ann["category_id"]]
-        segmentations = [ann["segmentation"] for ann in anns]
+        rec = self.records
+        anns = self._annotations_of(index)
+        h, w = self.image_size(index)
+        xywh = rec.ann_boxes[anns]
+        boxes = torch.from_numpy(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)).float()
+        labels = torch.from_numpy(self._ann_labels[anns])
         try:
-            if self.mask_format == "polygon" and anns and all(isinstance(seg, list) for seg in segmentations):
-                masks = PolygonMasks(segmentations, (h, w))
+            if self.mask_format == "polygon" and anns.size and not rec.ann_is_rle[anns].any():
+                masks = PolygonMasks([rec.polygons(int(k)) for k in anns], (h, w))
             else:
-                masks = _decode_segmentations(segmentations, h, w)
+                masks = _decode_segmentations([rec.segmentation(int(k)) for k in anns], h, w)
         except ValueError as e:  # cannot happen after validation; if it does, name the records
-            ids = [ann["id"] for ann in anns]
-            raise self._err(f"image id {info['id']}: annotations {ids}: cannot decode the segmentations: {e}") from e
+            ids = rec.ann_ids[anns].tolist()
+            raise self._err(f"image id {self.image_id(index)}: annotations {ids}: cannot decode the "
+                            f"segmentations: {e}") from e
         boxes[:, 0::2].clamp_(0, w)
         boxes[:, 1::2].clamp_(0, h)
-        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": int(info["id"])}
+        return {"boxes": boxes, "labels": labels, "masks": masks, "image_id": self.image_id(index)}
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, Target]:
         image, target = self.load_image(index), self.load_target(index)

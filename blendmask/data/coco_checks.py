@@ -44,6 +44,7 @@ __all__ = [
     "check_coco",
     "fill_coco_defaults",
     "segmentation_to_rle",
+    "segmentation_area",
     "rle_string_counts",
     "MAX_IMAGE_SIDE",
     "MAX_IMAGE_PIXELS",
@@ -273,6 +274,11 @@ def segmentation_to_rle(seg: Any, h: int, w: int) -> Dict[str, Any]:
     return seg
 
 
+def segmentation_area(seg: Any, h: int, w: int) -> float:
+    """The pixel area of a validated COCO segmentation of an ``h x w`` image (COCO's ``area``)."""
+    return float(mask_utils.area(segmentation_to_rle(seg, h, w)))
+
+
 def fill_coco_defaults(data: Dict[str, Any]) -> Optional[str]:
     """Fill a missing ``area`` (mask pixel area) and ``iscrowd`` (0) in every annotation of a
     :func:`check_coco`-validated dict, in place. Returns a summary of what was filled, or None."""
@@ -284,7 +290,7 @@ def fill_coco_defaults(data: Dict[str, Any]) -> Optional[str]:
             filled_crowd += 1
         if "area" not in ann:
             h, w = sizes[ann["image_id"]]
-            ann["area"] = float(mask_utils.area(segmentation_to_rle(ann["segmentation"], h, w)))
+            ann["area"] = segmentation_area(ann["segmentation"], h, w)
             filled_area += 1
     if not (filled_area or filled_crowd):
         return None

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["read_image", "image_to_array"]
+__all__ = ["read_image", "image_to_array", "uint8_to_unit_float"]
 
 _UINT16_MAX = 65535.0
 
 
 def read_image(path: str | os.PathLike, *, expected_size: Optional[Tuple[int, int]] = None,
-               context: str = "") -> torch.Tensor:
+               context: str = "", keep_uint8: bool = False) -> torch.Tensor:
     """Read an image file as ``Tensor(3, H, W)`` float32 RGB in ``[0, 1]`` (rules in the module doc).
 
     Args:
@@ -48,6 +48,10 @@ def read_image(path: str | os.PathLike, *, expected_size: Optional[Tuple[int, in
         expected_size: ``(width, height)`` the image must have after EXIF orientation; a file of
             another size is refused before its pixels are decoded.
         context: prefix of every error message (e.g. ``"ann.json: image id 3: "``).
+        keep_uint8: an 8-bit image (every mode whose rule is ``/ 255``) comes back as
+            ``Tensor(3, H, W)`` uint8 instead, a quarter of the bytes; :func:`uint8_to_unit_float`
+            gives exactly the float32 image later (e.g. on the training device). Other modes are
+            float32 as usual.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -58,7 +62,9 @@ def read_image(path: str | os.PathLike, *, expected_size: Optional[Tuple[int, in
                 raise _SizeError(img.size)
             img = ImageOps.exif_transpose(img)  # loads the pixels (truncated files fail here)
             img.load()
-            array = image_to_array(img)
+            array = _uint8_array(img) if keep_uint8 else None
+            if array is None:
+                array = image_to_array(img)
     except _SizeError as e:
         raise ValueError(f"{context}{path!r} is {e.size[0]}x{e.size[1]} but {expected_size[0]}x"
                          f"{expected_size[1]} was expected") from None
@@ -69,6 +75,25 @@ def read_image(path: str | os.PathLike, *, expected_size: Optional[Tuple[int, in
         raise ValueError(f"{context}{path!r} is {array.shape[1]}x{array.shape[0]} after EXIF orientation "
                          f"but {expected_size[0]}x{expected_size[1]} was expected")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+_UINT8_GRAY_MODES = ("L", "LA", "La")
+
+
+def _uint8_array(img: Image.Image) -> Optional[np.ndarray]:
+    """The ``(H, W, 3)`` uint8 pixels of an 8-bit image (the modes scaled by ``/ 255``), else None."""
+    mode = img.mode
+    if mode == "1" or mode.startswith("I") or mode == "F":
+        return None
+    if mode in _UINT8_GRAY_MODES:
+        return np.repeat(np.asarray(img.getchannel(0), dtype=np.uint8)[:, :, None], 3, axis=2)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def uint8_to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A uint8 image as float32 in ``[0, 1]`` (``/ 255``, the same values as :func:`read_image`'s
+    float path); a float image is returned as is."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
 
 
 class _SizeError(Exception):

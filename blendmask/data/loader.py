@@ -13,11 +13,16 @@ Training data order (documented contract for resuming):
   ``build_train_loader(..., start_iter=i)``: the sampler jumps straight to position ``i * B`` of
   this rank's stream (cost O(dataset size), not O(i)), and yields exactly the batches the
   uninterrupted run would have yielded from iteration ``i`` on.
+
+Feeding a GPU: ``num_workers=None`` picks :func:`default_num_workers`; workers are persistent;
+``pin_memory`` pins the batches for non-blocking copies (:func:`batch_to_device`), which also turns
+uint8 images (``CocoInstanceDataset(uint8_images=True)``) into float32 on the device.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import dist_rank_and_world_size
+from .images import uint8_to_unit_float
 
 __all__ = [
     "collate",
@@ -33,7 +39,40 @@ __all__ = [
     "InferenceSampler",
     "build_train_loader",
     "build_test_loader",
+    "default_num_workers",
+    "batch_to_device",
+    "MAX_AUTO_WORKERS",
+    "SAMPLERS",
+    "derive_seed",
 ]
+
+#: ``sampler`` values of :func:`build_train_loader` (``dataloader.sampler`` of the config).
+SAMPLERS = ("training", "repeat_factor")
+
+#: The most loader workers :func:`default_num_workers` picks per process.
+MAX_AUTO_WORKERS = 4
+
+
+def default_num_workers(device: Optional[torch.device] = None) -> int:
+    """Loader workers per process when none are asked for: ``min(4, CPU cores per local rank)``
+    when training on a GPU (``LOCAL_WORLD_SIZE`` from torchrun, else 1), so that image decoding
+    overlaps the device's work; 0 on the CPU, where workers would compete with the training
+    threads for the same cores."""
+    if device is None or torch.device(device).type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(0, min(MAX_AUTO_WORKERS, cores // local_ranks))
+
+
+def batch_to_device(images: Sequence[torch.Tensor], targets: Sequence[Dict[str, Any]],
+                    device: torch.device) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
+    """A batch on ``device`` with non-blocking copies; uint8 images become float32 in ``[0, 1]``
+    there (:func:`blendmask.data.images.uint8_to_unit_float`)."""
+    images = [uint8_to_unit_float(image.to(device, non_blocking=True)) for image in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
 
 
 def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[torch.Tensor], List[Dict[str, Any]]]:
@@ -43,7 +82,7 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     return images, targets
 
 
-def _derive_seed(seed: int, stream: str, n: int) -> int:
+def derive_seed(seed: int, stream: str, n: int) -> int:
     """A 63-bit seed that is a pure function of ``(seed, stream, n)``."""
     digest = hashlib.blake2b(f"{seed}:{stream}:{n}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
@@ -71,7 +110,7 @@ class TrainingSampler(Sampler[Tuple[int, int]]):
 
     def epoch_order(self, epoch: int) -> List[int]:
         """The global order of the dataset indices in ``epoch`` (a seeded permutation)."""
-        generator = torch.Generator().manual_seed(_derive_seed(self.seed, "epoch", epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
         return torch.randperm(self.size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
@@ -81,7 +120,7 @@ class TrainingSampler(Sampler[Tuple[int, int]]):
             if position // self.size != epoch:
                 epoch = position // self.size
                 order = self.epoch_order(epoch)
-            yield order[position % self.size], _derive_seed(self.seed, "sample", position)
+            yield order[position % self.size], derive_seed(self.seed, "sample", position)
 
 
 class InferenceSampler(Sampler[int]):
@@ -127,36 +166,56 @@ def build_train_loader(
     dataset: Dataset,
     *,
     batch_size: int,
-    num_workers: int,
+    num_workers: Optional[int],
     seed: int,
     distributed: Optional[bool] = None,
     start_iter: int = 0,
+    device: Optional[torch.device] = None,
+    sampler: str = "training",
+    repeat_threshold: float = 0.0,
 ) -> DataLoader:
     """An infinite training loader of ``(list[image], list[target])`` batches.
 
-    ``batch_size`` is per process. Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
+    ``batch_size`` is per process. ``num_workers``: worker processes (persistent), None for
+    :func:`default_num_workers` of ``device`` (the training device; on CUDA the batches are
+    pinned for :func:`batch_to_device`). ``sampler``: ``"training"`` (every image once per epoch)
+    or ``"repeat_factor"`` (:mod:`blendmask.data.repeat_factor` with ``repeat_threshold``; the
+    dataset must give ``image_categories()``, as :class:`~blendmask.data.CocoInstanceDataset` does). Iterate it with ``it = iter(loader)`` and ``next(it)`` once per
     iteration; it never ends. ``start_iter`` resumes the exact data order of an uninterrupted run
     (module doc). ``distributed``: see :func:`blendmask.distributed.dist_rank_and_world_size`. The loader leaves the
     global RNG states of the calling process unchanged.
     """
     if batch_size <= 0:
         raise ValueError(f"build_train_loader: batch_size must be positive, got {batch_size}")
+    if num_workers is None:
+        num_workers = default_num_workers(device)
     if num_workers < 0:
         raise ValueError(f"build_train_loader: num_workers must be >= 0, got {num_workers}")
     if start_iter < 0:
         raise ValueError(f"build_train_loader: start_iter must be >= 0, got {start_iter}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"build_train_loader: sampler must be one of {SAMPLERS}, got {sampler!r}")
     rank, world_size = dist_rank_and_world_size(distributed)
-    sampler = TrainingSampler(
-        len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size
-    )
+    place = dict(seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size)
+    if sampler == "repeat_factor":
+        from .repeat_factor import RepeatFactorTrainingSampler, repeat_factors
+
+        if not hasattr(dataset, "image_categories"):
+            raise ValueError(f"build_train_loader: sampler 'repeat_factor' needs a dataset with image_categories() "
+                             f"(a CocoInstanceDataset), got {type(dataset).__name__}")
+        order = RepeatFactorTrainingSampler(repeat_factors(dataset.image_categories(), repeat_threshold), **place)
+    else:
+        order = TrainingSampler(len(dataset), **place)
     return DataLoader(
         _SeededSamples(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=order,
         num_workers=num_workers,
         collate_fn=collate,
+        pin_memory=device is not None and torch.device(device).type == "cuda",
+        persistent_workers=num_workers > 0,
         # Workers' base seed comes from this generator, not from the global RNG.
-        generator=torch.Generator().manual_seed(_derive_seed(seed, "workers", rank)),
+        generator=torch.Generator().manual_seed(derive_seed(seed, "workers", rank)),
     )
 
 

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .coco import read_json_file
+from .coco_index import json_file_format
+from .json_files import coco_json_format, read_json_file
 from .images import read_image
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
@@ -65,21 +66,6 @@ def _read_json(path: str) -> Dict[str, Any]:
     return data
 
 
-def _json_format(data: Dict[str, Any]) -> Optional[str]:
-    """"panoptic", "instances" or None (no annotation says) from a loaded COCO JSON."""
-    annotations = data.get("annotations")
-    if isinstance(annotations, list):
-        for ann in annotations:
-            if isinstance(ann, dict) and "segments_info" in ann:
-                return "panoptic"
-            if isinstance(ann, dict) and ("segmentation" in ann or "bbox" in ann):
-                return "instances"
-    categories = data.get("categories")
-    if isinstance(categories, list) and categories and all(isinstance(c, dict) and "isthing" in c for c in categories):
-        return "panoptic"
-    return None
-
-
 def detect_format(data: str | os.PathLike) -> str:
     """``"panoptic"`` or ``"instances"`` for a ``--data`` argument (a directory or a JSON file).
 
@@ -93,7 +79,7 @@ def detect_format(data: str | os.PathLike) -> str:
         return "panoptic" if any(os.path.isfile(p) for p in panoptic) else "instances"
     if not os.path.isfile(data):
         raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
-    return _json_format(_read_json(data)) or "instances"
+    return json_file_format(data)
 
 
 def resolve_panoptic_split(data: str | os.PathLike, split: str) -> Tuple[str, str, str]:
@@ -157,7 +143,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         self.ignore_value = int(ignore_value)
         data = _read_json(self.json_file)
-        found = _json_format(data)
+        found = coco_json_format(data)
         if found == "instances":
             raise PanopticFormatError(f"{self.json_file} is a COCO instances file (annotations with 'segmentation'/"
                                       "'bbox'), but COCO panoptic data ('segments_info' + PNGs) are expected here")

@@ -120,7 +120,7 @@ def _backbone_weights(choice: str, cfg: BlendMaskConfig) -> Optional[str]:
 
 def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
           overrides: Optional[Mapping[str, Any]] = None, resume: bool = False, weights: Optional[PathLike] = None,
-          backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0, evaluate_on_val: bool = True,
+          backbone_weights: str = "auto", seed: int = 0, num_workers: Optional[int] = None, evaluate_on_val: bool = True,
           val_data: Optional[PathLike] = None, announce: Optional[Announce] = None) -> TrainReport:
     """Train the preset ``config`` (default: the lite preset of the data's task) with ``overrides``
     (dotted config keys) on the train split of ``data``, writing checkpoints, metrics and the loss
@@ -277,7 +277,7 @@ class DemoReport:
 
 
 def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
-         overrides: Optional[Mapping[str, Any]] = None, num_workers: int = 0,
+         overrides: Optional[Mapping[str, Any]] = None, num_workers: Optional[int] = None,
          announce: Optional[Announce] = None) -> DemoReport:
     """The README's main job for ``task``: generate its synthetic set, train its lite preset on its
     demo schedule (with ``fast`` a tiny smoke run of every step; ``overrides`` on top),

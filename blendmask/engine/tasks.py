@@ -196,7 +196,9 @@ class InstanceTask(Task):
         ann_file, image_dir = self.resolve_split(data, split)
         transforms = build_train_transforms(train_input) if train_input is not None else None
         mask_format = train_input.mask_format if train_input is not None else "polygon"
-        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
+        # A training set's 8-bit images cross the loader's worker boundary as uint8.
+        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
+                                   uint8_images=train_input is not None)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,

@@ -79,13 +79,6 @@ class MatchingWeightsReport:
         return "; ".join(parts)
 
 
-def _to_device(images, targets, device: torch.device):
-    images = [image.to(device, non_blocking=True) for image in images]
-    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
-               for t in targets]
-    return images, targets
-
-
 class Trainer:
     """Train a detection model that returns a dict of losses in train mode.
 
@@ -101,7 +94,8 @@ class Trainer:
         device: where to train (the default is CUDA if available, else the CPU).
         seed: seed of the data order and augmentations (the resumable order of
             :func:`blendmask.data.build_train_loader`).
-        num_workers: data-loader worker processes.
+        num_workers: data-loader worker processes; None picks
+            :func:`blendmask.data.loader.default_num_workers` for ``device``.
         show_progress: show a tqdm bar on rank 0.
         extra_state: more entries for every checkpoint (e.g. ``class_names``); plain data only.
         hooks: more hooks (:class:`blendmask.engine.hooks.HookBase`), run after the default ones.
@@ -115,7 +109,7 @@ class Trainer:
     """
 
     def __init__(self, *, model: nn.Module, cfg, train_dataset: Dataset, output_dir, evaluate: Optional[EvaluateFn] = None,
-                 device: Optional[torch.device] = None, seed: int = 0, num_workers: int = 0, show_progress: bool = True,
+                 device: Optional[torch.device] = None, seed: int = 0, num_workers: Optional[int] = 0, show_progress: bool = True,
                  extra_state: Optional[Dict[str, Any]] = None, hooks: Iterable[HookBase] = (), history_size: int = 1000):
         self.cfg = cfg
         self.solver = cfg.solver
@@ -265,15 +259,19 @@ class Trainer:
         from blendmask.data import build_train_loader
 
         return build_train_loader(self.train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
-                                  seed=self.seed, start_iter=self.start_iter)
+                                  seed=self.seed, start_iter=self.start_iter, device=self.device,
+                                  sampler=self.cfg.dataloader.sampler,
+                                  repeat_threshold=self.cfg.dataloader.repeat_threshold)
 
     def run_step(self) -> Dict[str, float]:
         """One optimisation step on the next batch. Returns its rank-averaged metrics
         (``loss_*``, ``loss_total``, ``lr``, ``time``, ``data_time``); raises
         :class:`NonFiniteLossError` before updating anything if the loss is NaN/inf."""
+        from blendmask.data.loader import batch_to_device  # engine does not import data at import time
+
         start = time.perf_counter()
         images, targets = next(self._data_iter)
-        images, targets = _to_device(images, targets, self.device)
+        images, targets = batch_to_device(images, targets, self.device)
         data_time = time.perf_counter() - start
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss_dict = self.train_model(images, targets)

@@ -10,6 +10,10 @@ A value is ``nan`` when COCO cannot define it (e.g. ``APs`` when the ground trut
 objects, or the AP of a category without ground-truth instances in the evaluated images).
 Images evaluated are exactly the images passed to ``process``; an image with no predictions
 counts as all-missed, so zero predictions give AP 0 rather than an error.
+
+Backends (``backend=``): ``"pycocotools"`` (the default and the reference) or
+``"faster-coco-eval"`` (the ``faster-coco-eval`` package, a C++ COCOeval giving the same metrics
+faster on large sets; ``pip install faster-coco-eval``).
 """
 from __future__ import annotations
 
@@ -33,13 +37,15 @@ from ..distributed import dist_rank_and_world_size
 from ..models.inference import inference_model_of
 from ..models.mask_ops import encode_masks_rle
 
-__all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE"]
+__all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
 _IOU_TYPES = ("bbox", "segm")
+#: COCOeval implementations ``COCOEvaluator`` can use (module doc).
+BACKENDS = ("pycocotools", "faster-coco-eval")
 
 
 class COCOEvaluator:
@@ -50,7 +56,10 @@ class COCOEvaluator:
             and ``category_ids`` attributes) or a pycocotools ``COCO`` ground truth.
         category_ids: ``category_ids[label]`` is the COCO category id of the model's contiguous
             label. Defaults to the dataset's; required with a bare ``COCO``.
-        output_dir: if given, ``evaluate()`` writes ``coco_instances_results.json`` there.
+        output_dir: if given, ``evaluate()`` writes the results JSON there.
+        results_name: its file name (default ``coco_instances_results.json``; evaluations during
+            training give each its own, e.g. with the iteration).
+        backend: ``"pycocotools"`` (default) or ``"faster-coco-eval"`` (module doc).
         distributed: gather the predictions of all ranks in ``evaluate()`` (every rank must call
             it). ``None`` detects an initialised process group; default False (single-process
             evaluation, e.g. on rank 0 only).
@@ -63,7 +72,21 @@ class COCOEvaluator:
         *,
         output_dir: Optional[Union[str, os.PathLike]] = None,
         distributed: Optional[bool] = False,
+        results_name: str = RESULTS_FILE,
+        backend: str = "pycocotools",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"COCOEvaluator: backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faster-coco-eval":
+            try:
+                import faster_coco_eval  # noqa: F401
+            except ImportError:
+                raise ImportError("COCOEvaluator: backend 'faster-coco-eval' needs the faster-coco-eval package "
+                                  "(pip install faster-coco-eval)") from None
+        if not results_name or os.path.basename(results_name) != results_name:
+            raise ValueError(f"COCOEvaluator: results_name must be a file name, got {results_name!r}")
+        self.backend, self.results_name = backend, results_name
+        self._faster_gt = None
         if isinstance(dataset_or_coco_gt, COCO):
             coco_gt = dataset_or_coco_gt
         elif isinstance(getattr(dataset_or_coco_gt, "coco", None), COCO):
@@ -167,11 +190,24 @@ class COCOEvaluator:
         rank, _ = dist_rank_and_world_size(self.distributed)
         if self.output_dir is not None and rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, RESULTS_FILE), "w", encoding="utf-8") as f:
+            with open(os.path.join(self.output_dir, self.results_name), "w", encoding="utf-8") as f:
                 json.dump(results, f)
         if not results:
             logger.warning("COCOEvaluator: no predictions on %d images; every AP is 0", len(set(image_ids)))
         return {iou_type: self._run_cocoeval(results, sorted(set(image_ids)), iou_type) for iou_type in _IOU_TYPES}
+
+    def _cocoeval(self, dets: List[Dict[str, Any]], iou_type: str):
+        """A COCOeval of the backend over ``dets`` (not yet evaluated)."""
+        if self.backend == "pycocotools":
+            coco_dt = self.coco_gt.loadRes(dets) if dets else _empty_results(self.coco_gt)
+            return COCOeval(self.coco_gt, coco_dt, iou_type)
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
+
+        if self._faster_gt is None:
+            self._faster_gt = FasterCOCO(copy.deepcopy(self.coco_gt.dataset))
+        coco_dt = self._faster_gt.loadRes(dets) if dets else FasterCOCO(_empty_results(self.coco_gt).dataset)
+        return COCOeval_faster(self._faster_gt, coco_dt, iou_type)
 
     def _run_cocoeval(self, results: List[Dict[str, Any]], image_ids: List[int], iou_type: str) -> Dict[str, float]:
         if iou_type == "segm":
@@ -180,8 +216,7 @@ class COCOEvaluator:
         else:
             dets = [dict(r) for r in results]  # loadRes writes into the dicts it gets
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            coco_dt = self.coco_gt.loadRes(dets) if dets else _empty_results(self.coco_gt)
-            coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
+            coco_eval = self._cocoeval(dets, iou_type)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -271,6 +306,8 @@ def evaluate_model(
     num_workers: int = 0,
     distributed: Optional[bool] = False,
     compile: bool = False,
+    results_name: str = RESULTS_FILE,
+    backend: str = "pycocotools",
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
 
@@ -281,7 +318,7 @@ def evaluate_model(
     BlendMask runs as its inference copy (:func:`blendmask.models.inference.inference_model_of`:
     batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
-    metrics.
+    metrics. ``results_name`` and ``backend``: see :class:`COCOEvaluator`.
     """
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError(
@@ -289,7 +326,8 @@ def evaluate_model(
             "so build the evaluation dataset with transforms=None"
         )
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed)
+    evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed, results_name=results_name,
+                              backend=backend)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training

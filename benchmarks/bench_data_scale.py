@@ -1,0 +1,324 @@
+"""COCO-scale data: start-up, cache, worker memory and loader throughput on a generated COCO-sized file.
+
+Writes, in a scratch directory, a synthetic COCO instance file of ``--images`` images (118,287 as
+COCO train2017 by default; per image a Poisson(7.3) number of polygons of 8-40 vertices, so about
+863k polygons at full size) and an empty file per image (the dataset checks that every image file
+exists; only the throughput rows decode pixels). Each measure runs in its own subprocess:
+
+- ``json_load``: a bare ``json.load`` of the file (the reference time);
+- ``cold_start``: ``blendmask.data.load_split(file, "train")`` with an empty cache: format check,
+  image-directory search, validation, flat records, cache write; its time over ``json_load``, and
+  the process's RSS after it minus the RSS after the imports;
+- ``cached_start``: the same call again in a new process (the validated records read from the cache);
+- ``worker_memory``: a ``torch.utils.data.DataLoader`` with 2 forked workers reads every training
+  target once (one epoch, images not decoded); then each worker's private memory (USS:
+  Private_Clean + Private_Dirty) and Pss from ``/proc/<pid>/smaps_rollup``;
+- ``throughput``: training samples per second through ``build_train_loader`` (flip, uint8 images)
+  at 0, 1 and 2 workers, on ``--jpegs`` COCO-like 640x480 JPEGs with 7 polygons each; per worker =
+  rate / max(1, workers).
+
+``--baseline-tree DIR`` also runs ``cold_start`` and ``worker_memory`` against another source tree
+(e.g. main before this change, through ``CocoInstanceDataset(ann_file, image_dir)``).
+Writes ``<out>.json`` and ``<out>.png``.
+
+    python benchmarks/bench_data_scale.py --images 118287
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=118287, help="images in the generated file (default: COCO train2017)")
+    p.add_argument("--jpegs", type=int, default=64, help="JPEGs for the throughput rows (default 64)")
+    p.add_argument("--samples", type=int, default=96, help="samples timed per throughput row (default 96)")
+    p.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one, removed)")
+    p.add_argument("--baseline-tree", type=Path, help="also measure this source tree's dataset")
+    p.add_argument("--baseline-label", default="baseline tree")
+    p.add_argument("--skip", nargs="*", default=[], help="measures to leave out (e.g. throughput)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks/results/data_scale", help="output prefix for .json and .png")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measure, JSON args
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- data generation
+def write_coco_like(path: Path, n_images: int, *, seed: int, width: int = 640, height: int = 480,
+                    per_image: float = 7.3, categories: int = 80) -> int:
+    """A COCO-train-like instance file (module doc); returns the number of annotations."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(per_image, n_images)
+    n = int(counts.sum())
+    vertices = rng.integers(8, 41, n)
+    centre = rng.uniform([0, 0], [width, height], (n, 2))
+    radius = np.exp(rng.uniform(np.log(4), np.log(160), n))
+    ends = np.cumsum(vertices)
+    owner = np.repeat(np.arange(n), vertices)
+    angle = np.sort(rng.uniform(0, 2 * np.pi, ends[-1]) + 2 * np.pi * owner) - 2 * np.pi * owner
+    r = radius[owner] * rng.uniform(0.5, 1.0, ends[-1])
+    xy = np.stack([centre[owner, 0] + r * np.cos(angle), centre[owner, 1] + r * np.sin(angle)], 1)
+    xy = xy.clip([0, 0], [width, height]).round(2)
+    starts = ends - vertices
+    lo = np.minimum.reduceat(xy, starts)
+    hi = np.maximum.reduceat(xy, starts)
+    image_of = np.repeat(np.arange(1, n_images + 1), counts)
+    category = rng.integers(1, categories + 1, n)
+    polygons = np.split(xy.reshape(-1), 2 * ends[:-1])
+    with open(path, "w") as f:
+        f.write('{"info": {"description": "synthetic, COCO train2017-sized"}, "images": ')
+        json.dump([{"id": i, "file_name": f"{i:012d}.jpg", "width": width, "height": height}
+                   for i in range(1, n_images + 1)], f)
+        f.write(', "annotations": [')
+        for k0 in range(0, n, 100000):
+            chunk = [{"segmentation": [polygons[k].tolist()], "area": round(float(np.prod(hi[k] - lo[k])) * 0.6, 2),
+                      "iscrowd": 0, "image_id": int(image_of[k]),
+                      "bbox": [float(lo[k, 0]), float(lo[k, 1]), round(float(hi[k, 0] - lo[k, 0]), 2),
+                               round(float(hi[k, 1] - lo[k, 1]), 2)],
+                      "category_id": int(category[k]), "id": k + 1} for k in range(k0, min(n, k0 + 100000))]
+            f.write(("," if k0 else "") + json.dumps(chunk)[1:-1])
+        f.write('], "categories": ')
+        json.dump([{"id": c, "name": f"class{c}", "supercategory": "thing"} for c in range(1, categories + 1)], f)
+        f.write("}")
+    return n
+
+
+def write_jpeg_set(root: Path, n_images: int, *, seed: int) -> Path:
+    """``n_images`` COCO-like 640x480 JPEGs (smooth colour fields and shapes, quality 90) with 7
+    polygon annotations each; returns the annotation file."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    images, anns = [], []
+    for i in range(1, n_images + 1):
+        base = rng.uniform(40, 200, 3)
+        pixels = base + 40 * np.sin(xx[..., None] / rng.uniform(20, 80) + yy[..., None] / rng.uniform(20, 80))
+        pixels += rng.normal(0, 6, pixels.shape)
+        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(7):
+            k = int(rng.integers(8, 25))
+            c, rad = rng.uniform([60, 60], [580, 420]), rng.uniform(15, 60)
+            a = np.sort(rng.uniform(0, 2 * np.pi, k))
+            xy = np.stack([c[0] + rad * np.cos(a), c[1] + rad * np.sin(a)], 1).round(2)
+            draw.polygon([tuple(p) for p in xy], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            lo, hi = xy.min(0), xy.max(0)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 6)), "iscrowd": 0,
+                         "segmentation": [xy.reshape(-1).tolist()], "area": float(np.prod(hi - lo)) * 0.6,
+                         "bbox": [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]})
+        img.save(root / "images" / f"{i:06d}.jpg", quality=90)
+        images.append({"id": i, "file_name": f"{i:06d}.jpg", "width": 640, "height": 480})
+    path = root / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": c, "name": f"c{c}"} for c in range(1, 6)]}))
+    return path
+
+
+# ----------------------------------------------------------------------------- measures (children)
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _smaps(pid: int) -> Dict[str, int]:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    kb = {k: int(v.split()[0]) * 1024 for k, v in fields.items() if v.strip().endswith("kB")}
+    return {"uss": kb["Private_Clean"] + kb["Private_Dirty"], "pss": kb["Pss"], "rss": kb["Rss"]}
+
+
+def _open_dataset(ann: str, image_dir: str, api: str):
+    if api == "load_split":
+        from blendmask.data import load_split
+
+        return load_split(ann, "train")
+    from blendmask.data import CocoInstanceDataset  # a baseline tree: its own constructor
+
+    return CocoInstanceDataset(ann, image_dir)
+
+
+def child(args: Dict[str, Any]) -> Dict[str, Any]:
+    kind = args["kind"]
+    if kind == "json_load":
+        start = time.perf_counter()
+        with open(args["ann"], "r", encoding="utf-8") as f:
+            json.load(f)
+        return {"seconds": time.perf_counter() - start}
+    import torch  # noqa: F401  (imports counted before the baseline RSS)
+    import blendmask.data  # noqa: F401
+
+    torch.set_num_threads(1)
+    if kind == "start":
+        before = _rss()
+        start = time.perf_counter()
+        dataset = _open_dataset(args["ann"], args["image_dir"], args["api"])
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "rss_above_imports": _rss() - before, "images": len(dataset)}
+    if kind == "worker_memory":
+        dataset = _open_dataset(args["ann"], args["image_dir"], args["api"])
+        targets = _TargetsOnly(dataset)
+        loader = torch.utils.data.DataLoader(targets, batch_size=64, num_workers=2, persistent_workers=True,
+                                             collate_fn=lambda batch: len(batch), multiprocessing_context="fork")
+        iterator = iter(loader)
+        first = {w.pid: _smaps(w.pid) for w in iterator._workers}
+        seen = sum(iterator)
+        after = {w.pid: _smaps(w.pid) for w in iterator._workers}
+        return {"samples": seen, "workers": [{"uss_start": first[p]["uss"], **after[p]} for p in after],
+                "main_rss": _rss()}
+    if kind == "throughput":
+        from blendmask.data import build_train_loader, load_split
+        from blendmask.data.transforms import RandomHorizontalFlip
+
+        dataset = load_split(args["ann"], "train", transforms=RandomHorizontalFlip(0.5), uint8_images=True)
+        loader = build_train_loader(dataset, batch_size=2, num_workers=args["workers"], seed=0)
+        iterator = iter(loader)
+        for _ in range(4):  # warm-up: workers started, first batches in flight
+            next(iterator)
+        start = time.perf_counter()
+        for _ in range(args["samples"] // 2):
+            next(iterator)
+        rate = args["samples"] / (time.perf_counter() - start)
+        return {"samples_per_s": rate, "per_worker": rate / max(1, args["workers"])}
+    raise ValueError(kind)
+
+
+class _TargetsOnly:
+    """The training targets of a dataset, without decoding images."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset.load_target(index)
+
+
+def run_child(spec: Dict[str, Any], *, tree: Path = REPO, env: Dict[str, str] | None = None) -> Dict[str, Any]:
+    environment = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          env=environment, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measure {spec['kind']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- driver
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_scale_"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "python": platform.python_version(), "images": args.images,
+        "command": "python benchmarks/bench_data_scale.py " + " ".join(argv)}
+    try:
+        ann = work / "coco" / "annotations" / "instances_train.json"
+        image_dir = work / "coco" / "train"
+        if not ann.exists():
+            ann.parent.mkdir(parents=True, exist_ok=True)
+            image_dir.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            results["annotations"] = write_coco_like(ann, args.images, seed=args.seed)
+            for i in range(1, args.images + 1):
+                (image_dir / f"{i:012d}.jpg").touch()
+            results["generate_seconds"] = time.perf_counter() - start
+        results["file_mb"] = ann.stat().st_size / 2**20
+        print(f"file: {ann} ({results['file_mb']:.0f} MB)", flush=True)
+        cache = work / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = {"BLENDMASK_CACHE": str(cache)}
+        spec = {"ann": str(ann), "image_dir": str(image_dir), "api": "load_split"}
+        rows = results["measures"] = {}
+        rows["json_load"] = run_child({"kind": "json_load", "ann": str(ann)})
+        print("json.load", rows["json_load"], flush=True)
+        rows["cold_start"] = run_child({**spec, "kind": "start"}, env=env)
+        rows["cached_start"] = run_child({**spec, "kind": "start"}, env=env)
+        for name in ("cold_start", "cached_start"):
+            rows[name]["over_json_load"] = rows[name]["seconds"] / rows["json_load"]["seconds"]
+            print(name, rows[name], flush=True)
+        if "worker_memory" not in args.skip:
+            rows["worker_memory"] = run_child({**spec, "kind": "worker_memory"}, env=env)
+            print("worker_memory", rows["worker_memory"], flush=True)
+        if args.baseline_tree:
+            base = {**spec, "api": "constructor"}
+            rows["baseline_start"] = run_child({**base, "kind": "start"}, tree=args.baseline_tree)
+            rows["baseline_start"]["over_json_load"] = rows["baseline_start"]["seconds"] / rows["json_load"]["seconds"]
+            print("baseline_start", rows["baseline_start"], flush=True)
+            if "worker_memory" not in args.skip:
+                rows["baseline_worker_memory"] = run_child({**base, "kind": "worker_memory"}, tree=args.baseline_tree)
+                print("baseline_worker_memory", rows["baseline_worker_memory"], flush=True)
+            results["baseline_label"] = args.baseline_label
+        if "throughput" not in args.skip:
+            jpeg_ann = work / "jpegs" / "ann.json"
+            if not jpeg_ann.exists():
+                jpeg_ann = write_jpeg_set(work / "jpegs", args.jpegs, seed=args.seed)
+            rows["throughput"] = {str(w): run_child({"kind": "throughput", "ann": str(jpeg_ann), "workers": w,
+                                                     "samples": args.samples}, env=env) for w in (0, 1, 2)}
+            print("throughput", rows["throughput"], flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def plot(results: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["measures"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    names = [n for n in ("cold_start", "cached_start", "baseline_start") if n in rows]
+    labels = {"cold_start": "first start", "cached_start": "with cache",
+              "baseline_start": results.get("baseline_label", "baseline")}
+    axes[0].bar([labels[n] for n in names], [rows[n]["over_json_load"] for n in names], color="#4477aa")
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_ylabel("time / bare json.load")
+    axes[0].set_title(f"dataset start ({results['images']} images)")
+    mem = [(n, rows[n]) for n in ("worker_memory", "baseline_worker_memory") if n in rows]
+    if mem:
+        xs = [f"{'this tree' if n == 'worker_memory' else results.get('baseline_label')} w{i}"
+              for n, r in mem for i in range(len(r["workers"]))]
+        axes[1].bar(xs, [w["uss"] / 2**20 for _, r in mem for w in r["workers"]], color="#cc6677")
+        axes[1].set_ylabel("worker private memory after an epoch (MiB)")
+        axes[1].tick_params(axis="x", rotation=20)
+    axes[1].set_title("forked loader workers")
+    if "throughput" in rows:
+        ws = sorted(rows["throughput"], key=int)
+        axes[2].bar([f"{w} workers" for w in ws], [rows["throughput"][w]["samples_per_s"] for w in ws], color="#117733")
+        axes[2].set_ylabel("training samples / s (640x480 JPEG)")
+    axes[2].set_title("loader throughput")
+    fig.suptitle(f"{results['date']}, {results['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,110 @@
+"""The one reader of COCO instance files: parse, validate, flatten into :class:`CocoRecords`, once.
+
+:func:`load_coco_records` parses the JSON, validates and flattens it
+(:func:`blendmask.data.coco_build.build_records`) and releases the parsed JSON before returning.
+Records are cached on disk between runs (:mod:`blendmask.data.coco_cache`). The records of the
+last files read are also kept for the process (keyed by path, size, modification
+time and content hash), so that the format check (:func:`json_file_format`), the image-directory search
+(:func:`blendmask.data.resolve_split`) and the dataset share one parse of a ``--data`` JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from typing import Optional
+
+from .coco_build import build_records
+from .coco_cache import CacheSlot, FileKey
+from .coco_records import CocoRecords
+from .json_files import coco_json_format, read_json_file
+
+__all__ = ["load_coco_records", "json_file_format", "PROGRESS_MIN_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+#: Files at least this large show a progress bar while they are checked.
+PROGRESS_MIN_BYTES = 64 << 20
+_KEPT_FILES = 2  # a train and a val file
+_recent: "OrderedDict[FileKey, CocoRecords]" = OrderedDict()
+
+
+def _file_key(path: str) -> FileKey:
+    """``(real path, size, modification time ns, SHA-256 of the content)`` of ``path``."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns, digest
+
+
+def _remember(key: FileKey, records: CocoRecords) -> None:
+    _recent[key] = records
+    _recent.move_to_end(key)
+    while len(_recent) > _KEPT_FILES:
+        _recent.popitem(last=False)
+
+
+def _build(path: str, data, key: FileKey, progress: Optional[bool], slot: CacheSlot) -> CocoRecords:
+    show = key[1] >= PROGRESS_MIN_BYTES if progress is None else progress
+    records = build_records(data, path, progress=show)
+    del data  # the caller's reference is the last one
+    slot.write(records)
+    _remember(key, records)
+    return records
+
+
+def _cached(key: FileKey, slot: CacheSlot) -> Optional[CocoRecords]:
+    records = slot.read()
+    if records is not None:
+        _remember(key, records)
+    return records
+
+
+def load_coco_records(ann_file: str | os.PathLike, *, progress: Optional[bool] = None) -> CocoRecords:
+    """The validated records of the COCO instance file ``ann_file``: from this process's recent
+    files, else from the cache (:mod:`blendmask.data.coco_cache`), else parsed, checked and cached.
+
+    Raises ``FileNotFoundError`` if the file is missing and a one-line ``ValueError`` naming the
+    file (and line/column, or the record) if it is not valid JSON or breaks a rule of
+    :func:`~blendmask.data.coco_checks.check_coco`. ``progress``: show a bar while checking
+    (default: for files of at least :data:`PROGRESS_MIN_BYTES`)."""
+    ann_file = os.fspath(ann_file)
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {ann_file!r}")
+    key = _file_key(ann_file)
+    if key in _recent:
+        _recent.move_to_end(key)
+        return _recent[key]
+    with CacheSlot(key) as slot:
+        records = _cached(key, slot)
+        if records is not None:
+            return records
+        return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
+
+
+def json_file_format(path: str | os.PathLike) -> str:
+    """``"panoptic"`` or ``"instances"`` for a COCO JSON file, by its records (``segments_info``
+    vs ``segmentation``/``bbox``; a file without annotations by its categories' ``isthing``;
+    ``"instances"`` when nothing says). A cached instance file is not parsed; a valid instance file
+    is flattened and cached on the way (:func:`load_coco_records` then returns those records
+    without reading the file again)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--data {path!r} is neither a directory nor a COCO JSON file")
+    key = _file_key(path)
+    if key in _recent:
+        return "instances"
+    with CacheSlot(key) as slot:
+        if _cached(key, slot) is not None:
+            return "instances"
+        data = read_json_file(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+        found = coco_json_format(data) or "instances"
+        if found == "instances":
+            try:
+                _build(path, data, key, None, slot)
+            except ValueError:
+                pass  # the format is known; the dataset that reads the file reports what is wrong
+        return found

@@ -1,0 +1,62 @@
+"""A ``--data`` COCO JSON is parsed once per process, whichever of the format check, the image
+directory search and the dataset asks first."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from blendmask.data import CocoInstanceDataset, resolve_split
+from blendmask.data import coco_index, json_files
+from blendmask.data.panoptic import PanopticFormatError, detect_format
+from blendmask.engine.defaults import load_dataset
+from blendmask.engine.tasks import PANOPTIC
+
+from ._synthetic_coco import write_polygon_coco
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """The list of files ``read_json_file`` parsed during the test."""
+    seen = []
+    real = json_files.read_json_file
+
+    def counting(path, **kwargs):
+        seen.append(os.fspath(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(coco_index, "read_json_file", counting)
+    monkeypatch.setattr(coco_index, "_recent", coco_index.OrderedDict())
+    return seen
+
+
+def test_load_dataset_parses_the_json_once(tmp_path, parses):
+    path = write_polygon_coco(tmp_path, 5)
+    ds = load_dataset(path, "train")
+    assert isinstance(ds, CocoInstanceDataset) and len(ds) == 5 and ds.image_dir == str(tmp_path / "images")
+    assert parses == [str(path)]
+
+
+def test_the_old_call_sequence_parses_once_too(tmp_path, parses):
+    path = write_polygon_coco(tmp_path, 5)
+    assert detect_format(path) == "instances"
+    ann_file, image_dir = resolve_split(path, "val")
+    CocoInstanceDataset(ann_file, image_dir)
+    assert parses == [str(path)]
+
+
+def test_a_changed_file_is_read_again(tmp_path, parses):
+    path = write_polygon_coco(tmp_path, 5)
+    assert len(load_dataset(path, "train")) == 5
+    data = json.loads(path.read_text())
+    data["images"] = data["images"][:3]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] <= 3]
+    path.write_text(json.dumps(data))
+    assert len(load_dataset(path, "train")) == 3 and len(parses) == 2
+
+
+def test_load_dataset_refuses_the_other_format(tmp_path):
+    path = write_polygon_coco(tmp_path, 2)
+    with pytest.raises(PanopticFormatError, match="holds COCO instances data"):
+        load_dataset(path, "train", task=PANOPTIC)
