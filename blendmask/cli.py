@@ -88,14 +88,16 @@ def _say(message: str = "") -> None:
         print(message, flush=True)
 
 
-def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[bool] = False):
+def _load_split(data: str, split: str, *, train_input=None, input_cfg=None, panoptic: Optional[bool] = False):
     """The dataset of ``split``; with ``train_input`` (a config's ``input`` section), with its
     training augmentation (``build_train_transforms``: the instance crop when enabled, the flip).
+    Images are read by the rules (intensity policy, page, channels) of ``train_input`` or
+    ``input_cfg``, else by the defaults.
 
     ``panoptic``: False expects COCO instances, True COCO panoptic data
     (:class:`~blendmask.data.panoptic.CocoPanopticDataset`), None takes what ``data`` holds; data of the
     other format is a one-line ``PanopticFormatError`` naming the format found."""
-    from blendmask.data import CocoInstanceDataset, resolve_split
+    from blendmask.data import CocoInstanceDataset, ImageReading, resolve_split
     from blendmask.data.panoptic import CocoPanopticDataset, PanopticFormatError, detect_format, resolve_panoptic_split
     from blendmask.data.transforms import build_train_transforms
 
@@ -106,11 +108,13 @@ def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[b
                                   + ("; use a panoptic config (e.g. lite_mobilenet_v2_panoptic) or panoptic weights"
                                      if found == "panoptic" else ""))
     transforms = build_train_transforms(train_input) if train_input is not None else None
+    input_cfg = train_input if train_input is not None else input_cfg
+    reading = ImageReading.from_config(input_cfg) if input_cfg is not None else ImageReading()
     if found == "panoptic":
-        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
+        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms, reading=reading)
     ann_file, image_dir = resolve_split(data, split)
     mask_format = train_input.mask_format if train_input is not None else "polygon"
-    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
+    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format, reading=reading)
 
 
 def _val_source(data: str, val_data: Optional[str]) -> Optional[str]:
@@ -238,7 +242,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
         cfg.model.panoptic.num_stuff_classes = train_set.num_stuff_classes
         extra_state.update(stuff_names=train_set.stuff_names, stuff_category_ids=train_set.stuff_category_ids)
     val_source = _val_source(data, val_data) if evaluate_on_val else None
-    val_set = _load_split(val_source, "val", panoptic=panoptic) if val_source else None
+    val_set = _load_split(val_source, "val", input_cfg=cfg.input, panoptic=panoptic) if val_source else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
@@ -310,7 +314,7 @@ def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool =
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model evaluate_model runs as is
     panoptic = cfg.model.panoptic.enabled
-    dataset = _load_split(data, split, panoptic=panoptic)
+    dataset = _load_split(data, split, input_cfg=cfg.input, panoptic=panoptic)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                          f"{dataset.num_classes} categories")

@@ -6,13 +6,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from blendmask.data.images import read_image
+from blendmask.data.images import ImageReading, read_image
 from blendmask.models.blendmask import MASK_FORMATS
 from blendmask.models.inference import inference_model_of
 from blendmask.models.mask_ops import encode_masks_rle
@@ -36,10 +36,12 @@ class Predictor:
             is what runs.
         compile: also ``torch.compile`` its backbone and head (``blendmask predict --compile``;
             eager with one warning where inductor cannot compile).
+        reading: how image files are read (the config's ``input`` rules the model was trained with).
     """
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], score_threshold: float = 0.3,
-                 device: Union[str, torch.device] = "cpu", optimize: bool = True, compile: bool = False):
+                 device: Union[str, torch.device] = "cpu", optimize: bool = True, compile: bool = False,
+                 reading: ImageReading = ImageReading()):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if compile and not optimize:
@@ -49,19 +51,25 @@ class Predictor:
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
         self.device = torch.device(device)
+        self.reading = reading
 
     @classmethod
     def from_weights(cls, path: PathLike, *, score_threshold: float = 0.3,
-                     device: Union[str, torch.device] = "cpu", compile: bool = False) -> "Predictor":
+                     device: Union[str, torch.device] = "cpu", compile: bool = False,
+                     max_image_pixels: Optional[int] = None) -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
-        (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
+        (``class_names``, written by ``blendmask train``) or default to ``class_<label>``; images
+        are read by the config's ``input`` rules, with ``max_image_pixels`` replacing its limit."""
         from blendmask.engine.checkpoint import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
         names = (load_checkpoint(path, what="weights file").get("class_names")
                  or [f"class_{i}" for i in range(cfg.model.num_classes)])
-        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device, compile=compile)
+        if max_image_pixels is not None:
+            cfg.input.max_image_pixels = max_image_pixels
+        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device, compile=compile,
+                   reading=ImageReading.from_config(cfg.input))
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, *, internals: bool = False, mask_format: str = "probs") -> Dict[str, Any]:
@@ -126,7 +134,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
 
     if not image_paths:
         raise ValueError("no images given")
-    images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
+    images = [read_image(p, reading=predictor.reading) for p in image_paths]  # fail on a bad file before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = PredictionFiles(results_json=out_dir / RESULTS_JSON)

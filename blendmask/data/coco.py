@@ -36,8 +36,8 @@ Rules (documented choices):
 - **Missing image files** are an error at construction. **Unreadable or wrongly sized image files
   fail clearly** (``ValueError`` naming the annotation file, the image id and the image file)
   when loaded: skipping them silently would change the data order and hide a corrupt data set.
-- Images are read by :func:`blendmask.data.read_image` (every bit depth scaled by its real range,
-  EXIF orientation applied, RGB).
+- Images are read by :func:`blendmask.data.read_image` under the dataset's ``reading`` (8-bit
+  images / 255, deeper ones by the intensity policy, EXIF orientation applied, RGB).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from pycocotools.coco import COCO
 
 from ..polygons import PolygonMasks
 from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
-from .images import read_image
+from .images import ImageReading, read_image
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
 
@@ -174,6 +174,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         box_tolerance: how far (pixels) a box may stick out of its image before it is an error.
         mask_format: ``"polygon"`` (default): an image whose annotations are all polygons gets
             :class:`~blendmask.polygons.PolygonMasks`; ``"bitmask"``: ``(n, H, W)`` uint8 always.
+        reading: how image files are read (page, channels, pixel limit, intensity policy; a
+            config's ``ImageReading.from_config(cfg.input)``).
 
     Attributes:
         ann_file, image_dir: the paths given.
@@ -193,6 +195,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: bool = True,
         box_tolerance: float = 2.0,
         mask_format: str = "polygon",
+        reading: ImageReading = ImageReading(),
     ) -> None:
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
@@ -203,6 +206,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.mask_format = mask_format
+        self.reading = reading
         self.transforms = transforms
         self.box_tolerance = float(box_tolerance)
         self.coco = load_coco_json(self.ann_file)
@@ -278,7 +282,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         Raises ``ValueError`` naming the files and the image id if the file cannot be read or its
         size differs from the annotation's (checked before its pixels are decoded)."""
         info = self._records[index][0]
-        return read_image(self.image_path(index), expected_size=(info["width"], info["height"]),
+        return read_image(self.image_path(index), reading=self.reading, expected_size=(info["width"], info["height"]),
                           context=f"{self.ann_file}: image id {info['id']}: ")
 
     def load_target(self, index: int) -> Target:
