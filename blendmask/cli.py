@@ -304,9 +304,31 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile backbone and head (inductor; falls back to eager with a warning where it "
                         "cannot compile); prints the compile time apart from the steady-state time")
+    _add_tile_options(p)
+    p.add_argument("--max-dets", type=int, default=100, metavar="N",
+                   help="detections per image COCOeval scores (its maxDets; default 100): raise it for large "
+                        "images with many instances")
 
 
-def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False) -> Dict[str, Dict[str, float]]:
+def _add_tile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=_tile_size, default=None, metavar="SIZE|auto",
+                   help="predict large images in tiles of SIZE pixels at native resolution, merged across the "
+                        "seams ('auto': the model's test size); default: the whole image, resized to the test size")
+    p.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
+                   help="fraction of a tile shared with its neighbour, in [0, 1) (default 0.2)")
+
+
+def _tile_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', got {text!r}") from None
+
+
+def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False, tile=None,
+              tile_overlap: float = 0.2, max_dets: int = 100) -> Dict[str, Dict[str, float]]:
     from blendmask.engine import load_model_from_weights
     from blendmask.evaluation import evaluate_model
     from blendmask.models.inference import compile_report, optimize_for_inference
@@ -314,6 +336,8 @@ def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool =
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model evaluate_model runs as is
     panoptic = cfg.model.panoptic.enabled
+    if panoptic and tile is not None:
+        raise ValueError("--tile applies to instance models; this weights file is a panoptic model")
     dataset = _load_split(data, split, input_cfg=cfg.input, panoptic=panoptic)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
@@ -325,8 +349,12 @@ def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool =
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
         metrics = evaluate_panoptic(model, dataset, output_dir=output)
+    elif tile is not None:
+        from blendmask.evaluation import evaluate_tiled
+
+        metrics = evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets, output_dir=output)
     else:
-        metrics = evaluate_model(model, dataset, output_dir=output)
+        metrics = evaluate_model(model, dataset, output_dir=output, max_dets=max_dets)
     if compile:
         print(compile_report(model))
     output.mkdir(parents=True, exist_ok=True)
@@ -339,7 +367,8 @@ def _run_eval(args) -> int:
 
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
     _check_output(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
-    metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile)
+    metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile, tile=args.tile,
+                        tile_overlap=args.tile_overlap, max_dets=args.max_dets)
     if "Things" in metrics:  # panoptic weights: PQ on panoptic data
         from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
 
@@ -347,7 +376,7 @@ def _run_eval(args) -> int:
         print(f"results: {output / PANOPTIC_RESULTS}")
         print(f"metrics: {output / 'metrics.json'}")
         return 0
-    print(format_results_table(metrics))
+    print(format_results_table(metrics, max_dets=args.max_dets))
     print(f"results: {output / RESULTS_FILE}")
     print(f"metrics: {output / 'metrics.json'}")
     return 0
@@ -362,6 +391,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
+    _add_tile_options(p)
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="read images of up to N pixels (default: the weights' input.max_image_pixels, "
+                        "Pillow's decompression-bomb size)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile backbone and head (inductor; falls back to eager with a warning where it "
                         "cannot compile); prints the compile time apart from the steady-state time")
@@ -394,6 +427,8 @@ def _run_predict(args) -> int:
     _check_distinct_stems(args.images)
     _check_output(args.out, "--out", is_dir=True)
     if _is_panoptic_weights(args.weights):
+        if args.tile is not None:
+            raise ValueError("--tile applies to instance models; this weights file is a panoptic model")
         from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
 
         panoptic = PanopticPredictor.from_weights(args.weights, compile=args.compile)
@@ -404,8 +439,10 @@ def _run_predict(args) -> int:
         if args.compile:
             print(compile_report(panoptic.model))
         return 0
-    predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold, compile=args.compile)
-    files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases)
+    predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold, compile=args.compile,
+                                       max_image_pixels=args.max_image_pixels)
+    files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases, tile=args.tile,
+                          tile_overlap=args.tile_overlap)
     for path in files.overlays + files.bases_figures:
         print(path)
     print(f"results: {files.results_json}")
