@@ -687,9 +687,39 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
+# --------------------------------------------------------------------------- slice-data
+
+def _add_slice_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="data set directory or COCO JSON (as for train)")
+    p.add_argument("out", help="new or empty output directory (annotations/instances_SPLIT.json + SPLIT/)")
+    p.add_argument("--split", default="train", choices=["train", "val"], help="split to slice (default train)")
+    p.add_argument("--tile", type=int, required=True, help="tile side in pixels")
+    p.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
+                   help="fraction of a tile shared with its neighbour, in [0, 1) (default 0.2)")
+    p.add_argument("--min-area-fraction", type=float, default=0.1, metavar="F",
+                   help="drop a cut annotation smaller than F of its whole mask (default 0.1)")
+    p.add_argument("--empty-ratio", type=float, default=0.0, metavar="R",
+                   help="keep R empty tiles per tile with annotations, chosen at random (default 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of empty tiles")
+
+
+def _run_slice_data(args) -> int:
+    from blendmask.data import resolve_split
+    from blendmask.data.slicing import slice_dataset
+
+    ann_file, image_dir = resolve_split(args.data, args.split)
+    out = slice_dataset(ann_file, image_dir, args.out, tile=args.tile, overlap=args.tile_overlap, split=args.split,
+                        min_area_fraction=args.min_area_fraction, empty_ratio=args.empty_ratio, seed=args.seed,
+                        progress=True)
+    print(f"wrote {out / 'annotations' / f'instances_{args.split}.json'} and {out / args.split}")
+    return 0
+
+
 COMMANDS: List[Command] = [
     Command("make-shapes", "generate the built-in synthetic shapes data set (COCO JSON + PNG)",
             _add_make_shapes, _run_make_shapes),
+    Command("slice-data", "cut a data set of large images into tiles for training at native resolution",
+            _add_slice_data, _run_slice_data),
     Command("train", "train a model (single process, or under torchrun for DDP)", _add_train, _run_train),
     Command("eval", "COCO bbox + segm evaluation of a weights file on a data set", _add_eval, _run_eval),
     Command("predict", "predict on images: overlay PNGs + results JSON", _add_predict, _run_predict),
