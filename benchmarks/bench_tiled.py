@@ -14,11 +14,13 @@ model whose test size is the shapes' image size (``--weights``):
   ``get_sliced_prediction`` runs it), counted as ground-truth objects recovered whole and wrong
   merges of distinct objects.
 - **scaling**: canvases of ``--sizes`` pixels holding one val image per 400-pixel cell (a TIFF),
-  each predicted by ``blendmask predict --tile auto`` in a child process: its peak RSS (``wait4``),
-  the prediction time and the merge's share of it; the peak RSS is extrapolated linearly in
-  pixels to 20,000 x 20,000.
+  each predicted by ``blendmask predict --tile auto`` in a child process: its peak RSS (the
+  child's own ``VmHWM``; a ``wait4`` figure would include the parent's memory, which Linux
+  carries into a child's maximum across ``fork`` and ``exec``), the prediction time and the
+  merge's share of it; the peak RSS is extrapolated linearly in pixels to 20,000 x 20,000.
 
-Writes ``tiled.json`` and ``tiled.png`` to ``--out`` (default ``benchmarks/results``)::
+Writes ``tiled.json`` (parts run earlier and not run now are kept) and ``tiled.png`` to ``--out``
+(default ``benchmarks/results``)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_tiled.py --weights run/model_final.pth --data shapes
 """
@@ -220,7 +222,9 @@ def child_predict(weights: str, image: str, out: str) -> None:
                  "--max-image-pixels", str(TARGET_SIDE * TARGET_SIDE)])
     total = time.perf_counter() - t0
     record = json.loads((Path(out) / "predictions.json").read_text())["images"][0]
-    print("RESULT " + json.dumps({"code": code, "seconds": total, "merge_seconds": timers["merge"],
+    status = Path("/proc/self/status").read_text()
+    peak_kb = int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1])
+    print("RESULT " + json.dumps({"code": code, "seconds": total, "peak_rss_mb": peak_kb / 1024, "merge_seconds": timers["merge"],
                                   "model_seconds": timers["model"], "tiles": record["tiles"],
                                   "instances": len(record["instances"])}), flush=True)
 
@@ -231,13 +235,10 @@ def part_scaling(weights: str, data: Path, work: Path, sizes: List[int]) -> Dict
         image = work / f"canvas{side}.tif"
         objects = build_canvas(data, image, side)
         out = work / f"pred{side}"
-        proc = subprocess.Popen([sys.executable, __file__, "--child-predict", weights, str(image), str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        result = json.loads(next(l for l in stdout.splitlines() if l.startswith("RESULT "))[7:])
-        row = {"side": side, "pixels": side * side, "objects": objects, "peak_rss_mb": usage.ru_maxrss / 1024, **result}
+        proc = subprocess.run([sys.executable, __file__, "--child-predict", weights, str(image), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+        result = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+        row = {"side": side, "pixels": side * side, "objects": objects, **result}
         row["merge_share"] = row["merge_seconds"] / row["seconds"]
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -304,12 +305,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     import torch
 
-    results: Dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, torch threads "
-                   f"{torch.get_num_threads()}", "weights": str(args.weights),
-        "command": " ".join(["python"] + sys.argv)}
+    previous = args.out / "tiled.json"
+    results: Dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    run = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+                      f"torch threads {torch.get_num_threads()}", "weights": str(args.weights),
+           "command": " ".join(["python"] + sys.argv)}
     parts = args.parts.split(",")
+    results.setdefault("runs", {}).update({part: run for part in parts})
     if "ap" in parts:
         results["ap"] = part_ap(args.weights, args.data, work, [int(g) for g in args.grids.split(",")], args.mosaics)
     if "merge" in parts:

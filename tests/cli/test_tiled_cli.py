@@ -37,7 +37,8 @@ def test_predict_in_tiles_writes_whole_image_results(weights, tmp_path):
     record = results["images"][0]
     assert results["tile"] == "auto" and results["tile_overlap"] == 0.25 and record["tiles"] == 3 * 5
     assert record["instances"] and all(i["segmentation"]["size"] == [150, 230] for i in record["instances"])
-    assert Image.open(out / "big_pred.png").size == (230, 150)
+    width, height = Image.open(out / "big_pred.png").size
+    assert height >= 150 and width >= 230  # the image, and a legend where labels found no room
 
 
 @pytest.mark.parametrize("options, needle", [(["--tile", "16"], "tile must be an integer >= the model's largest stride"),
