@@ -215,7 +215,7 @@ def _predict_files_tiled(predictor: Predictor, image_paths: Sequence[PathLike], 
         picture, view, _ = downscaled_view(image, result)
         order = view["scores"].argsort()  # lowest score first, the best drawn on top
         ascending = {k: view[k][order] for k in ("boxes", "labels", "scores")}
-        ascending["masks_rle"] = [view["masks_rle"][i] for i in order.tolist()]
+        ascending["mask_crops"] = [view["mask_crops"][i] for i in order.tolist()]
         draw_instances(picture, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
         files.overlays.append(overlay)
         records.append({"file": str(path), "height": image.height, "width": image.width, "overlay": str(overlay),

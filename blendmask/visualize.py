@@ -76,11 +76,38 @@ class _RleMasks:
                              f"{len(rles)}" + (f", record {bad[0]} is not" if bad else ""))
         self._rles = rles
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
         rle = dict(self._rles[i])
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
-        return mask_utils.decode(rle).astype(bool)
+        return 0, 0, mask_utils.decode(rle).astype(bool)
+
+
+class _WholeMasks:
+    """``masks[i]``: ``(0, 0, mask (H, W) bool)`` of an ``(n, H, W)`` bool array."""
+
+    def __init__(self, masks: np.ndarray):
+        self._masks = masks
+
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
+        return 0, 0, self._masks[i]
+
+
+class _CropMasks:
+    """``masks[i]``: ``(y0, x0, crop (h, w) bool)`` from ``(x0, y0, crop)`` entries inside the image."""
+
+    def __init__(self, crops: Sequence[Tuple[int, int, np.ndarray]], n: int, height: int, width: int):
+        crops = list(crops)
+        bad = [k for k, (x0, y0, c) in enumerate(crops)
+               if x0 < 0 or y0 < 0 or x0 + c.shape[1] > width or y0 + c.shape[0] > height]
+        if len(crops) != n or bad:
+            raise ValueError(f"draw_instances: mask_crops must be {n} (x0, y0, crop) inside the {width}x{height} "
+                             f"image, got {len(crops)}" + (f", record {bad[0]} is not" if bad else ""))
+        self._crops = crops
+
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
+        x0, y0, crop = self._crops[i]
+        return int(y0), int(x0), np.asarray(crop, dtype=bool)
 
 
 def draw_instances(
@@ -104,7 +131,8 @@ def draw_instances(
         image: ``(3, H, W)`` float RGB in [0, 1] (tensor or array) or a PIL image.
         result: ``boxes (n, 4)`` xyxy pixels, ``labels (n,)``, optional ``scores (n,)`` (absent:
             ground truth, drawn without scores) and optional ``masks`` ``(n, 1, H, W)`` or
-            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5), or ``masks_rle``,
+            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5), or ``mask_crops``,
+            n ``(x0, y0, bool (h, w))`` masks as crops inside the image, or ``masks_rle``,
             n COCO RLE dicts of the image's size (decoded one at a time).
         class_names: name of each contiguous label.
         score_threshold: instances scoring below it are not drawn.
@@ -131,7 +159,9 @@ def draw_instances(
             masks = masks[:, 0]
         if masks.shape != (n, height, width):
             raise ValueError(f"draw_instances: masks must be (n, [1,] H, W) = ({n}, {height}, {width}), got {masks.shape}")
-        masks = masks >= 0.5
+        masks = _WholeMasks(masks >= 0.5)
+    elif "mask_crops" in result:
+        masks = _CropMasks(result["mask_crops"], n, height, width)
     elif "masks_rle" in result:
         masks = _RleMasks(result["masks_rle"], n, height, width)
     if boxes.shape[0] != n or (scores is not None and scores.shape[0] != n):
@@ -145,10 +175,11 @@ def draw_instances(
     occupied = np.zeros((height, width), dtype=bool)
     if masks is not None:
         for colour, i in zip(colours, keep):
-            m = masks[i]
-            canvas[m] = canvas[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
-            canvas[_mask_edge(m)] = colour
-            occupied |= m
+            y0, x0, m = masks[i]
+            region = canvas[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+            region[m] = region[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+            region[_mask_edge(m)] = colour
+            occupied[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] |= m
     out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(height, width) / 500))

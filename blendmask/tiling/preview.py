@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from blendmask.data.images import DecodedImage
-from blendmask.models.mask_ops import encode_region_rle
 
 __all__ = ["DEFAULT_PREVIEW_SIDE", "downscaled_view"]
 
@@ -27,11 +26,10 @@ def downscaled_view(image: DecodedImage, result: Dict[str, Any], *,
     step = max(1, math.ceil(max(image.height, image.width) / max_side))
     small = DecodedImage(pixels=image.pixels[::step, ::step], bounds=image.bounds)
     height, width = small.height, small.width
-    rles = []
+    crops = []
     for x0, y0, crop in result["mask_crops"]:
         # the crop's pixels that fall on the subsampling grid
         first_y, first_x = (-y0) % step, (-x0) % step
-        sub = crop[first_y::step, first_x::step]
-        rles.append(encode_region_rle(sub, (y0 + first_y) // step, (x0 + first_x) // step, height, width))
-    view = {"boxes": result["boxes"] / step, "labels": result["labels"], "scores": result["scores"], "masks_rle": rles}
+        crops.append(((x0 + first_x) // step, (y0 + first_y) // step, crop[first_y::step, first_x::step]))
+    view = {"boxes": result["boxes"] / step, "labels": result["labels"], "scores": result["scores"], "mask_crops": crops}
     return small.to_tensor(), view, step

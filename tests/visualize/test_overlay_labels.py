@@ -50,3 +50,17 @@ def test_a_large_image_with_room_gets_its_labels_beside_the_objects():
     without = np.asarray(draw_instances(image, result, ["a", "b"], labels=False)).astype(int)
     changed = (with_labels != without).any(axis=2)
     assert changed[80:100, 100:200].any() and not (changed & (masks[:, 0].sum(0).numpy() > 0)).any()
+
+
+def test_masks_given_as_crops_draw_as_whole_masks():
+    image = torch.full((3, SIDE, SIDE), 0.4)
+    result = _thirty_small_objects()
+    masks = result["masks"][:, 0].numpy() > 0.5
+    crops = []
+    for m in masks:
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        crops.append((int(cols[0]), int(rows[0]), m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]))
+    as_crops = {k: v for k, v in result.items() if k != "masks"}
+    as_crops["mask_crops"] = crops
+    names = ["a", "b", "c"]
+    assert np.array_equal(np.asarray(draw_instances(image, result, names)), np.asarray(draw_instances(image, as_crops, names)))
