@@ -124,8 +124,8 @@ def draw_instances(
 
     Labels are placed beside their boxes where they cover no object and no other label (the best
     scores first); the instances left without such a place are listed in a legend strip added to
-    the right of the picture (a swatch of their colour and their label). Box lines and the font
-    scale with the image.
+    the right of the picture (a swatch of their colour and their label; as many as its height
+    holds, then a count of the rest). Box lines and the font scale with the image.
 
     Args:
         image: ``(3, H, W)`` float RGB in [0, 1] (tensor or array) or a PIL image.
@@ -139,7 +139,7 @@ def draw_instances(
         alpha: mask opacity.
         labels: draw the labels (False: masks and boxes only).
 
-    Returns: an RGB PIL image of the input's size, wider when it holds a legend.
+    Returns: an RGB PIL image of the input's height, wider when it holds a legend.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"draw_instances: alpha must be in [0, 1], got {alpha}")
@@ -237,18 +237,23 @@ def _draw_label(draw: ImageDraw.ImageDraw, font, position, text: str, colour, le
 
 
 def _with_legend(picture: Image.Image, font, entries) -> Image.Image:
-    """``picture`` with a legend strip on its right: a swatch and the text of each entry."""
+    """``picture`` with a legend strip on its right: a swatch and the text of each entry, as many
+    as the picture's height holds, then a line counting the rest."""
     probe = ImageDraw.Draw(picture)
+    row = max(b[3] - b[1] for b in (probe.textbbox((0, 0), text, font=font) for text, _ in entries[:50])) + 6
+    rows = max(1, (picture.height - 4) // row)
+    if len(entries) > rows:
+        entries = entries[:rows - 1] + [(f"+ {len(entries) - rows + 1} more", None)]
     sizes = [probe.textbbox((0, 0), text, font=font) for text, _ in entries]
-    row = max(b[3] - b[1] for b in sizes) + 6
     swatch = row - 4
     strip = max(b[2] - b[0] for b in sizes) + swatch + 12
-    out = Image.new("RGB", (picture.width + strip, max(picture.height, row * len(entries) + 4)), (255, 255, 255))
+    out = Image.new("RGB", (picture.width + strip, picture.height), (255, 255, 255))
     out.paste(picture, (0, 0))
     draw = ImageDraw.Draw(out)
     for k, ((text, colour), (left, top, _, _)) in enumerate(zip(entries, sizes)):
         x, y = picture.width + 4, 2 + k * row
-        draw.rectangle([x, y + 1, x + swatch, y + 1 + swatch], fill=colour)
+        if colour is not None:
+            draw.rectangle([x, y + 1, x + swatch, y + 1 + swatch], fill=colour)
         draw.text((x + swatch + 4 - left, y + 3 - top), text, fill=(0, 0, 0), font=font)
     return out
 

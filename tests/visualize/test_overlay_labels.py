@@ -64,3 +64,13 @@ def test_masks_given_as_crops_draw_as_whole_masks():
     as_crops["mask_crops"] = crops
     names = ["a", "b", "c"]
     assert np.array_equal(np.asarray(draw_instances(image, result, names)), np.asarray(draw_instances(image, as_crops, names)))
+
+
+def test_the_legend_keeps_the_pictures_height():
+    image = torch.full((3, 40, 40), 0.4)
+    masks = torch.zeros(50, 1, 40, 40)
+    masks[:, 0, 5:35, 5:35] = 1
+    result = {"boxes": torch.tensor([[0.0, 0, 40, 40]] * 50), "labels": torch.zeros(50, dtype=torch.int64),
+              "scores": torch.linspace(0.9, 0.4, 50), "masks": masks}
+    picture = draw_instances(image, result, ["cell"])
+    assert picture.size[1] == 40 and picture.size[0] > 40
