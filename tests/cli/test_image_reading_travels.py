@@ -2,6 +2,8 @@
 reader: the training and evaluation data sets, the predictor of a weights file, the exported ONNX file."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,9 @@ def test_the_predictor_of_a_weights_file_reads_by_its_config(cfg, weights, tmp_p
     tifffile.imwrite(tmp_path / "frame.tif", frame, photometric="rgb")
     files = predict_files(predictor, [tmp_path / "frame.tif"], tmp_path / "out")
     overlay = np.asarray(Image.open(files.overlays[0]).convert("RGB"))
-    assert overlay.shape[:2] == (40, 48) and overlay.min() > 200  # white: channel 1 shown as gray at 1.0
+    assert overlay.shape[0] == 40 and overlay.shape[1] >= 48  # (+ a legend strip where labels found no room)
+    if len(json.loads(files.results_json.read_text())["images"][0]["instances"]) == 0:
+        assert overlay[:, :48].min() > 200  # white: channel 1 shown as gray at 1.0
     small = Predictor.from_weights(weights, max_image_pixels=100)
     with pytest.raises(ValueError, match=r"frame\.tif.*input.max_image_pixels"):
         predict_files(small, [tmp_path / "frame.tif"], tmp_path / "out2")
