@@ -150,6 +150,16 @@ class InputConfig:
     # detectron2's INPUT.MASK_FORMAT: "polygon" keeps polygon annotations as polygons through the
     # transforms and rasterises them inside their boxes; "bitmask" decodes every mask to (n, H, W).
     mask_format: str = "polygon"
+    # How image files are read (blendmask.data.images, blendmask.data.intensity), the same in
+    # training, evaluation, prediction and the exported model's metadata. Images deeper than 8 bits
+    # map to [0, 1] by "percentile" (the image's own low/high percentiles), "range" (the container's
+    # range, e.g. / 65535) or "window" (fixed low/high values); 8-bit images are always / 255.
+    intensity: str = "percentile"
+    intensity_percentiles: Tuple[float, ...] = (1.0, 99.8)
+    intensity_window: Tuple[float, ...] = (0.0, 65535.0)
+    image_page: int = 0  # page of a multi-page TIFF
+    image_channels: Tuple[int, ...] = ()  # 1 (gray) or 3 (RGB) channel indices; empty: 1, 3 or RGB of 4
+    max_image_pixels: int = 2 * 89_478_485  # larger files are refused (Pillow's decompression-bomb size)
 
 
 @dataclass
@@ -211,6 +221,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.min_size_train_sampling": ("choice", "range"),
     "input.crop_type": ("relative_range", "relative"),
     "input.mask_format": ("polygon", "bitmask"),
+    "input.intensity": ("range", "percentile", "window"),
     "model.blender.top_interp": ("bilinear", "nearest"),
     "model.panoptic.norm": ("GN", "none"),
     "model.blender.normalize": ("softmax", "sigmoid"),

@@ -6,16 +6,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from blendmask.data.images import read_image
+from blendmask.data.images import ImageReading, decode_image, read_image
 from blendmask.models.blendmask import MASK_FORMATS
 from blendmask.models.inference import inference_model_of
-from blendmask.models.mask_ops import encode_masks_rle
+from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
+from blendmask.tiling.sliced import DEFAULT_OVERLAP, resolve_tile, sliced_predict
 
 __all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
 
@@ -36,10 +37,12 @@ class Predictor:
             is what runs.
         compile: also ``torch.compile`` its backbone and head (``blendmask predict --compile``;
             eager with one warning where inductor cannot compile).
+        reading: how image files are read (the config's ``input`` rules the model was trained with).
     """
 
     def __init__(self, *, model: nn.Module, class_names: Sequence[str], score_threshold: float = 0.3,
-                 device: Union[str, torch.device] = "cpu", optimize: bool = True, compile: bool = False):
+                 device: Union[str, torch.device] = "cpu", optimize: bool = True, compile: bool = False,
+                 reading: ImageReading = ImageReading()):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
         if compile and not optimize:
@@ -49,27 +52,38 @@ class Predictor:
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
         self.device = torch.device(device)
+        self.reading = reading
 
     @classmethod
     def from_weights(cls, path: PathLike, *, score_threshold: float = 0.3,
-                     device: Union[str, torch.device] = "cpu", compile: bool = False) -> "Predictor":
+                     device: Union[str, torch.device] = "cpu", compile: bool = False,
+                     max_image_pixels: Optional[int] = None) -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
-        (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
+        (``class_names``, written by ``blendmask train``) or default to ``class_<label>``; images
+        are read by the config's ``input`` rules, with ``max_image_pixels`` replacing its limit."""
         from blendmask.engine.checkpoint import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
         names = (load_checkpoint(path, what="weights file").get("class_names")
                  or [f"class_{i}" for i in range(cfg.model.num_classes)])
-        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device, compile=compile)
+        if max_image_pixels is not None:
+            cfg.input.max_image_pixels = max_image_pixels
+        return cls(model=model, class_names=names, score_threshold=score_threshold, device=device, compile=compile,
+                   reading=ImageReading.from_config(cfg.input))
 
-    @torch.no_grad()
     def __call__(self, image: torch.Tensor, *, internals: bool = False, mask_format: str = "probs") -> Dict[str, Any]:
         """Detections of one ``(3, H, W)`` image above the score threshold, on the CPU:
         ``boxes (n, 4)``, ``labels (n,)``, ``scores (n,)``, ``masks (n, 1, H, W)`` probabilities
-        (with ``mask_format="rle"`` instead ``masks_rle``, n COCO RLE dicts binarised at 0.5, held
-        without any image-sized mask), and with ``internals`` also ``bases (K, Hb, Wb)`` and
-        ``attns (n, K, M, M)``."""
+        (with ``mask_format="binary"`` bool; with ``"rle"`` instead ``masks_rle``, n COCO RLE
+        dicts binarised at 0.5, held without any image-sized mask), and with ``internals`` also
+        ``bases (K, Hb, Wb)`` and ``attns (n, K, M, M)``."""
+        return self.predict_batch([image], internals=internals, mask_format=mask_format)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[torch.Tensor], *, internals: bool = False,
+                      mask_format: str = "probs") -> List[Dict[str, Any]]:
+        """What :meth:`__call__` returns, for each of ``images`` (one model call for all)."""
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         previous = getattr(self.model, "return_internals", False), getattr(self.model, "mask_format", None)
@@ -77,17 +91,22 @@ class Predictor:
         if previous[1] is not None:
             self.model.mask_format = mask_format
         try:
-            result = self.model([image.to(self.device)])[0]
+            results = self.model([image.to(self.device) for image in images])
         finally:
             self.model.return_internals = previous[0]
             if previous[1] is not None:
                 self.model.mask_format = previous[1]
+        return [self._above_threshold(result, internals=internals, mask_format=mask_format) for result in results]
+
+    def _above_threshold(self, result: Dict[str, Any], *, internals: bool, mask_format: str) -> Dict[str, Any]:
         keep = result["scores"] >= self.score_threshold
         out = {k: v[keep].cpu() for k, v in result.items() if k not in ("bases", "masks_rle")}
         if mask_format == "rle" and "masks_rle" in result:
             out["masks_rle"] = [result["masks_rle"][i] for i in keep.nonzero()[:, 0].tolist()]
         elif mask_format == "rle":  # a model without a mask_format attribute
             out["masks_rle"] = encode_masks_rle(out.pop("masks")[:, 0])
+        elif mask_format == "binary" and out["masks"].dtype != torch.bool:  # a model without a mask_format attribute
+            out["masks"] = out["masks"] >= MASK_THRESHOLD
         if internals:
             out["bases"] = result["bases"].cpu()
         return out
@@ -118,15 +137,26 @@ class PredictionFiles:
 
 
 def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: PathLike, *,
-                  show_bases: bool = False, top_instances: int = 4) -> PredictionFiles:
+                  show_bases: bool = False, top_instances: int = 4, tile: Union[int, str, None] = None,
+                  tile_overlap: float = DEFAULT_OVERLAP) -> PredictionFiles:
     """Predict every image; write ``<stem>_pred.png`` overlays (masks in distinct colours, boxes,
     class names and scores), ``predictions.json``, and with ``show_bases`` a ``<stem>_bases.png``
-    showing the K bases and the attentions of the ``top_instances`` best detections."""
+    showing the K bases and the attentions of the ``top_instances`` best detections.
+
+    With ``tile`` (pixels or ``"auto"``), each image is predicted tile by tile
+    (:func:`blendmask.tiling.sliced_predict`, ``tile_overlap`` shared between neighbours), read
+    one at a time in its own dtype; its overlay is drawn on a copy at most
+    :data:`~blendmask.tiling.preview.DEFAULT_PREVIEW_SIDE` pixels on a side."""
     from blendmask.visualize import draw_bases_and_attentions, draw_instances
 
     if not image_paths:
         raise ValueError("no images given")
-    images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
+    if tile is not None:
+        if show_bases:
+            raise ValueError("show_bases (--show-bases) does not apply to tiled prediction (--tile)")
+        resolve_tile(predictor.model, tile, tile_overlap)  # refuse bad options before any work
+        return _predict_files_tiled(predictor, image_paths, Path(out_dir), tile=tile, tile_overlap=tile_overlap)
+    images = [read_image(p, reading=predictor.reading) for p in image_paths]  # fail on a bad file before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = PredictionFiles(results_json=out_dir / RESULTS_JSON)
@@ -134,10 +164,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     stems: Dict[str, int] = {}
     for path, image in zip(image_paths, images):
         result = predictor(image, internals=show_bases, mask_format="rle")
-        stem = Path(path).stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # two inputs with the same name from different folders
-            stem = f"{stem}_{stems[stem]}"
+        stem = _unique_stem(path, stems)
         overlay = out_dir / f"{stem}_pred.png"
         # Lowest score first, so that the best detections are drawn on top.
         order = result["scores"].argsort()
@@ -154,6 +181,44 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
             files.bases_figures.append(figure)
         records.append({"file": str(path), "height": int(image.shape[1]), "width": int(image.shape[2]),
                         "overlay": str(overlay), "instances": _instances_json(result, predictor.class_names)})
-    files.results_json.write_text(json.dumps({"score_threshold": predictor.score_threshold,
+    _write_results(predictor, files, records)
+    return files
+
+
+def _write_results(predictor: Predictor, files: PredictionFiles, records: List[Dict[str, Any]], **extra: Any) -> None:
+    files.results_json.write_text(json.dumps({"score_threshold": predictor.score_threshold, **extra,
                                               "class_names": predictor.class_names, "images": records}, indent=1))
+
+
+def _unique_stem(path: PathLike, stems: Dict[str, int]) -> str:
+    stem = Path(path).stem
+    stems[stem] = stems.get(stem, 0) + 1
+    return stem if stems[stem] == 1 else f"{stem}_{stems[stem]}"  # one name from different folders
+
+
+def _predict_files_tiled(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: Path, *,
+                         tile: Union[int, str], tile_overlap: float) -> PredictionFiles:
+    from blendmask.tiling.preview import downscaled_view
+    from blendmask.visualize import draw_instances
+
+    for path in image_paths:  # a missing file fails before any work
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {os.fspath(path)!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = PredictionFiles(results_json=out_dir / RESULTS_JSON)
+    records: List[Dict[str, Any]] = []
+    stems: Dict[str, int] = {}
+    for path in image_paths:
+        image = decode_image(path, reading=predictor.reading)
+        result = sliced_predict(predictor, image, tile=tile, overlap=tile_overlap, progress=True)
+        overlay = out_dir / f"{_unique_stem(path, stems)}_pred.png"
+        picture, view, _ = downscaled_view(image, result)
+        order = view["scores"].argsort()  # lowest score first, the best drawn on top
+        ascending = {k: view[k][order] for k in ("boxes", "labels", "scores")}
+        ascending["mask_crops"] = [view["mask_crops"][i] for i in order.tolist()]
+        draw_instances(picture, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
+        files.overlays.append(overlay)
+        records.append({"file": str(path), "height": image.height, "width": image.width, "overlay": str(overlay),
+                        "tiles": result["num_tiles"], "instances": _instances_json(result, predictor.class_names)})
+    _write_results(predictor, files, records, tile=tile, tile_overlap=tile_overlap)
     return files

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from blendmask.data.images import ImageReading, read_image
+
 __all__ = ["PanopticPredictor", "draw_panoptic", "predict_panoptic_files", "PANOPTIC_PREDICTIONS_JSON"]
 
 PANOPTIC_PREDICTIONS_JSON = "panoptic_predictions.json"
@@ -29,16 +31,19 @@ class PanopticPredictor:
     Args:
         model: a :class:`~blendmask.models.PanopticBlendMask`.
         class_names: thing names (contiguous labels); stuff_names: stuff names (stuff indices).
+        reading: how image files are read (the config's ``input`` rules the model was trained with).
     """
 
     def __init__(self, *, model: torch.nn.Module, class_names: Sequence[str], stuff_names: Sequence[str],
-                 device: Union[str, torch.device] = "cpu", compile: bool = False):
+                 device: Union[str, torch.device] = "cpu", compile: bool = False,
+                 reading: ImageReading = ImageReading()):
         from blendmask.models.inference import inference_model_of
 
         # batch norms folded in a copy (and with ``compile`` backbone and head compiled)
         self.model = inference_model_of(model.to(device).eval(), compile=compile)
         self.class_names, self.stuff_names = list(class_names), list(stuff_names)
         self.device = torch.device(device)
+        self.reading = reading
 
     @classmethod
     def from_weights(cls, path: PathLike, *, device: Union[str, torch.device] = "cpu",
@@ -53,7 +58,8 @@ class PanopticPredictor:
         data = load_checkpoint(path)
         names = data.get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
         stuff = data.get("stuff_names") or [f"stuff_{i}" for i in range(cfg.model.panoptic.num_stuff_classes)]
-        return cls(model=model, class_names=names, stuff_names=stuff, device=device, compile=compile)
+        return cls(model=model, class_names=names, stuff_names=stuff, device=device, compile=compile,
+                   reading=ImageReading.from_config(cfg.input))
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> Dict[str, Any]:
@@ -110,11 +116,10 @@ def predict_panoptic_files(predictor: PanopticPredictor, image_paths: Sequence[P
     """Predict every image; write ``<stem>_panoptic.png`` (overlay), ``<stem>_panoptic_ids.png`` and
     :data:`PANOPTIC_PREDICTIONS_JSON` into ``out_dir``; return the overlay paths."""
     from blendmask.data.panoptic import id_to_rgb
-    from blendmask.predict import read_image
 
     if not image_paths:
         raise ValueError("no images given")
-    images = [read_image(p) for p in image_paths]  # fail on a bad file before any work
+    images = [read_image(p, reading=predictor.reading) for p in image_paths]  # fail on a bad file before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlays, records = [], []

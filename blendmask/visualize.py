@@ -76,11 +76,38 @@ class _RleMasks:
                              f"{len(rles)}" + (f", record {bad[0]} is not" if bad else ""))
         self._rles = rles
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
         rle = dict(self._rles[i])
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
-        return mask_utils.decode(rle).astype(bool)
+        return 0, 0, mask_utils.decode(rle).astype(bool)
+
+
+class _WholeMasks:
+    """``masks[i]``: ``(0, 0, mask (H, W) bool)`` of an ``(n, H, W)`` bool array."""
+
+    def __init__(self, masks: np.ndarray):
+        self._masks = masks
+
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
+        return 0, 0, self._masks[i]
+
+
+class _CropMasks:
+    """``masks[i]``: ``(y0, x0, crop (h, w) bool)`` from ``(x0, y0, crop)`` entries inside the image."""
+
+    def __init__(self, crops: Sequence[Tuple[int, int, np.ndarray]], n: int, height: int, width: int):
+        crops = list(crops)
+        bad = [k for k, (x0, y0, c) in enumerate(crops)
+               if x0 < 0 or y0 < 0 or x0 + c.shape[1] > width or y0 + c.shape[0] > height]
+        if len(crops) != n or bad:
+            raise ValueError(f"draw_instances: mask_crops must be {n} (x0, y0, crop) inside the {width}x{height} "
+                             f"image, got {len(crops)}" + (f", record {bad[0]} is not" if bad else ""))
+        self._crops = crops
+
+    def __getitem__(self, i: int) -> Tuple[int, int, np.ndarray]:
+        x0, y0, crop = self._crops[i]
+        return int(y0), int(x0), np.asarray(crop, dtype=bool)
 
 
 def draw_instances(
@@ -90,20 +117,29 @@ def draw_instances(
     *,
     score_threshold: float = 0.3,
     alpha: float = 0.5,
+    labels: bool = True,
 ) -> Image.Image:
-    """Overlay instances on an image: masks in distinct colours, boxes and "name score" labels.
+    """Overlay instances on an image: translucent masks in distinct colours with their outlines,
+    boxes, and "name score" labels.
+
+    Labels are placed beside their boxes where they cover no object and no other label (the best
+    scores first); the instances left without such a place are listed in a legend strip added to
+    the right of the picture (a swatch of their colour and their label; as many as its height
+    holds, then a count of the rest). Box lines and the font scale with the image.
 
     Args:
         image: ``(3, H, W)`` float RGB in [0, 1] (tensor or array) or a PIL image.
         result: ``boxes (n, 4)`` xyxy pixels, ``labels (n,)``, optional ``scores (n,)`` (absent:
             ground truth, drawn without scores) and optional ``masks`` ``(n, 1, H, W)`` or
-            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5), or ``masks_rle``,
+            ``(n, H, W)`` probabilities or binary masks (drawn where >= 0.5), or ``mask_crops``,
+            n ``(x0, y0, bool (h, w))`` masks as crops inside the image, or ``masks_rle``,
             n COCO RLE dicts of the image's size (decoded one at a time).
         class_names: name of each contiguous label.
         score_threshold: instances scoring below it are not drawn.
         alpha: mask opacity.
+        labels: draw the labels (False: masks and boxes only).
 
-    Returns: an RGB PIL image of the input's size.
+    Returns: an RGB PIL image of the input's height, wider when it holds a legend.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"draw_instances: alpha must be in [0, 1], got {alpha}")
@@ -113,8 +149,8 @@ def draw_instances(
     pixels = _image_to_uint8(image)
     height, width = pixels.shape[:2]
     boxes = _to_numpy(result["boxes"]).astype(np.float64).reshape(-1, 4)
-    labels = _to_numpy(result["labels"]).astype(np.int64).reshape(-1)
-    n = len(labels)
+    labels_ = _to_numpy(result["labels"]).astype(np.int64).reshape(-1)
+    n = len(labels_)
     scores = _to_numpy(result["scores"]).astype(np.float64).reshape(-1) if "scores" in result else None
     masks = None
     if "masks" in result:
@@ -123,34 +159,102 @@ def draw_instances(
             masks = masks[:, 0]
         if masks.shape != (n, height, width):
             raise ValueError(f"draw_instances: masks must be (n, [1,] H, W) = ({n}, {height}, {width}), got {masks.shape}")
-        masks = masks >= 0.5
+        masks = _WholeMasks(masks >= 0.5)
+    elif "mask_crops" in result:
+        masks = _CropMasks(result["mask_crops"], n, height, width)
     elif "masks_rle" in result:
         masks = _RleMasks(result["masks_rle"], n, height, width)
     if boxes.shape[0] != n or (scores is not None and scores.shape[0] != n):
         raise ValueError(f"draw_instances: boxes, labels and scores must have the same length n={n}")
-    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ValueError(f"draw_instances: labels must be in [0, {len(class_names)}), got max {labels.max()}")
+    if n and (labels_.min() < 0 or labels_.max() >= len(class_names)):
+        raise ValueError(f"draw_instances: labels must be in [0, {len(class_names)}), got max {labels_.max()}")
 
     keep = np.arange(n) if scores is None else np.flatnonzero(scores >= score_threshold)
     colours = instance_colours(len(keep))
     canvas = pixels.astype(np.float32)
+    occupied = np.zeros((height, width), dtype=bool)
     if masks is not None:
         for colour, i in zip(colours, keep):
-            m = masks[i]
-            canvas[m] = canvas[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
-            canvas[_mask_edge(m)] = colour
+            y0, x0, m = masks[i]
+            region = canvas[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+            region[m] = region[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+            region[_mask_edge(m)] = colour
+            occupied[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] |= m
     out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    font = _font(height)
+    line = max(1, round(max(height, width) / 500))
     for colour, i in zip(colours, keep):
-        x1, y1, x2, y2 = boxes[i]
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
-        text = class_names[labels[i]] if scores is None else f"{class_names[labels[i]]} {scores[i]:.2f}"
+        draw.rectangle(list(boxes[i]), outline=colour, width=line)
+        if masks is None:
+            x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+            occupied[max(0, y1):max(0, y2), max(0, x1):max(0, x2)] = True
+    if not labels:
+        return out
+    font = _font(min(height, width))
+    texts = {i: class_names[labels_[i]] if scores is None else f"{class_names[labels_[i]]} {scores[i]:.2f}" for i in keep}
+    order = keep if scores is None else keep[np.argsort(-scores[keep], kind="stable")]  # the best placed first
+    placed, legend = _place_labels(draw, font, [(i, texts[i], boxes[i]) for i in order], occupied)
+    colour_of = dict(zip(keep.tolist(), colours))
+    for i, (tx, ty, left, top) in placed.items():
+        _draw_label(draw, font, (tx, ty), texts[i], colour_of[i], left, top)
+    if legend:
+        out = _with_legend(out, font, [(texts[i], colour_of[i]) for i in legend])
+    return out
+
+
+def _place_labels(draw: ImageDraw.ImageDraw, font, items, occupied: np.ndarray):
+    """Label positions beside each box that cover no object pixel and no other label:
+    ``({index: (x, y, text left, text top)}, [indices left to the legend])``."""
+    height, width = occupied.shape
+    placed: Dict[int, Tuple[int, int, int, int]] = {}
+    rectangles: List[Tuple[int, int, int, int]] = []
+    legend: List[int] = []
+    for i, text, (x1, y1, x2, y2) in items:
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        label_w, label_h = right - left + 4, bottom - top + 4
-        tx, ty = max(0.0, min(x1, width - label_w)), max(0.0, y1 - label_h)  # keep the label inside
-        draw.rectangle([tx, ty, tx + label_w, ty + label_h], fill=colour)
-        draw.text((tx + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)
+        lw, lh = right - left + 4, bottom - top + 4
+        candidates = [(x1, y1 - lh - 1), (x1, y2 + 1), (x2 + 1, y1), (x1 - lw - 1, y1), (x2 - lw, y1 - lh - 1),
+                      (x2 - lw, y2 + 1), (x2 + 1, y2 - lh), (x1 - lw - 1, y2 - lh)]
+        for tx, ty in candidates:
+            tx, ty = int(math.floor(tx)), int(math.floor(ty))
+            rect = (tx, ty, tx + lw, ty + lh)
+            if tx < 0 or ty < 0 or rect[2] > width or rect[3] > height or occupied[ty:rect[3], tx:rect[2]].any():
+                continue
+            if any(rect[0] < r[2] and r[0] < rect[2] and rect[1] < r[3] and r[1] < rect[3] for r in rectangles):
+                continue
+            placed[i] = (tx, ty, left, top)
+            rectangles.append(rect)
+            break
+        else:
+            legend.append(i)
+    return placed, legend
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, font, position, text: str, colour, left: int, top: int) -> None:
+    tx, ty = position
+    right, bottom = draw.textbbox((0, 0), text, font=font)[2:]
+    draw.rectangle([tx, ty, tx + right - left + 3, ty + bottom - top + 3], fill=colour)
+    draw.text((tx + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)
+
+
+def _with_legend(picture: Image.Image, font, entries) -> Image.Image:
+    """``picture`` with a legend strip on its right: a swatch and the text of each entry, as many
+    as the picture's height holds, then a line counting the rest."""
+    probe = ImageDraw.Draw(picture)
+    row = max(b[3] - b[1] for b in (probe.textbbox((0, 0), text, font=font) for text, _ in entries[:50])) + 6
+    rows = max(1, (picture.height - 4) // row)
+    if len(entries) > rows:
+        entries = entries[:rows - 1] + [(f"+ {len(entries) - rows + 1} more", None)]
+    sizes = [probe.textbbox((0, 0), text, font=font) for text, _ in entries]
+    swatch = row - 4
+    strip = max(b[2] - b[0] for b in sizes) + swatch + 12
+    out = Image.new("RGB", (picture.width + strip, picture.height), (255, 255, 255))
+    out.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for k, ((text, colour), (left, top, _, _)) in enumerate(zip(entries, sizes)):
+        x, y = picture.width + 4, 2 + k * row
+        if colour is not None:
+            draw.rectangle([x, y + 1, x + swatch, y + 1 + swatch], fill=colour)
+        draw.text((x + swatch + 4 - left, y + 3 - top), text, fill=(0, 0, 0), font=font)
     return out
 
 

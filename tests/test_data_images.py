@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from blendmask.data import CocoInstanceDataset, read_image
+from blendmask.data import CocoInstanceDataset, ImageReading, IntensityPolicy, read_image
 
 from _data_utils import write_coco
 
 H, W = 30, 40
+RANGE = ImageReading(intensity=IntensityPolicy(mode="range"))  # the container's range (the default is percentile)
 
 
 def _blob(low=100, high=4000):
@@ -35,7 +36,7 @@ def test_16_bit_microscopy_image_keeps_its_content(tmp_path, suffix):
     path = tmp_path / f"cell.{suffix}"
     Image.fromarray(pixels).save(path)
     assert Image.open(path).mode == "I;16"
-    gray = _gray(read_image(path))
+    gray = _gray(read_image(path, reading=RANGE))
     np.testing.assert_array_equal(gray, pixels.astype(np.float32) / 65535)
     assert gray.max() < 0.07  # 4000 / 65535: not saturated to 1.0 as Pillow's convert("RGB") does
     assert gray[12, 25] > 10 * gray[0, 0]  # the blob stands out from the background
@@ -46,13 +47,13 @@ def test_16_bit_big_endian_and_32_bit_int_tiff(tmp_path):
     pixels = _blob()
     Image.fromarray(pixels.astype(">u2")).save(tmp_path / "be.tif")
     assert Image.open(tmp_path / "be.tif").mode == "I;16B"
-    np.testing.assert_array_equal(_gray(read_image(tmp_path / "be.tif")), pixels / np.float32(65535))
+    np.testing.assert_array_equal(_gray(read_image(tmp_path / "be.tif", reading=RANGE)), pixels / np.float32(65535))
     Image.fromarray(pixels.astype(np.int32)).save(tmp_path / "i32.tif")
     assert Image.open(tmp_path / "i32.tif").mode == "I"
-    np.testing.assert_array_equal(_gray(read_image(tmp_path / "i32.tif")), pixels / np.float32(65535))
+    np.testing.assert_array_equal(_gray(read_image(tmp_path / "i32.tif", reading=RANGE)), pixels / np.float32(65535))
     wide = pixels.astype(np.int32) * 1000 - 50_000  # beyond 16 bits and negative: min-max
     Image.fromarray(wide).save(tmp_path / "wide.tif")
-    gray = _gray(read_image(tmp_path / "wide.tif"))
+    gray = _gray(read_image(tmp_path / "wide.tif", reading=RANGE))
     assert gray.min() == 0.0 and gray.max() == 1.0
     np.testing.assert_allclose(gray, (wide - wide.min()) / (wide.max() - wide.min()), atol=1e-6)
 
@@ -61,9 +62,9 @@ def test_float_tiff(tmp_path):
     unit = (_blob() / 4000.0).astype(np.float32)
     Image.fromarray(unit).save(tmp_path / "unit.tif")
     assert Image.open(tmp_path / "unit.tif").mode == "F"
-    np.testing.assert_array_equal(_gray(read_image(tmp_path / "unit.tif")), unit)  # in [0, 1]: as is
+    np.testing.assert_array_equal(_gray(read_image(tmp_path / "unit.tif", reading=RANGE)), unit)  # in [0, 1]: as is
     Image.fromarray(unit * 300 - 7).save(tmp_path / "wide.tif")
-    gray = _gray(read_image(tmp_path / "wide.tif"))
+    gray = _gray(read_image(tmp_path / "wide.tif", reading=RANGE))
     np.testing.assert_allclose(gray, (unit - unit.min()) / (unit.max() - unit.min()), atol=1e-6)
     bad = unit.copy()
     bad[3, 4] = np.nan
@@ -123,5 +124,5 @@ def test_dataset_reads_16_bit_images_through_the_same_reader(tmp_path):
     path = write_coco(tmp_path, [{"id": 1, "file_name": "cell.png", "height": H, "width": W}], [], write_images=False)
     (tmp_path / "images").mkdir()
     Image.fromarray(pixels).save(tmp_path / "images" / "cell.png")
-    image, _ = CocoInstanceDataset(path, tmp_path / "images")[0]
+    image, _ = CocoInstanceDataset(path, tmp_path / "images", reading=RANGE)[0]
     np.testing.assert_array_equal(_gray(image), pixels / np.float32(65535))

@@ -1,6 +1,7 @@
 """Data: the COCO-format dataset, training transforms, loaders and the synthetic shapes set."""
 from .coco import CocoInstanceDataset, load_coco_json, resolve_split
-from .images import read_image
+from .images import DecodedImage, ImageReading, decode_image, read_image
+from .intensity import IntensityPolicy
 from .loader import (
     InferenceSampler,
     TrainingSampler,
@@ -16,6 +17,10 @@ __all__ = [
     "load_coco_json",
     "resolve_split",
     "read_image",
+    "decode_image",
+    "DecodedImage",
+    "ImageReading",
+    "IntensityPolicy",
     "InferenceSampler",
     "TrainingSampler",
     "build_test_loader",

@@ -36,8 +36,8 @@ Rules (documented choices):
 - **Missing image files** are an error at construction. **Unreadable or wrongly sized image files
   fail clearly** (``ValueError`` naming the annotation file, the image id and the image file)
   when loaded: skipping them silently would change the data order and hide a corrupt data set.
-- Images are read by :func:`blendmask.data.read_image` (every bit depth scaled by its real range,
-  EXIF orientation applied, RGB).
+- Images are read by :func:`blendmask.data.read_image` under the dataset's ``reading`` (8-bit
+  images / 255, deeper ones by the intensity policy, EXIF orientation applied, RGB).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ from ..polygons import PolygonMasks
 from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
 from .coco_index import load_coco_records
 from .coco_records import CocoRecords, first_error_row
-from .images import read_image
+from .images import ImageReading, read_image
 from .json_files import read_json_file
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
@@ -174,6 +174,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     The dataset holds its records in flat numpy arrays (:mod:`blendmask.data.coco_records`), a
     fixed number of Python objects whatever the number of images, so forked loader workers share
     them without copying.
+        reading: how image files are read (page, channels, pixel limit, intensity policy; a
+            config's ``ImageReading.from_config(cfg.input)``).
 
     Attributes:
         ann_file, image_dir: the paths given.
@@ -196,6 +198,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         mask_format: str = "polygon",
         uint8_images: bool = False,
         records: Optional[CocoRecords] = None,
+        reading: ImageReading = ImageReading(),
     ) -> None:
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
@@ -207,6 +210,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         self.mask_format = mask_format
         self.uint8_images = bool(uint8_images)
+        self.reading = reading
         self.transforms = transforms
         self.box_tolerance = float(box_tolerance)
         self.records = records if records is not None else load_coco_records(self.ann_file)
@@ -301,7 +305,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         h, w = self.image_size(index)
         return read_image(self.image_path(index), expected_size=(w, h),
                           context=f"{self.ann_file}: image id {self.image_id(index)}: ",
-                          keep_uint8=self.uint8_images)
+                          keep_uint8=self.uint8_images, reading=self.reading)
 
     def _annotations_of(self, index: int) -> np.ndarray:
         row = int(self._rows[index])

@@ -33,7 +33,7 @@ from PIL import Image
 
 from .coco_index import json_file_format
 from .json_files import coco_json_format, read_json_file
-from .images import read_image
+from .images import ImageReading, read_image
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
            "rgb_to_id", "id_to_rgb", "VOID"]
@@ -130,6 +130,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         transforms: optional ``(image, target) -> (image, target)`` (they must handle ``sem_seg``:
             :mod:`blendmask.data.transforms` does).
         ignore_value: semantic label of void pixels (255).
+        reading: how image files are read (as :class:`~blendmask.data.CocoInstanceDataset`'s).
 
     Attributes:
         category_ids / class_names / num_classes: the thing categories (labels ``0..num_classes-1``).
@@ -138,9 +139,11 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, json_file: str | os.PathLike, image_dir: str | os.PathLike, png_dir: str | os.PathLike, *,
-                 transforms: Optional[Transform] = None, ignore_value: int = 255) -> None:
+                 transforms: Optional[Transform] = None, ignore_value: int = 255,
+                 reading: ImageReading = ImageReading()) -> None:
         self.json_file, self.image_dir, self.png_dir = os.fspath(json_file), os.fspath(image_dir), os.fspath(png_dir)
         self.transforms = transforms
+        self.reading = reading
         self.ignore_value = int(ignore_value)
         data = _read_json(self.json_file)
         found = coco_json_format(data)
@@ -260,7 +263,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         does (:func:`blendmask.data.read_image`); a wrong size or an unreadable file is a ``ValueError``
         naming the JSON file and image id."""
         info = self._records[index][0]
-        return read_image(self.image_path(index), expected_size=(info["width"], info["height"]),
+        return read_image(self.image_path(index), reading=self.reading, expected_size=(info["width"], info["height"]),
                           context=f"{self.json_file}: image id {info['id']}: ")
 
     def segments(self, index: int) -> List[Dict[str, Any]]:

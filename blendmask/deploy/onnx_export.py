@@ -33,6 +33,7 @@ from typing import Optional, Union
 import torch
 
 from blendmask.config import BlendMaskConfig, get_config
+from blendmask.data.images import ImageReading
 from blendmask.models import BlendMask, build_model, load_weights
 
 from .graph import export_program
@@ -45,6 +46,7 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "TRANSFORM_METADATA_KEY",
+    "READING_METADATA_KEY",
     "export_onnx",
     "resolve_model",
 ]
@@ -59,6 +61,8 @@ INPUT_NAMES = ("images", "image_size")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
 #: ONNX metadata entry holding the keyword arguments of the model's ``ImageTransform`` (JSON).
 TRANSFORM_METADATA_KEY = "blendmask.image_transform"
+#: ONNX metadata entry holding how image files are read for the model (``ImageReading.to_dict``, JSON).
+READING_METADATA_KEY = "blendmask.image_reading"
 
 PathLike = Union[str, os.PathLike]
 
@@ -134,6 +138,7 @@ def export_onnx(
     weights: Optional[PathLike] = None,
     opset: int = DEFAULT_OPSET,
     max_side: int = 4096,
+    reading: Optional[ImageReading] = None,
 ) -> Path:
     """Export the whole inference graph to ONNX (see the module docstring for its inputs/outputs).
 
@@ -143,6 +148,9 @@ def export_onnx(
         weights: optional weights file to load first (see :func:`resolve_model`).
         opset: ONNX opset, at least :data:`MIN_OPSET`.
         max_side: the largest padded image side the graph accepts (a bound of the dynamic shapes).
+        reading: how image files are to be read for the model, written to the metadata
+            (:data:`READING_METADATA_KEY`); default: the config's ``input`` rules (a model
+            given without its config: the defaults).
     Returns:
         the path written.
     Raises:
@@ -170,5 +178,10 @@ def export_onnx(
         verbose=False,
     )
     program.model.metadata_props[TRANSFORM_METADATA_KEY] = _transform_metadata(model)
+    if reading is None:
+        reading = (ImageReading() if isinstance(model_or_cfg, BlendMask) else
+                   ImageReading.from_config((get_config(model_or_cfg) if isinstance(model_or_cfg, str)
+                                             else model_or_cfg).input))
+    program.model.metadata_props[READING_METADATA_KEY] = json.dumps(reading.to_dict())
     program.save(str(out_path))
     return out_path

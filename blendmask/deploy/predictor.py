@@ -8,10 +8,11 @@ from typing import Dict, List, Union
 import torch
 from torch import Tensor
 
+from blendmask.data.images import ImageReading
 from blendmask.models.blendmask import postprocess_detections
 from blendmask.models.transform import ImageTransform
 
-from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, TRANSFORM_METADATA_KEY
+from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, READING_METADATA_KEY, TRANSFORM_METADATA_KEY
 
 __all__ = ["OnnxPredictor"]
 
@@ -25,6 +26,8 @@ class OnnxPredictor:
     image's size, masks as probabilities. Images are resized, normalised and padded by the
     model's own :class:`~blendmask.models.transform.ImageTransform`, rebuilt from the file's
     metadata, and run one at a time (the results equal the PyTorch model's on single images).
+    ``predictor.reading`` is how image files are to be read for it (the metadata's
+    :class:`~blendmask.data.ImageReading`; the defaults for a file written before it was recorded).
 
     Args:
         path: the ``.onnx`` file.
@@ -46,6 +49,8 @@ class OnnxPredictor:
         names = tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs())
         if names != (INPUT_NAMES, OUTPUT_NAMES):
             raise ValueError(f"{path} has inputs/outputs {names}, expected {(INPUT_NAMES, OUTPUT_NAMES)}")
+        self.reading = (ImageReading.from_dict(json.loads(meta[READING_METADATA_KEY]))
+                        if READING_METADATA_KEY in meta else ImageReading())
         t = json.loads(meta[TRANSFORM_METADATA_KEY])
         self.transform = ImageTransform(
             min_size_train=(t["min_size_test"],),

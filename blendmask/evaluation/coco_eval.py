@@ -26,6 +26,7 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
@@ -37,12 +38,15 @@ from ..distributed import dist_rank_and_world_size
 from ..models.inference import inference_model_of
 from ..models.mask_ops import encode_masks_rle
 
-__all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE", "BACKENDS"]
+__all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE", "BACKENDS",
+           "DEFAULT_MAX_DETS"]
 
 logger = logging.getLogger(__name__)
 
 MAIN_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RESULTS_FILE = "coco_instances_results.json"
+#: COCOeval's detections per image (its ``maxDets[-1]``).
+DEFAULT_MAX_DETS = 100
 _IOU_TYPES = ("bbox", "segm")
 #: COCOeval implementations ``COCOEvaluator`` can use (module doc).
 BACKENDS = ("pycocotools", "faster-coco-eval")
@@ -63,6 +67,9 @@ class COCOEvaluator:
         distributed: gather the predictions of all ranks in ``evaluate()`` (every rank must call
             it). ``None`` detects an initialised process group; default False (single-process
             evaluation, e.g. on rank 0 only).
+        max_dets: detections per image COCOeval scores (its ``maxDets``: ``[1, 10, max_dets]``,
+            the metrics are at ``max_dets``); raise it above COCO's 100 for images holding more
+            instances (tiled evaluation of large images).
     """
 
     def __init__(
@@ -74,7 +81,10 @@ class COCOEvaluator:
         distributed: Optional[bool] = False,
         results_name: str = RESULTS_FILE,
         backend: str = "pycocotools",
+        max_dets: int = DEFAULT_MAX_DETS,
     ) -> None:
+        if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
+            raise ValueError(f"COCOEvaluator: max_dets must be an integer >= 10, got {max_dets!r}")
         if backend not in BACKENDS:
             raise ValueError(f"COCOEvaluator: backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "faster-coco-eval":
@@ -107,6 +117,7 @@ class COCOEvaluator:
         self.category_ids = [int(c) for c in category_ids]
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.distributed = distributed
+        self.max_dets = max_dets
         self.reset()
 
     def reset(self) -> None:
@@ -218,16 +229,29 @@ class COCOEvaluator:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_eval = self._cocoeval(dets, iou_type)
             coco_eval.params.imgIds = image_ids
+            coco_eval.params.maxDets = [1, 10, self.max_dets]
             coco_eval.evaluate()
             coco_eval.accumulate()
-            coco_eval.summarize()
-        metrics = {name: _nan_if_undefined(coco_eval.stats[i]) for i, name in enumerate(MAIN_METRICS)}
         precision = coco_eval.eval["precision"]  # (iou thresholds, recall, category, area, max dets)
+        metrics = _main_metrics(precision, coco_eval.params.iouThrs)
         for k, cat_id in enumerate(coco_eval.params.catIds):
             p = precision[:, :, k, 0, -1]
             p = p[p > -1]
             metrics[f"AP-{self.coco_gt.cats[cat_id]['name']}"] = float(p.mean()) if p.size else math.nan
         return metrics
+
+
+def _main_metrics(precision, iou_thresholds) -> Dict[str, float]:
+    """:data:`MAIN_METRICS` from COCOeval's accumulated precision at its last ``maxDets``, as its
+    ``summarize()`` computes them (which scores AP at 100 detections whatever ``maxDets`` is)."""
+    def mean(p) -> float:
+        p = p[p > -1]
+        return float(p.mean()) if p.size else math.nan
+
+    at_50, at_75 = (int(np.flatnonzero(np.isclose(iou_thresholds, t))[0]) for t in (0.5, 0.75))
+    return {"AP": mean(precision[:, :, :, 0, -1]), "AP50": mean(precision[at_50, :, :, 0, -1]),
+            "AP75": mean(precision[at_75, :, :, 0, -1]), "APs": mean(precision[:, :, :, 1, -1]),
+            "APm": mean(precision[:, :, :, 2, -1]), "APl": mean(precision[:, :, :, 3, -1])}
 
 
 def _masks_rle(output: Dict[str, Any], image_id: int, n: int, size: tuple) -> List[Dict[str, Any]]:
@@ -262,12 +286,9 @@ def _empty_results(coco_gt: COCO) -> COCO:
     return coco_dt
 
 
-def _nan_if_undefined(value: float) -> float:
-    return math.nan if value < 0 else float(value)  # COCOeval uses -1 for "no ground truth"
-
-
-def format_results_table(metrics: Dict[str, Dict[str, float]]) -> str:
-    """A plain-text table of ``evaluate()``'s metrics: the main metrics per task, then per-category AP."""
+def format_results_table(metrics: Dict[str, Dict[str, float]], *, max_dets: int = DEFAULT_MAX_DETS) -> str:
+    """A plain-text table of ``evaluate()``'s metrics: the main metrics per task, then per-category AP;
+    a ``max_dets`` other than COCO's 100 is stated above it."""
     tasks = [t for t in _IOU_TYPES if t in metrics] + [t for t in metrics if t not in _IOU_TYPES]
     if not tasks:
         raise ValueError("format_results_table: metrics is empty")
@@ -275,7 +296,8 @@ def format_results_table(metrics: Dict[str, Dict[str, float]]) -> str:
     def cell(value: Optional[float]) -> str:
         return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
-    lines = ["task  " + "".join(f"{m:>8}" for m in MAIN_METRICS)]
+    lines = [] if max_dets == DEFAULT_MAX_DETS else [f"COCOeval maxDets {max_dets} (detections scored per image)"]
+    lines.append("task  " + "".join(f"{m:>8}" for m in MAIN_METRICS))
     for task in tasks:
         lines.append(f"{task:<6}" + "".join(f"{cell(metrics[task].get(m)):>8}" for m in MAIN_METRICS))
     names = []
@@ -308,6 +330,7 @@ def evaluate_model(
     compile: bool = False,
     results_name: str = RESULTS_FILE,
     backend: str = "pycocotools",
+    max_dets: int = DEFAULT_MAX_DETS,
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
 
@@ -319,6 +342,7 @@ def evaluate_model(
     batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics. ``results_name`` and ``backend``: see :class:`COCOEvaluator`.
+    ``max_dets``: COCOeval's detections per image (:class:`COCOEvaluator`).
     """
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError(
@@ -327,7 +351,7 @@ def evaluate_model(
         )
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
     evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed, results_name=results_name,
-                              backend=backend)
+                              backend=backend, max_dets=max_dets)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training

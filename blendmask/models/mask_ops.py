@@ -28,7 +28,7 @@ from torchvision.ops import roi_align
 from blendmask.polygons import PolygonMasks
 
 __all__ = [
-    "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "paste_mask_patches",
+    "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "encode_region_rle", "paste_mask_patches",
     "paste_masks_in_image", "paste_masks_rle",
 ]
 
@@ -248,6 +248,15 @@ def paste_masks_rle(
             out[i] = compressed(_region_run_lengths(binary[j, : y1 - y0, : x1 - x0], y0, x0, height, width))
         del patches, binary  # one chunk alive at a time, not this one and the next
     return [dict(rle) for rle in out]
+
+
+def encode_region_rle(region: np.ndarray, y0: int, x0: int, height: int, width: int) -> Dict[str, Any]:
+    """COCO compressed RLE (JSON-ready, as :func:`encode_masks_rle`) of a ``height x width`` mask
+    that is 0 except for the bool ``region (h, w)`` at rows ``y0:`` and columns ``x0:``, made
+    without the image-sized mask."""
+    counts = _region_run_lengths(region, y0, x0, height, width)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def _region_run_lengths(region: np.ndarray, y0: int, x0: int, height: int, width: int) -> np.ndarray:
