@@ -5,7 +5,8 @@ all of them use live in :mod:`blendmask.distributed`."""
 from .checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_from_weights
 from ..distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
 from .solver import WarmupMultiStepLR, build_lr_scheduler, build_optimizer
-from .hooks import HookBase, TrainResult, plot_loss_curve
+from .hooks import plot_loss_curve
+from .train_loop import HookBase, TrainerBase, TrainResult
 from .trainer import MatchingWeightsReport, NonFiniteLossError, Trainer
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "HookBase",
+    "TrainerBase",
     "MatchingWeightsReport",
     "NonFiniteLossError",
     "Trainer",

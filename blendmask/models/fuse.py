@@ -39,7 +39,7 @@ from torch import nn
 
 from .backbone.dla import BasicBlock as DLABasicBlock
 from .backbone.dla import Root as DLARoot
-from .backbone.norm import FrozenBatchNorm2d
+from .layers import FrozenBatchNorm2d
 
 __all__ = ["fold_batchnorm", "NAMED_PAIRS", "is_foldable_norm", "INFERENCE_ONLY_ATTRIBUTE"]
 

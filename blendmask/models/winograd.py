@@ -35,6 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import _extension
+from .layers import DeformConvNorm
+from .top_layer import TopLayer
 
 __all__ = ["use_winograd", "is_eligible", "transform_weight", "winograd_conv3x3", "MIN_CHANNELS"]
 
@@ -82,9 +84,6 @@ def is_eligible(conv: nn.Module) -> bool:
     padding 1, dilation 1, one group, zero padding, with at least :data:`MIN_CHANNELS` input and
     output channels; not a deformable conv (its ``forward`` samples its own taps) nor BlendMask's
     top layer (evaluated at the detections only, never as a dense convolution)."""
-    from .backbone.deform import DeformConvNorm  # deferred: the backbone package imports torchvision ops
-    from .top_layer import TopLayer
-
     return (
         isinstance(conv, nn.Conv2d)
         and not isinstance(conv, (DeformConvNorm, TopLayer))
