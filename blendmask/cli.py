@@ -303,7 +303,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False) -> Dict[str, Dict[str, float]]:
-    from blendmask.engine import load_model_from_weights
+    from blendmask.models import load_model_from_weights
     from blendmask.evaluation import evaluate_model
     from blendmask.models.inference import compile_report, optimize_for_inference
 
@@ -377,7 +377,7 @@ def _check_distinct_stems(images: Sequence[str]) -> None:
 
 def _is_panoptic_weights(weights: str) -> bool:
     """Whether a weights file's embedded config is a panoptic model."""
-    from blendmask.engine.checkpoint import load_checkpoint
+    from blendmask.serialization import load_checkpoint
 
     config = load_checkpoint(weights).get("config")
     return bool(isinstance(config, dict) and config.get("model", {}).get("panoptic", {}).get("enabled"))

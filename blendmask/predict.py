@@ -55,7 +55,7 @@ class Predictor:
                      device: Union[str, torch.device] = "cpu", compile: bool = False) -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``."""
-        from blendmask.engine.checkpoint import load_model_from_weights
+        from blendmask.models import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)

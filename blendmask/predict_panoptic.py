@@ -45,7 +45,8 @@ class PanopticPredictor:
                      compile: bool = False) -> "PanopticPredictor":
         """The model of a weights file written by ``blendmask train`` on panoptic data (names from the file,
         else ``class_<i>`` / ``stuff_<i>``)."""
-        from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
+        from blendmask.models import load_model_from_weights
+        from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
         if not cfg.model.panoptic.enabled:

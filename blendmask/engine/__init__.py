@@ -2,7 +2,8 @@
 
 The engine depends on the models and the data, never the reverse; the distributed helpers that
 all of them use live in :mod:`blendmask.distributed`."""
-from .checkpoint import Checkpointer, atomic_save, load_checkpoint, load_model_from_weights
+from .._deprecation import renamed_attributes
+from .checkpoint import Checkpointer, atomic_save, load_checkpoint
 from ..distributed import get_rank, get_world_size, init_distributed, is_main_process, reduce_metrics
 from .solver import WarmupMultiStepLR, build_lr_scheduler, build_optimizer
 from .hooks import plot_loss_curve
@@ -13,7 +14,6 @@ __all__ = [
     "Checkpointer",
     "atomic_save",
     "load_checkpoint",
-    "load_model_from_weights",
     "get_rank",
     "get_world_size",
     "init_distributed",
@@ -30,3 +30,5 @@ __all__ = [
     "TrainResult",
     "plot_loss_curve",
 ]
+
+__getattr__ = renamed_attributes(__name__, {"load_model_from_weights": "blendmask.models.load_model_from_weights"})
