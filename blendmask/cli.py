@@ -305,7 +305,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False) -> Dict[str, Dict[str, float]]:
     from blendmask.models import load_model_from_weights
     from blendmask.evaluation import evaluate_model
-    from blendmask.models.inference import compile_report, optimize_for_inference
+    from blendmask.models.inference_path import compile_report, optimize_for_inference
 
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model evaluate_model runs as is
@@ -384,7 +384,7 @@ def _is_panoptic_weights(weights: str) -> bool:
 
 
 def _run_predict(args) -> int:
-    from blendmask.models.inference import compile_report
+    from blendmask.models.inference_path import compile_report
     from blendmask.predict import Predictor, predict_files
 
     _check_distinct_stems(args.images)

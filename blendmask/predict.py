@@ -14,7 +14,7 @@ from torch import nn
 
 from blendmask.data.images import read_image
 from blendmask.models.blendmask import MASK_FORMATS
-from blendmask.models.inference import inference_model_of
+from blendmask.models.inference_path import inference_model_of
 from blendmask.models.mask_ops import encode_masks_rle
 
 __all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]

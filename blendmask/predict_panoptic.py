@@ -33,7 +33,7 @@ class PanopticPredictor:
 
     def __init__(self, *, model: torch.nn.Module, class_names: Sequence[str], stuff_names: Sequence[str],
                  device: Union[str, torch.device] = "cpu", compile: bool = False):
-        from blendmask.models.inference import inference_model_of
+        from blendmask.models.inference_path import inference_model_of
 
         # batch norms folded in a copy (and with ``compile`` backbone and head compiled)
         self.model = inference_model_of(model.to(device).eval(), compile=compile)

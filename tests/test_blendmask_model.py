@@ -550,7 +550,7 @@ def _border_iou_study(*, amodal_boxes: bool, num_iters: int, size: int = 96, num
     ``same_box`` (ours: blend and paste with the unclipped box), ``clip_first`` (clip, then
     blend and paste) and ``paste_clipped`` (AdelaiDet: blend unclipped, paste clipped)."""
     from blendmask.models.blendmask import postprocess_detections
-    from blendmask.models.fcos.inference import clip_boxes
+    from blendmask.models.fcos.detections import clip_boxes
     from blendmask.models.mask_ops import paste_masks_in_image
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from .builders import (
     load_model_from_weights,
     load_weights,
 )
-from .inference import optimize_for_inference
+from .inference_path import optimize_for_inference
 from .panoptic import PanopticBlendMask
 
 __all__ = [

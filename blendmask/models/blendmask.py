@@ -17,8 +17,8 @@ from .bottom import BottomModule
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
-from .fcos.inference import clip_boxes
-from .fuse import INFERENCE_ONLY_ATTRIBUTE
+from .fcos.detections import clip_boxes
+from .batchnorm_folding import INFERENCE_ONLY_ATTRIBUTE
 from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .top_layer import TopLayer
 from .transform import postprocess_boxes

@@ -22,7 +22,7 @@ class ConvNorm(nn.Conv2d):
     1 CPU thread: 4% faster); gradients reach ``W`` through the product. In eval the norm runs on
     the output, detectron2's arithmetic, which the AdelaiDet parity fixtures check to float
     precision (a different rounding moves R_101_dcni3_5x's boxes past their 1e-3 px); the
-    inference path folds it into the weights once (:mod:`blendmask.models.fuse`).
+    inference path folds it into the weights once (:mod:`blendmask.models.batchnorm_folding`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
