@@ -415,7 +415,7 @@ _PRESETS.update({
         "input.min_size_train": (640, 864), "input.max_size_train": 1333,
         "solver.steps": (280000, 360000), "solver.max_iter": 400000,
     },
-    # Ours: the lite preset with P2 and a light semantic head; the fusion at the defaults
+    # Ours: the lite preset with P2 and a light semantic head; the fusion at the dataclass defaults
     # (score 0.2, overlap 0.4) with the stuff area limit scaled to ~256 px images.
     "lite_mobilenet_v2_panoptic": {
         **_PRESETS["lite_mobilenet_v2"],

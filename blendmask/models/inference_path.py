@@ -15,12 +15,13 @@ tests/test_inference_path.py):
    FrozenBN in the backbone, eval-mode BN in the basis module / bottom / panoptic head.
 2. channels_last (default on): weights and activations in the channels_last memory format,
    which oneDNN's convolutions prefer (:func:`blendmask.models.memory_format.use_channels_last`).
-   Measured on 1 CPU thread (``benchmarks/bench_inference.py``): on top of the fold, backbone
-   1.13x (R_50, 512) and 1.31x (lite), FCOS head 1.06x / 1.10x.
 3. ``winograd`` (default on): the 3x3 stride-1 convolutions of 64 channels or more run by
-   Winograd F(4x4, 3x3) on float32 CPU inputs (:mod:`blendmask.models.winograd`): 2.1-2.3x
-   faster at 256 channels, with a rounding error about six times the direct convolution's (~1e-5
-   of the output scale). Other devices and dtypes run the ordinary convolution.
+   Winograd F(4x4, 3x3) on float32 CPU inputs (:mod:`blendmask.models.winograd`): fewer
+   multiplies, for a larger rounding error than the direct convolution's (float32 tolerance, not
+   bit equality). Other devices and dtypes run the ordinary convolution.
+
+What each step gains is measured by ``benchmarks/bench_inference.py`` and
+``benchmarks/bench_winograd.py`` (the benchmarks page of the docs).
 4. ``compile=True`` (``blendmask predict --compile``, ``blendmask eval --compile``): the backbone +
    FPN and the FCOS head are each ``torch.compile``d (inductor, with freezing: the
    folded weights become constants). Compilation is lazy: the first call of each new input size

@@ -18,8 +18,7 @@ class ConvNorm(nn.Conv2d):
 
     In training, a FrozenBN ``norm`` (a constant affine ``x * scale + shift``) is applied to the
     filters and as the conv's bias, ``conv(x, W * scale) + shift``, instead of to the output: the
-    same function with one pass over the activation fewer (an R_50 training step, 2 x 512 x 512,
-    1 CPU thread: 4% faster); gradients reach ``W`` through the product. In eval the norm runs on
+    same function with one pass over the activation fewer; gradients reach ``W`` through the product. In eval the norm runs on
     the output, detectron2's arithmetic, which the AdelaiDet parity fixtures check to float
     precision (a different rounding moves R_101_dcni3_5x's boxes past their 1e-3 px); the
     inference path folds it into the weights once (:mod:`blendmask.models.batchnorm_folding`).
