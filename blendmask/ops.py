@@ -154,9 +154,9 @@ def blend_reference(
     spatial_scale: float = 0.25,
     sampling_ratio: int = 1,
     aligned: bool = True,
-    top_interp: str = "bilinear",
-    normalize: str = "softmax",
-    bottom_interp: str = "bilinear",
+    top_interp: TopInterp = "bilinear",
+    normalize: Normalize = "softmax",
+    bottom_interp: BottomInterp = "bilinear",
 ) -> Tensor:
     """Unfused blender: crop, upsample, softmax over K (or sigmoids), weighted sum.
 
@@ -200,9 +200,9 @@ def blend(
     spatial_scale: float = 0.25,
     sampling_ratio: int = 1,
     aligned: bool = True,
-    top_interp: str = "bilinear",
-    normalize: str = "softmax",
-    bottom_interp: str = "bilinear",
+    top_interp: TopInterp = "bilinear",
+    normalize: Normalize = "softmax",
+    bottom_interp: BottomInterp = "bilinear",
 ) -> Tensor:
     """Fused blender: RoIAlign crop of the bases, attention upsample, softmax over K, blend.
 

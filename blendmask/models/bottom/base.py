@@ -56,10 +56,14 @@ class BottomModule(nn.Module):
     the padded-batch frame, are needed for it), else empty.
     """
 
-    in_features: Tuple[str, ...]
-    in_stride: int
-    out_stride: int
-    loss_on: bool
+    def __init__(self, *, in_features: Sequence[str], in_stride: int, out_stride: int, num_bases: int, loss_on: bool):
+        super().__init__()
+        if num_bases < 1:
+            raise ValueError(f"num_bases must be >= 1, got {num_bases}")
+        self.in_features: Tuple[str, ...] = tuple(in_features)
+        self.in_stride = in_stride
+        self.out_stride = out_stride
+        self.loss_on = loss_on
 
     def bases(self, features: Mapping[str, Tensor]) -> Tensor:
         """The bases ``(N, K, Hb, Wb)`` of ``features``."""

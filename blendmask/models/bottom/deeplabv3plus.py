@@ -88,16 +88,11 @@ class DeepLabV3PlusBottom(BottomModule):
         loss_on: bool = True,
         loss_weight: float = 0.3,
     ):
-        super().__init__()
         if len(in_features) < 2:
             raise ValueError(f"the deeplabv3plus bottom module needs a shallow and a deep input (e.g. ('p3', 'p5')), "
                              f"got in_features={tuple(in_features)}")
-        if num_bases < 1:
-            raise ValueError(f"num_bases must be >= 1, got {num_bases}")
-        self.in_features = tuple(in_features)
-        self.in_stride = in_stride
-        self.out_stride = in_stride
-        self.loss_on = loss_on
+        super().__init__(in_features=in_features, in_stride=in_stride, out_stride=in_stride, num_bases=num_bases,
+                         loss_on=loss_on)
         shallow, deep = self.in_features[0], self.in_features[-1]
         self.aspp = ASPP(channels_of(in_channels, deep), width)
         self.shallow = _conv_bn_relu(channels_of(in_channels, shallow), SHALLOW_CHANNELS, 1)

@@ -54,15 +54,10 @@ class ProtoNet(BottomModule):
         loss_on: bool = True,
         loss_weight: float = 0.3,
     ):
-        super().__init__()
         if len(in_features) == 0:
             raise ValueError("basis module in_features must name at least one FPN level")
-        if num_bases < 1:
-            raise ValueError(f"num_bases must be >= 1, got {num_bases}")
-        self.in_features = tuple(in_features)
-        self.in_stride = in_stride
-        self.out_stride = in_stride // 2
-        self.loss_on = loss_on
+        super().__init__(in_features=in_features, in_stride=in_stride, out_stride=in_stride // 2, num_bases=num_bases,
+                         loss_on=loss_on)
         self.loss_weight = loss_weight
         self.refine = nn.ModuleList([conv_block(channels_of(in_channels, n), convs_dim, norm) for n in self.in_features])
         tower: List[nn.Module] = [conv_block(convs_dim, convs_dim, norm) for _ in range(num_convs)]
