@@ -156,10 +156,8 @@ class BlendMask(nn.Module):
     resized to ``R x R``, weighted by the centerness targets and divided by their sum. In eval,
     the crop and the paste use the same box: the masks are blended with the whole, unclipped
     predicted box (the box the attentions were predicted for) and pasted with that same box,
-    cut at the image border; the reported box is clipped to the image. This deliberately
-    differs from AdelaiDet, which crops with unclipped boxes and pastes into clipped ones,
-    squeezing masks at image borders. (Clipping before the blend is no cure: it stretches the
-    attentions over the clipped box.)
+    cut at the image border; the reported box is clipped to the image (docs/design.md §10 compares
+    this rule with AdelaiDet's).
 
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
