@@ -159,6 +159,11 @@ class BlendMask(nn.Module):
     cut at the image border; the reported box is clipped to the image (docs/design.md §10 compares
     this rule with AdelaiDet's).
 
+    The blender's settings (``bottom_resolution`` as its ``output_size``, ``top_interp``,
+    ``normalize``, ``bottom_interp``, ``sampling_ratio``, ``aligned``) are held by ``self.blender``,
+    a :class:`blendmask.ops.Blender` with ``spatial_scale = 1 / basis_module.out_stride``; their
+    modes are those of :mod:`blendmask.blend_modes`.
+
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
         transform: resizes, normalises and batches images/targets
@@ -172,10 +177,6 @@ class BlendMask(nn.Module):
         num_bases: K.
         attn_size: M, the attention resolution.
         bottom_resolution: R, the blended mask resolution.
-        top_interp, normalize, bottom_interp, sampling_ratio, aligned: the blender's settings, held
-            by the :class:`blendmask.ops.Blender` ``self.blender`` (with ``output_size = R`` and
-            ``spatial_scale = 1 / basis_module.out_stride``); the modes are those of
-            :mod:`blendmask.blend_modes`.
         top_interp: ``"bilinear"`` or ``"nearest"`` attention upsampling.
         normalize: ``"softmax"`` over K (the blend is a mask logit) or ``"sigmoid"`` (the
             paper's one-basis blender: ``sum_k sigmoid(a_k) sigmoid(r_k)``; the model's mask
