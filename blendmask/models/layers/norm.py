@@ -1,4 +1,4 @@
-"""Normalisation layers for the backbones: FrozenBN, BN, GN, and stage freezing."""
+"""Normalisation layers of the model parts: FrozenBN, BN, GN, and the freezing of backbone stages."""
 from __future__ import annotations
 
 import math
