@@ -154,7 +154,7 @@ def export_onnx(
     model = resolve_model(model_or_cfg, weights)
     if model.blender.bottom_interp != "bilinear":
         raise ValueError(
-            f"ONNX export of model.blender.bottom_interp={model.bottom_interp!r} is not supported: ONNX RoiAlign "
+            f"ONNX export of model.blender.bottom_interp={model.blender.bottom_interp!r} is not supported: ONNX RoiAlign "
             "samples bilinearly only (mode 'avg'/'max' pool bilinear samples); export a model with "
             "model.blender.bottom_interp='bilinear'"
         )
