@@ -61,7 +61,7 @@ def test_region_ij_of_the_blended_mask_is_the_crop_of_base_i_m_plus_j(blender):
     rois = torch.tensor([[0, 3.0, 5.0, 61.0, 70.0], [1, 10.5, 0.0, 90.0, 33.3], [0, -8.0, 20.0, 40.0, 90.0]])
     attns = model.attentions(None, torch.arange(3))  # the assembler reads no head: the constant rows
     blended = model.blend_masks(bases, attns, rois, blender=blender)  # (3, R, R) logits
-    crops = roi_align(bases, rois, R_, 1.0 / stride, model.sampling_ratio, model.aligned)  # (3, K, R, R)
+    crops = roi_align(bases, rois, R_, 1.0 / stride, model.blender.sampling_ratio, model.blender.aligned)  # (3, K, R, R)
     side = R_ // M_
     for i in range(M_):
         for j in range(M_):

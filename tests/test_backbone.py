@@ -204,7 +204,7 @@ def test_bad_backbone_configs():
 
 
 def test_convnorm_applies_a_frozen_bn_to_its_filters_in_training_with_the_same_values_and_gradients():
-    from blendmask.models.backbone.resnet import ConvNorm
+    from blendmask.models.layers import ConvNorm
 
     torch.manual_seed(0)
     conv = ConvNorm(6, 5, 3, padding=1, norm="FrozenBN").double()

@@ -13,7 +13,7 @@ from blendmask.models import (
     blendmask_resnet101_fpn,
     build_model,
 )
-from blendmask.models.basis import semantic_targets_from_instances
+from blendmask.models.bottom import semantic_targets_from_instances
 
 LOSS_KEYS = {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_basis_sem"}
 
@@ -94,7 +94,7 @@ def test_resnet_presets_run_on_a_tiny_image(name):
 def test_named_builders_apply_overrides():
     r50 = blendmask_resnet50_fpn(num_classes=5, **{"model.blender.attn_size": 7, "model.basis.num_bases": 2})
     assert r50.top_layer.out_channels == 2 * 7 * 7 and r50.num_classes == 5
-    assert r50.bottom_resolution == 56 and r50.proposal_generator.strides == (8, 16, 32, 64, 128)
+    assert r50.blender.output_size == 56 and r50.proposal_generator.strides == (8, 16, 32, 64, 128)
     r101 = blendmask_resnet101_fpn(num_classes=2)
     assert sum(p.numel() for p in r101.parameters()) > sum(p.numel() for p in r50.parameters())
     lite = blendmask_mobilenet_v2_fpn(num_classes=2)
@@ -149,7 +149,7 @@ def test_detect_returns_the_documented_pre_paste_detections():
         batch, _ = model.transform(images)
         detections = model.detect(batch.tensors, batch.image_sizes)
         outputs = model(images)
-    k, m, r = model.num_bases, model.attn_size, model.bottom_resolution
+    k, m, r = model.num_bases, model.attn_size, model.blender.output_size
     hp, wp = batch.tensors.shape[-2:]
     assert len(detections) == 2
     for det, out, (h, w), image in zip(detections, outputs, batch.image_sizes, images):
@@ -550,7 +550,7 @@ def _border_iou_study(*, amodal_boxes: bool, num_iters: int, size: int = 96, num
     ``same_box`` (ours: blend and paste with the unclipped box), ``clip_first`` (clip, then
     blend and paste) and ``paste_clipped`` (AdelaiDet: blend unclipped, paste clipped)."""
     from blendmask.models.blendmask import postprocess_detections
-    from blendmask.models.fcos.inference import clip_boxes
+    from blendmask.models.fcos.detections import clip_boxes
     from blendmask.models.mask_ops import paste_masks_in_image
 
     torch.manual_seed(0)

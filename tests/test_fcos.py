@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from blendmask.models.fcos import FCOSHead
-from blendmask.models.fcos.inference import class_aware_nms, clip_boxes, fcos_inference_single_image
+from blendmask.models.fcos.detections import class_aware_nms, clip_boxes, fcos_inference_single_image
 from blendmask.models.fcos.losses import centerness_targets, fcos_losses, giou_loss, ltrb_iou_giou
 from blendmask.models.fcos.targets import assign_targets, assign_targets_single, compute_locations
 

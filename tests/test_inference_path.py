@@ -7,7 +7,7 @@ from torch import nn
 
 from blendmask.config import get_config
 from blendmask.models import build_model, optimize_for_inference
-from blendmask.models.fuse import fold_batchnorm, is_foldable_norm
+from blendmask.models.batchnorm_folding import fold_batchnorm, is_foldable_norm
 
 
 def _tiny(size=64, max_size=96):
@@ -141,7 +141,7 @@ def test_fold_rejects_a_non_module():
 # ----------------------------------------------------------------------------- --compile
 
 def test_compiled_model_equals_eager_and_reports_compile_time_apart():
-    from blendmask.models.inference import compile_report, compiled_stages
+    from blendmask.models.inference_path import compile_report, compiled_stages
 
     model = _model("lite_mobilenet_v2")
     compiled = optimize_for_inference(model, compile=True)

@@ -4,7 +4,7 @@ import torch
 
 from blendmask.config import get_config
 from blendmask.convert import ConversionError, convert_checkpoint, from_adelaidet, match_state_dict
-from blendmask.engine.checkpoint import load_model_from_weights
+from blendmask.models import load_model_from_weights
 from blendmask.models import PanopticBlendMask, build_model
 
 from _convert_utils import adelaidet_state_dict

@@ -136,8 +136,7 @@ ENTRY_CASES = ["random", "truncated", "damaged_tensor", "refused"]
 def test_api_entry_points_give_the_same_clear_errors(bad_files, case):
     from blendmask.config import get_config
     from blendmask.deploy import export_onnx
-    from blendmask.engine import load_model_from_weights
-    from blendmask.models import blendmask_mobilenet_v2_fpn
+    from blendmask.models import blendmask_mobilenet_v2_fpn, load_model_from_weights
     from blendmask.models.backbone import build_backbone
 
     path, pattern = bad_files[case]

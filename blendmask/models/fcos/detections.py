@@ -1,4 +1,4 @@
-"""FCOS inference: candidates per level, class-aware NMS, top detections per image.
+"""FCOS detections from the head outputs: candidates per level, class-aware NMS, top detections per image.
 
 Follows AdelaiDet's ``predict_proposals``: per level, scores ``sigmoid(cls) * sigmoid(ctr)``
 above ``score_thresh`` (``thresh_with_ctr``; otherwise the threshold is applied on

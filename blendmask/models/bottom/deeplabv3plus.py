@@ -10,19 +10,20 @@
   3x3 conv blocks at ``width`` and a 1x1 conv to ``num_bases``.
 
 The bases are at the shallow input's stride (8 for P3 / C3, 4 for P2: Table 7's "+s/4"). The
-auxiliary semantic loss is the ProtoNet's (:class:`blendmask.models.basis.SemanticHead`) on the
-shallow input. Same call signature and attributes (``in_features``, ``in_stride``,
-``out_stride``) as :class:`blendmask.models.basis.ProtoNet`.
+auxiliary semantic loss is the ProtoNet's (:class:`~blendmask.models.bottom.semantic_head.SemanticHead`)
+on the shallow input. Same call signature and attributes as the ProtoNet: a
+:class:`~blendmask.models.bottom.base.BottomModule`.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Mapping, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blendmask.models.basis import SemanticHead, channels_of, conv_block
+from .base import BottomModule, channels_of, conv_block
+from .semantic_head import SemanticHead
 
 __all__ = ["DeepLabV3PlusBottom", "ASPP", "ASPP_RATES", "SHALLOW_CHANNELS"]
 
@@ -60,7 +61,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat(outs, dim=1))
 
 
-class DeepLabV3PlusBottom(nn.Module):
+class DeepLabV3PlusBottom(BottomModule):
     """Bases ``(N, K, H/s, W/s)`` at the shallow input's stride ``s``, plus the semantic loss in training.
 
     Args:
@@ -87,16 +88,11 @@ class DeepLabV3PlusBottom(nn.Module):
         loss_on: bool = True,
         loss_weight: float = 0.3,
     ):
-        super().__init__()
         if len(in_features) < 2:
             raise ValueError(f"the deeplabv3plus bottom module needs a shallow and a deep input (e.g. ('p3', 'p5')), "
                              f"got in_features={tuple(in_features)}")
-        if num_bases < 1:
-            raise ValueError(f"num_bases must be >= 1, got {num_bases}")
-        self.in_features = tuple(in_features)
-        self.in_stride = in_stride
-        self.out_stride = in_stride
-        self.loss_on = loss_on
+        super().__init__(in_features=in_features, in_stride=in_stride, out_stride=in_stride, num_bases=num_bases,
+                         loss_on=loss_on)
         shallow, deep = self.in_features[0], self.in_features[-1]
         self.aspp = ASPP(channels_of(in_channels, deep), width)
         self.shallow = _conv_bn_relu(channels_of(in_channels, shallow), SHALLOW_CHANNELS, 1)
@@ -108,18 +104,9 @@ class DeepLabV3PlusBottom(nn.Module):
         if loss_on:
             self.seg_head = SemanticHead(channels_of(in_channels, shallow), width, num_classes, loss_weight)
 
-    def forward(
-        self,
-        features: Mapping[str, Tensor],
-        gt_masks: Optional[Sequence[Tensor]] = None,
-        gt_labels: Optional[Sequence[Tensor]] = None,
-    ) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Bases ``(N, K, Hs, Ws)`` and, in training with ``loss_on``, ``{"loss_basis_sem": ...}``."""
+    def bases(self, features: Mapping[str, Tensor]) -> Tensor:
+        """The bases ``(N, K, Hs, Ws)`` at the shallow input's stride."""
         low = self.shallow(features[self.in_features[0]])
         high = F.interpolate(self.aspp(features[self.in_features[-1]]), size=low.shape[-2:], mode="bilinear",
                              align_corners=False)
-        bases = self.fuse(torch.cat([high, low], dim=1))
-        losses: Dict[str, Tensor] = {}
-        if self.training and self.loss_on:
-            losses["loss_basis_sem"] = self.seg_head.loss(features[self.in_features[0]], self.in_stride, gt_masks, gt_labels)
-        return bases, losses
+        return self.fuse(torch.cat([high, low], dim=1))
