@@ -7,7 +7,7 @@ from blendmask.convert import ConversionError, convert_checkpoint, from_adelaide
 from blendmask.engine.checkpoint import load_model_from_weights
 from blendmask.models import PanopticBlendMask, build_model
 
-from _convert_utils import adelaidet_state_dict
+from tests.helpers.adelaidet_weights import adelaidet_state_dict
 
 
 def adelaidet_panoptic_state_dict(*, num_semantic: int = 54, conv_dims: int = 128, seed: int = 1):

@@ -1,7 +1,6 @@
 """The ``blendmask`` command: every subcommand on tiny data, clear one-line errors for bad input,
 tracebacks for everything else, and output locations checked before the work."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,25 +9,15 @@ import pytest
 import torch
 
 from blendmask.cli import COMMANDS, main
+from tests.helpers.cli import IMAGE_SIDE, TINY_RUN_SET, error_line
+from tests.helpers.paths import subprocess_env
 
-TINY = 64  # image side of the tiny synthetic set
-TINY_SET = [
-    "solver.ims_per_batch=2", "solver.warmup_iters=2", "solver.steps=(100,)",
-    f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
-    f"input.min_size_test={TINY}", f"input.max_size_test={TINY}",
-]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-                OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
-    assert main(["make-shapes", str(out), "--train", "6", "--val", "3", "--size", str(TINY), "--seed", "1"]) == 0
+    assert main(["make-shapes", str(out), "--train", "6", "--val", "3", "--size", str(IMAGE_SIDE), "--seed", "1"]) == 0
     return out
 
 
@@ -36,16 +25,9 @@ def shapes(tmp_path_factory):
 def trained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     code = main(["train", "--data", str(shapes), "--output", str(out), "--backbone-weights", "none",
-                 "--set", "solver.max_iter=4", "solver.checkpoint_period=2", *TINY_SET])
+                 "--set", "solver.max_iter=4", "solver.checkpoint_period=2", *TINY_RUN_SET])
     assert code == 0
     return out
-
-
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("error: ")
-    return err[0]
 
 
 def test_make_shapes_writes_a_coco_set(shapes):
@@ -67,7 +49,7 @@ def test_train_writes_checkpoints_metrics_and_curve(trained):
 def test_train_on_one_json_evaluates_only_an_explicit_val_set(shapes, tmp_path):
     train_json = str(shapes / "annotations" / "instances_train.json")
     args = ["train", "--data", train_json, "--backbone-weights", "none", "--set", "solver.max_iter=2",
-            "solver.checkpoint_period=0", *TINY_SET]
+            "solver.checkpoint_period=0", *TINY_RUN_SET]
 
     def evaluated(out):
         records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -86,7 +68,7 @@ def test_train_resume_continues_to_a_new_max_iter(shapes, trained, tmp_path):
         (out / name).write_bytes((trained / name).read_bytes())
     (out / "last_checkpoint").write_text("model_0000002.pth")
     code = main(["train", "--data", str(shapes), "--output", str(out), "--resume", "--backbone-weights", "none",
-                 "--set", "solver.max_iter=4", "solver.checkpoint_period=2", *TINY_SET])
+                 "--set", "solver.max_iter=4", "solver.checkpoint_period=2", *TINY_RUN_SET])
     assert code == 0
     ours = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "loss_total" in l]
     reference = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines() if "loss_total" in l]
@@ -95,9 +77,9 @@ def test_train_resume_continues_to_a_new_max_iter(shapes, trained, tmp_path):
 
 
 def test_train_refuses_to_overwrite_without_resume(shapes, trained, capsys):
-    code = main(["train", "--data", str(shapes), "--output", str(trained), "--set", *TINY_SET])
+    code = main(["train", "--data", str(shapes), "--output", str(trained), "--set", *TINY_RUN_SET])
     assert code == 1
-    assert "--resume" in _error_line(capsys)
+    assert "--resume" in error_line(capsys)
 
 
 def test_eval_prints_the_ap_table_and_writes_results(shapes, trained, tmp_path, capsys):
@@ -169,13 +151,13 @@ def test_bad_arguments_exit_nonzero_with_one_line(argv, needle, shapes, trained,
             "weights": str(trained / "model_final.pth"), "image": str(next((shapes / "val").glob("*.png")))}
     code = main([arg.format(**fill) for arg in argv])
     assert code != 0
-    assert needle in _error_line(capsys)
+    assert needle in error_line(capsys)
 
 
 def test_missing_val_data_is_named_as_such(shapes, tmp_path, capsys):
     missing = tmp_path / "no_val"
     assert main(["train", "--data", str(shapes), "--val-data", str(missing), "--output", str(tmp_path / "run")]) == 1
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"--val-data '{missing}' does not exist" in line and "--data " not in line
     assert not (tmp_path / "run").exists()
 
@@ -188,7 +170,7 @@ def test_predict_refuses_two_inputs_with_one_output_name(shapes, trained, tmp_pa
     out = tmp_path / "out"
     code = main(["predict", str(image), str(other), "--weights", str(trained / "model_final.pth"), "--out", str(out)])
     assert code == 1
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert str(image) in line and str(other) in line and f"{image.stem}_pred.png" in line
     assert not out.exists()
 
@@ -228,7 +210,7 @@ def test_output_location_is_checked_before_the_work(argv, module, work, is_dir, 
     fill = {"data": str(shapes), "weights": str(trained / "model_final.pth"), "out": str(out),
             "image": str(next((shapes / "val").glob("*.png")))}
     assert main([arg.format(**fill) for arg in argv]) == 1
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert needle in line and str(out) in line
 
 
@@ -254,7 +236,7 @@ def test_a_user_error_is_one_line_and_a_bug_is_a_traceback(shapes, trained, tmp_
                        InputTypeError("wrong type")):
         fail_with(deliberate)
         assert main(argv) == 1
-        assert _error_line(capsys) == f"error: {deliberate}"
+        assert error_line(capsys) == f"error: {deliberate}"
 
     monkeypatch.setenv("BLENDMASK_TRACEBACK", "1")
     assert main(argv) == 1
@@ -263,7 +245,7 @@ def test_a_user_error_is_one_line_and_a_bug_is_a_traceback(shapes, trained, tmp_
 
 def test_python_dash_m_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "blendmask", "eval", "--weights", "/nonexistent.pth",
-                           "--data", "/nonexistent"], env=_env(), capture_output=True, text=True)
+                           "--data", "/nonexistent"], env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
 
@@ -273,8 +255,8 @@ def test_torchrun_two_processes(shapes, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "blendmask", "train", "--data", str(shapes), "--output", str(out), "--backbone-weights", "none",
-           "--set", "solver.max_iter=2", "solver.checkpoint_period=0", "solver.eval_period=0", *TINY_SET]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+           "--set", "solver.max_iter=2", "solver.checkpoint_period=0", "solver.eval_period=0", *TINY_RUN_SET]
+    proc = subprocess.run(cmd, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("final weights:") == 1  # rank 0 reports, rank 1 stays quiet
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "loss_total" in l]

@@ -8,33 +8,22 @@ from pathlib import Path
 import pytest
 
 from blendmask.cli import main
+from tests.helpers.cli import IMAGE_SIDE, TINY_RUN_SET, error_line
 
-TINY = 64
-TINY_SET = [
-    "solver.ims_per_batch=2", "solver.warmup_iters=2", "solver.steps=(100,)",
-    f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
-    f"input.min_size_test={TINY}", f"input.max_size_test={TINY}", "model.panoptic.stuff_area_limit=16",
-]
-
-
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("error: ")
-    return err[0]
+TINY_PANOPTIC_RUN_SET = [*TINY_RUN_SET, "model.panoptic.stuff_area_limit=16"]
 
 
 @pytest.fixture(scope="module")
 def panoptic_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("panoptic_shapes")
-    assert main(["make-shapes", str(out), "--panoptic", "--train", "4", "--val", "2", "--size", str(TINY)]) == 0
+    assert main(["make-shapes", str(out), "--panoptic", "--train", "4", "--val", "2", "--size", str(IMAGE_SIDE)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def instance_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
-    assert main(["make-shapes", str(out), "--train", "2", "--val", "1", "--size", str(TINY)]) == 0
+    assert main(["make-shapes", str(out), "--train", "2", "--val", "1", "--size", str(IMAGE_SIDE)]) == 0
     return out
 
 
@@ -43,7 +32,7 @@ def trained(panoptic_set, tmp_path_factory):
     """``train`` on panoptic data without --config picks lite_mobilenet_v2_panoptic (and evaluates PQ)."""
     out = tmp_path_factory.mktemp("train")
     code = main(["train", "--data", str(panoptic_set), "--output", str(out), "--backbone-weights", "none",
-                 "--set", "solver.max_iter=3", "solver.checkpoint_period=0", *TINY_SET])
+                 "--set", "solver.max_iter=3", "solver.checkpoint_period=0", *TINY_PANOPTIC_RUN_SET])
     assert code == 0
     return out
 
@@ -71,19 +60,19 @@ def test_train_eval_predict_on_panoptic_data(trained, panoptic_set, tmp_path, ca
     assert main(["predict", str(image), "--weights", str(weights), "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / f"{image.stem}_panoptic.png").is_file()
     record = json.loads((tmp_path / "p" / "panoptic_predictions.json").read_text())["images"][0]
-    assert record["height"] == TINY and isinstance(record["segments_info"], list)
+    assert record["height"] == IMAGE_SIDE and isinstance(record["segments_info"], list)
 
 
 def test_the_other_format_is_a_one_line_error(trained, panoptic_set, instance_set, tmp_path, capsys):
     weights = trained / "model_final.pth"
     assert main(["eval", "--weights", str(weights), "--data", str(instance_set), "--output", str(tmp_path / "a")]) == 1
-    assert "holds COCO instances data, but COCO panoptic data" in _error_line(capsys)
+    assert "holds COCO instances data, but COCO panoptic data" in error_line(capsys)
     assert main(["train", "--config", "lite_mobilenet_v2", "--data", str(panoptic_set),
                  "--output", str(tmp_path / "b"), "--backbone-weights", "none"]) == 1
-    assert "holds COCO panoptic data, but COCO instance annotations are expected" in _error_line(capsys)
+    assert "holds COCO panoptic data, but COCO instance annotations are expected" in error_line(capsys)
     assert main(["train", "--config", "lite_mobilenet_v2_panoptic", "--data", str(instance_set),
                  "--output", str(tmp_path / "c"), "--backbone-weights", "none"]) == 1
-    assert "holds COCO instances data" in _error_line(capsys)
+    assert "holds COCO instances data" in error_line(capsys)
 
 
 def test_a_broken_png_is_a_one_line_error_naming_file_and_segment(panoptic_set, tmp_path, capsys):
@@ -96,7 +85,7 @@ def test_a_broken_png_is_a_one_line_error_naming_file_and_segment(panoptic_set, 
     data["annotations"][0]["segments_info"].append({"id": 99, "category_id": 5, "iscrowd": 0})
     path.write_text(json.dumps(data))
     code = main(["train", "--data", str(broken), "--output", str(tmp_path / "t"), "--backbone-weights", "none",
-                 "--set", "solver.max_iter=1", *TINY_SET])
+                 "--set", "solver.max_iter=1", *TINY_PANOPTIC_RUN_SET])
     assert code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # after tqdm's bar
     assert len(errors) == 1
@@ -117,6 +106,6 @@ def test_panoptic_demo_reaches_the_pq_goal(tmp_path):
 def test_make_shapes_refuses_overwrite_with_panoptic(tmp_path, capsys):
     out = tmp_path / "pan"
     assert main(["make-shapes", str(out), "--panoptic", "--overwrite", "--train", "1", "--val", "1",
-                 "--size", str(TINY)]) == 2
+                 "--size", str(IMAGE_SIDE)]) == 2
     assert "--overwrite does not apply with --panoptic" in capsys.readouterr().err
     assert not out.exists()

@@ -3,15 +3,14 @@ numpy or torchvision, and no library module imports the command line."""
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import List, Set
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO, subprocess_env
+
 PACKAGE = REPO / "blendmask"
 HEAVY = ("torch", "torchvision", "numpy")
 
@@ -36,7 +35,7 @@ def test_only_the_entry_point_imports_the_cli():
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess_env()
 
 
 def _imported_modules(code: str) -> Set[str]:

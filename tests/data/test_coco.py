@@ -21,7 +21,7 @@ from blendmask.data import (
     resolve_split,
 )
 
-from _data_utils import box_of, rle_of, write_coco, write_png
+from tests.helpers.coco_files import box_of, rle_of, write_coco, write_png
 
 H, W = 20, 24
 

@@ -1,4 +1,4 @@
-"""The COCO fuzzer (worker: ``tests/_coco_fuzz.py``, whose docstring lists the mutations and the
+"""The COCO fuzzer (worker: ``tests/helpers/coco_fuzz_worker.py``, whose docstring lists the mutations and the
 pass rule). Each run is one subprocess under an address-space limit and a per-example timeout, so
 a crash, a hang or runaway memory fails the test instead of killing pytest.
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("_coco_fuzz.py")
+from tests.helpers.paths import subprocess_env
+
+WORKER = "tests.helpers.coco_fuzz_worker"
 
 
 def _run(workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     try:
-        return subprocess.run([sys.executable, str(WORKER), "--workdir", str(workdir), *args], env=env,
+        return subprocess.run([sys.executable, "-m", WORKER, "--workdir", str(workdir), *args], env=subprocess_env(),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the fuzzer hung past {timeout} s; last case in {workdir / 'current'}: {_case(workdir)}\n"

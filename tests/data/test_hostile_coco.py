@@ -17,7 +17,7 @@ from blendmask.data import CocoInstanceDataset, load_coco_json
 from blendmask.data.coco_checks import COORDINATE_LIMIT, rle_string_counts
 from blendmask.evaluation import COCOEvaluator
 
-from _data_utils import box_of, rle_of, write_coco, write_png
+from tests.helpers.coco_files import box_of, rle_of, write_coco, write_png
 
 H, W = 20, 24
 POLYGON = [12.0, 2.0, 20.0, 2.0, 20.0, 8.0, 12.0, 8.0]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from blendmask.data import CocoInstanceDataset, read_image
 
-from _data_utils import write_coco
+from tests.helpers.coco_files import write_coco
 
 H, W = 30, 40
 

@@ -10,7 +10,7 @@ from blendmask.cli import main as cli_main
 from blendmask.deploy import MIN_OPSET, InferenceGraph, OnnxPredictor, export_onnx
 from blendmask.deploy.onnx_export import TRANSFORM_METADATA_KEY
 
-from _deploy_utils import (
+from tests.helpers.deploy import (
     POST_NMS_TOPK,
     assert_same_detections,
     eager_single,

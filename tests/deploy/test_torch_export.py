@@ -9,7 +9,7 @@ import torch
 from blendmask import _extension
 from blendmask.deploy import InferenceGraph, export_program, postprocess_detections
 
-from _deploy_utils import assert_same_detections, eager_single, sample_images, small_lite_config, small_lite_model
+from tests.helpers.deploy import assert_same_detections, eager_single, sample_images, small_lite_config, small_lite_model
 
 if not _extension.extension_loaded():
     if os.environ.get("CI", "").lower() == "true":

@@ -20,6 +20,7 @@ from blendmask.engine.checkpoint import (
     restore_rng_state,
     rng_state_of_this_rank,
 )
+from tests.helpers.paths import subprocess_env
 
 
 def _weights(value):
@@ -64,7 +65,7 @@ def test_process_killed_during_save_keeps_previous_checkpoint(tmp_path):
         ckpt.save("model_0000001", {{"model": {{"w": torch.zeros(100000)}}, "iteration": 2}})
         ckpt.save("model_0000002", {{"model": {{"w": torch.zeros(3)}}, "iteration": 2}})
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     left = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]

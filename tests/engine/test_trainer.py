@@ -1,4 +1,4 @@
-"""Training loop, solver and resume, on stand-in model/data (tests/_engine_utils.py)."""
+"""Training loop, solver and resume, on stand-in model/data (tests/helpers/engine_standins.py)."""
 import json
 import shutil
 
@@ -9,7 +9,7 @@ from blendmask.engine import HookBase, NonFiniteLossError, Trainer, atomic_save,
 from blendmask.engine.hooks import TensorBoardWriter, tensorboard_available
 from blendmask.engine.solver import build_lr_scheduler, build_optimizer, lr_factor_at
 
-from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+from tests.helpers.engine_standins import TinyDetector, TinyShapes, tiny_cfg
 
 
 def _trainer(tmp_path, cfg, *, model_seed=0, model=None, **kwargs):

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from blendmask.data import CocoInstanceDataset, RandomHorizontalFlip, build_test_loader, make_shapes, resolve_split
 from blendmask.evaluation import MAIN_METRICS, RESULTS_FILE, COCOEvaluator, evaluate_model, format_results_table
 
-from _data_utils import box_of, rle_of, write_coco
+from tests.helpers.coco_files import box_of, rle_of, write_coco
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,20 @@
 """Our PQ / SQ / RQ against the COCO panoptic API's own numbers on a deterministic set.
 
 ``tests/fixtures/panopticapi/expected.json`` holds what panopticapi's ``pq_compute`` returned on the set
-of ``tests/_panoptic_reference_set.py`` (recorded by ``tests/fixtures/panopticapi/record.py``; panopticapi
+of ``tests/helpers/panoptic_reference_set.py`` (recorded by ``tests/fixtures/panopticapi/record.py``; panopticapi
 is not on PyPI and does not run in CI). The set has void pixels, crowd regions, wrong-category, missed and
 spurious segments, and predictions that panopticapi ignores (mostly on void or on a crowd region).
 """
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from _panoptic_reference_set import CATEGORIES, fingerprint, make_reference_set
+from tests.helpers.panoptic_reference_set import CATEGORIES, fingerprint, make_reference_set
 from blendmask.evaluation.panoptic_eval import PQStats, match_panoptic_image, pq_summary
+from tests.helpers.paths import FIXTURES
 
-EXPECTED = json.loads((Path(__file__).parent / "fixtures" / "panopticapi" / "expected.json").read_text())
+EXPECTED = json.loads((FIXTURES / "panopticapi" / "expected.json").read_text())
 CATS = {c["id"]: c for c in CATEGORIES}
 
 

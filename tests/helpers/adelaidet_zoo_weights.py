@@ -1,6 +1,6 @@
 """Synthetic AdelaiDet state dicts for the rest of BlendMask's model zoo (DCN, DLA-34, BN heads).
 
-Built on :func:`_convert_utils.adelaidet_state_dict` (R-50/101 + FPN + FCOS + basis + top layer)
+Built on :func:`tests.helpers.adelaidet_weights.adelaidet_state_dict` (R-50/101 + FPN + FCOS + basis + top layer)
 by editing the parts that differ; every name and shape below is derived from AdelaiDet's and
 detectron2's source, independently of our modules:
 
@@ -25,7 +25,7 @@ from typing import Dict, Sequence
 
 import torch
 
-from _convert_utils import _RESNET_BLOCKS, _bn, _conv, adelaidet_state_dict
+from tests.helpers.adelaidet_weights import _RESNET_BLOCKS, _bn, _conv, adelaidet_state_dict
 
 _BU = "backbone.bottom_up."
 _HEAD = "proposal_generator.fcos_head."

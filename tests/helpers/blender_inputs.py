@@ -1,4 +1,4 @@
-"""Input builders shared by the blender op tests (tests/test_ops*.py)."""
+"""Input builders shared by the blender op tests (tests/ops/)."""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,6 @@
-"""The COCO fuzzer's worker: run as a subprocess by ``tests/test_fuzz_coco.py``.
+"""The COCO fuzzer's worker: run as a subprocess by ``tests/data/test_coco_fuzz.py``.
 
-``python tests/_coco_fuzz.py --workdir DIR --examples N [--seed S] [--no-train] [--self-test KIND]``
+``python -m tests.helpers.coco_fuzz_worker --workdir DIR --examples N [--seed S] [--no-train] [--self-test KIND]``
 
 Hypothesis draws a small valid COCO data set (1-2 images, 0-3 polygon / RLE / crowd annotations
 each), then 0-3 hostile mutations of it:

@@ -1,5 +1,5 @@
 // A small host-side emulator of a CUDA launch, for running the real __global__ kernels of
-// csrc/cuda/blender_cuda_kernels.cuh on the CPU in the tests (tests/test_ops_cuda_emulated.py).
+// csrc/cuda/blender_cuda_kernels.cuh on the CPU in the tests (tests/ops/test_cuda_emulated.py).
 //
 // What it models:
 //   * gridDim / blockDim / blockIdx / threadIdx (x only; y and z are 1 / 0);

@@ -1,6 +1,6 @@
 """A small deterministic panoptic set (ground truth + predictions) for checking our PQ against panopticapi.
 
-Imported by ``tests/test_panoptic_eval_reference.py`` and by the recording harness
+Imported by ``tests/evaluation/test_panoptic_eval_reference.py`` and by the recording harness
 ``tests/fixtures/panopticapi/record.py`` (which runs the COCO panoptic API on it). numpy only:
 ``numpy.random.RandomState`` (whose stream numpy keeps fixed) draws everything from ``seed``.
 

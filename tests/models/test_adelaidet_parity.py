@@ -21,9 +21,7 @@ detections AdelaiDet cut at its top-k (as many as it dropped as empty, scored no
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,11 +30,11 @@ from blendmask import _extension
 from blendmask.config import get_config
 from blendmask.convert import convert_state_dict, match_state_dict
 from blendmask.models import build_model, optimize_for_inference
+from tests.helpers.paths import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "adelaidet"
-_spec = importlib.util.spec_from_file_location("adelaidet_synthetic", FIXTURES / "synthetic.py")
-synthetic = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(synthetic)
+from tests.fixtures.adelaidet import synthetic
+
+ADELAIDET = FIXTURES / "adelaidet"
 
 # recorded AdelaiDet config -> our preset of the same AdelaiDet config
 PRESETS = {
@@ -48,7 +46,7 @@ PRESETS = {
     "550_R_50_dcni3_5x": "550_R_50_dcni3_5x",
     "RT_R_50_4x-BN-head": "RT_R_50_4x-BN-head",
 }
-RECORDED = [name for name in PRESETS if (FIXTURES / f"{name}.pt").exists()]
+RECORDED = [name for name in PRESETS if (ADELAIDET / f"{name}.pt").exists()]
 
 BOX_ATOL = 1e-3  # pixels
 SCORE_ATOL = 1e-4  # scores are probabilities: the tolerance of the mask probabilities
@@ -116,7 +114,7 @@ def recording_threads():
 def parity(request, recording_threads):
     """(record, our model in eval mode with the converted weights, input images as float tensors)."""
     name = request.param
-    record = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+    record = torch.load(ADELAIDET / f"{name}.pt", weights_only=True)
     assert record["adelaidet_config"] == name
     sizes = [tuple(s) for s in record["image_sizes"]]
     short = {min(s) for s in sizes}
@@ -291,5 +289,5 @@ def test_train_losses(parity):
 
 
 def test_fixtures_are_small():
-    total = sum(p.stat().st_size for p in FIXTURES.glob("*.pt"))
+    total = sum(p.stat().st_size for p in ADELAIDET.glob("*.pt"))
     assert RECORDED and total < 5 * 2 ** 20, f"{len(RECORDED)} fixtures, {total} bytes"

@@ -14,12 +14,12 @@ from blendmask.ops import blend, blend_reference
 M_, R_ = 4, 28
 ASSEMBLER = {"model.blender.merge": "assembler", "model.basis.num_bases": M_ * M_, "model.blender.attn_size": M_,
              "model.blender.top_interp": "nearest", "model.blender.bottom_resolution": R_}
-TINY = {"input.min_size_train": (64,), "input.max_size_train": 96, "input.min_size_test": 64, "input.max_size_test": 96}
+SMALL_INPUT = {"input.min_size_train": (64,), "input.max_size_train": 96, "input.min_size_test": 64, "input.max_size_test": 96}
 
 
 def _lite_assembler(**overrides):
     torch.manual_seed(0)
-    return blendmask_mobilenet_v2_fpn(num_classes=2, **{**TINY, **ASSEMBLER, **overrides})
+    return blendmask_mobilenet_v2_fpn(num_classes=2, **{**SMALL_INPUT, **ASSEMBLER, **overrides})
 
 
 def test_fixed_attentions_are_exactly_one_hot_per_region():

@@ -8,6 +8,7 @@ from torch import nn
 from blendmask.config import get_config
 from blendmask.models import build_model, optimize_for_inference
 from blendmask.models.fuse import fold_batchnorm, is_foldable_norm
+from tests.helpers.paths import subprocess_env
 
 
 def _tiny(size=64, max_size=96):
@@ -180,16 +181,13 @@ def test_predict_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_
     """No working C++ compiler (CXX=/nonexistent, caches off so that nothing compiled earlier is
     reused): ``blendmask predict --compile`` predicts eagerly, with one warning and no traceback."""
     import json
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     weights, image = _tiny_weights_and_image(tmp_path)
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CXX="/nonexistent",
-               TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
-               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env = subprocess_env(OMP_NUM_THREADS="1", CXX="/nonexistent",
+                         TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
+                         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "blendmask", "predict", str(image), "--weights", str(weights),
                            "--out", str(out), "--score-threshold", "0.0", "--compile"],
@@ -204,10 +202,8 @@ def test_predict_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_
 
 def test_eval_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_path):
     """``blendmask eval --compile`` where inductor cannot compile: evaluates eagerly, one warning, no traceback."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from blendmask.cli import main
 
@@ -217,10 +213,9 @@ def test_eval_compile_without_a_cxx_compiler_falls_back_with_one_warning(tmp_pat
     cfg = get_config("lite_mobilenet_v2", {**_tiny(), "model.num_classes": 4})  # the shapes set's 4 classes
     weights = tmp_path / "tiny.pth"
     torch.save({"model": build_model(cfg).state_dict(), "config": cfg.to_dict()}, weights)
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CXX="/nonexistent",
-               TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
-               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env = subprocess_env(OMP_NUM_THREADS="1", CXX="/nonexistent",
+                         TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0",
+                         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "-m", "blendmask", "eval", "--weights", str(weights), "--data", str(data),
                            "--output", str(out), "--compile"], env=env, capture_output=True, text=True, timeout=600)

@@ -6,8 +6,8 @@ from blendmask.config import get_config, list_configs
 from blendmask.models import PanopticBlendMask, build_model
 from blendmask.models.panoptic import SemSegFPNHead, combine_panoptic, semantic_targets
 
-TINY = {"input.min_size_train": (64,), "input.max_size_train": 96, "input.min_size_test": 64,
-        "input.max_size_test": 96, "model.num_classes": 2, "model.panoptic.num_stuff_classes": 2}
+SMALL_PANOPTIC_MODEL = {"input.min_size_train": (64,), "input.max_size_train": 96, "input.min_size_test": 64,
+                        "input.max_size_test": 96, "model.num_classes": 2, "model.panoptic.num_stuff_classes": 2}
 
 
 def test_head_has_detectron2s_layout_and_stride_4_output():
@@ -91,13 +91,13 @@ def test_presets_follow_adelaidets_panoptic_configs():
 
 
 def test_p2_is_an_fpn_option_and_required_by_the_semantic_head():
-    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY))
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", SMALL_PANOPTIC_MODEL))
     assert isinstance(model, PanopticBlendMask)
     assert model.backbone.strides["p2"] == 4 and "backbone.fpn_lateral2.weight" in model.state_dict()
     plain = build_model(get_config("lite_mobilenet_v2", {"model.num_classes": 2}))
     assert "p2" not in plain.backbone.strides and not any("sem_seg_head" in k for k in plain.state_dict())
     with pytest.raises(ValueError, match="no FPN level 'p2'.*fpn_with_p2"):
-        build_model(get_config("lite_mobilenet_v2_panoptic", {**TINY, "model.backbone.fpn_with_p2": False}))
+        build_model(get_config("lite_mobilenet_v2_panoptic", {**SMALL_PANOPTIC_MODEL, "model.backbone.fpn_with_p2": False}))
 
 
 def _targets(images):
@@ -116,7 +116,7 @@ def _targets(images):
 
 def test_trains_and_evaluates_to_a_panoptic_map_of_the_input_size():
     torch.manual_seed(0)
-    model = build_model(get_config("lite_mobilenet_v2_panoptic", {**TINY, "model.panoptic.stuff_area_limit": 16}))
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", {**SMALL_PANOPTIC_MODEL, "model.panoptic.stuff_area_limit": 16}))
     images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
     model.train()
     losses = model(images, _targets(images))
@@ -140,7 +140,7 @@ def test_trains_and_evaluates_to_a_panoptic_map_of_the_input_size():
 
 
 def test_training_needs_the_semantic_target():
-    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY)).train()
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", SMALL_PANOPTIC_MODEL)).train()
     images = [torch.rand(3, 64, 64)]
     targets = _targets(images)
     del targets[0]["sem_seg"]
@@ -168,7 +168,7 @@ def test_eval_runs_the_backbone_once_and_reports_blendmasks_own_instances():
     from blendmask.models.blendmask import postprocess_detections
 
     torch.manual_seed(0)
-    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY)).eval()
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", SMALL_PANOPTIC_MODEL)).eval()
     model.proposal_generator.score_thresh = 0.0  # an untrained model: keep some detections
     images = [torch.rand(3, 64, 80)]
     calls = []
@@ -188,7 +188,7 @@ def test_eval_runs_the_backbone_once_and_reports_blendmasks_own_instances():
 
 
 def test_eval_refuses_rle_masks():
-    model = build_model(get_config("lite_mobilenet_v2_panoptic", TINY)).eval()
+    model = build_model(get_config("lite_mobilenet_v2_panoptic", SMALL_PANOPTIC_MODEL)).eval()
     model.mask_format = "rle"
     with pytest.raises(ValueError, match="mask_format must be 'probs'"):
         model([torch.rand(3, 64, 64)])

@@ -1,7 +1,7 @@
 """The rest of AdelaiDet's BlendMask zoo: presets, strict loads of AdelaiDet-named weights, and the
 new modules (DCNv2 interval ResNet, DLA-34, per-level BN FCOS head, range sampling, instance crop).
 
-The synthetic state dicts come from ``_zoo_utils`` (names and shapes from AdelaiDet's source)."""
+The synthetic state dicts come from ``tests.helpers.adelaidet_zoo_weights`` (names and shapes from AdelaiDet's source)."""
 import functools
 
 import pytest
@@ -17,8 +17,8 @@ from blendmask.models.backbone.deform import MSRADeformBottleneck
 from blendmask.models.backbone.resnet import MSRABottleneck
 from blendmask.models.fcos.head import FCOSHead, PerLevelBatchNorm
 
-from _convert_utils import adelaidet_state_dict
-from _zoo_utils import add_deform_convs, dla34_state_dict, with_bn_head
+from tests.helpers.adelaidet_weights import adelaidet_state_dict
+from tests.helpers.adelaidet_zoo_weights import add_deform_convs, dla34_state_dict, with_bn_head
 
 SHARED = dict(num_cls_convs=0, num_box_convs=0, num_share_convs=3, basis_num_convs=2)
 DCNI3 = dict(stages=(False, True, True, True), interval=3, modulated=True)

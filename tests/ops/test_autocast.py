@@ -8,7 +8,7 @@ import torch
 from blendmask import _extension
 from blendmask.ops import blend, blend_reference
 
-from _ops_utils import make_inputs
+from tests.helpers.blender_inputs import make_inputs
 
 pytestmark = pytest.mark.skipif(not _extension.extension_loaded(), reason=f"blendmask._C not built: {_extension.load_error()}")
 

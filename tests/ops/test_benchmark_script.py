@@ -1,7 +1,6 @@
 """Smoke test of the blender benchmark script (benchmarks/bench_blender.py): it runs, and writes its JSON and PNG."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from blendmask import _extension
+from tests.helpers.paths import REPO, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_blender.py"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 

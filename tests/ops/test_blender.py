@@ -14,7 +14,7 @@ import torch
 from blendmask import _extension, ops
 from blendmask.ops import Blender, blend, blend_reference
 
-from _ops_utils import SPATIAL_SCALE, make_inputs, special_rois
+from tests.helpers.blender_inputs import SPATIAL_SCALE, make_inputs, special_rois
 
 pytestmark = pytest.mark.skipif(not _extension.extension_loaded(), reason=f"blendmask._C not built: {_extension.load_error()}")
 

@@ -1,5 +1,5 @@
 """The real CUDA kernels (csrc/cuda/blender_cuda_kernels.cuh) executed on the CPU under the
-launch emulator of tests/cuda_emulator.h, against blend_reference.
+launch emulator of tests/helpers/cuda_emulator.h, against blend_reference.
 
 No machine of this project has a GPU. The per-pixel math is shared with the CPU kernels; this
 runs the rest of each kernel: the grid-stride loops, the 32- and 64-bit index arithmetic, the
@@ -16,9 +16,9 @@ from torch.utils import cpp_extension
 
 from blendmask.ops import blend_reference, coordinate_dtype
 
-from _ops_utils import make_inputs, special_rois
+from tests.helpers.blender_inputs import make_inputs, special_rois
+from tests.helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HARNESS = r"""
 #include <torch/extension.h>
@@ -91,7 +91,7 @@ def emulated():
     return cpp_extension.load_inline(
         name="blendmask_cuda_emulated",
         cpp_sources=[HARNESS],
-        extra_include_paths=[os.path.join(REPO, "csrc"), os.path.join(REPO, "tests")],
+        extra_include_paths=[os.path.join(REPO, "csrc"), os.path.join(REPO, "tests", "helpers")],
         extra_cflags=["-O1", "-std=c++20", "-pthread"],
         extra_ldflags=["-pthread"],
         verbose=False,

@@ -16,9 +16,9 @@ import torch
 from blendmask import _extension
 from blendmask.ops import blend, blend_reference
 
-from _ops_utils import make_inputs
+from tests.helpers.blender_inputs import make_inputs
+from tests.helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_SOURCE = os.path.join(REPO, "csrc", "cuda", "blender_cuda.cu")
 HOST_SYNC = re.compile(
     r"\.item\s*[<(]|\.cpu\s*\(|kCPU|\.tolist\s*\(|cudaDeviceSynchronize|cudaStreamSynchronize|cudaMemcpy\b|"

@@ -4,22 +4,20 @@ memory does not grow with the thread count."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from blendmask import _extension
+from tests.helpers.paths import REPO, subprocess_env
 
 pytestmark = pytest.mark.skipif(not _extension.extension_loaded(), reason=f"blendmask._C not built: {_extension.load_error()}")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import hashlib, json, sys, torch
-sys.path.insert(0, "tests")
-from _ops_utils import make_inputs
+from tests.helpers.blender_inputs import make_inputs
 from blendmask.ops import blend
 
 digests = {}
@@ -44,7 +42,7 @@ print(json.dumps(digests))
 
 
 def test_cpu_backward_is_bitwise_identical_across_thread_counts():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     digests = json.loads(done.stdout.strip().splitlines()[-1])
@@ -73,7 +71,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 def test_cpu_backward_memory_does_not_grow_with_threads():
     """Peak extra RSS of one backward (4 images, 400 rois) at 4 threads is within 1.5x of 1 thread
     (it was 3.2x with a bases-sized buffer per thread)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     peak = {}
     for threads in (1, 4):
         done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(threads)], cwd=REPO, env=env,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from blendmask.ops import blend_reference
+from tests.helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROGRAM = r"""
 #include <cstdio>

@@ -13,9 +13,9 @@ import torch
 
 from blendmask.ops import blend_reference
 
-from _ops_utils import make_inputs, special_rois
+from tests.helpers.blender_inputs import make_inputs, special_rois
+from tests.helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = (28, 0.25, 1, True, "bilinear")
 
 LOAD_AND_RUN = textwrap.dedent(

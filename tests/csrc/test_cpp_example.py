@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from blendmask.ops import blend_reference
+from tests.helpers.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "cpp"
+EXAMPLE = REPO / "examples" / "cpp"
 
 # The inputs main.cpp builds (keep the two in sync).
 CASES = {

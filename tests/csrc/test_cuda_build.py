@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import REPO
+
 CUDA_SOURCES = sorted(glob.glob(os.path.join(REPO, "csrc", "cuda", "*.cu")))
 ARCHS = ("75", "80", "90", "120")
 ENTRY = re.compile(r"Compiling entry function '(\S+)' for 'sm_(\d+)'")
