@@ -10,7 +10,6 @@ packages that enclose the importing module (they are already being initialised w
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Dict, List, Set
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO, subprocess_env
+
 PACKAGE = REPO / "blendmask"
 
 
@@ -145,7 +145,7 @@ def test_each_package_imports_first_in_a_fresh_process(first):
     code = (f"import sys, {first}\n"
             "from blendmask.distributed import dist_rank_and_world_size, reduce_mean\n"
             "print(sorted(m for m in ('blendmask.models', 'blendmask.data') if m in sys.modules))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     if first in ("blendmask.distributed", "blendmask.engine"):

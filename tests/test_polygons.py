@@ -17,7 +17,7 @@ from blendmask.models.bottom import semantic_targets_from_instances
 from blendmask.models.mask_ops import crop_and_resize_masks
 from blendmask.polygons import PolygonMasks, clip_polygon
 
-from _data_utils import write_coco
+from tests.helpers.coco_files import write_coco
 
 
 def _square(x0, y0, x1, y1):

@@ -7,7 +7,7 @@
 // with TORCH_LIBRARY when it is loaded. This program links that library, looks the op up by
 // name in the dispatcher and calls it on deterministic inputs, so that its printed output can be
 // compared with the pure-PyTorch reference `blendmask.ops.blend_reference` (see
-// tests/test_cpp_example.py, which rebuilds the same inputs in Python).
+// tests/csrc/test_cpp_example.py, which rebuilds the same inputs in Python).
 //
 // Output format, one block per case:
 //   case <name> <D> <R> <R>
