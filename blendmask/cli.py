@@ -14,10 +14,10 @@ Commands check their output location before their long work (:func:`_check_outpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -198,6 +198,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "default: the val split of --data when it is a directory")
     p.add_argument("--output", default="runs/train", help="output directory (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output that holds an earlier run: its outputs are deleted first "
+                        "(only files blendmask runs made there; any other file is refused)")
     p.add_argument("--weights", help="initialise the model from this weights file (matching tensors only)")
     p.add_argument("--backbone-weights", default="auto",
                    help="'auto' (offline ImageNet weights for MobileNetV2), 'none', or a state-dict path")
@@ -242,7 +245,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
-                              "or choose another --output")
+                              "--overwrite to replace that run, or choose another --output")
 
     def evaluate(model) -> Dict[str, Any]:
         if panoptic:
@@ -268,11 +271,30 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
     return trainer.train()
 
 
+def _guard_dir(path, option: str, command: str, **kwargs):
+    """The output guard of a command's output directory (:mod:`blendmask.output_guard`); in a
+    torchrun job only rank 0 (which writes the files) takes it."""
+    from blendmask.output_guard import guard_output_dir
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return guard_output_dir(path, option=option, command=f"blendmask {command}", **kwargs)
+
+
 def _run_train(args) -> int:
+    overrides = parse_overrides(args.overrides)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: resume the run, or replace it")
+    _check_output(args.output, "--output", is_dir=True)
+    with _guard_dir(args.output, "--output", "train") as guard:
+        if args.overwrite and guard is not None:
+            guard.remove_own_outputs()
+        return _run_train_guarded(args, overrides)
+
+
+def _run_train_guarded(args, overrides) -> int:
     from blendmask.distributed import destroy_distributed, device_for_rank, init_distributed
 
-    overrides = parse_overrides(args.overrides)
-    _check_output(args.output, "--output", is_dir=True)
     init_distributed(device_for_rank())
     _setup_logging()
     try:
@@ -334,8 +356,10 @@ def _run_eval(args) -> int:
     from blendmask.evaluation import RESULTS_FILE, format_results_table
 
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
-    _check_output(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
-    metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile)
+    option = "--output" if args.output else "--output (default: next to --weights)"
+    _check_output(output, option, is_dir=True)
+    with _guard_dir(output, option, "eval"):
+        metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile)
     if "Things" in metrics:  # panoptic weights: PQ on panoptic data
         from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
 
@@ -384,11 +408,16 @@ def _is_panoptic_weights(weights: str) -> bool:
 
 
 def _run_predict(args) -> int:
+    _check_distinct_stems(args.images)
+    _check_output(args.out, "--out", is_dir=True)
+    with _guard_dir(args.out, "--out", "predict"):
+        return _run_predict_guarded(args)
+
+
+def _run_predict_guarded(args) -> int:
     from blendmask.models.inference import compile_report
     from blendmask.predict import Predictor, predict_files
 
-    _check_distinct_stems(args.images)
-    _check_output(args.out, "--out", is_dir=True)
     if _is_panoptic_weights(args.weights):
         from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
 
@@ -422,10 +451,11 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 def _run_convert(args) -> int:
     from blendmask.convert import convert_checkpoint
 
+    from blendmask.output_guard import guard_output_file
+
     _check_output(args.output, "output", is_dir=False)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"output {args.output} exists; choose another path, or pass --overwrite to replace it")
-    convert_checkpoint(args.input, args.output, args.config, overwrite=args.overwrite)
+    with guard_output_file(args.output, option="output", command="blendmask convert", overwrite=args.overwrite):
+        convert_checkpoint(args.input, args.output, args.config, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0
 
@@ -435,6 +465,7 @@ def _add_export_onnx(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="blendmask weights file; its model config must match (default: random weights)")
     p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     p.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default: blendmask.deploy.DEFAULT_OPSET; older than MIN_OPSET is refused)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -442,11 +473,18 @@ def _add_export_onnx(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export_onnx(args) -> int:
+    from blendmask.output_guard import guard_output_file
+
+    out = _check_output(args.out, "--out", is_dir=False)
+    with guard_output_file(out, option="--out", command="blendmask export-onnx", overwrite=args.overwrite):
+        return _run_export_onnx_guarded(args, out)
+
+
+def _run_export_onnx_guarded(args, out: Path) -> int:
     from blendmask.config import get_config
     from blendmask.deploy import DEFAULT_OPSET, export_onnx
 
     cfg = get_config(args.config, parse_overrides(args.overrides))
-    out = _check_output(args.out, "--out", is_dir=False)
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     if cfg.model.panoptic.enabled:  # the graph adds the semantic logits; the fusion stays in Python
         from blendmask.deploy.onnx_export import resolve_model
@@ -497,16 +535,12 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 DEMO_MARKER = ".blendmask-demo"
 
 
-def _clear_demo_output(out: Path) -> None:
-    """Empty ``out`` for a new demo run, but only if a previous demo made it (it holds
-    :data:`DEMO_MARKER`): a directory the user filled with anything else is never deleted."""
-    if out.exists():
-        if not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
-            raise FileExistsError(f"--output {out} exists and was not made by 'blendmask demo': "
-                                  "choose a new or empty directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
+def _clear_demo_output(guard) -> None:
+    """Empty the guarded output for a new demo run: the outputs of earlier blendmask runs there
+    are deleted (the guard has refused a directory holding anything else); a directory that holds
+    :data:`DEMO_MARKER` was made by a demo before manifests existed, and is all ours."""
+    guard.remove_own_outputs()
+    (guard.directory / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
 
 
 class _DemoKind(NamedTuple):
@@ -533,7 +567,15 @@ def _run_demo(args) -> int:
     data_args, overrides = (FAST_DATA, FAST_OVERRIDES) if args.fast else (kind.data, kind.overrides)
     overrides = {**overrides, **parse_overrides(args.overrides)}
     out = Path(args.output)
-    _clear_demo_output(out)
+    _check_output(out, "--output", is_dir=True)
+    with _guard_dir(out, "--output", "demo", owned_marker=DEMO_MARKER) as guard:
+        _clear_demo_output(guard)
+        return _run_demo_steps(kind, out, data_args, overrides, args.num_workers)
+
+
+def _run_demo_steps(kind: "_DemoKind", out: Path, data_args: Dict[str, Any], overrides: Dict[str, Any],
+                    num_workers: int) -> int:
+    """The demo's four steps into ``out`` (held by its output guard)."""
     start = time.perf_counter()
     print(f"[1/4] generating the {kind.dataset} ({data_args['train']} train + {data_args['val']} val, "
           f"{data_args['size']} px) in {out / 'data'}", flush=True)
@@ -541,7 +583,7 @@ def _run_demo(args) -> int:
                             seed=data_args["seed"], progress=True)
     print(f"[2/4] training {kind.config} on the CPU", flush=True)
     result = _train(config=kind.config, data=str(data), output=str(out / "train"), overrides=overrides,
-                    num_workers=args.num_workers, evaluate_on_val=False)
+                    num_workers=num_workers, evaluate_on_val=False)
     print(f"[3/4] evaluating {kind.metric} on the val split", flush=True)
     metrics = _evaluate(str(result.final_checkpoint), str(data), "val", out / "eval")
     print("[4/4] predicting on a few val images", flush=True)
@@ -629,8 +671,10 @@ def _run_ablate(args) -> int:
     _check_output(output, "--output", is_dir=True)
     _setup_logging()
     logging.getLogger("blendmask").setLevel(logging.WARNING)  # one bar over configurations, not per-run logs
-    run_grid(grid, args.data, output, steps=Steps(_train, _load_split, _val_source), iters=args.iters, size=args.size,
-             jobs=args.jobs if args.jobs is not None else default_jobs(), seed=args.seed, extra_overrides=overrides)
+    with _guard_dir(output, "--output", "ablate"):
+        run_grid(grid, args.data, output, steps=Steps(_train, _load_split, _val_source), iters=args.iters,
+                 size=args.size, jobs=args.jobs if args.jobs is not None else default_jobs(), seed=args.seed,
+                 extra_overrides=overrides)
     print((output / "table.md").read_text())
     print(f"table: {output / 'table.md'} and {output / 'table.json'}")
     print(f"plot:  {output / 'plot.png'}")

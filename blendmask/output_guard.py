@@ -151,17 +151,23 @@ class OutputGuard:
         self.owned_marker = owned_marker
         self.directory = Path(os.path.realpath(self.path))
         self.own_files: List[str] = []
+        self._created: List[Path] = []  # the directories the guard made (deepest first)
         self._lock = _Lock(self.directory / LOCK_FILE, option=option, target=self.path, command=command)
 
     def __enter__(self) -> "OutputGuard":
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"{self.option} {self.path} exists and is not a directory")
+        missing = [self.directory, *self.directory.parents]
+        self._created = [folder for folder in missing[:next(i for i, f in enumerate(missing) if f.exists())]]
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
             self.own_files = self._check_ownership()
         except BaseException:
             self._lock.release()
+            for folder in self._created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
         return self
 
@@ -170,6 +176,9 @@ class OutputGuard:
             self._write_manifest()
         finally:
             self._lock.release()
+        for folder in self._created:  # a run that wrote nothing leaves no directory behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _owned_by_manifests(self, rel: str, cache: Dict[Path, Set[str]]) -> bool:
         path = self.directory / rel
@@ -207,6 +216,10 @@ class OutputGuard:
         from .serialization import atomic_write
 
         files = _walk_files(self.directory)  # all ours: checked at entry, then written under the lock
+        if not files:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / MANIFEST_FILE).unlink()
+            return
         payload = json.dumps({"files": files}, indent=0).encode()
         atomic_write(self.directory / MANIFEST_FILE, lambda handle: handle.write(payload))
 

@@ -141,3 +141,10 @@ def test_output_file_guard_refuses_an_existing_file_and_a_live_writer(tmp_path):
     with guard_output_file(path, option="--out", overwrite=True):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_a_run_that_wrote_nothing_leaves_no_directory(tmp_path):
+    with pytest.raises(RuntimeError):
+        with guard_output_dir(tmp_path / "a" / "b"):
+            raise RuntimeError("failed before writing")
+    assert list(tmp_path.iterdir()) == []
