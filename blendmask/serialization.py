@@ -21,13 +21,14 @@ permissions of a file created by ``open()``: ``0o666`` less the process umask.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -256,21 +257,63 @@ def atomic_write_temp_files(target_names: str) -> "re.Pattern[str]":
     return re.compile(r"\.(?:" + target_names + r")\.[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX))
 
 
+#: What a failed write adds to the system's explanation, by errno.
+_WRITE_FAILURE_HINTS = {
+    errno.EFBIG: " (the largest file size allowed: ulimit -f, or the file system's)",
+}
+
+
+class _RecordingWriter:
+    """A binary file object that remembers the first ``OSError`` its ``write`` raised: writers
+    such as ``torch.save`` replace it with an error of their own that does not say why."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def _write_failure(path: Path, error: OSError) -> OSError:
+    """``error`` as a one-line ``OSError`` of the same errno naming ``path`` and what happened."""
+    reason = (os.strerror(error.errno) if error.errno else str(error)) + _WRITE_FAILURE_HINTS.get(error.errno, "")
+    failure = OSError(f"cannot write {path}: {reason}; it keeps its previous content, if any")
+    failure.errno = error.errno
+    return failure
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file_object)`` on a temp file in ``path``'s directory, fsync it, give it the
     mode ``0o666 & ~umask``, then rename it over ``path``.
 
     If anything fails (or the process dies) midway, ``path`` keeps its old content; on an
-    exception the temp file is removed. Parent directories are created.
+    exception the temp file is removed. Parent directories are created. A write the system
+    refuses (no space, quota, file size limit) raises an ``OSError`` with that errno whose
+    message names ``path`` and the reason, whatever error ``write`` turned it into.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        recording = _RecordingWriter(os.fdopen(fd, "wb"))
+        try:
+            with recording._handle as handle:  # closing flushes, which can fail too
+                write(recording)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except Exception as error:
+            cause = recording.error or (error if isinstance(error, OSError) and error.errno else None)
+            if cause is None:
+                raise
+            raise _write_failure(path, cause) from error
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0o600 whatever the umask
         os.replace(tmp_name, path)
     except BaseException:
