@@ -663,7 +663,7 @@ def _add_ablate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_ablate(args) -> int:
-    from blendmask.ablate import Steps, default_jobs, load_grid, run_grid
+    from blendmask.ablate import MARKER as ABLATE_MARKER, Steps, default_jobs, load_grid, run_grid
 
     grid = load_grid(args.grid)
     overrides = parse_overrides(args.overrides)
@@ -671,7 +671,7 @@ def _run_ablate(args) -> int:
     _check_output(output, "--output", is_dir=True)
     _setup_logging()
     logging.getLogger("blendmask").setLevel(logging.WARNING)  # one bar over configurations, not per-run logs
-    with _guard_dir(output, "--output", "ablate"):
+    with _guard_dir(output, "--output", "ablate", owned_marker=ABLATE_MARKER):
         run_grid(grid, args.data, output, steps=Steps(_train, _load_split, _val_source), iters=args.iters,
                  size=args.size, jobs=args.jobs if args.jobs is not None else default_jobs(), seed=args.seed,
                  extra_overrides=overrides)

@@ -34,7 +34,7 @@ from typing import Dict, Iterator, List, Optional, Set, Union
 
 from .errors import BlendMaskError
 
-__all__ = ["OutputInUseError", "OutputGuard", "guard_output_dir", "guard_output_file",
+__all__ = ["OutputInUseError", "OutputGuard", "guard_output_dir", "guard_output_file", "is_bookkeeping",
            "LOCK_FILE", "MANIFEST_FILE"]
 
 PathLike = Union[str, os.PathLike]
@@ -48,7 +48,7 @@ class OutputInUseError(BlendMaskError):
     """Another live blendmask process holds the lock of the output; the message names it."""
 
 
-def _is_bookkeeping(name: str) -> bool:
+def is_bookkeeping(name: str) -> bool:
     """The guard's own files: locks, manifests and the temp files of a manifest being written."""
     return (name in _OWN_NAMES or name.startswith(f".{MANIFEST_FILE}.")
             or (name.startswith(".") and name.endswith(LOCK_FILE)))
@@ -133,7 +133,7 @@ def _walk_files(root: Path) -> List[str]:
         rel = Path(folder).relative_to(root)
         links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
         for name in files + links:
-            if not _is_bookkeeping(name):
+            if not is_bookkeeping(name):
                 found.append((rel / name).as_posix())
     return sorted(found)
 
@@ -206,7 +206,8 @@ class OutputGuard:
         if foreign:
             more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
             raise FileExistsError(
-                f"{self.option} {self.path} holds {foreign[0]!r}{more}, which no blendmask run created: "
+                f"{self.option} {self.path} holds {foreign[0]!r}{more}, which was not made by '{self.command}' "
+                f"or another blendmask run: "
                 f"choose a new or empty directory for {self.option}; nothing was written")
         return files
 

@@ -83,7 +83,7 @@ def test_train_never_replaces_files_it_did_not_create(through_symlink, shapes, t
         out.symlink_to(user)
     assert _train(shapes, out) == 1
     line = _error_line(capsys)
-    assert f"--output {out} holds '.model_final.pth.abcd1234.tmp' (and 2 more), which no blendmask run created" in line
+    assert f"--output {out} holds '.model_final.pth.abcd1234.tmp' (and 2 more), which was not made by 'blendmask train' or another blendmask run" in line
     assert {p.name: p.read_bytes() for p in user.iterdir()} == files
 
 
