@@ -88,13 +88,15 @@ def _say(message: str = "") -> None:
         print(message, flush=True)
 
 
-def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[bool] = False):
+def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[bool] = False,
+                allow_outside: bool = False):
     """The dataset of ``split``; with ``train_input`` (a config's ``input`` section), with its
     training augmentation (``build_train_transforms``: the instance crop when enabled, the flip).
 
     ``panoptic``: False expects COCO instances, True COCO panoptic data
     (:class:`~blendmask.data.panoptic.CocoPanopticDataset`), None takes what ``data`` holds; data of the
-    other format is a one-line ``PanopticFormatError`` naming the format found."""
+    other format is a one-line ``PanopticFormatError`` naming the format found. ``allow_outside``:
+    accept records whose file names lead outside the data set (:mod:`blendmask.data.paths`)."""
     from blendmask.data import CocoInstanceDataset, resolve_split
     from blendmask.data.panoptic import CocoPanopticDataset, PanopticFormatError, detect_format, resolve_panoptic_split
     from blendmask.data.transforms import build_train_transforms
@@ -107,10 +109,12 @@ def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[b
                                      if found == "panoptic" else ""))
     transforms = build_train_transforms(train_input) if train_input is not None else None
     if found == "panoptic":
-        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
+        return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms,
+                                   allow_outside=allow_outside)
     ann_file, image_dir = resolve_split(data, split)
     mask_format = train_input.mask_format if train_input is not None else "polygon"
-    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
+    return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
+                               allow_outside=allow_outside)
 
 
 def _val_source(data: str, val_data: Optional[str]) -> Optional[str]:
@@ -208,11 +212,18 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. --set solver.max_iter=300 solver.base_lr=0.02")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    _add_allow_outside(p)
+
+
+def _add_allow_outside(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-data", dest="allow_outside", action="store_true",
+                   help="read images whose annotation file_name leads outside the data set's image directory "
+                        "('../x.png', an absolute path); refused by default")
 
 
 def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str, Any], resume: bool = False,
            weights: Optional[str] = None, backbone_weights: str = "auto", seed: int = 0, num_workers: int = 0,
-           evaluate_on_val: bool = True, val_data: Optional[str] = None):
+           evaluate_on_val: bool = True, val_data: Optional[str] = None, allow_outside: bool = False):
     """Train (single process, or one rank of a torchrun job); returns the ``TrainResult``.
 
     With ``evaluate_on_val`` and a val set (see :func:`_val_source`), evaluates every
@@ -231,7 +242,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
         config = "lite_mobilenet_v2_panoptic" if detect_format(data) == "panoptic" else "lite_mobilenet_v2"
     cfg = get_config(config, overrides)
     panoptic = cfg.model.panoptic.enabled
-    train_set = _load_split(data, "train", train_input=cfg.input, panoptic=panoptic)
+    train_set = _load_split(data, "train", train_input=cfg.input, panoptic=panoptic, allow_outside=allow_outside)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
@@ -241,7 +252,7 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
         cfg.model.panoptic.num_stuff_classes = train_set.num_stuff_classes
         extra_state.update(stuff_names=train_set.stuff_names, stuff_category_ids=train_set.stuff_category_ids)
     val_source = _val_source(data, val_data) if evaluate_on_val else None
-    val_set = _load_split(val_source, "val", panoptic=panoptic) if val_source else None
+    val_set = _load_split(val_source, "val", panoptic=panoptic, allow_outside=allow_outside) if val_source else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
@@ -300,7 +311,8 @@ def _run_train_guarded(args, overrides) -> int:
     try:
         result = _train(config=args.config, data=args.data, output=args.output, overrides=overrides,
                         resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
-                        seed=args.seed, num_workers=args.num_workers, val_data=args.val_data)
+                        seed=args.seed, num_workers=args.num_workers, val_data=args.val_data,
+                        allow_outside=args.allow_outside)
         _say(f"final weights: {result.final_checkpoint}")
         _say(f"metrics: {result.metrics_path}")
         if result.loss_curve_path:
@@ -322,33 +334,53 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile backbone and head (inductor; falls back to eager with a warning where it "
                         "cannot compile); prints the compile time apart from the steady-state time")
+    p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
+                   help="score the model's classes as these data set categories (default: by name; data whose "
+                        "names differ from the weights' class_names is refused)")
+    p.add_argument("--ignore-class-names", action="store_true",
+                   help="score the model's classes as the data set's categories in order, whatever their names")
+    _add_allow_outside(p)
 
 
-def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False) -> Dict[str, Dict[str, float]]:
+def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False, *,
+              class_map: Optional[str] = None, ignore_class_names: bool = False,
+              allow_outside: bool = False) -> Dict[str, Dict[str, float]]:
     from blendmask.engine import load_model_from_weights
+    from blendmask.engine.checkpoint import load_checkpoint
+    from blendmask.engine.hooks import json_safe
     from blendmask.evaluation import evaluate_model
+    from blendmask.evaluation.categories import match_categories, parse_class_map
     from blendmask.models.inference import compile_report, optimize_for_inference
 
+    mapping = parse_class_map(class_map) if class_map else None
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model evaluate_model runs as is
     panoptic = cfg.model.panoptic.enabled
-    dataset = _load_split(data, split, panoptic=panoptic)
+    dataset = _load_split(data, split, panoptic=panoptic, allow_outside=allow_outside)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                          f"{dataset.num_classes} categories")
+    stored = load_checkpoint(weights)
+    category_ids = match_categories(stored.get("class_names"), stored.get("category_ids"), dataset.class_names,
+                                    dataset.category_ids, weights=weights, data=data, class_map=mapping,
+                                    ignore_class_names=ignore_class_names)
+    del stored
     if panoptic:
         from blendmask.evaluation.panoptic_eval import evaluate_panoptic
 
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
+        if category_ids != list(dataset.category_ids):
+            raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
+                             "evaluate on data with the weights' categories, or pass --ignore-class-names")
         metrics = evaluate_panoptic(model, dataset, output_dir=output)
     else:
-        metrics = evaluate_model(model, dataset, output_dir=output)
+        metrics = evaluate_model(model, dataset, output_dir=output, category_ids=category_ids)
     if compile:
         print(compile_report(model))
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
     return metrics
 
 
@@ -359,7 +391,9 @@ def _run_eval(args) -> int:
     option = "--output" if args.output else "--output (default: next to --weights)"
     _check_output(output, option, is_dir=True)
     with _guard_dir(output, option, "eval"):
-        metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile)
+        metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile,
+                            class_map=args.class_map, ignore_class_names=args.ignore_class_names,
+                            allow_outside=args.allow_outside)
     if "Things" in metrics:  # panoptic weights: PQ on panoptic data
         from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
 

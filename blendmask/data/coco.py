@@ -57,6 +57,7 @@ from pycocotools.coco import COCO
 from ..polygons import PolygonMasks
 from .coco_checks import check_coco, fill_coco_defaults, segmentation_to_rle
 from .images import read_image
+from .paths import contained_path
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
 
@@ -174,6 +175,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         box_tolerance: how far (pixels) a box may stick out of its image before it is an error.
         mask_format: ``"polygon"`` (default): an image whose annotations are all polygons gets
             :class:`~blendmask.polygons.PolygonMasks`; ``"bitmask"``: ``(n, H, W)`` uint8 always.
+        allow_outside: accept ``file_name``s that lead outside ``image_dir`` (refused by default,
+            see :mod:`blendmask.data.paths`).
 
     Attributes:
         ann_file, image_dir: the paths given.
@@ -193,8 +196,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         keep_empty: bool = True,
         box_tolerance: float = 2.0,
         mask_format: str = "polygon",
+        allow_outside: bool = False,
     ) -> None:
         self.ann_file = os.fspath(ann_file)
+        self.allow_outside = allow_outside
         self.image_dir = os.fspath(image_dir)
         if not os.path.isdir(self.image_dir):
             raise FileNotFoundError(f"image directory not found: {self.image_dir!r} (for {self.ann_file})")
@@ -229,7 +234,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def _check_image_files(self, images: Dict[int, Dict[str, Any]]) -> None:
         for iid, rec in images.items():
-            path = os.path.join(self.image_dir, rec["file_name"])
+            path = contained_path(self.image_dir, rec["file_name"], where=f"{self.ann_file}: image id {iid}",
+                                  allow_outside=self.allow_outside)
             try:
                 found = os.path.isfile(path)
             except ValueError:  # e.g. a lone surrogate the file system cannot encode

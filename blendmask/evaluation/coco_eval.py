@@ -271,6 +271,7 @@ def evaluate_model(
     num_workers: int = 0,
     distributed: Optional[bool] = False,
     compile: bool = False,
+    category_ids: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
 
@@ -281,7 +282,8 @@ def evaluate_model(
     BlendMask runs as its inference copy (:func:`blendmask.models.inference.inference_model_of`:
     batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
-    metrics.
+    metrics. ``category_ids[label]``: the data set category a model label is scored as (default
+    the data set's own, in order; see :func:`blendmask.evaluation.categories.match_categories`).
     """
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError(
@@ -289,7 +291,7 @@ def evaluate_model(
             "so build the evaluation dataset with transforms=None"
         )
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed)
+    evaluator = COCOEvaluator(dataset, category_ids=category_ids, output_dir=output_dir, distributed=distributed)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training
