@@ -66,6 +66,37 @@ def _refused_global(error: BaseException) -> str:
     return ""
 
 
+#: The modules whose globals a weights file may name (what ``weights_only`` can rebuild).
+_DATA_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins.set", "builtins.frozenset")
+
+
+def _code_global_in_pickle(path: Path, limit: int = 1 << 20) -> str:
+    """The first global a plain pickle stream at ``path`` would import that is not data (e.g.
+    ``posix.system``), found by reading its opcodes without running them, or ``""``. Only the
+    first ``limit`` bytes are read."""
+    import pickletools
+
+    with open(path, "rb") as handle:
+        head = handle.read(limit)
+    if not head.startswith(b"\x80"):
+        return ""
+    strings: list = []
+    try:
+        for opcode, argument, _ in pickletools.genops(head):
+            if isinstance(argument, str) and opcode.name.endswith("UNICODE"):
+                strings.append(argument)
+            name = ""
+            if opcode.name == "GLOBAL":
+                name = argument.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and not name.startswith(_DATA_MODULES):
+                return name
+    except Exception:  # noqa: BLE001 - a stream cut short by the limit, or not a pickle after all
+        pass
+    return ""
+
+
 def _check_zip_checksums(path: Path, what: str) -> None:
     """``torch.load`` does not verify the CRC-32 of a zip-format file's records; check them here so
     that a damaged tensor is an error rather than different weights."""
@@ -135,6 +166,11 @@ def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
                 f"cannot read {what} {path}: it holds objects other than tensors and plain containers "
                 f"({refused}), which torch.load(weights_only=True) refuses to unpickle"
             ) from error
+        code = _code_global_in_pickle(path)
+        if code:
+            raise WeightsFileError(
+                f"cannot read {what} {path}: it is a Python pickle that would import and call {code} when loaded "
+                f"(code, not weights); refused without running it") from error
         reason = _first_line(str(error.__context__ or error))
         raise WeightsFileError(f"cannot read {what} {path}: not a file written by torch.save "
                                f"(random bytes, or truncated or corrupt: {reason})") from error
