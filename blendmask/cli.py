@@ -749,8 +749,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run unwinds as after Ctrl-C (exit status 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """The one line an interrupted command prints (with what the run noted, e.g. its last
+    checkpoint), and its exit status: 130 for Ctrl-C, 143 for SIGTERM."""
+    terminated = isinstance(exc, _Terminated)
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    print(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{f': {notes}' if notes else ''}",
+          file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``blendmask`` console script; returns the exit status (see the module docstring)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -761,9 +792,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the policy of blendmask.errors decides how it is shown
         if is_user_error(exc) and not os.environ.get("BLENDMASK_TRACEBACK"):
             message = " ".join(str(exc).split()) or type(exc).__name__

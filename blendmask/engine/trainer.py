@@ -327,6 +327,13 @@ class Trainer:
         except NonFiniteLossError as exc:
             self.error = exc
             self.storage.put({"iteration": self.iter + 1, "error": str(exc)})
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into one by the command line
+            self.error = exc
+            last = self.checkpointer.last_checkpoint()
+            exc.add_note(f"training stopped at iteration {self.iter}; "
+                         + (f"the last checkpoint is {last} (continue with --resume)" if last
+                            else "no checkpoint had been written yet"))
+            raise
         except BaseException as exc:
             self.error = exc
             raise
