@@ -112,6 +112,21 @@ def load_coco_json(ann_file: str | os.PathLike) -> COCO:
     return coco
 
 
+DATA_LAYOUT = ("a data directory (DIR/annotations/instances_{train,val}.json, images in DIR/{train,val}/) "
+               "or a COCO JSON file")
+
+
+def check_json_data_file(data: str | os.PathLike) -> None:
+    """Refuse a ``--data`` file that is not JSON (an image, an archive...) in one line saying what
+    is expected, before any parser reports its bytes. A JSON file starts with ``{`` after an
+    optional UTF-8 byte-order mark and white space."""
+    with open(data, "rb") as handle:
+        head = handle.read(4096)
+    if not head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+        raise ValueError(f"--data {os.fspath(data)!r} is not a COCO JSON file (it does not start with '{{'): "
+                         f"--data expects {DATA_LAYOUT}")
+
+
 def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
     """Find ``(ann_file, image_dir)`` for ``split`` ("train" or "val") of a data argument.
 
@@ -143,6 +158,7 @@ def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
         return ann_file, image_dir
     if not os.path.isfile(data):
         raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
+    check_json_data_file(data)
     json_dir = os.path.dirname(os.path.abspath(data))
     candidates = [os.path.join(json_dir, "images")]
     stem = os.path.splitext(os.path.basename(data))[0]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .coco import read_json_file
+from .coco import check_json_data_file, read_json_file
 from .images import read_image
 from .paths import contained_path
 
@@ -94,6 +94,7 @@ def detect_format(data: str | os.PathLike) -> str:
         return "panoptic" if any(os.path.isfile(p) for p in panoptic) else "instances"
     if not os.path.isfile(data):
         raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
+    check_json_data_file(data)
     return _json_format(_read_json(data)) or "instances"
 
 

@@ -163,7 +163,8 @@ class COCOEvaluator:
         """Score everything processed; return the metrics (module doc) and write the results JSON."""
         results, image_ids = self._gathered()
         if not image_ids:
-            raise RuntimeError("COCOEvaluator.evaluate: no images were processed")
+            raise ValueError("nothing to evaluate: no image of the evaluation set was processed "
+                             f"(its ground truth holds {len(self.coco_gt.imgs)} images)")
         rank, _ = dist_rank_and_world_size(self.distributed)
         if self.output_dir is not None and rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
@@ -290,6 +291,8 @@ def evaluate_model(
             "evaluate_model: the dataset has transforms; the ground truth is the untransformed file, "
             "so build the evaluation dataset with transforms=None"
         )
+    if len(dataset) == 0:
+        raise ValueError(f"nothing to evaluate: {getattr(dataset, 'ann_file', 'the evaluation set')} has no images")
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
     evaluator = COCOEvaluator(dataset, category_ids=category_ids, output_dir=output_dir, distributed=distributed)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
