@@ -97,6 +97,29 @@ def _code_global_in_pickle(path: Path, limit: int = 1 << 20) -> str:
     return ""
 
 
+#: The largest ratio of a zip record's declared size to its stored size that a weights file may
+#: have: ``torch.save`` stores records uncompressed, so only a crafted file (a "zip bomb" that
+#: inflates to many times its size while being read) goes beyond it.
+MAX_INFLATION_RATIO = 20
+_SMALL_RECORD = 1 << 20  # records up to this declared size are never a memory threat
+
+
+def _check_zip_sizes(path: Path, what: str) -> None:
+    """Refuse, from the zip directory alone (nothing inflated), a record that would inflate beyond
+    :data:`MAX_INFLATION_RATIO` times its stored size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise WeightsFileError(f"cannot read {what} {path}: truncated or corrupt zip archive ({error})") from error
+    for record in records:
+        if record.file_size > max(_SMALL_RECORD, MAX_INFLATION_RATIO * record.compress_size):
+            raise WeightsFileError(
+                f"cannot read {what} {path}: its record {record.filename!r} would inflate from "
+                f"{record.compress_size} to {record.file_size} bytes, more than {MAX_INFLATION_RATIO} times "
+                "(torch.save stores records uncompressed; this file was crafted or damaged); nothing was read")
+
+
 def _check_zip_checksums(path: Path, what: str) -> None:
     """``torch.load`` does not verify the CRC-32 of a zip-format file's records; check them here so
     that a damaged tensor is an error rather than different weights."""
@@ -153,6 +176,7 @@ def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
     if not path.is_file():
         raise WeightsFileError(f"cannot read {what} {path}: not a regular file")
     if zipfile.is_zipfile(path):
+        _check_zip_sizes(path, what)
         _check_zip_checksums(path, what)
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()):
