@@ -163,8 +163,7 @@ class COCOEvaluator:
         """Score everything processed; return the metrics (module doc) and write the results JSON."""
         results, image_ids = self._gathered()
         if not image_ids:
-            raise ValueError("nothing to evaluate: no image of the evaluation set was processed "
-                             f"(its ground truth holds {len(self.coco_gt.imgs)} images)")
+            raise RuntimeError("COCOEvaluator.evaluate: no images were processed")
         rank, _ = dist_rank_and_world_size(self.distributed)
         if self.output_dir is not None and rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
