@@ -133,6 +133,9 @@ class Trainer:
                              f"world size {world_size}")
         if self.solver.max_iter <= 0:
             raise ValueError(f"solver.max_iter must be > 0, got {self.solver.max_iter}")
+        if self.solver.ims_per_batch > len(train_dataset):
+            raise ValueError(f"solver.ims_per_batch={self.solver.ims_per_batch} is larger than the training set "
+                             f"({len(train_dataset)} images): choose at most {len(train_dataset)}")
         self.batch_per_rank = self.solver.ims_per_batch // world_size
         self.max_iter = self.solver.max_iter
 
