@@ -410,9 +410,10 @@ def _run_eval(args) -> int:
 # --------------------------------------------------------------------------- predict
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or directories of images (their files ending in "
+                                             ".png, .jpg, .jpeg, .bmp, .tif, .tiff or .webp)")
     p.add_argument("--weights", required=True, help="weights file")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory (default: 'predictions' next to --weights)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
@@ -442,9 +443,20 @@ def _is_panoptic_weights(weights: str) -> bool:
 
 
 def _run_predict(args) -> int:
+    from blendmask.predict import expand_image_inputs
+
+    images, skipped = expand_image_inputs(args.images)
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"predict: skipped {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr)
+    if not images:
+        raise FileNotFoundError(f"no images in {' '.join(args.images)}")
+    args.images = [str(p) for p in images]
     _check_distinct_stems(args.images)
-    _check_output(args.out, "--out", is_dir=True)
-    with _guard_dir(args.out, "--out", "predict"):
+    option = "--out" if args.out else "--out (default: next to --weights)"
+    args.out = args.out or str(Path(args.weights).resolve().parent / "predictions")
+    _check_output(args.out, option, is_dir=True)
+    with _guard_dir(args.out, option, "predict"):
         return _run_predict_guarded(args)
 
 
@@ -464,7 +476,7 @@ def _run_predict_guarded(args) -> int:
             print(compile_report(panoptic.model))
         return 0
     predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold, compile=args.compile)
-    files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases)
+    files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases, progress=True)
     for path in files.overlays + files.bases_figures:
         print(path)
     print(f"results: {files.results_json}")
