@@ -253,6 +253,9 @@ def _train(*, config: Optional[str], data: str, output: str, overrides: Dict[str
         extra_state.update(stuff_names=train_set.stuff_names, stuff_category_ids=train_set.stuff_category_ids)
     val_source = _val_source(data, val_data) if evaluate_on_val else None
     val_set = _load_split(val_source, "val", panoptic=panoptic, allow_outside=allow_outside) if val_source else None
+    if val_set is not None and len(val_set) == 0:
+        logger.warning("the val split of %s has no images: training evaluates nothing", val_source)
+        val_set = None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
