@@ -499,7 +499,6 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
 
 def _run_convert(args) -> int:
     from blendmask.convert import convert_checkpoint
-
     from blendmask.output_guard import guard_output_file
 
     _check_output(args.output, "output", is_dir=False)
