@@ -17,7 +17,8 @@ from blendmask.models.blendmask import MASK_FORMATS
 from blendmask.models.inference import inference_model_of
 from blendmask.models.mask_ops import encode_masks_rle
 
-__all__ = ["Predictor", "PredictionFiles", "predict_files", "expand_image_inputs", "RESULTS_JSON", "IMAGE_SUFFIXES"]
+__all__ = ["Predictor", "PredictionFiles", "predict_files", "expand_image_inputs", "check_image_header",
+           "RESULTS_JSON", "IMAGE_SUFFIXES"]
 
 RESULTS_JSON = "predictions.json"
 #: The file name endings taken as images when a directory is given.
@@ -42,7 +43,7 @@ def expand_image_inputs(inputs: Sequence[PathLike]) -> "tuple[List[Path], List[P
     return images, skipped
 
 
-def _check_image_header(path: PathLike) -> None:
+def check_image_header(path: PathLike) -> None:
     """Refuse a file that is not an image from its header alone (nothing decoded), naming it."""
     from PIL import Image, UnidentifiedImageError
 
@@ -164,7 +165,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     if not image_paths:
         raise ValueError("no images given")
     for path in image_paths:
-        _check_image_header(path)
+        check_image_header(path)
     images = (read_image(p) for p in image_paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
