@@ -157,17 +157,17 @@ class OutputGuard:
     def __enter__(self) -> "OutputGuard":
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"{self.option} {self.path} exists and is not a directory")
-        missing = [self.directory, *self.directory.parents]
-        self._created = [folder for folder in missing[:next(i for i, f in enumerate(missing) if f.exists())]]
+        folder = self.directory
+        while not folder.exists():
+            self._created.append(folder)
+            folder = folder.parent
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
             self.own_files = self._check_ownership()
         except BaseException:
             self._lock.release()
-            for folder in self._created:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            self._remove_created_if_empty()
             raise
         return self
 
@@ -176,7 +176,11 @@ class OutputGuard:
             self._write_manifest()
         finally:
             self._lock.release()
-        for folder in self._created:  # a run that wrote nothing leaves no directory behind
+        self._remove_created_if_empty()
+
+    def _remove_created_if_empty(self) -> None:
+        """A run that wrote nothing leaves none of the directories the guard made."""
+        for folder in self._created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
