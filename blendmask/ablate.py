@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .output_guard import is_bookkeeping
+
 __all__ = [
     "GRIDS", "Grid", "GridRow", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
     "default_jobs", "run_grid", "write_table", "write_plot", "MARKER",
@@ -339,7 +341,7 @@ def _prepare_output(output: Path, grid: Grid) -> None:
                 raise FileExistsError(f"--output {output} holds the ablation of grid {made_for!r}, not {grid.name!r}: "
                                       "choose another --output")
             return
-        if any(output.iterdir()):
+        if any(not is_bookkeeping(entry.name) for entry in output.iterdir()):
             raise FileExistsError(f"--output {output} exists and was not made by 'blendmask ablate': "
                                   "choose a new or empty directory")
     output.mkdir(parents=True, exist_ok=True)

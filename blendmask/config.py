@@ -256,15 +256,32 @@ def _coerce_scalar(kind: type, value: Any, key: str) -> Any:
     return value
 
 
+#: The largest image side (pixels) an input size may ask for: beyond it one image alone takes
+#: gigabytes before the model runs.
+MAX_INPUT_SIDE = 8192
+_UPPER_BOUNDS: Dict[str, int] = {key: MAX_INPUT_SIDE for key in (
+    "input.min_size_train", "input.max_size_train", "input.min_size_test", "input.max_size_test")}
+
+
+def _check_upper_bound(key: str, value: Any) -> None:
+    bound = _UPPER_BOUNDS.get(key)
+    values = value if isinstance(value, tuple) else (value,)
+    if bound is not None and any(v > bound for v in values):
+        raise ValueError(f"config key {key!r} must be at most {bound} pixels, got {value!r}")
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     if typing.get_origin(hint) in (tuple, Tuple):
         (item_kind, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise InputTypeError(f"config key {key!r} must be a list/tuple of {item_kind.__name__}, "
                             f"got {type(value).__name__} ({value!r})")
-        return tuple(_coerce_scalar(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
+        value = tuple(_coerce_scalar(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
+        _check_upper_bound(key, value)
+        return value
     literal_values = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
     value = _coerce_scalar(type(literal_values[0]) if literal_values else hint, value, key)
+    _check_upper_bound(key, value)
     choices = literal_values or _CHOICES.get(key)
     if choices is not None and value not in choices:
         raise ValueError(f"config key {key!r} must be one of {list(choices)}, got {value!r}")

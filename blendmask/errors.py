@@ -20,7 +20,8 @@ Policy (what ``blendmask`` does with an exception, see :func:`blendmask.cli.main
   ``MemoryError``, ``torch.OutOfMemoryError``...) is a bug or a failing machine: the command
   prints the traceback and exits with status 1. ``BLENDMASK_TRACEBACK=1`` prints the traceback
   for user errors too.
-- Command-line syntax errors exit with status 2; an interrupt (Ctrl-C) with 130.
+- Command-line syntax errors exit with status 2; an interrupt (Ctrl-C) with 130, SIGTERM with 143
+  (both print one line; an interrupted training run names its last checkpoint).
 
 So a module that refuses bad input raises a ``ValueError`` or an ``OSError``, or, when its
 Python type must be another (a wrong type is a ``TypeError``), a subclass of both

@@ -40,6 +40,8 @@ __all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES", "NORMALIZE
            "TopInterp", "Normalize", "BottomInterp"]
 
 RoIs = Union[Tensor, List[Tensor]]
+#: The largest ``sampling_ratio`` a call accepts (C++ ``math::kMaxSamplingRatio``).
+MAX_SAMPLING_RATIO = 128
 
 
 def _rois_to_tensor(rois: RoIs) -> Tensor:
@@ -74,9 +76,22 @@ def _check_inputs(
     (``blendmask::check_blend_inputs``: shapes, dtypes, devices, scalars, roi values).
 
     Skipped while tracing or compiling (the ONNX export traces the reference; the fused op's
-    Meta kernel runs the same checks there) and when the extension is not built.
+    Meta kernel runs the same checks there). Without the extension, only the bounds that keep the
+    reference from a silent wrong answer or an allocation beyond reason are checked here: the
+    ``sampling_ratio`` limit and integer batch indices.
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not _extension.extension_loaded():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    if not _extension.extension_loaded():
+        if not 0 <= sampling_ratio <= MAX_SAMPLING_RATIO:
+            raise ValueError(f"blend: sampling_ratio must be in [0, {MAX_SAMPLING_RATIO}] (samples per bin along "
+                             f"each axis; 0 = adaptive), got {sampling_ratio}")
+        index = rois[:, 0] if rois.dim() == 2 and rois.shape[1:] == (5,) else rois.new_zeros(0)
+        bad = ((index != index.floor()) | (index < 0) | (index >= bases.shape[0])).nonzero()
+        if len(bad):
+            d = int(bad[0])
+            raise ValueError(f"blend: rois[{d}] has batch index {float(index[d])}, which is not an integer in "
+                             f"[0, {bases.shape[0]}) for {bases.shape[0]} images")
         return
     torch.ops.blendmask.check_blend_inputs(
         bases, attns, rois, output_size, spatial_scale, sampling_ratio, top_interp, normalize, bottom_interp

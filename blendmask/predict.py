@@ -18,9 +18,49 @@ from blendmask.models.inference_path import inference_model_of
 from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
 from blendmask.tiling.sliced import DEFAULT_OVERLAP, resolve_tile, sliced_predict
 
-__all__ = ["Predictor", "PredictionFiles", "predict_files", "RESULTS_JSON"]
+__all__ = ["Predictor", "PredictionFiles", "predict_files", "expand_image_inputs", "check_image_header",
+           "RESULTS_JSON", "IMAGE_SUFFIXES"]
 
 RESULTS_JSON = "predictions.json"
+#: The file name endings taken as images when a directory is given.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_image_inputs(inputs: Sequence[PathLike]) -> "tuple[List[Path], List[Path]]":
+    """``(images, skipped)``: every input file as given, and the files of every input directory
+    (not its subdirectories) whose name ends in :data:`IMAGE_SUFFIXES`, sorted; ``skipped``
+    lists the other files of those directories. A missing input is a ``FileNotFoundError``."""
+    images: List[Path] = []
+    skipped: List[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for entry in sorted(item.iterdir()):
+                if entry.is_file():
+                    (images if entry.suffix.lower() in IMAGE_SUFFIXES else skipped).append(entry)
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise FileNotFoundError(f"image not found: {str(item)!r}")
+    return images, skipped
+
+
+def check_image_header(path: PathLike) -> None:
+    """Refuse a file that is not an image from its header alone (nothing decoded), naming it.
+    TIFF files pass here: :func:`blendmask.data.images.decode_image` reads them with tifffile,
+    which opens TIFFs (float, multi-channel) that Pillow cannot."""
+    from PIL import Image, UnidentifiedImageError
+
+    from blendmask.data.images import is_tiff_file
+
+    if is_tiff_file(path):
+        return
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header is read by open()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {str(path)!r}: {' '.join(str(error).split())}") from error
+
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -138,31 +178,40 @@ class PredictionFiles:
 
 def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: PathLike, *,
                   show_bases: bool = False, top_instances: int = 4, tile: Union[int, str, None] = None,
-                  tile_overlap: float = DEFAULT_OVERLAP) -> PredictionFiles:
+                  tile_overlap: float = DEFAULT_OVERLAP, progress: bool = False) -> PredictionFiles:
     """Predict every image; write ``<stem>_pred.png`` overlays (masks in distinct colours, boxes,
     class names and scores), ``predictions.json``, and with ``show_bases`` a ``<stem>_bases.png``
     showing the K bases and the attentions of the ``top_instances`` best detections.
+
+    Streams: every file's header is checked first (a file that is not an image fails before any
+    work), then the images are read, predicted and written one at a time, so that memory does not
+    grow with their number; ``progress`` shows a tqdm bar.
 
     With ``tile`` (pixels or ``"auto"``), each image is predicted tile by tile
     (:func:`blendmask.tiling.sliced_predict`, ``tile_overlap`` shared between neighbours), read
     one at a time in its own dtype; its overlay is drawn on a copy at most
     :data:`~blendmask.tiling.preview.DEFAULT_PREVIEW_SIDE` pixels on a side."""
+    from tqdm import tqdm
+
     from blendmask.visualize import draw_bases_and_attentions, draw_instances
 
     if not image_paths:
         raise ValueError("no images given")
+    for path in image_paths:
+        check_image_header(path)
     if tile is not None:
         if show_bases:
             raise ValueError("show_bases (--show-bases) does not apply to tiled prediction (--tile)")
         resolve_tile(predictor.model, tile, tile_overlap)  # refuse bad options before any work
         return _predict_files_tiled(predictor, image_paths, Path(out_dir), tile=tile, tile_overlap=tile_overlap)
-    images = [read_image(p, reading=predictor.reading) for p in image_paths]  # fail on a bad file before any work
+    images = (read_image(p, reading=predictor.reading) for p in image_paths)  # one image in memory at a time
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = PredictionFiles(results_json=out_dir / RESULTS_JSON)
     records = []
     stems: Dict[str, int] = {}
-    for path, image in zip(image_paths, images):
+    for path, image in tqdm(zip(image_paths, images), total=len(image_paths), desc="predict", unit="image",
+                            disable=not progress):
         result = predictor(image, internals=show_bases, mask_format="rle")
         stem = _unique_stem(path, stems)
         overlay = out_dir / f"{stem}_pred.png"

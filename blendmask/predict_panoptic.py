@@ -115,12 +115,16 @@ def draw_panoptic(image: torch.Tensor, panoptic_seg: torch.Tensor, segments_info
 def predict_panoptic_files(predictor: PanopticPredictor, image_paths: Sequence[PathLike],
                            out_dir: PathLike) -> List[Path]:
     """Predict every image; write ``<stem>_panoptic.png`` (overlay), ``<stem>_panoptic_ids.png`` and
-    :data:`PANOPTIC_PREDICTIONS_JSON` into ``out_dir``; return the overlay paths."""
+    :data:`PANOPTIC_PREDICTIONS_JSON` into ``out_dir``; return the overlay paths. Streams as
+    :func:`blendmask.predict.predict_files` does."""
     from blendmask.data.panoptic import id_to_rgb
+    from blendmask.predict import check_image_header
 
     if not image_paths:
         raise ValueError("no images given")
-    images = [read_image(p, reading=predictor.reading) for p in image_paths]  # fail on a bad file before any work
+    for path in image_paths:  # fail on a file that is not an image before any work
+        check_image_header(path)
+    images = (read_image(p, reading=predictor.reading) for p in image_paths)  # then one image in memory at a time
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlays, records = [], []

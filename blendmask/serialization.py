@@ -21,13 +21,14 @@ permissions of a file created by ``open()``: ``0o666`` less the process umask.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -63,6 +64,60 @@ def _refused_global(error: BaseException) -> str:
         if line.startswith("Unsupported global:"):
             return line[len("Unsupported global:"):].split(" was not an allowed global")[0].strip()
     return ""
+
+
+#: The modules whose globals a weights file may name (what ``weights_only`` can rebuild).
+_DATA_MODULES = ("torch", "collections", "numpy", "_codecs", "builtins.set", "builtins.frozenset")
+
+
+def _code_global_in_pickle(path: Path, limit: int = 1 << 20) -> str:
+    """The first global a plain pickle stream at ``path`` would import that is not data (e.g.
+    ``posix.system``), found by reading its opcodes without running them, or ``""``. Only the
+    first ``limit`` bytes are read."""
+    import pickletools
+
+    with open(path, "rb") as handle:
+        head = handle.read(limit)
+    if not head.startswith(b"\x80"):
+        return ""
+    strings: list = []
+    try:
+        for opcode, argument, _ in pickletools.genops(head):
+            if isinstance(argument, str) and opcode.name.endswith("UNICODE"):
+                strings.append(argument)
+            name = ""
+            if opcode.name == "GLOBAL":
+                name = argument.replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and not name.startswith(_DATA_MODULES):
+                return name
+    except Exception:  # noqa: BLE001 - a stream cut short by the limit, or not a pickle after all
+        pass
+    return ""
+
+
+#: The largest ratio of a zip record's declared size to its stored size that a weights file may
+#: have: ``torch.save`` stores records uncompressed, so only a crafted file (a "zip bomb" that
+#: inflates to many times its size while being read) goes beyond it.
+MAX_INFLATION_RATIO = 20
+_SMALL_RECORD = 1 << 20  # records up to this declared size are never a memory threat
+
+
+def _check_zip_sizes(path: Path, what: str) -> None:
+    """Refuse, from the zip directory alone (nothing inflated), a record that would inflate beyond
+    :data:`MAX_INFLATION_RATIO` times its stored size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise WeightsFileError(f"cannot read {what} {path}: truncated or corrupt zip archive ({error})") from error
+    for record in records:
+        if record.file_size > max(_SMALL_RECORD, MAX_INFLATION_RATIO * record.compress_size):
+            raise WeightsFileError(
+                f"cannot read {what} {path}: its record {record.filename!r} would inflate from "
+                f"{record.compress_size} to {record.file_size} bytes, more than {MAX_INFLATION_RATIO} times "
+                "(torch.save stores records uncompressed; this file was crafted or damaged); nothing was read")
 
 
 def _check_zip_checksums(path: Path, what: str) -> None:
@@ -121,6 +176,7 @@ def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
     if not path.is_file():
         raise WeightsFileError(f"cannot read {what} {path}: not a regular file")
     if zipfile.is_zipfile(path):
+        _check_zip_sizes(path, what)
         _check_zip_checksums(path, what)
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()):
@@ -134,6 +190,11 @@ def load_torch_file(path: PathLike, *, what: str = "weights file") -> Any:
                 f"cannot read {what} {path}: it holds objects other than tensors and plain containers "
                 f"({refused}), which torch.load(weights_only=True) refuses to unpickle"
             ) from error
+        code = _code_global_in_pickle(path)
+        if code:
+            raise WeightsFileError(
+                f"cannot read {what} {path}: it is a Python pickle that would import and call {code} when loaded "
+                f"(code, not weights); refused without running it") from error
         reason = _first_line(str(error.__context__ or error))
         raise WeightsFileError(f"cannot read {what} {path}: not a file written by torch.save "
                                f"(random bytes, or truncated or corrupt: {reason})") from error
@@ -256,21 +317,63 @@ def atomic_write_temp_files(target_names: str) -> "re.Pattern[str]":
     return re.compile(r"\.(?:" + target_names + r")\.[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX))
 
 
+#: What a failed write adds to the system's explanation, by errno.
+_WRITE_FAILURE_HINTS = {
+    errno.EFBIG: " (the largest file size allowed: ulimit -f, or the file system's)",
+}
+
+
+class _RecordingWriter:
+    """A binary file object that remembers the first ``OSError`` its ``write`` raised: writers
+    such as ``torch.save`` replace it with an error of their own that does not say why."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def _write_failure(path: Path, error: OSError) -> OSError:
+    """``error`` as a one-line ``OSError`` of the same errno naming ``path`` and what happened."""
+    reason = (os.strerror(error.errno) if error.errno else str(error)) + _WRITE_FAILURE_HINTS.get(error.errno, "")
+    failure = OSError(f"cannot write {path}: {reason}; it keeps its previous content, if any")
+    failure.errno = error.errno
+    return failure
+
+
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file_object)`` on a temp file in ``path``'s directory, fsync it, give it the
     mode ``0o666 & ~umask``, then rename it over ``path``.
 
     If anything fails (or the process dies) midway, ``path`` keeps its old content; on an
-    exception the temp file is removed. Parent directories are created.
+    exception the temp file is removed. Parent directories are created. A write the system
+    refuses (no space, quota, file size limit) raises an ``OSError`` with that errno whose
+    message names ``path`` and the reason, whatever error ``write`` turned it into.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        recording = _RecordingWriter(os.fdopen(fd, "wb"))
+        try:
+            with recording._handle as handle:  # closing flushes, which can fail too
+                write(recording)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except Exception as error:
+            cause = recording.error or (error if isinstance(error, OSError) and error.errno else None)
+            if cause is None:
+                raise
+            raise _write_failure(path, cause) from error
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0o600 whatever the umask
         os.replace(tmp_name, path)
     except BaseException:

@@ -99,6 +99,9 @@ void check_blend_args(
   TORCH_CHECK_VALUE(output_size >= 1, "blend: output_size must be >= 1, got ", output_size);
   TORCH_CHECK_VALUE(sampling_ratio >= 0, "blend: sampling_ratio must be >= 0 (0 = adaptive), got ", sampling_ratio);
   TORCH_CHECK_VALUE(
+      sampling_ratio <= math::kMaxSamplingRatio, "blend: sampling_ratio must be <= ", math::kMaxSamplingRatio,
+      " samples per bin along each axis, got ", sampling_ratio);
+  TORCH_CHECK_VALUE(
       spatial_scale > 0 && std::isfinite(spatial_scale), "blend: spatial_scale must be finite and > 0, got ",
       spatial_scale);
   parse_top_interp(top_interp);
@@ -144,8 +147,8 @@ void check_roi_values(const at::Tensor& rois, int64_t num_images) {
           break;
         case math::RoiProblem::BatchIndex:
           TORCH_CHECK_VALUE(
-              false, "blend: rois[", d, "] has batch index ", static_cast<double>(roi[0]), " out of range for ",
-              num_images, " images");
+              false, "blend: rois[", d, "] has batch index ", static_cast<double>(roi[0]),
+              ", which is not an integer in [0, ", num_images, ") for ", num_images, " images");
         case math::RoiProblem::None:
           break;
       }

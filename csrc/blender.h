@@ -48,7 +48,7 @@ void check_blend_args(
     const at::Tensor& grad);
 
 /// Rejects rois (a CPU tensor of the coordinate dtype, float or double) with a NaN/inf value or
-/// a batch index outside [0, num_images); the predicate is math::roi_problem.
+/// a batch index that is not an integer in [0, num_images); the predicate is math::roi_problem.
 void check_roi_values(const at::Tensor& rois, int64_t num_images);
 
 /// Sizes of one call, in the kernels' own words. Every int here was range-checked by

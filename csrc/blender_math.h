@@ -114,14 +114,20 @@ BLENDMASK_HOST_DEVICE bool is_finite(T x) {
 /// What is wrong with one roi ``[batch_index, x1, y1, x2, y2]`` of a call on ``num_images``
 /// images. The CPU backend turns a problem into an error; the CUDA kernels, which must not
 /// synchronise with the host, give such a roi a NaN mask and no gradient.
-enum class RoiProblem { None = 0, NonFinite = 1, BatchIndex = 2 };
+enum class RoiProblem { None = 0, NonFinite = 1, BatchIndex = 2 };  // BatchIndex: outside [0, N) or fractional
+
+/// The largest ``sampling_ratio`` (samples per bin along each axis) a call accepts: beyond it the
+/// sample tables and the work of one roi grow without a useful bound.
+constexpr int64_t kMaxSamplingRatio = 128;
 
 template <typename T>
 BLENDMASK_HOST_DEVICE RoiProblem roi_problem(const T* roi, int64_t num_images) {
   for (int j = 0; j < 5; ++j) {
     if (!is_finite(roi[j])) return RoiProblem::NonFinite;
   }
-  if (!(roi[0] >= T(0) && roi[0] < static_cast<T>(num_images))) return RoiProblem::BatchIndex;
+  if (!(roi[0] >= T(0) && roi[0] < static_cast<T>(num_images)) || floor_of(roi[0]) != roi[0]) {
+    return RoiProblem::BatchIndex;
+  }
   return RoiProblem::None;
 }
 

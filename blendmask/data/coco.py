@@ -59,6 +59,7 @@ from .coco_index import load_coco_records
 from .coco_records import CocoRecords, first_error_row
 from .images import ImageReading, read_image
 from .json_files import read_json_file
+from .paths import contained_path
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
 
@@ -102,6 +103,21 @@ def _coco_of_dict(data: Dict[str, Any]) -> COCO:
     return coco
 
 
+DATA_LAYOUT = ("a data directory (DIR/annotations/instances_{train,val}.json, images in DIR/{train,val}/) "
+               "or a COCO JSON file")
+
+
+def check_json_data_file(data: str | os.PathLike) -> None:
+    """Refuse a ``--data`` file that is not JSON (an image, an archive...) in one line saying what
+    is expected, before any parser reports its bytes. A JSON file starts with ``{`` after an
+    optional UTF-8 byte-order mark and white space."""
+    with open(data, "rb") as handle:
+        head = handle.read(4096)
+    if not head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+        raise ValueError(f"--data {os.fspath(data)!r} is not a COCO JSON file (it does not start with '{{'): "
+                         f"--data expects {DATA_LAYOUT}")
+
+
 def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
     """Find ``(ann_file, image_dir)`` for ``split`` ("train" or "val") of a data argument.
 
@@ -133,6 +149,7 @@ def resolve_split(data: str | os.PathLike, split: str) -> Tuple[str, str]:
         return ann_file, image_dir
     if not os.path.isfile(data):
         raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
+    check_json_data_file(data)
     json_dir = os.path.dirname(os.path.abspath(data))
     candidates = [os.path.join(json_dir, "images")]
     stem = os.path.splitext(os.path.basename(data))[0]
@@ -170,12 +187,14 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             float image on the training device). Default False: float32 in ``[0, 1]``.
         records: the file's :class:`~blendmask.data.coco_records.CocoRecords` when the caller
             already has them (:func:`blendmask.engine.defaults.load_dataset` does, through the process's records index); default: read ``ann_file``.
+        allow_outside: accept ``file_name``s that lead outside ``image_dir`` (refused by default,
+            see :mod:`blendmask.data.paths`).
+        reading: how image files are read (page, channels, pixel limit, intensity policy; a
+            config's ``ImageReading.from_config(cfg.input)``).
 
     The dataset holds its records in flat numpy arrays (:mod:`blendmask.data.coco_records`), a
     fixed number of Python objects whatever the number of images, so forked loader workers share
     them without copying.
-        reading: how image files are read (page, channels, pixel limit, intensity policy; a
-            config's ``ImageReading.from_config(cfg.input)``).
 
     Attributes:
         ann_file, image_dir: the paths given.
@@ -199,8 +218,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         uint8_images: bool = False,
         records: Optional[CocoRecords] = None,
         reading: ImageReading = ImageReading(),
+        allow_outside: bool = False,
     ) -> None:
         self.ann_file = os.fspath(ann_file)
+        self.allow_outside = allow_outside
         self.image_dir = os.fspath(image_dir)
         if not os.path.isdir(self.image_dir):
             raise FileNotFoundError(f"image directory not found: {self.image_dir!r} (for {self.ann_file})")
@@ -255,7 +276,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         rec = self.records
         for row in range(rec.num_images):
             name = rec.file_name(row)
-            path = os.path.join(self.image_dir, name)
+            path = contained_path(self.image_dir, name, where=f"{self.ann_file}: image id {int(rec.image_ids[row])}",
+                                  allow_outside=self.allow_outside)
             try:
                 found = os.path.isfile(path)
             except ValueError:  # e.g. a lone surrogate the file system cannot encode

@@ -50,7 +50,7 @@ from PIL import Image, ImageOps
 from ..config import InputConfig
 from .intensity import IntensityPolicy, intensity_bounds, to_unit_range
 
-__all__ = ["ImageReading", "DecodedImage", "decode_image", "read_image", "uint8_to_unit_float"]
+__all__ = ["ImageReading", "DecodedImage", "decode_image", "read_image", "is_tiff_file", "uint8_to_unit_float"]
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -172,9 +172,7 @@ def decode_image(path: str | os.PathLike, *, reading: ImageReading = ImageReadin
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{context}image not found: {path!r}")
     try:
-        with open(path, "rb") as f:
-            is_tiff = f.read(4) in _TIFF_MAGIC
-        pixels = (_decode_tiff if is_tiff else _decode_pil)(path, reading, expected_size)
+        pixels = (_decode_tiff if is_tiff_file(path) else _decode_pil)(path, reading, expected_size)
         pixels = _select_channels(pixels, reading.channels)
         bounds = intensity_bounds(pixels, reading.intensity)
     except _ReadError as e:
@@ -186,6 +184,12 @@ def decode_image(path: str | os.PathLike, *, reading: ImageReading = ImageReadin
         raise ValueError(f"{context}{path!r} is {pixels.shape[1]}x{pixels.shape[0]} after EXIF orientation "
                          f"but {expected_size[0]}x{expected_size[1]} was expected")
     return DecodedImage(pixels=pixels, bounds=bounds)
+
+
+def is_tiff_file(path: str | os.PathLike) -> bool:
+    """Whether the file starts with a TIFF (or BigTIFF) signature."""
+    with open(path, "rb") as f:
+        return f.read(4) in _TIFF_MAGIC
 
 
 class _ReadError(Exception):

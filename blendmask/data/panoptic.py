@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .coco import check_json_data_file
 from .coco_index import json_file_format
 from .json_files import coco_json_format, read_json_file
 from .images import ImageReading, read_image
+from .paths import contained_path
 
 __all__ = ["CocoPanopticDataset", "PanopticFormatError", "detect_format", "resolve_panoptic_split",
            "rgb_to_id", "id_to_rgb", "VOID"]
@@ -79,6 +81,7 @@ def detect_format(data: str | os.PathLike) -> str:
         return "panoptic" if any(os.path.isfile(p) for p in panoptic) else "instances"
     if not os.path.isfile(data):
         raise FileNotFoundError(f"--data {data!r} is neither a directory nor a COCO JSON file")
+    check_json_data_file(data)
     return json_file_format(data)
 
 
@@ -131,6 +134,8 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             :mod:`blendmask.data.transforms` does).
         ignore_value: semantic label of void pixels (255).
         reading: how image files are read (as :class:`~blendmask.data.CocoInstanceDataset`'s).
+        allow_outside: accept ``file_name``s that lead outside ``image_dir`` / ``png_dir`` (refused
+            by default, see :mod:`blendmask.data.paths`).
 
     Attributes:
         category_ids / class_names / num_classes: the thing categories (labels ``0..num_classes-1``).
@@ -140,8 +145,9 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
 
     def __init__(self, json_file: str | os.PathLike, image_dir: str | os.PathLike, png_dir: str | os.PathLike, *,
                  transforms: Optional[Transform] = None, ignore_value: int = 255,
-                 reading: ImageReading = ImageReading()) -> None:
+                 reading: ImageReading = ImageReading(), allow_outside: bool = False) -> None:
         self.json_file, self.image_dir, self.png_dir = os.fspath(json_file), os.fspath(image_dir), os.fspath(png_dir)
+        self.allow_outside = allow_outside
         self.transforms = transforms
         self.reading = reading
         self.ignore_value = int(ignore_value)
@@ -207,7 +213,8 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
             for key in ("width", "height"):
                 if not isinstance(rec.get(key), int) or rec[key] <= 0:
                     raise self._err(f"image id {iid} ({rec['file_name']}): '{key}' must be a positive integer")
-            path = os.path.join(self.image_dir, rec["file_name"])
+            path = contained_path(self.image_dir, rec["file_name"], where=f"{self.json_file}: image id {iid}",
+                                  allow_outside=self.allow_outside)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{self.json_file}: image id {iid}: image file {path!r} not found")
             images[iid] = rec
@@ -226,7 +233,8 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
                 raise self._err(f"{where}: more than one annotation record for this image")
             if not isinstance(rec.get("file_name"), str):
                 raise self._err(f"{where}: missing string 'file_name' (the PNG)")
-            png = os.path.join(self.png_dir, rec["file_name"])
+            png = contained_path(self.png_dir, rec["file_name"], where=f"{self.json_file}: {where}",
+                                 what="PNG directory", allow_outside=self.allow_outside)
             if not os.path.isfile(png):
                 raise FileNotFoundError(f"{self.json_file}: {where}: PNG {png!r} not found")
             segments = rec.get("segments_info")

@@ -139,7 +139,15 @@ class Checkpointer:
 
     def save(self, name: str, data: Dict[str, Any]) -> Path:
         path = self.output_dir / f"{name}.pth"
-        atomic_save(data, path)
+        try:
+            atomic_save(data, path)
+        except OSError as error:
+            last = self.last_checkpoint() if error.errno else None
+            if last is None:
+                raise
+            failure = OSError(f"{error}; the last complete checkpoint is {last}")
+            failure.errno = error.errno
+            raise failure from error
         atomic_write(self.output_dir / LAST_CHECKPOINT_FILE, lambda handle: handle.write(path.name.encode()))
         return path
 

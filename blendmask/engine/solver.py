@@ -11,6 +11,7 @@ so the trainer can log it.
 from __future__ import annotations
 
 import bisect
+import logging
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
@@ -27,6 +28,8 @@ __all__ = [
     "changed_solver_keys",
     "SCHEDULE_KEYS",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The solver settings that shape the optimisation; on resume they come from the new config.
 SCHEDULE_KEYS = ("base_lr", "momentum", "weight_decay", "weight_decay_norm", "weight_decay_bias", "warmup_iters", "warmup_factor", "steps", "gamma", "max_iter")
@@ -94,8 +97,10 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, warmup_iters: int, warmup_factor: float,
                  steps: Sequence[int], gamma: float):
-        if list(steps) != sorted(steps):
-            raise ValueError(f"solver.steps must be increasing, got {list(steps)}")
+        if any(step <= 0 for step in steps):
+            raise ValueError(f"solver.steps must be iterations >= 1, got {list(steps)}")
+        if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+            raise ValueError(f"solver.steps must be strictly increasing, got {list(steps)}")
         if warmup_iters < 0:
             raise ValueError(f"solver.warmup_iters must be >= 0, got {warmup_iters}")
         self.warmup_iters = warmup_iters
@@ -125,6 +130,12 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver_cfg) -> WarmupMultiStepLR:
+    """The scheduler of ``solver_cfg``. Steps beyond ``solver.max_iter`` are not an error (a run
+    resumed later with a larger ``max_iter`` reaches them) but are logged as not reached."""
+    beyond = [step for step in solver_cfg.steps if step > solver_cfg.max_iter]
+    if beyond:
+        logger.warning("solver.steps %s lie beyond solver.max_iter=%d: this run does not reach them",
+                       beyond, solver_cfg.max_iter)
     return WarmupMultiStepLR(optimizer, warmup_iters=solver_cfg.warmup_iters, warmup_factor=solver_cfg.warmup_factor,
                              steps=solver_cfg.steps, gamma=solver_cfg.gamma)
 

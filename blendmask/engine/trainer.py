@@ -127,6 +127,9 @@ class Trainer(TrainerBase):
                              f"world size {world_size}")
         if self.solver.max_iter <= 0:
             raise ValueError(f"solver.max_iter must be > 0, got {self.solver.max_iter}")
+        if self.solver.ims_per_batch > len(train_dataset):
+            raise ValueError(f"solver.ims_per_batch={self.solver.ims_per_batch} is larger than the training set "
+                             f"({len(train_dataset)} images): choose at most {len(train_dataset)}")
         self.batch_per_rank = self.solver.ims_per_batch // world_size
         self.max_iter = self.solver.max_iter
 
@@ -307,6 +310,13 @@ class Trainer(TrainerBase):
         except NonFiniteLossError as exc:
             self.error = exc
             self.storage.put({"iteration": self.iter + 1, "error": str(exc)})
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into one by the command line
+            self.error = exc
+            last = self.checkpointer.last_checkpoint()
+            exc.add_note(f"training stopped at iteration {self.iter}; "
+                         + (f"the last checkpoint is {last} (continue with --resume)" if last
+                            else "no checkpoint had been written yet"))
+            raise
         except BaseException as exc:
             self.error = exc
             raise

@@ -331,6 +331,7 @@ def evaluate_model(
     results_name: str = RESULTS_FILE,
     backend: str = "pycocotools",
     max_dets: int = DEFAULT_MAX_DETS,
+    category_ids: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
 
@@ -343,15 +344,19 @@ def evaluate_model(
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics. ``results_name`` and ``backend``: see :class:`COCOEvaluator`.
     ``max_dets``: COCOeval's detections per image (:class:`COCOEvaluator`).
+    metrics. ``category_ids[label]``: the data set category a model label is scored as (default
+    the data set's own, in order; see :func:`blendmask.evaluation.categories.match_categories`).
     """
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError(
             "evaluate_model: the dataset has transforms; the ground truth is the untransformed file, "
             "so build the evaluation dataset with transforms=None"
         )
+    if len(dataset) == 0:
+        raise ValueError(f"nothing to evaluate: {getattr(dataset, 'ann_file', 'the evaluation set')} has no images")
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir, distributed=distributed, results_name=results_name,
-                              backend=backend, max_dets=max_dets)
+    evaluator = COCOEvaluator(dataset, category_ids=category_ids, output_dir=output_dir, distributed=distributed,
+                              results_name=results_name, backend=backend, max_dets=max_dets)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training

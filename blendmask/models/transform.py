@@ -47,7 +47,8 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple
     The float arithmetic is detectron2's (``get_output_shape``), so that sizes on a ``.5``
     boundary round the same way: the short side is ``min_size`` exactly, the long side
     ``scale * side``; over ``max_size`` both are scaled by ``max_size / long side``; then
-    ``int(x + 0.5)``."""
+    ``int(x + 0.5)``, at least 1: an extreme aspect ratio (20000 x 50 under a 1333 limit) keeps a
+    one-pixel short side instead of vanishing (detectron2 would return 0 and fail)."""
     if min_size <= 0:
         return height, width
     size = float(min_size)
@@ -56,7 +57,7 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> Tuple
     if max_size > 0 and max(new_h, new_w) > max_size:
         scale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
 
 
 def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,7 @@
 // pass, no max); bottom_interp == "nearest" replaces the bilinear taps by the nearest cell
 // (math::sample_taps), in the forward and in the scatter of the backward alike.
 //
-// A roi that math::roi_problem rejects (NaN/inf value, batch index outside [0, N)) gets an
+// A roi that math::roi_problem rejects (NaN/inf value, batch index not an integer in [0, N)) gets an
 // all-NaN mask and no gradient: the kernels validate on the device, so the host never waits.
 //
 // This header is plain CUDA C++ so that tests/helpers/cuda_emulator.h can compile it for the host

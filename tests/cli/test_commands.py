@@ -64,7 +64,7 @@ def test_train_on_one_json_evaluates_only_an_explicit_val_set(shapes, tmp_path):
 def test_train_resume_continues_to_a_new_max_iter(shapes, trained, tmp_path):
     out = tmp_path / "resumed"
     out.mkdir()
-    for name in ("model_0000002.pth",):
+    for name in ("model_0000002.pth", ".blendmask-manifest.json"):  # a copy of a run keeps its manifest
         (out / name).write_bytes((trained / name).read_bytes())
     (out / "last_checkpoint").write_text("model_0000002.pth")
     code = main(["train", "--data", str(shapes), "--output", str(out), "--resume", "--backbone-weights", "none",

@@ -69,33 +69,17 @@ def _center_region_mask(boxes: Tensor, locations: Tensor, loc_strides: Tensor, r
     return dist.min(dim=2).values > 0
 
 
-def assign_targets_single(
-    locations: Tensor,
-    loc_strides: Tensor,
-    loc_size_ranges: Tensor,
-    boxes: Tensor,
-    labels: Tensor,
-    *,
-    num_classes: int,
-    center_sample: bool = True,
-    radius: float = 1.5,
-) -> FCOSTargets:
-    """Assign FCOS targets for one image.
+#: The most (location, box) pairs whose assignment tensors are held at once: an image with more
+#: boxes is assigned in chunks of boxes (the same result, bit for bit), so memory stays bounded
+#: however many instances it has.
+MAX_ASSIGNMENT_PAIRS = 1 << 22
 
-    Args:
-        locations: ``(P, 2)`` location coordinates of all levels.
-        loc_strides: ``(P,)`` stride of each location's level.
-        loc_size_ranges: ``(P, 2)`` ``[lo, hi]`` regression size range of each location.
-        boxes: ``(G, 4)`` ground-truth boxes xyxy in pixels.
-        labels: ``(G,)`` int64 classes in ``[0, num_classes)``.
-    """
-    num_locations = locations.shape[0]
-    if boxes.numel() == 0:
-        return FCOSTargets(
-            labels=torch.full((num_locations,), num_classes, dtype=torch.int64, device=locations.device),
-            reg_targets=locations.new_zeros((num_locations, 4)),
-            gt_inds=torch.full((num_locations,), -1, dtype=torch.int64, device=locations.device),
-        )
+
+def _smallest_box_per_location(locations: Tensor, loc_strides: Tensor, loc_size_ranges: Tensor, boxes: Tensor, *,
+                               center_sample: bool, radius: float) -> Tuple[Tensor, Tensor]:
+    """``(min_area (P,), gt_inds (P,))``: the area and index of the smallest box each location
+    may regress (inside it, or its center region, and in the location's size range); ``INF``
+    and index 0 where there is none; ties go to the first box."""
     xs, ys = locations[:, 0:1], locations[:, 1:2]
     reg = torch.stack([xs - boxes[None, :, 0], ys - boxes[None, :, 1], boxes[None, :, 2] - xs, boxes[None, :, 3] - ys], dim=2)
     if center_sample:
@@ -106,16 +90,61 @@ def assign_targets_single(
     in_range = (max_reg >= loc_size_ranges[:, 0:1]) & (max_reg <= loc_size_ranges[:, 1:2])
 
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    loc_to_area = area[None].expand(num_locations, -1).clone()
+    loc_to_area = area[None].expand(locations.shape[0], -1).clone()
     loc_to_area[~(inside & in_range)] = INF
-    min_area, gt_inds = loc_to_area.min(dim=1)  # ties go to the first box
+    return loc_to_area.min(dim=1)  # ties go to the first box
+
+
+def assign_targets_single(
+    locations: Tensor,
+    loc_strides: Tensor,
+    loc_size_ranges: Tensor,
+    boxes: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    center_sample: bool = True,
+    radius: float = 1.5,
+    max_pairs: int = MAX_ASSIGNMENT_PAIRS,
+) -> FCOSTargets:
+    """Assign FCOS targets for one image.
+
+    Args:
+        locations: ``(P, 2)`` location coordinates of all levels.
+        loc_strides: ``(P,)`` stride of each location's level.
+        loc_size_ranges: ``(P, 2)`` ``[lo, hi]`` regression size range of each location.
+        boxes: ``(G, 4)`` ground-truth boxes xyxy in pixels.
+        labels: ``(G,)`` int64 classes in ``[0, num_classes)``.
+        max_pairs: at most this many ``P x G`` pairs are held at once (boxes in chunks;
+            the result does not depend on it).
+    """
+    num_locations = locations.shape[0]
+    if boxes.numel() == 0:
+        return FCOSTargets(
+            labels=torch.full((num_locations,), num_classes, dtype=torch.int64, device=locations.device),
+            reg_targets=locations.new_zeros((num_locations, 4)),
+            gt_inds=torch.full((num_locations,), -1, dtype=torch.int64, device=locations.device),
+        )
+    chunk = max(1, max_pairs // max(num_locations, 1))
+    min_area = gt_inds = None
+    for start in range(0, boxes.shape[0], chunk):
+        area, index = _smallest_box_per_location(locations, loc_strides, loc_size_ranges, boxes[start:start + chunk],
+                                                 center_sample=center_sample, radius=radius)
+        if min_area is None:
+            min_area, gt_inds = area, index + start
+        else:  # strictly smaller only: ties stay with the earlier box, as in one pass
+            smaller = area < min_area
+            min_area = torch.where(smaller, area, min_area)
+            gt_inds = torch.where(smaller, index + start, gt_inds)
     background = min_area == INF
 
     target_labels = labels[gt_inds].clone()
     target_labels[background] = num_classes
     gt_inds = gt_inds.clone()
     gt_inds[background] = -1
-    reg_targets = reg[torch.arange(num_locations, device=locations.device), gt_inds.clamp(min=0)]
+    assigned = boxes[gt_inds.clamp(min=0)]  # (P, 4)
+    xs, ys = locations[:, 0], locations[:, 1]
+    reg_targets = torch.stack([xs - assigned[:, 0], ys - assigned[:, 1], assigned[:, 2] - xs, assigned[:, 3] - ys], dim=1)
     return FCOSTargets(labels=target_labels, reg_targets=reg_targets, gt_inds=gt_inds)
 
 
