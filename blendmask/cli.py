@@ -106,10 +106,17 @@ def _load_split(data: str, split: str, *, train_input=None, panoptic: Optional[b
                                   + ("; use a panoptic config (e.g. lite_mobilenet_v2_panoptic) or panoptic weights"
                                      if found == "panoptic" else ""))
     transforms = build_train_transforms(train_input) if train_input is not None else None
+    if found == "panoptic" and train_input is not None and train_input.copy_paste.prob > 0:
+        raise ValueError("input.copy_paste.prob > 0: copy-paste works on COCO instance data, not panoptic data")
     if found == "panoptic":
         return CocoPanopticDataset(*resolve_panoptic_split(data, split), transforms=transforms)
     ann_file, image_dir = resolve_split(data, split)
     mask_format = train_input.mask_format if train_input is not None else "polygon"
+    if train_input is not None and train_input.copy_paste.prob > 0:
+        from blendmask.data.copy_paste import CopyPasteDataset
+
+        return CopyPasteDataset(CocoInstanceDataset(ann_file, image_dir, mask_format=mask_format), transforms=transforms,
+                                prob=train_input.copy_paste.prob, max_instances=train_input.copy_paste.max_instances)
     return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format)
 
 
