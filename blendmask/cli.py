@@ -644,6 +644,30 @@ def _run_ablate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- analyze
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", required=True, help="COCO results JSON (ours, e.g. eval's, or another tool's)")
+    p.add_argument("--data", required=True, help="the ground truth: data set directory or COCO JSON (as for eval)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
+    p.add_argument("--output", help="output directory (default: analysis/ next to --results)")
+    p.add_argument("--gallery", type=int, default=6, help="images drawn per IoU type, those with the most false "
+                                                          "positives and misses (default 6; 0: none)")
+
+
+def _run_analyze(args) -> int:
+    from blendmask.data import resolve_split
+    from blendmask.evaluation.analysis_report import ANALYSIS_JSON, ANALYSIS_MARKDOWN, write_analysis
+
+    output = Path(args.output) if args.output else Path(args.results).resolve().parent / "analysis"
+    _check_output(output, "--output", is_dir=True)
+    ann_file, image_dir = resolve_split(args.data, args.split)
+    write_analysis(args.results, ann_file, image_dir, output, gallery_size=args.gallery)
+    print((output / ANALYSIS_MARKDOWN).read_text())
+    print(f"report: {output / ANALYSIS_MARKDOWN} and {output / ANALYSIS_JSON}")
+    return 0
+
+
 # --------------------------------------------------------------------------- registry and main
 
 class Command(NamedTuple):
@@ -664,6 +688,8 @@ COMMANDS: List[Command] = [
             _add_export_onnx, _run_export_onnx),
     Command("ablate", "rerun one of the paper's ablation tables (a grid of short runs, COCOeval, table + plot)",
             _add_ablate, _run_ablate),
+    Command("analyze", "error analysis of a COCO results file: the AP each error type costs (TIDE), per-class AP, "
+                       "PR curves, a gallery of the worst images", _add_analyze, _run_analyze),
     Command("demo", "the README's main job: data, CPU training, evaluation and predictions", _add_demo, _run_demo),
 ]
 
