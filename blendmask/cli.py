@@ -304,12 +304,19 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data set directory or COCO JSON (as for train)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
     p.add_argument("--output", help="where to write the results JSON and metrics (default: next to --weights)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip and several test sizes, merged per instance")
+    p.add_argument("--tta-sizes", type=int, nargs="+", metavar="N",
+                   help="test sizes (short side) of --tta (default: 0.8x, 1x and 1.2x the model's test size)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile backbone and head (inductor; falls back to eager with a warning where it "
                         "cannot compile); prints the compile time apart from the steady-state time")
 
 
-def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False) -> Dict[str, Dict[str, float]]:
+def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool = False,
+              tta_sizes: Optional[Sequence[int]] = None) -> Dict[str, Dict[str, float]]:
+    """COCO (or panoptic) metrics of ``weights`` on ``data``; ``tta_sizes`` (not None): with
+    test-time augmentation at these sizes (empty: the default sizes)."""
     from blendmask.engine import load_model_from_weights
     from blendmask.evaluation import evaluate_model
     from blendmask.models.inference import compile_report, optimize_for_inference
@@ -317,6 +324,14 @@ def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool =
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model evaluate_model runs as is
     panoptic = cfg.model.panoptic.enabled
+    if tta_sizes is not None:
+        if panoptic:
+            raise ValueError("--tta works on instance models, not on panoptic weights")
+        from blendmask.models.tta import TestTimeAugmentation, default_test_sizes
+
+        runner = TestTimeAugmentation(model, sizes=tta_sizes or default_test_sizes(cfg.input.min_size_test))
+    else:
+        runner = model
     dataset = _load_split(data, split, panoptic=panoptic)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
@@ -329,7 +344,7 @@ def _evaluate(weights: str, data: str, split: str, output: Path, compile: bool =
                              f"has {dataset.num_stuff_classes} stuff categories")
         metrics = evaluate_panoptic(model, dataset, output_dir=output)
     else:
-        metrics = evaluate_model(model, dataset, output_dir=output)
+        metrics = evaluate_model(runner, dataset, output_dir=output)
     if compile:
         print(compile_report(model))
     output.mkdir(parents=True, exist_ok=True)
@@ -342,7 +357,10 @@ def _run_eval(args) -> int:
 
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
     _check_output(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
-    metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile)
+    if args.tta_sizes and not args.tta:
+        raise ValueError("--tta-sizes needs --tta")
+    metrics = _evaluate(args.weights, args.data, args.split, output, compile=args.compile,
+                        tta_sizes=(args.tta_sizes or ()) if args.tta else None)
     if "Things" in metrics:  # panoptic weights: PQ on panoptic data
         from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, format_pq_table
 
@@ -363,6 +381,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, help="weights file")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip and several test sizes, merged per instance")
+    p.add_argument("--tta-sizes", type=int, nargs="+", metavar="N",
+                   help="test sizes (short side) of --tta (default: 0.8x, 1x and 1.2x the model's test size)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
     p.add_argument("--compile", action="store_true",
@@ -394,6 +416,10 @@ def _run_predict(args) -> int:
     from blendmask.models.inference import compile_report
     from blendmask.predict import Predictor, predict_files
 
+    if args.tta_sizes and not args.tta:
+        raise ValueError("--tta-sizes needs --tta")
+    if args.tta and args.show_bases:
+        raise ValueError("--show-bases draws one pass's bases: not with --tta")
     _check_distinct_stems(args.images)
     _check_output(args.out, "--out", is_dir=True)
     if _is_panoptic_weights(args.weights):
@@ -407,13 +433,14 @@ def _run_predict(args) -> int:
         if args.compile:
             print(compile_report(panoptic.model))
         return 0
-    predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold, compile=args.compile)
+    predictor = Predictor.from_weights(args.weights, score_threshold=args.score_threshold, compile=args.compile,
+                                       tta_sizes=(args.tta_sizes or ()) if args.tta else None)
     files = predict_files(predictor, args.images, args.out, show_bases=args.show_bases)
     for path in files.overlays + files.bases_figures:
         print(path)
     print(f"results: {files.results_json}")
     if args.compile:
-        print(compile_report(predictor.model))
+        print(compile_report(predictor.model.model if args.tta else predictor.model))  # TTA wraps the compiled model
     return 0
 
 
