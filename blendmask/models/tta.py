@@ -91,6 +91,7 @@ class TestTimeAugmentation(nn.Module):
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
         self.mask_format = "probs"
+        self.eval()  # inference only: the wrapped model may be folded for inference and refuse train()
 
     @property
     def num_passes(self) -> int:

@@ -134,3 +134,10 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="iou_threshold"):
         TestTimeAugmentation(_BrightBlobs(), iou_threshold=0.0)
     assert default_test_sizes(800) == (640, 800, 960)
+
+
+def test_wrapper_starts_in_eval_mode():
+    """evaluate_model restores the training flag it found: a wrapper in training mode would ask
+    the folded inference model to train."""
+    tta = TestTimeAugmentation(_BrightBlobs())
+    assert not tta.training and not tta.model.training
