@@ -212,19 +212,24 @@ def train(model, dataset, *, iters: int, batch: int, lr: float, warmup: int, see
     return time.perf_counter() - start
 
 
-def mask_ap(model, data: Path, tta: bool = False, size: int = 0) -> float:
+def mask_ap(model, data: Path, tta: bool = False, size: int = 0, output_dir=None) -> float:
     from blendmask.data import CocoInstanceDataset
     from blendmask.evaluation import evaluate_model
     from blendmask.models.tta import TestTimeAugmentation, default_test_sizes
 
     val = CocoInstanceDataset(data / "annotations" / "instances_val.json", data / "val")
     runner = TestTimeAugmentation(model, sizes=default_test_sizes(size)) if tta else model
-    return float(evaluate_model(runner, val, progress=False)["segm"]["AP"])
+    return float(evaluate_model(runner, val, progress=False, output_dir=output_dir)["segm"]["AP"])
 
 
 # ----------------------------------------------------------------------------- driver
 def _machine() -> str:
     return f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+def _results_dir(args, dataset: str, model_name: str, variant: str, seed: int):
+    """Where a run's COCO results JSON goes (for ``blendmask analyze``), with ``--keep-results``."""
+    return None if args.keep_results is None else Path(args.keep_results) / f"{dataset}_{model_name}_{variant}_seed{seed}"
 
 
 def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, args) -> Dict[str, Any]:
@@ -237,7 +242,7 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
                     warmup=args.warmup, seed=seed)
     record = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed, "iters": args.iters,
               "batch": args.batch, "size": args.size, "lr": args.lr, "train_seconds": round(seconds, 1),
-              "mask_ap": mask_ap(model, data)}
+              "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
         record["mask_ap_tta"] = mask_ap(model, data, tta=True, size=args.size)
     record.update(command=" ".join(sys.argv), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -300,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-tta", action="store_true", help="skip the TTA evaluation of BlendMask")
+    parser.add_argument("--keep-results", metavar="DIR", help="write each run's val results JSON (and the val "
+                                                                "data) under DIR, for blendmask analyze")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "small_data"),
                         help="output stem: writes OUT.json and OUT.png")
     args = parser.parse_args(argv)
@@ -314,8 +321,9 @@ def main(argv=None) -> int:
     done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"]) for r in records}
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
-            data = (make_nuclei(Path(scratch) / "nuclei", args.nuclei_step) if dataset == "nuclei"
-                    else make_small_shapes(Path(scratch) / "shapes", args.shapes_val, args.size))
+            root = Path(args.keep_results) if args.keep_results else Path(scratch)
+            data = (make_nuclei(root / "nuclei", args.nuclei_step) if dataset == "nuclei"
+                    else make_small_shapes(root / "shapes", args.shapes_val, args.size))
             for seed in args.seeds:
                 for variant in args.variants:
                     for model_name in args.models:

@@ -1,9 +1,11 @@
 """Training augmentation on ``(image, target)`` pairs.
 
 The model resizes its inputs itself (shortest side sampled from ``config.input.min_size_train``
-with ``max_size_train``, like torchvision's ``GeneralizedRCNNTransform``), so the data side only
-crops (AdelaiDet's ``INPUT.CROP``, which detectron2 applies before the resize) and flips;
-:func:`build_train_transforms` assembles both from ``config.input``. Transforms take and return ``(image Tensor(3, H, W), target dict)`` with the target keys of
+with ``max_size_train``, like torchvision's ``GeneralizedRCNNTransform``), so the data side
+crops (AdelaiDet's ``INPUT.CROP``, which detectron2 applies before the resize), optionally applies
+large-scale jitter (:mod:`blendmask.data.jitter`) and flips; :func:`build_train_transforms`
+assembles them from ``config.input`` (copy-paste, which mixes two samples, is a dataset wrapper:
+:mod:`blendmask.data.copy_paste`). Transforms take and return ``(image Tensor(3, H, W), target dict)`` with the target keys of
 :class:`blendmask.data.CocoInstanceDataset` (``boxes`` xyxy, ``masks``: ``(n, H, W)`` bitmasks or
 :class:`blendmask.polygons.PolygonMasks`, whose vertices are transformed, ...).
 

@@ -182,3 +182,14 @@ def test_wrapper_refuses_bad_arguments(tmp_path):
     augmented = CocoInstanceDataset(ann_file, image_dir, transforms=RandomHorizontalFlip(0.5))
     with pytest.raises(ValueError, match="un-augmented"):
         CopyPasteDataset(augmented, transforms=None, prob=0.5, max_instances=1)
+
+
+def test_config_section_round_trips_and_checks_types():
+    from blendmask.config import BlendMaskConfig
+    from blendmask.errors import InputTypeError
+
+    cfg = BlendMaskConfig.from_dict({"input": {"copy_paste": {"prob": 0.5, "max_instances": 3}}})
+    assert (cfg.input.copy_paste.prob, cfg.input.copy_paste.max_instances) == (0.5, 3)
+    assert BlendMaskConfig.from_dict(cfg.to_dict()) == cfg and BlendMaskConfig().input.copy_paste.prob == 0.0
+    with pytest.raises(InputTypeError, match="input.copy_paste.max_instances"):
+        BlendMaskConfig.from_dict({"input": {"copy_paste": {"max_instances": 2.5}}})
