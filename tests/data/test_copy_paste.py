@@ -193,3 +193,16 @@ def test_config_section_round_trips_and_checks_types():
     assert BlendMaskConfig.from_dict(cfg.to_dict()) == cfg and BlendMaskConfig().input.copy_paste.prob == 0.0
     with pytest.raises(InputTypeError, match="input.copy_paste.max_instances"):
         BlendMaskConfig.from_dict({"input": {"copy_paste": {"max_instances": 2.5}}})
+
+
+def test_wrapper_pickles_for_loader_workers(tmp_path):
+    import pickle
+
+    dataset, _ = _copy_paste_set(tmp_path)
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(copy) == len(dataset) and copy.class_names == dataset.class_names
+    torch.manual_seed(3)
+    first = copy[1]
+    torch.manual_seed(3)
+    again = dataset[1]
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1]["labels"], again[1]["labels"])
