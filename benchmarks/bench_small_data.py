@@ -22,7 +22,8 @@ Data sets (``--datasets``):
 - ``shapes``: the synthetic shapes set (``make_shapes``), 50 training images, ``--shapes-val`` val images.
 
 Variants (``--variants``): ``base`` (flip only), ``cp`` (+ copy-paste, probability 0.5, up to 20
-instances), ``lsj`` (+ large-scale jitter 0.1-2.0 to ``--size`` squares), ``cp_lsj`` (both). Every
+instances), ``lsj`` (+ large-scale jitter 0.1-2.0 to ``--lsj-size`` squares, which the models then
+train on as they are), ``cp_lsj`` (both). Every
 BlendMask run is also evaluated with TTA (flip and 0.8x, 1x, 1.2x the test size); Mask R-CNN without.
 
 Results go to ``<out>.json`` (one record per run, written as each finishes; a rerun skips the runs
@@ -107,25 +108,25 @@ def make_small_shapes(root: Path, val: int, size: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- models
-def blendmask_config(num_classes: int, size: int):
+def blendmask_config(num_classes: int, size: int, train_size: int):
     from blendmask.config import get_config
 
     return get_config("lite_mobilenet_v2", {
-        "model.num_classes": num_classes, "input.min_size_train": (size,), "input.max_size_train": 2 * size,
+        "model.num_classes": num_classes, "input.min_size_train": (train_size,), "input.max_size_train": 2 * train_size,
         "input.min_size_test": size, "input.max_size_test": 2 * size})
 
 
-def build_blendmask(num_classes: int, size: int):
+def build_blendmask(num_classes: int, size: int, train_size: int):
     from blendmask.models.builders import build_model
 
-    return build_model(blendmask_config(num_classes, size), weights_backbone="imagenet")
+    return build_model(blendmask_config(num_classes, size, train_size), weights_backbone="imagenet")
 
 
 class MaskRCNNOnLiteBackbone:
     """Builder of torchvision's Mask R-CNN on the lite preset's backbone (module doc)."""
 
     @staticmethod
-    def build(num_classes: int, size: int):
+    def build(num_classes: int, size: int, train_size: int):
         import torch
         from torch import nn
         from torchvision.models.detection import MaskRCNN
@@ -134,7 +135,7 @@ class MaskRCNNOnLiteBackbone:
 
         from blendmask.models.backbone import build_backbone
 
-        fpn = build_backbone(blendmask_config(num_classes, size).model.backbone, weights_backbone="imagenet")
+        fpn = build_backbone(blendmask_config(num_classes, size, train_size).model.backbone, weights_backbone="imagenet")
 
         class Features(nn.Module):
             def __init__(self):
@@ -145,6 +146,8 @@ class MaskRCNNOnLiteBackbone:
             def forward(self, x):
                 return OrderedDict(self.fpn(x))
 
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
         names = ["p3", "p4", "p5"]
         anchors = AnchorGenerator(sizes=((32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
         model = MaskRCNN(Features(), num_classes=num_classes + 1, rpn_anchor_generator=anchors,
@@ -152,6 +155,10 @@ class MaskRCNNOnLiteBackbone:
                          mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
                          min_size=size, max_size=2 * size, box_batch_size_per_image=128,
                          rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500)
+
+        test_transform = model.transform
+        train_transform = GeneralizedRCNNTransform(train_size, 2 * train_size, model.transform.image_mean,
+                                                   model.transform.image_std)
 
         class Labels0Based(nn.Module):
             """Mask R-CNN with the package's labels: 0-based, no background class."""
@@ -163,7 +170,9 @@ class MaskRCNNOnLiteBackbone:
             def forward(self, images, targets=None):
                 if self.training:
                     targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+                    self.inner.transform = train_transform
                     return self.inner(images, targets)
+                self.inner.transform = test_transform
                 outputs = self.inner(images)
                 for out in outputs:
                     out["labels"] = out["labels"] - 1
@@ -173,13 +182,13 @@ class MaskRCNNOnLiteBackbone:
 
 
 # ----------------------------------------------------------------------------- training and eval
-def train_set(data: Path, variant: str, size: int):
+def train_set(data: Path, variant: str, lsj_size: int):
     from blendmask.data import CocoInstanceDataset
     from blendmask.data.copy_paste import CopyPasteDataset
     from blendmask.data.jitter import LargeScaleJitter
     from blendmask.data.transforms import Compose, RandomHorizontalFlip
 
-    transforms = ([LargeScaleJitter((size, size), (0.1, 2.0))] if "lsj" in variant else []) + [RandomHorizontalFlip(0.5)]
+    transforms = ([LargeScaleJitter((lsj_size, lsj_size), (0.1, 2.0))] if "lsj" in variant else []) + [RandomHorizontalFlip(0.5)]
     ann, images = data / "annotations" / "instances_train.json", data / "train"
     if "cp" in variant:
         return CopyPasteDataset(CocoInstanceDataset(ann, images, mask_format="bitmask"), transforms=Compose(transforms),
@@ -237,11 +246,14 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
 
     torch.manual_seed(seed)
     build = build_blendmask if model_name == "blendmask" else MaskRCNNOnLiteBackbone.build
-    model = build(1 if dataset == "nuclei" else 4, args.size)
-    seconds = train(model, train_set(data, variant, args.size), iters=args.iters, batch=args.batch, lr=args.lr,
+    lsj_size = args.lsj_size or (2 * args.size if dataset == "nuclei" else args.size)
+    train_size = lsj_size if "lsj" in variant else args.size  # the model keeps the jittered squares as they are
+    model = build(1 if dataset == "nuclei" else 4, args.size, train_size)
+    seconds = train(model, train_set(data, variant, lsj_size), iters=args.iters, batch=args.batch, lr=args.lr,
                     warmup=args.warmup, seed=seed)
     record = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed, "iters": args.iters,
-              "batch": args.batch, "size": args.size, "lr": args.lr, "train_seconds": round(seconds, 1),
+              "batch": args.batch, "size": args.size,
+              "lsj_size": lsj_size if "lsj" in variant else None, "lr": args.lr, "train_seconds": round(seconds, 1),
               "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
         record["mask_ap_tta"] = mask_ap(model, data, tta=True, size=args.size)
@@ -290,6 +302,24 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(summary: Dict[str, Any]) -> str:
+    lines = ["| data set / model / variant | seeds | mask AP (mean +- std) | with TTA |", "|---|---|---|---|"]
+    for key, entry in summary.items():
+        cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
+        lines.append(f"| {key} | {entry['seeds']} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+    return "\n".join(lines)
+
+
+def merge(paths: List[str], out: Path) -> int:
+    records = [r for path in paths for r in json.loads(Path(path).read_text())["runs"]]
+    summary = summarise(records)
+    out.with_suffix(".json").write_text(json.dumps({"runs": records, "summary": summary}, indent=1))
+    plot(summary, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown_table(summary) + "\n")
+    print(markdown_table(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["nuclei", "shapes"], choices=["nuclei", "shapes"])
@@ -300,7 +330,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--size", type=int, default=128, help="training/test short side and LSJ output square")
+    parser.add_argument("--size", type=int, default=128, help="training and test short side")
+    parser.add_argument("--lsj-size", type=int, default=0,
+                        help="LSJ output square (default: the long side of the images at --size: 256 for nuclei "
+                             "(256 x 128 images), --size for shapes), so that jitter scale 1 is the test scale")
     parser.add_argument("--nuclei-step", type=int, default=2, help="use every N-th z-slice of the nuclei stack")
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -309,7 +342,12 @@ def main(argv=None) -> int:
                                                                 "data) under DIR, for blendmask analyze")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "small_data"),
                         help="output stem: writes OUT.json and OUT.png")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="train nothing: merge the runs of these result files into OUT.json, OUT.png and a "
+                             "Markdown table OUT.md")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
 
     import torch
 
