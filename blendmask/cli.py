@@ -680,6 +680,8 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="output directory (default: analysis/ next to --results)")
     p.add_argument("--gallery", type=int, default=6, help="images drawn per IoU type, those with the most false "
                                                           "positives and misses (default 6; 0: none)")
+    p.add_argument("--gallery-score", type=float, default=0.3,
+                   help="detections drawn in the gallery score at least this (default 0.3; all are counted)")
 
 
 def _run_analyze(args) -> int:
@@ -689,7 +691,7 @@ def _run_analyze(args) -> int:
     output = Path(args.output) if args.output else Path(args.results).resolve().parent / "analysis"
     _check_output(output, "--output", is_dir=True)
     ann_file, image_dir = resolve_split(args.data, args.split)
-    write_analysis(args.results, ann_file, image_dir, output, gallery_size=args.gallery)
+    write_analysis(args.results, ann_file, image_dir, output, gallery_size=args.gallery, gallery_score=args.gallery_score)
     print((output / ANALYSIS_MARKDOWN).read_text())
     print(f"report: {output / ANALYSIS_MARKDOWN} and {output / ANALYSIS_JSON}")
     return 0

@@ -10,7 +10,7 @@ any tool's COCO results), and for ``bbox`` and, when the results carry masks, ``
 - ``pr_<iou type>.png``: precision-recall curves at IoU 0.5 per class and area range (COCOeval's);
 - ``gallery/<iou type>_<rank>_image<id>.png``: the images with the most false positives plus
   misses, drawn with their true positives (green), false positives (red, labelled with the error
-  type) and missed ground truth (yellow).
+  type) and missed ground truth (yellow); detections scoring below ``gallery_score`` are not drawn.
 
 An existing ``output_dir`` must be empty or hold an earlier analysis (its ``analysis.json`` written
 by this module); nothing else is overwritten.
@@ -134,33 +134,40 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _draw_image(coco_gt: COCO, image_dir: str, image_id: int, results: List[Dict[str, Any]],
-                analysis: ErrorAnalysis, path: Path) -> None:
+                analysis: ErrorAnalysis, path: Path, min_score: float) -> None:
+    """One gallery picture: the detections scoring ``>= min_score`` (true positives green, false
+    positives red with their error type) and the missed ground truth (yellow), as mask outlines
+    (``segm``) or boxes (``bbox``), on the image enlarged to about 512 pixels when smaller."""
     from PIL import Image, ImageDraw
 
     info = coco_gt.imgs[image_id]
-    image = read_image(os.path.join(image_dir, info["file_name"]), expected_size=(info["width"], info["height"]),
+    height, width = info["height"], info["width"]
+    image = read_image(os.path.join(image_dir, info["file_name"]), expected_size=(width, height),
                        context=f"image id {image_id}: ")
-    canvas = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    labels = []  # (xy, text, colour)
+    zoom = max(1, 512 // max(height, width))
+    canvas = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).repeat(zoom, 0).repeat(zoom, 1)
     missed = set(analysis.missed_gt.get(image_id, []))
-    shapes = [(r, "tp" if status == "tp" else "fp", status) for index, status in analysis.detections.get(image_id, [])
-              if status != "ignored" for r in [results[index]]]
+    shapes = [(results[index], "tp" if status == "tp" else "fp", status)
+              for index, status in analysis.detections.get(image_id, [])
+              if status != "ignored" and results[index]["score"] >= min_score]
     shapes += [(a, "missed", "missed") for a in coco_gt.imgToAnns.get(image_id, []) if a["id"] in missed]
-    boxes = []
-    for record, colour_key, text in shapes:
+    several_classes = len(coco_gt.cats) > 1
+    boxes, labels = [], []  # ((x0, y0, x1, y1), colour), ((x, y), text, colour)
+    for record, colour_key, status in shapes:
         colour = _COLOURS[colour_key]
-        x, y, w, h = record["bbox"]
+        x, y, w, h = (v * zoom for v in record["bbox"])
         if analysis.iou_type == "segm":
-            rle = segmentation_to_rle(record["segmentation"], info["height"], info["width"])
+            rle = segmentation_to_rle(record["segmentation"], height, width)
             with warnings.catch_warnings():  # pycocotools' decoder trips a NumPy 2 DeprecationWarning; harmless
                 warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
-                edge = _outline(mask_utils.decode(rle).astype(bool))
-            canvas[edge] = colour
+                mask = mask_utils.decode(rle).astype(bool)
+            canvas[_outline(mask.repeat(zoom, 0).repeat(zoom, 1))] = colour
         else:
             boxes.append(((x, y, x + w, y + h), colour))
-        name = coco_gt.cats[record["category_id"]]["name"]
-        labels.append(((x, max(y - 10, 0)), f"{name} {text}" + (f" {record['score']:.2f}" if "score" in record else ""),
-                       colour))
+        text = (coco_gt.cats[record["category_id"]]["name"] + " " if several_classes else "") + status
+        if "score" in record:
+            text += f" {record['score']:.2f}"
+        labels.append(((x + 1, max(y - 11, 0)), text, colour))
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     for box, colour in boxes:
@@ -188,19 +195,20 @@ def _markdown(report: Dict[str, Any]) -> str:
         lines += [f"| {name} | {cell(ap)} |" for name, ap in part["coco"]["per_class_ap"].items()]
         lines += ["", f"![precision-recall curves]({part['pr_curves_png']})", ""]
         if part["gallery"]:
-            lines += ["Images with the most false positives and misses (green: true positive, red: false "
-                      "positive and its error type, yellow: missed):", ""]
+            lines += [f"Images with the most false positives and misses (green: true positive, red: false "
+                      f"positive and its error type, yellow: missed; detections scoring >= {report['gallery_score']}):", ""]
             lines += [f"![image {g['image_id']}]({g['png']})" for g in part["gallery"]]
             lines.append("")
     return "\n".join(lines)
 
 
 def write_analysis(results_path: str | os.PathLike, ann_file: str | os.PathLike, image_dir: Optional[str],
-                   output_dir: str | os.PathLike, *, gallery_size: int = 6,
+                   output_dir: str | os.PathLike, *, gallery_size: int = 6, gallery_score: float = 0.3,
                    iou_types: Sequence[str] = ("bbox", "segm")) -> Dict[str, Any]:
     """Analyse ``results_path`` against ``ann_file`` and write the module doc's files into
     ``output_dir``; returns the report written as ``analysis.json``. ``image_dir`` (the images of
-    ``ann_file``) is needed for the gallery only (``gallery_size`` images per IoU type; 0: none).
+    ``ann_file``) is needed for the gallery only (``gallery_size`` images per IoU type; 0: none;
+    detections scoring below ``gallery_score`` are counted but not drawn).
     ``segm`` is skipped, with a note in the report, when the results carry no masks."""
     if gallery_size < 0:
         raise ValueError(f"gallery_size (--gallery) must be >= 0, got {gallery_size}")
@@ -210,6 +218,7 @@ def write_analysis(results_path: str | os.PathLike, ann_file: str | os.PathLike,
     results = read_results(results_path, coco_gt)
     report: Dict[str, Any] = {"tool": _TOOL, "results": os.fspath(results_path), "ground_truth": os.fspath(ann_file),
                               "num_detections": len(results), "num_images": len(coco_gt.imgs), "iou_types": {},
+                              "gallery_score": gallery_score,
                               "skipped": {}}
     output_dir.mkdir(parents=True, exist_ok=True)
     for iou_type in iou_types:
@@ -220,7 +229,7 @@ def write_analysis(results_path: str | os.PathLike, ann_file: str | os.PathLike,
         coco = _coco_metrics(coco_gt, results, iou_type)
         pr_png = f"pr_{iou_type}.png"
         _plot_curves(coco["pr_curves_iou50"], coco["recall_points"], output_dir / pr_png,
-                     f"{iou_type}: precision-recall at IoU 0.5 per class and area range")
+                     f"{iou_type}: precision-recall at IoU 0.5")
         worst = sorted(analysis.per_image, key=lambda i: (-(analysis.per_image[i]["false_positives"]
                                                             + analysis.per_image[i]["missed"]), i))
         worst = [i for i in worst if analysis.per_image[i]["false_positives"] + analysis.per_image[i]["missed"] > 0]
@@ -229,7 +238,7 @@ def write_analysis(results_path: str | os.PathLike, ann_file: str | os.PathLike,
             (output_dir / "gallery").mkdir(exist_ok=True)
             for rank, image_id in enumerate(worst[:gallery_size]):
                 png = f"gallery/{iou_type}_{rank}_image{image_id}.png"
-                _draw_image(coco_gt, image_dir, image_id, results, analysis, output_dir / png)
+                _draw_image(coco_gt, image_dir, image_id, results, analysis, output_dir / png, gallery_score)
                 gallery.append({"image_id": image_id, "png": png, **analysis.per_image[image_id]})
         report["iou_types"][iou_type] = {
             "coco": {k: v for k, v in coco.items() if k != "recall_points"},

@@ -196,9 +196,11 @@ def test_report_files_and_gallery(tmp_path):
         assert (out / part["pr_curves_png"]).is_file()
         assert len(part["gallery"]) == 3
         first = part["gallery"][0]
-        assert first["false_positives"] + first["missed"] == 2  # images 4 and 6 have two errors each
+        assert (first["image_id"], first["false_positives"], first["missed"]) == (4, 1, 1)  # a 'both' and a miss
         drawn = np.asarray(Image.open(out / first["png"]))
-        assert drawn.shape == (SIDE, SIDE, 3)
+        assert drawn.shape == (SIDE * 10, SIDE * 10, 3)  # enlarged to about 512 px
+        colours = {tuple(c) for c in drawn.reshape(-1, 3)}
+        assert (230, 30, 30) in colours and (250, 210, 0) in colours  # the false positive and the miss
     markdown = (out / "analysis.md").read_text()
     assert "| localisation | 1 |" in markdown and "pr_segm.png" in markdown
     write_analysis(_results_file(tmp_path, DETECTIONS), gt, None, out)  # an earlier analysis may be replaced
