@@ -170,9 +170,9 @@ class MaskRCNNOnLiteBackbone:
             def forward(self, images, targets=None):
                 if self.training:
                     targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
-                    self.inner.transform = train_transform
+                    self.inner.transform = train_transform.train()
                     return self.inner(images, targets)
-                self.inner.transform = test_transform
+                self.inner.transform = test_transform.eval()  # swapped out in training: keep its flag right (it pastes the masks in eval)
                 outputs = self.inner(images)
                 for out in outputs:
                     out["labels"] = out["labels"] - 1
