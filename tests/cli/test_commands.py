@@ -112,7 +112,7 @@ def test_predict_writes_overlays_bases_and_json(shapes, trained, tmp_path, capsy
 
 def test_every_subcommand_has_help(capsys):
     assert [c.name for c in COMMANDS] == ["make-shapes", "train", "eval", "predict", "convert", "export-onnx", "ablate",
-                                        "demo"]
+                                        "analyze", "demo"]
     for command in COMMANDS:
         with pytest.raises(SystemExit) as exc:
             main([command.name, "--help"])
