@@ -47,9 +47,9 @@ def _source_indices(start: int, count: int, scale: float, limit: int) -> torch.T
 
 def resize_crop_pad(image: torch.Tensor, target: Dict[str, Any], resized: Tuple[int, int],
                     x0: int, y0: int, output_size: Tuple[int, int]) -> Sample:
-    """Resize ``image`` ``(3, H, W)`` and its target to ``resized = (h', w')``, then take the window
-    ``[x0, x0 + w) x [y0, y0 + h)`` of ``output_size = (h, w)``, zero-padded where it leaves the
-    resized image at the bottom/right.
+    """Resize ``image`` ``(3, H, W)`` (float in ``[0, 1]``, or uint8) and its target to
+    ``resized = (h', w')``, then take the window ``[x0, x0 + w) x [y0, y0 + h)`` of
+    ``output_size = (h, w)``, zero-padded where it leaves the resized image at the bottom/right.
 
     The image is resized bilinearly (antialiased when shrinking). Bitmask instances are sampled
     straight into the window (nearest pixel centre), polygons have their vertices scaled and clipped.
@@ -68,7 +68,9 @@ def resize_crop_pad(image: torch.Tensor, target: Dict[str, Any], resized: Tuple[
     win_h, win_w = min(out_h, new_h - y0), min(out_w, new_w - x0)  # the part of the window inside
     if (new_h, new_w) != (height, width):
         image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=new_h < height or new_w < width)[0].clamp_(0.0, 1.0)
+                              antialias=new_h < height or new_w < width)[0]
+        if image.is_floating_point():  # uint8 images (a training set's 8-bit files) saturate by themselves
+            image = image.clamp_(0.0, 1.0)
     out = image.new_zeros((image.shape[0], out_h, out_w))
     out[:, :win_h, :win_w] = image[:, y0:y0 + win_h, x0:x0 + win_w]
     target = dict(target)

@@ -160,8 +160,11 @@ class Task(ABC):
     # ---------------------------------------------------------------- prediction and export
 
     @abstractmethod
-    def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False):
-        """The task's predictor of a weights file (``score_threshold`` applies to instances)."""
+    def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False,
+                       tta_sizes: Optional[Sequence[int]] = None):
+        """The task's predictor of a weights file (``score_threshold`` applies to instances; with
+        ``tta_sizes`` not None, test-time augmentation at these sizes, empty: the default ones,
+        instances only)."""
 
     @abstractmethod
     def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *,
@@ -196,9 +199,21 @@ class InstanceTask(Task):
         ann_file, image_dir = self.resolve_split(data, split)
         transforms = build_train_transforms(train_input) if train_input is not None else None
         mask_format = train_input.mask_format if train_input is not None else "polygon"
+        if train_input is not None and train_input.copy_paste.prob > 0:
+            return self._copy_paste_dataset(ann_file, image_dir, train_input)
         # A training set's 8-bit images cross the loader's worker boundary as uint8.
         return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
                                    uint8_images=train_input is not None)
+
+    @staticmethod
+    def _copy_paste_dataset(ann_file, image_dir, train_input):
+        """The training set with Simple Copy-Paste (``input.copy_paste``): the un-augmented
+        dataset, wrapped so that each sample goes through the training transforms before the paste."""
+        from blendmask.data.copy_paste import CopyPasteDataset
+
+        raw = CocoInstanceDataset(ann_file, image_dir, mask_format=train_input.mask_format, uint8_images=True)
+        return CopyPasteDataset(raw, transforms=build_train_transforms(train_input), prob=train_input.copy_paste.prob,
+                                max_instances=train_input.copy_paste.max_instances)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
@@ -217,8 +232,8 @@ class InstanceTask(Task):
         segm = metrics["segm"]
         return f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} (goal: {self.demo.goal})"
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
-        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile)
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, tta_sizes=None):
+        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile, tta_sizes=tta_sizes)
 
     def predict_files(self, predictor, images, out_dir, *, show_bases=False):
         return predict_files(predictor, images, out_dir, show_bases=show_bases)
@@ -248,6 +263,8 @@ class PanopticTask(Task):
         return resolve_panoptic_split(data, split)
 
     def build_dataset(self, data, split, *, train_input=None):
+        if train_input is not None and train_input.copy_paste.prob > 0:
+            raise ValueError("input.copy_paste.prob > 0: copy-paste works on COCO instance data, not panoptic data")
         transforms = build_train_transforms(train_input) if train_input is not None else None
         return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms)
 
@@ -282,7 +299,9 @@ class PanopticTask(Task):
         return (f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, "
                 f"stuff {metrics['Stuff']['PQ']:.3f}) (goal: {self.demo.goal})")
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, tta_sizes=None):
+        if tta_sizes is not None:
+            raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
         return PanopticPredictor.from_weights(weights, compile=compile)
 
     def predict_files(self, predictor, images, out_dir, *, show_bases=False):
