@@ -75,6 +75,22 @@ def _add_num_workers(p: argparse.ArgumentParser) -> None:
                         "when training on a GPU, 0 on the CPU)")
 
 
+def _add_tta_options(p: argparse.ArgumentParser) -> None:
+    """``--tta [--tta-sizes N ...]``; :func:`_tta_sizes` reads them."""
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip and several test sizes, merged per instance "
+                        "(instance weights)")
+    p.add_argument("--tta-sizes", type=int, nargs="+", metavar="N",
+                   help="test sizes (short side) of --tta (default: 0.8x, 1x and 1.2x the model's test size)")
+
+
+def _tta_sizes(args) -> Optional[List[int]]:
+    """The ``tta_sizes`` of :func:`_add_tta_options`' options: None without ``--tta``, [] for the default sizes."""
+    if args.tta_sizes and not args.tta:
+        raise ValueError("--tta-sizes needs --tta")
+    return list(args.tta_sizes or ()) if args.tta else None
+
+
 def _add_panoptic(p: argparse.ArgumentParser, help: str) -> None:
     """``--panoptic``: ``args.task``, a key of :data:`blendmask.engine.tasks.TASKS`, is ``"panoptic"``
     instead of ``"instance"``."""
@@ -163,15 +179,18 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data set directory or COCO JSON (as for train)")
     p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
     p.add_argument("--output", help="where to write the results JSON and metrics (default: next to --weights)")
+    _add_tta_options(p)
     _add_compile(p)
 
 
 def _run_eval(args) -> int:
     from blendmask.engine import defaults
 
+    tta_sizes = _tta_sizes(args)
     output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
     check_output_location(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
-    report = defaults.evaluate(args.weights, args.data, split=args.split, output=output, compile=args.compile)
+    report = defaults.evaluate(args.weights, args.data, split=args.split, output=output, compile=args.compile,
+                               tta_sizes=tta_sizes)
     if report.compile_report is not None:
         print(report.compile_report)
     print(report.task.format_table(report.metrics))
@@ -189,16 +208,20 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
+    _add_tta_options(p)
     _add_compile(p)
 
 
 def _run_predict(args) -> int:
     from blendmask.engine import defaults
 
+    tta_sizes = _tta_sizes(args)
+    if args.tta and args.show_bases:
+        raise ValueError("--show-bases draws one pass's bases: not with --tta")
     check_distinct_stems(args.images)
     check_output_location(args.out, "--out", is_dir=True)
     report = defaults.predict(args.weights, args.images, args.out, score_threshold=args.score_threshold,
-                              show_bases=args.show_bases, compile=args.compile)
+                              show_bases=args.show_bases, compile=args.compile, tta_sizes=tta_sizes)
     for path in report.files.overlays + report.files.bases_figures:
         print(path)
     print(f"results: {report.files.results_json}")
@@ -314,6 +337,32 @@ def _run_ablate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- analyze
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", required=True, help="COCO results JSON (eval's, or another tool's)")
+    p.add_argument("--data", required=True, help="the ground truth: data set directory or COCO JSON (as for eval)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
+    p.add_argument("--output", help="output directory, new, empty or holding an earlier analysis "
+                                    "(default: analysis/ next to --results)")
+    p.add_argument("--gallery", type=int, default=6, help="images drawn per IoU type, those with the most false "
+                                                          "positives and misses (default 6; 0: none)")
+    p.add_argument("--gallery-score", type=float, default=0.3,
+                   help="detections drawn in the gallery score at least this (default 0.3; all are counted)")
+
+
+def _run_analyze(args) -> int:
+    from blendmask.engine import defaults
+
+    output = Path(args.output) if args.output else Path(args.results).resolve().parent / "analysis"
+    check_output_location(output, "--output" if args.output else "--output (default: next to --results)", is_dir=True)
+    report = defaults.analyze(args.results, args.data, output=output, split=args.split, gallery_size=args.gallery,
+                              gallery_score=args.gallery_score)
+    print(report.markdown_path.read_text())
+    print(f"report: {report.markdown_path} and {report.json_path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- registry and main
 
 class Command(NamedTuple):
@@ -334,6 +383,8 @@ COMMANDS: List[Command] = [
             _add_export_onnx, _run_export_onnx),
     Command("ablate", "rerun one of the paper's ablation tables (a grid of short runs, COCOeval, table + plot)",
             _add_ablate, _run_ablate),
+    Command("analyze", "error analysis of a COCO results file: the AP each error type costs (TIDE), per-class AP, "
+                       "PR curves, a gallery of the worst images", _add_analyze, _run_analyze),
     Command("demo", "the README's main job: data, CPU training, evaluation and predictions", _add_demo, _run_demo),
 ]
 

@@ -8,6 +8,7 @@ Each function does one command's work and returns what it produced, for the comm
 - :func:`evaluate` -> :class:`EvalReport`: the metrics of a weights file on a data split;
 - :func:`predict` -> :class:`PredictReport`: overlays and a results JSON for image files;
 - :func:`export_model`: the ONNX graph of a config (and weights);
+- :func:`analyze` -> :class:`AnalysisReport`: the error analysis of a COCO results file;
 - :func:`demo` -> :class:`DemoReport`: synthetic data, training, evaluation and predictions;
 - :func:`load_dataset` and :func:`val_source`: the data sets the runs read.
 
@@ -49,8 +50,9 @@ from .tasks import INSTANCE, Task, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
 
 __all__ = [
-    "Announce", "TrainReport", "EvalReport", "PredictReport", "DemoReport",
-    "load_dataset", "val_source", "train", "evaluate", "predict", "export_model", "demo", "prepare_demo_output",
+    "Announce", "TrainReport", "EvalReport", "PredictReport", "DemoReport", "AnalysisReport",
+    "load_dataset", "val_source", "train", "evaluate", "predict", "export_model", "analyze", "demo",
+    "prepare_demo_output",
     "FAST_DATA", "FAST_OVERRIDES", "DEMO_PREDICT_IMAGES", "DEMO_MARKER",
 ]
 
@@ -187,22 +189,36 @@ class EvalReport:
 
 
 def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val",
-             compile: bool = False) -> EvalReport:
+             compile: bool = False, tta_sizes: Optional[Sequence[int]] = None) -> EvalReport:
     """Evaluate the model of a weights file on ``split`` of ``data`` with its task's metrics (COCO
     AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` into ``output``.
 
-    ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile)."""
+    ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
+    ``tta_sizes`` (not None; instance weights only): test-time augmentation
+    (:class:`~blendmask.models.tta.TestTimeAugmentation`) at these test sizes, empty: the default ones."""
     model, cfg = load_model_from_weights(weights)
-    model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
     task = task_of_config(cfg)
+    if tta_sizes is not None and task is not INSTANCE:
+        raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
+    model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
     dataset = load_dataset(data, split, task=task)
     task.check_dataset(cfg, dataset, weights=weights, data=data)
     output = Path(output)
-    metrics = task.evaluate(model, dataset, output_dir=output)
+    metrics = task.evaluate(_with_tta(model, cfg, tta_sizes), dataset, output_dir=output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
                       metrics_path=output / "metrics.json", compile_report=compile_report(model) if compile else None)
+
+
+def _with_tta(model: torch.nn.Module, cfg: BlendMaskConfig, tta_sizes: Optional[Sequence[int]]) -> torch.nn.Module:
+    """``model``, or with ``tta_sizes`` (not None) ``model`` under test-time augmentation at those
+    sizes (empty: :func:`~blendmask.models.tta.default_test_sizes` of the config's test size)."""
+    if tta_sizes is None:
+        return model
+    from blendmask.models.tta import TestTimeAugmentation, default_test_sizes
+
+    return TestTimeAugmentation(model, sizes=tta_sizes or default_test_sizes(cfg.input.min_size_test))
 
 
 # --------------------------------------------------------------------------- predict and export
@@ -218,14 +234,19 @@ class PredictReport:
 
 
 def predict(weights: PathLike, images: Sequence[PathLike], output: PathLike, *, score_threshold: float = 0.3,
-            show_bases: bool = False, compile: bool = False) -> PredictReport:
+            show_bases: bool = False, compile: bool = False,
+            tta_sizes: Optional[Sequence[int]] = None) -> PredictReport:
     """Predict image files with the model of a weights file, as its task does: overlays and a
     results JSON in ``output`` (instances: detections scoring at least ``score_threshold``, and
-    with ``show_bases`` the bases and attentions; panoptic: segment maps)."""
+    with ``show_bases`` the bases and attentions; panoptic: segment maps). ``tta_sizes`` (not
+    None; instances only, not with ``show_bases``): test-time augmentation as for :func:`evaluate`."""
+    if tta_sizes is not None and show_bases:
+        raise ValueError("--show-bases draws one pass's bases: not with --tta")
     task = task_of_weights(weights)
-    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile)
+    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile, tta_sizes=tta_sizes)
     files = task.predict_files(predictor, images, output, show_bases=show_bases)
-    return PredictReport(task=task, files=files, compile_report=compile_report(predictor.model) if compile else None)
+    compiled = predictor.model.model if tta_sizes is not None else predictor.model  # TTA wraps the compiled model
+    return PredictReport(task=task, files=files, compile_report=compile_report(compiled) if compile else None)
 
 
 def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike] = None,
@@ -235,6 +256,34 @@ def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathL
     from blendmask.deploy import DEFAULT_OPSET  # deferred: the export's own dependencies load with it
 
     return task_of_config(cfg).export_onnx(cfg, out, weights=weights, opset=DEFAULT_OPSET if opset is None else opset)
+
+
+# --------------------------------------------------------------------------- analyze
+
+@dataclass
+class AnalysisReport:
+    """What :func:`analyze` produced: the report (as written to ``analysis.json``) and the paths of
+    ``analysis.md`` and ``analysis.json``."""
+
+    report: Dict[str, Any]
+    markdown_path: Path
+    json_path: Path
+
+
+def analyze(results: PathLike, data: PathLike, *, output: PathLike, split: str = "val", gallery_size: int = 6,
+            gallery_score: float = 0.3) -> AnalysisReport:
+    """The error analysis of a COCO results file against ``split`` of the instance data ``data``
+    (:func:`blendmask.evaluation.analysis_report.write_analysis`): TIDE-style error costs,
+    per-class AP, PR curves and a gallery of ``gallery_size`` worst images per IoU type (drawing
+    detections scoring at least ``gallery_score``), written into ``output``, which must be new,
+    empty or hold an earlier analysis."""
+    from blendmask.evaluation.analysis_report import ANALYSIS_JSON, ANALYSIS_MARKDOWN, write_analysis
+
+    ann_file, image_dir = INSTANCE.resolve_split(data, split)
+    report = write_analysis(results, ann_file, image_dir, output, gallery_size=gallery_size,
+                            gallery_score=gallery_score)
+    return AnalysisReport(report=report, markdown_path=Path(output) / ANALYSIS_MARKDOWN,
+                          json_path=Path(output) / ANALYSIS_JSON)
 
 
 # --------------------------------------------------------------------------- demo
