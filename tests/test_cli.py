@@ -129,8 +129,8 @@ def test_predict_writes_overlays_bases_and_json(shapes, trained, tmp_path, capsy
 
 
 def test_every_subcommand_has_help(capsys):
-    assert [c.name for c in COMMANDS] == ["make-shapes", "train", "eval", "predict", "convert", "export-onnx", "ablate",
-                                        "demo"]
+    assert [c.name for c in COMMANDS] == ["make-shapes", "slice-data", "train", "eval", "predict", "convert",
+                                        "export-onnx", "ablate", "demo"]
     for command in COMMANDS:
         with pytest.raises(SystemExit) as exc:
             main([command.name, "--help"])
