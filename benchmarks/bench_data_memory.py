@@ -98,7 +98,7 @@ def child(spec: Dict) -> Dict:
 
     torch.set_num_threads(1)
     from blendmask.data import CocoInstanceDataset, RandomHorizontalFlip
-    from blendmask.models.basis import semantic_targets_from_instances
+    from blendmask.models.bottom import semantic_targets_from_instances
     from blendmask.models.mask_ops import crop_and_resize_masks
     from blendmask.models.transform import ImageTransform
 

@@ -265,7 +265,7 @@ def _timed_evaluation(weights: Path, dataset, output_dir: Path) -> Dict[str, Any
     """COCO metrics of ``weights`` on ``dataset`` plus the mean blender and forward time per image (ms)."""
     import torch
 
-    from blendmask.engine import load_model_from_weights
+    from blendmask.models import load_model_from_weights
     from blendmask.evaluation import evaluate_model
 
     model, _ = load_model_from_weights(weights)

@@ -27,6 +27,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from blendmask.blend_modes import BottomInterp, Merge, Normalize, TopInterp
 from blendmask.errors import InputTypeError
 
 
@@ -88,12 +89,12 @@ class BasisConfig:
 class BlenderConfig:
     attn_size: int = 14  # M
     bottom_resolution: int = 56  # R
-    top_interp: str = "bilinear"  # "bilinear" | "nearest"
-    normalize: str = "softmax"  # "softmax" | "sigmoid" (K = 1 needs "sigmoid", paper Table 3)
-    bottom_interp: str = "bilinear"  # "bilinear" (RoIAlign) | "nearest" (RoIPool-style, Table 6)
-    # "blender" (learned attentions) | "assembler" (paper Table 1's FCIS analogue: fixed one-hot
-    # attentions, region (i, j) of the M x M grid takes base i*M + j; needs K = M*M, nearest top)
-    merge: str = "blender"
+    top_interp: TopInterp = "bilinear"
+    normalize: Normalize = "softmax"  # K = 1 needs "sigmoid" (paper Table 3)
+    bottom_interp: BottomInterp = "bilinear"  # "nearest" is RoIPool-style (Table 6)
+    # "assembler" is paper Table 1's FCIS analogue: fixed one-hot attentions, region (i, j) of
+    # the M x M grid takes base i*M + j; needs K = M*M and a nearest top
+    merge: Merge = "blender"
     sampling_ratio: int = 1
     aligned: bool = True
 
@@ -211,7 +212,8 @@ class BlendMaskConfig:
         return _from_dict(cls, data, prefix="")
 
 
-# Allowed values of the enumerated fields, checked by from_dict/get_config.
+# Allowed values of the enumerated fields, checked by from_dict/get_config (fields typed as a
+# ``Literal`` take their values from the type).
 _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.backbone.name": ("resnet50", "resnet101", "dla34", "mobilenet_v2"),
     "model.backbone.layout": ("msra", "torchvision"),
@@ -222,12 +224,8 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "input.crop_type": ("relative_range", "relative"),
     "input.mask_format": ("polygon", "bitmask"),
     "input.intensity": ("range", "percentile", "window"),
-    "model.blender.top_interp": ("bilinear", "nearest"),
     "model.panoptic.norm": ("GN", "none"),
-    "model.blender.normalize": ("softmax", "sigmoid"),
     "model.basis.module": ("protonet", "deeplabv3plus"),
-    "model.blender.bottom_interp": ("bilinear", "nearest"),
-    "model.blender.merge": ("blender", "assembler"),
     "dataloader.sampler": ("training", "repeat_factor"),
 }
 
@@ -265,8 +263,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise InputTypeError(f"config key {key!r} must be a list/tuple of {item_kind.__name__}, "
                             f"got {type(value).__name__} ({value!r})")
         return tuple(_coerce_scalar(item_kind, v, f"{key}[{i}]") for i, v in enumerate(value))
-    value = _coerce_scalar(hint, value, key)
-    choices = _CHOICES.get(key)
+    literal_values = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+    value = _coerce_scalar(type(literal_values[0]) if literal_values else hint, value, key)
+    choices = literal_values or _CHOICES.get(key)
     if choices is not None and value not in choices:
         raise ValueError(f"config key {key!r} must be one of {list(choices)}, got {value!r}")
     return value
@@ -437,7 +436,7 @@ _PRESETS.update({
         "input.min_size_train": (640, 864), "input.max_size_train": 1333,
         "solver.steps": (280000, 360000), "solver.max_iter": 400000,
     },
-    # Ours: the lite preset with P2 and a light semantic head; the fusion at the issue's defaults
+    # Ours: the lite preset with P2 and a light semantic head; the fusion at the dataclass defaults
     # (score 0.2, overlap 0.4) with the stuff area limit scaled to ~256 px images.
     "lite_mobilenet_v2_panoptic": {
         **_PRESETS["lite_mobilenet_v2"],

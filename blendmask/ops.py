@@ -19,7 +19,7 @@ the extension is missing, and the ONNX export path.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Callable, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +27,19 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from blendmask import _extension
+from blendmask.blend_modes import (
+    BOTTOM_INTERP_MODES,
+    NORMALIZE_MODES,
+    TOP_INTERP_MODES,
+    BottomInterp,
+    Normalize,
+    TopInterp,
+)
 
-__all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES", "NORMALIZE_MODES", "BOTTOM_INTERP_MODES"]
+__all__ = ["blend", "blend_reference", "Blender", "TOP_INTERP_MODES", "NORMALIZE_MODES", "BOTTOM_INTERP_MODES",
+           "TopInterp", "Normalize", "BottomInterp"]
 
 RoIs = Union[Tensor, List[Tensor]]
-TOP_INTERP_MODES = ("bilinear", "nearest")
-NORMALIZE_MODES = ("softmax", "sigmoid")
-BOTTOM_INTERP_MODES = ("bilinear", "nearest")
 
 
 def _rois_to_tensor(rois: RoIs) -> Tensor:
@@ -148,9 +154,9 @@ def blend_reference(
     spatial_scale: float = 0.25,
     sampling_ratio: int = 1,
     aligned: bool = True,
-    top_interp: str = "bilinear",
-    normalize: str = "softmax",
-    bottom_interp: str = "bilinear",
+    top_interp: TopInterp = "bilinear",
+    normalize: Normalize = "softmax",
+    bottom_interp: BottomInterp = "bilinear",
 ) -> Tensor:
     """Unfused blender: crop, upsample, softmax over K (or sigmoids), weighted sum.
 
@@ -194,9 +200,9 @@ def blend(
     spatial_scale: float = 0.25,
     sampling_ratio: int = 1,
     aligned: bool = True,
-    top_interp: str = "bilinear",
-    normalize: str = "softmax",
-    bottom_interp: str = "bilinear",
+    top_interp: TopInterp = "bilinear",
+    normalize: Normalize = "softmax",
+    bottom_interp: BottomInterp = "bilinear",
 ) -> Tensor:
     """Fused blender: RoIAlign crop of the bases, attention upsample, softmax over K, blend.
 
@@ -254,15 +260,15 @@ def blend(
 
 
 class Blender(nn.Module):
-    """Holds the blender configuration and forwards to :func:`blend`.
+    """Holds the blender's settings and modes, and blends with them.
 
-    Keyword-only arguments are those of :func:`blend`. ``forward(bases (N, K, Hb, Wb),
-    attns (D, K, M, M), rois (D, 5) or list of (Di, 4)) -> (D, R, R)``.
+    Keyword-only arguments are those of :func:`blend`; the modes are checked here, against
+    :mod:`blendmask.blend_modes`. No parameters or buffers (nothing in a state dict).
     """
 
     def __init__(
-        self, *, output_size=56, spatial_scale=0.25, sampling_ratio=1, aligned=True, top_interp="bilinear",
-        normalize="softmax", bottom_interp="bilinear",
+        self, *, output_size: int = 56, spatial_scale: float = 0.25, sampling_ratio: int = 1, aligned: bool = True,
+        top_interp: TopInterp = "bilinear", normalize: Normalize = "softmax", bottom_interp: BottomInterp = "bilinear",
     ):
         super().__init__()
         if top_interp not in TOP_INTERP_MODES:
@@ -279,8 +285,11 @@ class Blender(nn.Module):
         self.normalize = normalize
         self.bottom_interp = bottom_interp
 
-    def forward(self, bases: Tensor, attns: Tensor, rois: RoIs) -> Tensor:
-        return blend(
+    def forward(self, bases: Tensor, attns: Tensor, rois: RoIs, *, function: Callable[..., Tensor] = blend) -> Tensor:
+        """``(D, R, R)`` blend of bases ``(N, K, Hb, Wb)``, attentions ``(D, K, M, M)`` and rois
+        ``(D, 5)`` or a list of ``(Di, 4)``, by ``function``: :func:`blend` (the fused op) or
+        :func:`blend_reference` (standard ops, for the ONNX export)."""
+        return function(
             bases, attns, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.top_interp,
             self.normalize, self.bottom_interp,
         )

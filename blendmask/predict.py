@@ -14,7 +14,7 @@ from torch import nn
 
 from blendmask.data.images import ImageReading, decode_image, read_image
 from blendmask.models.blendmask import MASK_FORMATS
-from blendmask.models.inference import inference_model_of
+from blendmask.models.inference_path import inference_model_of
 from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
 from blendmask.tiling.sliced import DEFAULT_OVERLAP, resolve_tile, sliced_predict
 
@@ -61,7 +61,7 @@ class Predictor:
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``; images
         are read by the config's ``input`` rules, with ``max_image_pixels`` replacing its limit."""
-        from blendmask.engine.checkpoint import load_model_from_weights
+        from blendmask.models import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)

@@ -37,7 +37,7 @@ class PanopticPredictor:
     def __init__(self, *, model: torch.nn.Module, class_names: Sequence[str], stuff_names: Sequence[str],
                  device: Union[str, torch.device] = "cpu", compile: bool = False,
                  reading: ImageReading = ImageReading()):
-        from blendmask.models.inference import inference_model_of
+        from blendmask.models.inference_path import inference_model_of
 
         # batch norms folded in a copy (and with ``compile`` backbone and head compiled)
         self.model = inference_model_of(model.to(device).eval(), compile=compile)
@@ -51,7 +51,8 @@ class PanopticPredictor:
         """The model of a weights file written by ``blendmask train`` on panoptic data (names from the file,
         else ``class_<i>`` / ``stuff_<i>``); images are read by the config's ``input`` rules, with
         ``max_image_pixels`` replacing its limit."""
-        from blendmask.engine.checkpoint import load_checkpoint, load_model_from_weights
+        from blendmask.models import load_model_from_weights
+        from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
         if not cfg.model.panoptic.enabled:

@@ -57,7 +57,7 @@ bool holds(const c10::SymBool& cond) {
   return cond.expect_true(__FILE__, __LINE__);
 }
 
-/// Narrows ``value`` to int after checking it fits (issue: integers that wrap).
+/// Narrows ``value`` to int after checking it fits, so that an integer beyond 32 bits is refused, not wrapped.
 int checked_int(int64_t value, const char* what) {
   TORCH_CHECK_VALUE(
       value >= 0 && value <= std::numeric_limits<int>::max(), "blend: ", what, " must be in [0, ",

@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -34,3 +35,10 @@ def pytest_sessionstart(session):
             raise RuntimeError(
                 "BLENDMASK_REQUIRE_CUDA=1 but no GPU is visible or blendmask._C has no CUDA kernels "
                 f"(cuda available: {torch.cuda.is_available()}, load error: {_extension.load_error()})")
+
+
+@pytest.fixture(autouse=True)
+def _records_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test keeps the COCO records cache (``$BLENDMASK_CACHE``) in a temporary directory,
+    never in the user's cache directory; child processes inherit it through the environment."""
+    monkeypatch.setenv("BLENDMASK_CACHE", str(tmp_path_factory.mktemp("records-cache")))

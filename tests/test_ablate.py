@@ -9,15 +9,15 @@ import pytest
 from blendmask import ablate
 from blendmask.ablate import GRIDS, Grid, GridRow, load_grid, run_grid, write_plot, write_table
 from blendmask.cli import main
+from tests.helpers.cli import IMAGE_SIDE
 
-TINY = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     from blendmask.data import make_shapes
 
-    return make_shapes(tmp_path_factory.mktemp("shapes"), train=4, val=2, size=TINY, seed=3)
+    return make_shapes(tmp_path_factory.mktemp("shapes"), train=4, val=2, size=IMAGE_SIDE, seed=3)
 
 
 def _grid_file(tmp_path: Path, rows) -> Path:
@@ -32,7 +32,7 @@ TINY_ROWS = [
                                                      "model.blender.attn_size": 2}},
 ]
 # a threshold of 0 keeps detections after 1-2 iterations, so the blender runs (and is timed)
-TINY_SET = {"model.blender.bottom_resolution": 14, "solver.ims_per_batch": 2, "model.fcos.inference_th": 0.0,
+TINY_RUN_OVERRIDES = {"model.blender.bottom_resolution": 14, "solver.ims_per_batch": 2, "model.fcos.inference_th": 0.0,
             "model.fcos.post_nms_topk": 5}
 
 
@@ -137,7 +137,7 @@ def test_table_is_laid_out_like_the_paper(tmp_path):
 def test_tiny_grid_runs_resumes_and_refuses_other_settings(tiny_set, tmp_path, monkeypatch):
     grid = load_grid(str(_grid_file(tmp_path, TINY_ROWS)))
     out = tmp_path / "out"
-    records = run_grid(grid, str(tiny_set), out, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
+    records = run_grid(grid, str(tiny_set), out, iters=2, size=IMAGE_SIDE, extra_overrides=TINY_RUN_OVERRIDES, progress=False)
     assert [r["label"] for r in records] == ["M1", "K1-sigmoid"]
     for row, record in zip(grid.rows, records):
         assert (out / row.label / "result.json").is_file()
@@ -155,10 +155,10 @@ def test_tiny_grid_runs_resumes_and_refuses_other_settings(tiny_set, tmp_path, m
         raise AssertionError(f"{task['label']} was retrained")
 
     monkeypatch.setattr(ablate, "run_configuration", no_training)
-    again = run_grid(grid, str(tiny_set), out, iters=2, size=TINY, extra_overrides=TINY_SET, progress=False)
+    again = run_grid(grid, str(tiny_set), out, iters=2, size=IMAGE_SIDE, extra_overrides=TINY_RUN_OVERRIDES, progress=False)
     assert json.dumps(again) == json.dumps(records)  # (NaN metrics: compare the JSON text)
     with pytest.raises(FileExistsError, match="other settings"):
-        run_grid(grid, str(tiny_set), out, iters=3, size=TINY, extra_overrides=TINY_SET, progress=False)
+        run_grid(grid, str(tiny_set), out, iters=3, size=IMAGE_SIDE, extra_overrides=TINY_RUN_OVERRIDES, progress=False)
 
 
 def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_pa
 
     monkeypatch.setattr(ablate, "run_configuration", first_only)
     with pytest.raises(KeyboardInterrupt):
-        run_grid(grid, str(tiny_set), out, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
+        run_grid(grid, str(tiny_set), out, iters=1, size=IMAGE_SIDE, extra_overrides=TINY_RUN_OVERRIDES, progress=False)
     assert trained == ["M1"] and not (out / "table.md").exists()
 
     def second_only(task):
@@ -184,18 +184,18 @@ def test_interrupted_grid_trains_only_the_missing_configuration(tiny_set, tmp_pa
         return real(task)
 
     monkeypatch.setattr(ablate, "run_configuration", second_only)
-    run_grid(grid, str(tiny_set), out, iters=1, size=TINY, extra_overrides=TINY_SET, progress=False)
+    run_grid(grid, str(tiny_set), out, iters=1, size=IMAGE_SIDE, extra_overrides=TINY_RUN_OVERRIDES, progress=False)
     assert trained == ["M1", "K1-sigmoid"] and (out / "table.md").is_file()
 
 
 def test_one_image_data_set_runs_through_the_cli(tmp_path, capsys):
     from blendmask.data import make_shapes
 
-    data = make_shapes(tmp_path / "one", train=1, val=0, size=TINY, seed=5)
+    data = make_shapes(tmp_path / "one", train=1, val=0, size=IMAGE_SIDE, seed=5)
     grid = _grid_file(tmp_path, TINY_ROWS[:1])
     out = tmp_path / "ablate"
     code = main(["ablate", "--data", str(data / "annotations" / "instances_train.json"), "--grid", str(grid),
-                 "--iters", "1", "--size", str(TINY), "--output", str(out), "--set",
+                 "--iters", "1", "--size", str(IMAGE_SIDE), "--output", str(out), "--set",
                  "model.blender.bottom_resolution=14", "solver.ims_per_batch=1", "model.fcos.inference_th=0.0",
                  "model.fcos.post_nms_topk=5"])
     assert code == 0
@@ -223,4 +223,4 @@ def test_a_configuration_the_model_cannot_build_fails_before_any_training(tiny_s
 
     monkeypatch.setattr(ablate, "run_configuration", no_training)
     with pytest.raises(ValueError, match="no level 'p2'"):
-        run_grid(grid, str(tiny_set), tmp_path / "out", iters=1, size=TINY, progress=False)
+        run_grid(grid, str(tiny_set), tmp_path / "out", iters=1, size=IMAGE_SIDE, progress=False)

@@ -10,7 +10,7 @@ from blendmask.convert import (ConversionError, convert_checkpoint, convert_stat
                                match_state_dict)
 from blendmask.models import build_model, load_weights
 
-from _convert_utils import adelaidet_state_dict
+from tests.helpers.adelaidet_weights import adelaidet_state_dict
 
 SHARED_TOWER = dict(top_levels=1, num_cls_convs=0, num_box_convs=0, num_share_convs=3, basis_num_convs=2)
 

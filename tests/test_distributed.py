@@ -3,7 +3,6 @@ CPU SyncBN matches BatchNorm over the whole batch, and resuming (every rank its 
 schedule) gives the weights of uninterrupted training. SyncBN conversion needs a process group."""
 import os
 import socket
-import sys
 
 import pytest
 import torch
@@ -22,11 +21,10 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    sys.path.insert(0, os.path.dirname(__file__))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from tests.helpers.engine_standins import TinyDetector, TinyShapes, tiny_cfg
     from blendmask.engine import Trainer
     from blendmask.distributed import destroy_distributed, init_distributed
 
@@ -64,11 +62,10 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
     """Uninterrupted: 8 iterations with steps=(6,). Interrupted: the old schedule steps=(20,), stopped
     after the checkpoint at 4, then resumed with steps=(6,) to 8. The model has dropout and the ranks
     have different RNG streams, so the result depends on every rank restoring its own RNG state."""
-    sys.path.insert(0, os.path.dirname(__file__))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from tests.helpers.engine_standins import TinyDetector, TinyShapes, tiny_cfg
     from blendmask.engine import HookBase, Trainer
     from blendmask.distributed import destroy_distributed, init_distributed
 
@@ -99,7 +96,7 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_resume_on_two_gloo_ranks_with_a_changed_schedule_matches_uninterrupted_training(tmp_path):
-    from _engine_utils import TinyDetector, TinyShapes, tiny_cfg
+    from tests.helpers.engine_standins import TinyDetector, TinyShapes, tiny_cfg
     from blendmask.engine import Trainer, load_checkpoint
 
     mp.spawn(_resume_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)

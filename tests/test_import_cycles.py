@@ -1,7 +1,8 @@
-"""No import cycle inside ``blendmask``.
+"""No import cycle inside ``blendmask``, of any kind.
 
-The check reads every module's *module-level* imports with :mod:`ast` (imports inside
-functions are deliberate deferrals and do not count). Importing ``a.b.c`` runs the ``__init__`` of
+The check reads every import statement of every module with :mod:`ast`, wherever it stands:
+at module level, inside a function (a deferred import still ties the two modules together),
+and under ``if TYPE_CHECKING:`` (a type that names the importer is a cycle too). Importing ``a.b.c`` runs the ``__init__`` of
 ``a`` and ``a.b`` first, so an import of a module also depends on those packages, except the
 packages that enclose the importing module (they are already being initialised when it runs).
 ``from pkg import name`` depends on ``pkg.name`` when that is a module, else on ``pkg`` itself.
@@ -9,7 +10,6 @@ packages that enclose the importing module (they are already being initialised w
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +17,8 @@ from typing import Dict, List, Set
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO, subprocess_env
+
 PACKAGE = REPO / "blendmask"
 
 
@@ -32,24 +33,9 @@ def _all_modules() -> Dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _module_level_imports(tree: ast.Module):
-    """Import nodes executed when the module is imported (not in functions or TYPE_CHECKING)."""
-    todo: List[ast.stmt] = list(tree.body)
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif isinstance(node, ast.If):
-            todo.extend(node.orelse if _is_type_checking(node.test) else node.body + node.orelse)
-        elif isinstance(node, ast.Try):
-            todo.extend(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
-        elif isinstance(node, (ast.With, ast.ClassDef)):
-            todo.extend(node.body)
+def _all_imports(tree: ast.Module):
+    """Every import node of the module: module level, in functions and classes, under TYPE_CHECKING."""
+    return (node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
 
 
 def _dependencies(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
@@ -57,7 +43,7 @@ def _dependencies(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
     package = name if is_package else name.rpartition(".")[0]
     enclosing = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)} - {name}
     targets: Set[str] = set()
-    for node in _module_level_imports(ast.parse(path.read_text(), str(path))):
+    for node in _all_imports(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
             continue
@@ -105,20 +91,38 @@ def _find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
     return []
 
 
+def _graph_of(tmp_path: Path) -> Dict[str, Set[str]]:
+    modules = {_module_name_in(tmp_path, p): p for p in sorted((tmp_path / "pkg").rglob("*.py"))}
+    return {name: _dependencies(name, path, modules) for name, path in modules.items()}
+
+
 def test_the_cycle_finder_sees_a_cycle_through_a_package_init(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("from .a import A\n")
-    (pkg / "sub" / "a.py").write_text("def f():\n    import pkg.b\n\nA = 1\n")  # deferred: no edge
+    (pkg / "sub" / "a.py").write_text("A = 1\n")
     (pkg / "b.py").write_text("from pkg.sub.a import A\n")
-    modules = {_module_name_in(tmp_path, p): p for p in sorted(pkg.rglob("*.py"))}
-    graph = {name: _dependencies(name, path, modules) for name, path in modules.items()}
+    graph = _graph_of(tmp_path)
     assert graph["pkg.b"] == {"pkg.sub", "pkg.sub.a"} and graph["pkg.sub.a"] == set()
     assert _find_cycle(graph) == []
     (pkg / "sub" / "a.py").write_text("from pkg import b\n\nA = 1\n")
-    graph = {name: _dependencies(name, path, modules) for name, path in modules.items()}
-    assert _find_cycle(graph) == ["pkg.b", "pkg.sub", "pkg.sub.a", "pkg.b"]
+    assert _find_cycle(_graph_of(tmp_path)) == ["pkg.b", "pkg.sub", "pkg.sub.a", "pkg.b"]
+
+
+@pytest.mark.parametrize("importer", [
+    "def f():\n    import pkg.b\n",  # deferred into a function
+    "class C:\n    def f(self):\n        from . import b\n",  # in a method, relative
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n",  # for type hints only
+    "import typing\nif typing.TYPE_CHECKING:  # pragma: no cover\n    from .b import B\nelse:\n    B = None\n",
+])
+def test_the_cycle_finder_sees_deferred_and_type_checking_imports(tmp_path, importer):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(importer)
+    (pkg / "b.py").write_text("from pkg.a import f\n\nB = 1\n")
+    assert _find_cycle(_graph_of(tmp_path)) == ["pkg.a", "pkg.b", "pkg.a"]
 
 
 def _module_name_in(root: Path, path: Path) -> str:
@@ -141,7 +145,7 @@ def test_each_package_imports_first_in_a_fresh_process(first):
     code = (f"import sys, {first}\n"
             "from blendmask.distributed import dist_rank_and_world_size, reduce_mean\n"
             "print(sorted(m for m in ('blendmask.models', 'blendmask.data') if m in sys.modules))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     if first in ("blendmask.distributed", "blendmask.engine"):

@@ -13,11 +13,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from blendmask.data import CocoInstanceDataset, Compose, RandomHorizontalFlip
 from blendmask.data.transforms import RandomInstanceCrop
 from blendmask.models import blendmask_mobilenet_v2_fpn
-from blendmask.models.basis import semantic_targets_from_instances
+from blendmask.models.bottom import semantic_targets_from_instances
 from blendmask.models.mask_ops import crop_and_resize_masks
 from blendmask.polygons import PolygonMasks, clip_polygon
 
-from _data_utils import write_coco
+from tests.helpers.coco_files import write_coco
 
 
 def _square(x0, y0, x1, y1):
@@ -298,10 +298,10 @@ def _build_targets_and_watch(tmp_path, monkeypatch, mask_format):
         image, target = dataset[0]
         batch, (resized,) = model.transform([image], [target])
         h, w = batch.image_sizes[0]
-        targets = crop_and_resize_masks(resized["masks"], resized["boxes"], model.bottom_resolution)
+        targets = crop_and_resize_masks(resized["masks"], resized["boxes"], model.blender.output_size)
         semantic = semantic_targets_from_instances([resized["masks"]], [resized["labels"]],
                                                    (batch.tensors.shape[-2] // 8, batch.tensors.shape[-1] // 8), 8)
-    assert targets.shape == (len(resized["labels"]), model.bottom_resolution, model.bottom_resolution)
+    assert targets.shape == (len(resized["labels"]), model.blender.output_size, model.blender.output_size)
     assert semantic.max() <= 2 and semantic.max() >= 1
     return len(resized["labels"]), (h, w), watch.largest, decoded[0]
 

@@ -19,6 +19,8 @@ from blendmask.serialization import (
     load_torch_file,
     read_state_dict,
 )
+from tests.helpers.cli import error_line
+from tests.helpers.paths import subprocess_env
 
 
 class _Payload:
@@ -136,8 +138,7 @@ ENTRY_CASES = ["random", "truncated", "damaged_tensor", "refused"]
 def test_api_entry_points_give_the_same_clear_errors(bad_files, case):
     from blendmask.config import get_config
     from blendmask.deploy import export_onnx
-    from blendmask.engine import load_model_from_weights
-    from blendmask.models import blendmask_mobilenet_v2_fpn
+    from blendmask.models import blendmask_mobilenet_v2_fpn, load_model_from_weights
     from blendmask.models.backbone import build_backbone
 
     path, pattern = bad_files[case]
@@ -162,14 +163,6 @@ def tiny_shapes(tmp_path_factory):
     return out
 
 
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.mark.parametrize("case", ENTRY_CASES)
 def test_cli_flags_give_one_line_errors(bad_files, tiny_shapes, tmp_path, case, capsys):
     path, pattern = bad_files[case]
@@ -183,14 +176,14 @@ def test_cli_flags_give_one_line_errors(bad_files, tiny_shapes, tmp_path, case, 
     }
     for what, argv in commands.items():
         assert main(argv) == 1, argv
-        line = _one_error_line(capsys)
+        line = error_line(capsys)
         assert f"{what} {path}" in line, line
         if case == "refused":
             assert "weights_only=True" in line, line
     for argv in (["predict", str(image), "--weights", str(path), "--out", str(tmp_path / "pred")],
                  ["eval", "--weights", str(path), "--data", str(tiny_shapes), "--output", str(tmp_path / "ev")]):
         assert main(argv) == 1, argv
-        assert str(path) in _one_error_line(capsys)
+        assert str(path) in error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a failed command left files behind"
 
 
@@ -243,7 +236,7 @@ def test_models_do_not_import_the_engine():
     code = ("import sys, blendmask.models, blendmask.models.backbone, blendmask.convert, blendmask.serialization; "
             "print(sorted(m for m in sys.modules if m.startswith('blendmask.engine')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                         env=subprocess_env())
     assert out.stdout.strip() == "[]", out.stdout
 
 

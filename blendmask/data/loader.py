@@ -20,7 +20,6 @@ uint8 images (``CocoInstanceDataset(uint8_images=True)``) into float32 on the de
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import random
@@ -32,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import dist_rank_and_world_size
 from .images import uint8_to_unit_float
+from .repeat_factor import RepeatFactorTrainingSampler, repeat_factors
+from .seeds import derive_seed
 
 __all__ = [
     "collate",
@@ -80,12 +81,6 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any]]]) -> Tuple[List[
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
     return images, targets
-
-
-def derive_seed(seed: int, stream: str, n: int) -> int:
-    """A 63-bit seed that is a pure function of ``(seed, stream, n)``."""
-    digest = hashlib.blake2b(f"{seed}:{stream}:{n}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class TrainingSampler(Sampler[Tuple[int, int]]):
@@ -198,7 +193,6 @@ def build_train_loader(
     rank, world_size = dist_rank_and_world_size(distributed)
     place = dict(seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size)
     if sampler == "repeat_factor":
-        from .repeat_factor import RepeatFactorTrainingSampler, repeat_factors
 
         if not hasattr(dataset, "image_categories"):
             raise ValueError(f"build_train_loader: sampler 'repeat_factor' needs a dataset with image_categories() "

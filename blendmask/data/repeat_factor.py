@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .loader import derive_seed
+from .seeds import derive_seed
 
 __all__ = ["repeat_factors", "RepeatFactorTrainingSampler"]
 

@@ -160,9 +160,9 @@ def export_onnx(
     """
     check_opset(opset)
     model = resolve_model(model_or_cfg, weights)
-    if model.bottom_interp != "bilinear":
+    if model.blender.bottom_interp != "bilinear":
         raise ValueError(
-            f"ONNX export of model.blender.bottom_interp={model.bottom_interp!r} is not supported: ONNX RoiAlign "
+            f"ONNX export of model.blender.bottom_interp={model.blender.bottom_interp!r} is not supported: ONNX RoiAlign "
             "samples bilinearly only (mode 'avg'/'max' pool bilinear samples); export a model with "
             "model.blender.bottom_interp='bilinear'"
         )

@@ -1,5 +1,6 @@
-"""Checkpoints: atomic writes, safe loads (``weights_only=True``), RNG capture, and
-rebuilding a model from a weights file's embedded config.
+"""Training checkpoints: atomic writes, safe loads (``weights_only=True``), the periodic
+checkpoints of a run and the RNG states that make a resume exact. (A model is rebuilt from a
+weights file by :func:`blendmask.models.load_model_from_weights`.)
 
 A weights file is ``{"model": state_dict, "config": BlendMaskConfig.to_dict(), ...}``.
 Training checkpoints add ``optimizer``, ``scheduler``, ``iteration`` and ``rng``; ``rng`` is
@@ -14,12 +15,12 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
 
+from .._deprecation import renamed_attributes
 from ..distributed import all_gather_objects, get_rank, get_world_size, is_main_process
 from ..serialization import atomic_save, atomic_write, atomic_write_temp_files, load_checkpoint
 
@@ -32,7 +33,6 @@ __all__ = [
     "rng_state_of_this_rank",
     "preserved_rng_state",
     "Checkpointer",
-    "load_model_from_weights",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -154,21 +154,4 @@ class Checkpointer:
         return path
 
 
-def load_model_from_weights(path: PathLike, *, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Any]:
-    """Rebuild the model described by a weights file's embedded config and load its weights.
-
-    Returns ``(model, cfg)`` with the model in eval mode on ``device``.
-    """
-    from blendmask.config import BlendMaskConfig
-    from blendmask.models import build_model
-
-    data = load_checkpoint(path)
-    if "config" not in data:
-        raise ValueError(f"{path} has no embedded 'config'; convert AdelaiDet checkpoints with `blendmask convert`")
-    cfg = BlendMaskConfig.from_dict(data["config"])
-    model = build_model(cfg, weights_backbone=None)
-    missing, unexpected = model.load_state_dict(data["model"], strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match its config {cfg.name!r}: missing keys {missing[:5]}, "
-                         f"unexpected keys {unexpected[:5]}")
-    return model.to(device).eval(), cfg
+__getattr__ = renamed_attributes(__name__, {"load_model_from_weights": "blendmask.models.load_model_from_weights"})

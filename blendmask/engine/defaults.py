@@ -41,12 +41,12 @@ from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
 from blendmask.evaluation import DEFAULT_MAX_DETS
 from blendmask.models import build_model
-from blendmask.models.inference import compile_report, optimize_for_inference
+from blendmask.models.inference_path import compile_report, optimize_for_inference
 from blendmask.predict import PredictionFiles
 from blendmask.tiling import DEFAULT_OVERLAP
 
-from .checkpoint import load_model_from_weights
-from .hooks import TrainResult
+from blendmask.models import load_model_from_weights
+from .train_loop import TrainResult
 from .tasks import INSTANCE, Task, Tile, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
 

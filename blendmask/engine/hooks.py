@@ -1,13 +1,7 @@
 """Training hooks: the parts of a run around the optimisation step.
 
-:class:`blendmask.engine.Trainer` calls every registered hook, in registration order, at four
-points::
-
-    before_train()                      once, before the first step (after resume)
-    before_step() / after_step()        around every step; ``trainer.iter`` is the number of
-                                        completed iterations (1-based in ``after_step``)
-    after_train()                       once, also when training fails: ``trainer.error`` is then
-                                        the exception (``None`` on success)
+The hooks are built on :class:`~blendmask.engine.train_loop.HookBase` (which says when each
+method is called) and see the trainer through :class:`~blendmask.engine.train_loop.TrainerBase`.
 
 Hooks talk to each other only through the trainer: ``trainer.storage`` (the run's records, see
 :class:`RunRecords`) and ``trainer.result`` (the :class:`TrainResult` the run returns). Every
@@ -25,25 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch import nn
 
+from ..distributed import barrier, is_main_process
 from ..serialization import atomic_write
 from .checkpoint import preserved_rng_state
-from ..distributed import barrier, is_main_process
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Trainer
+from .train_loop import EvaluateFn, HookBase
 
 __all__ = [
-    "HookBase",
-    "RunRecords",
-    "TrainResult",
     "ProgressBar",
     "PeriodicCheckpoint",
     "PeriodicEvaluation",
@@ -53,83 +39,12 @@ __all__ = [
     "tensorboard_available",
     "json_safe",
     "METRICS_FILE",
+    "default_hooks",
 ]
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
-EvaluateFn = Callable[[nn.Module], Dict[str, Any]]
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced (filled in by the hooks)."""
-
-    output_dir: Path
-    iteration: int
-    final_checkpoint: Optional[Path] = None
-    metrics_path: Optional[Path] = None
-    loss_curve_path: Optional[Path] = None
-    losses: List[Dict[str, float]] = field(default_factory=list)  # the last step records of this run
-    eval_results: Dict[str, Any] = field(default_factory=dict)  # last evaluation
-
-
-class HookBase:
-    """Base class of training hooks: override any of the four methods (module doc).
-
-    ``self.trainer`` is set when the hook is registered.
-    """
-
-    trainer: "Trainer"
-
-    def before_train(self) -> None:
-        pass
-
-    def before_step(self) -> None:
-        pass
-
-    def after_step(self) -> None:
-        pass
-
-    def after_train(self) -> None:
-        pass
-
-
-class RunRecords:
-    """The records of one run, in order, with the last ``window`` kept in memory.
-
-    A record is a JSON-able dict with an ``iteration``: step metrics (``loss_*``, ``lr``, ``time``,
-    ``data_time``), an evaluation (``eval``), or the error that stopped the run (``error``).
-    Writers remember a cursor and fetch what is new with :meth:`since`.
-    """
-
-    def __init__(self, window: int = 1000):
-        if window <= 0:
-            raise ValueError(f"RunRecords: window must be positive, got {window}")
-        self._records: deque = deque(maxlen=window)
-        self._count = 0  # records put so far; the index of the next one
-
-    def put(self, record: Dict[str, Any]) -> None:
-        self._records.append(record)
-        self._count += 1
-
-    def since(self, cursor: int) -> Tuple[List[Dict[str, Any]], int]:
-        """``(records put at index >= cursor, new cursor)``. Raises ``RuntimeError`` if some of them
-        have already left the window (a writer that waited longer than ``window`` records)."""
-        first_kept = self._count - len(self._records)
-        if cursor < first_kept:
-            raise RuntimeError(f"RunRecords: records {cursor}..{first_kept - 1} left the window of "
-                               f"{self._records.maxlen} before they were written")
-        return list(self._records)[cursor - first_kept:], self._count
-
-    def steps(self) -> List[Dict[str, Any]]:
-        """The step records still in the window, oldest first."""
-        return [r for r in self._records if "loss_total" in r]
-
-    def latest_step(self) -> Optional[Dict[str, Any]]:
-        return next((r for r in reversed(self._records) if "loss_total" in r), None)
-
-
 def json_safe(value: Any) -> Any:
     """``value`` with every NaN/inf float (at any depth of dicts/lists) replaced by ``None``, so
     that ``json.dumps`` writes ``null`` instead of the non-JSON ``NaN``/``Infinity``."""
@@ -359,9 +274,11 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> Optional[Path]:
     return Path(plot_curves(metrics_path, png_path, keys))
 
 
-def default_hooks(trainer: "Trainer", evaluate: Optional[EvaluateFn], show_progress: bool) -> List[HookBase]:
-    """The hooks every :class:`Trainer` starts with (module doc), configured from ``trainer.solver``."""
-    solver, out = trainer.solver, trainer.output_dir
+def default_hooks(*, solver, output_dir: Path, evaluate: Optional[EvaluateFn], show_progress: bool) -> List[HookBase]:
+    """The hooks every :class:`~blendmask.engine.Trainer` starts with (module doc): periods from
+    ``solver`` (a :class:`blendmask.config.SolverConfig`), files in ``output_dir``, evaluation with
+    ``evaluate`` (none when it is None), a progress bar when ``show_progress``."""
+    out = Path(output_dir)
     hooks: List[HookBase] = [ProgressBar(show_progress), PeriodicCheckpoint(solver.checkpoint_period)]
     if evaluate is not None:
         hooks.append(PeriodicEvaluation(evaluate, solver.eval_period))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
 from ..errors import BlendMaskError
 from .checkpoint import (
     Checkpointer,
@@ -24,8 +25,8 @@ from .checkpoint import (
     restore_rng_state,
     rng_state_of_this_rank,
 )
-from ..distributed import barrier, convert_sync_batchnorm, get_world_size, is_distributed, is_main_process, reduce_metrics
-from .hooks import EvaluateFn, HookBase, RunRecords, TrainResult, default_hooks
+from .hooks import default_hooks
+from .train_loop import EvaluateFn, HookBase, RunRecords, TrainerBase, TrainResult
 from .solver import build_lr_scheduler, build_optimizer, changed_solver_keys, load_solver_state
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "MatchingWeightsReport"]
@@ -79,7 +80,7 @@ class MatchingWeightsReport:
         return "; ".join(parts)
 
 
-class Trainer:
+class Trainer(TrainerBase):
     """Train a detection model that returns a dict of losses in train mode.
 
     Args:
@@ -98,19 +99,18 @@ class Trainer:
             :func:`blendmask.data.loader.default_num_workers` for ``device``.
         show_progress: show a tqdm bar on rank 0.
         extra_state: more entries for every checkpoint (e.g. ``class_names``); plain data only.
-        hooks: more hooks (:class:`blendmask.engine.hooks.HookBase`), run after the default ones.
+        hooks: more hooks (:class:`blendmask.engine.train_loop.HookBase`), run after the default ones.
         history_size: how many records of the run (step metrics, evaluations) stay in memory;
             ``TrainResult.losses`` holds the step records among them. The metrics file has all.
 
-    State that hooks read: ``iter`` (completed iterations), ``start_iter``, ``max_iter``,
-    ``storage`` (:class:`~blendmask.engine.hooks.RunRecords` of the current run), ``result``
-    (the :class:`TrainResult` being filled), ``error`` (the exception that ended the run, or None),
-    ``model``, ``optimizer``, ``scheduler``, ``cfg``, ``output_dir``; and :meth:`save_checkpoint`.
+    State that hooks read: that of :class:`~blendmask.engine.train_loop.TrainerBase`, and
+    ``optimizer``, ``scheduler``, ``cfg``, ``solver``.
     """
 
     def __init__(self, *, model: nn.Module, cfg, train_dataset: Dataset, output_dir, evaluate: Optional[EvaluateFn] = None,
                  device: Optional[torch.device] = None, seed: int = 0, num_workers: Optional[int] = 0, show_progress: bool = True,
                  extra_state: Optional[Dict[str, Any]] = None, hooks: Iterable[HookBase] = (), history_size: int = 1000):
+        super().__init__()
         self.cfg = cfg
         self.solver = cfg.solver
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,27 +152,9 @@ class Trainer:
         self.storage = RunRecords(history_size)
         self.result = TrainResult(output_dir=self.output_dir, iteration=0)
         self._resumed_rng: Optional[Dict[str, Any]] = None
-        self._hooks: List[HookBase] = []
-        self.register_hooks(default_hooks(self, evaluate, show_progress))
+        self.register_hooks(default_hooks(solver=self.solver, output_dir=self.output_dir, evaluate=evaluate,
+                                          show_progress=show_progress))
         self.register_hooks(hooks)
-
-    # ------------------------------------------------------------------ hooks
-    @property
-    def hooks(self) -> List[HookBase]:
-        """The registered hooks, in the order they are called."""
-        return list(self._hooks)
-
-    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
-        """Append ``hooks`` (called after those already registered) and give them this trainer."""
-        for hook in hooks:
-            if not isinstance(hook, HookBase):
-                raise TypeError(f"Trainer.register_hooks: {hook!r} is not a HookBase")
-            hook.trainer = self
-            self._hooks.append(hook)
-
-    def _call_hooks(self, stage: str) -> None:
-        for hook in self._hooks:
-            getattr(hook, stage)()
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, rng: Dict[str, Any]) -> Dict[str, Any]:

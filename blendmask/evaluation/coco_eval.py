@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..data.loader import build_test_loader
 from ..distributed import dist_rank_and_world_size
-from ..models.inference import inference_model_of
+from ..models.inference_path import inference_model_of
 from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE", "BACKENDS",
@@ -338,7 +338,7 @@ def evaluate_model(
     ``category_ids`` (a :class:`blendmask.data.CocoInstanceDataset` built without training
     transforms). A model with a ``mask_format`` attribute (BlendMask) runs with ``"rle"``, so that
     no image-sized masks are held; its training mode and ``mask_format`` are restored afterwards. A
-    BlendMask runs as its inference copy (:func:`blendmask.models.inference.inference_model_of`:
+    BlendMask runs as its inference copy (:func:`blendmask.models.inference_path.inference_model_of`:
     batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics. ``results_name`` and ``backend``: see :class:`COCOEvaluator`.

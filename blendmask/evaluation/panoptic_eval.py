@@ -205,7 +205,7 @@ def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optio
     ``panoptic_results.json`` and the PNGs in ``panoptic_results/``. The model's mode is restored.
     """
     from blendmask.data.panoptic import id_to_rgb
-    from blendmask.models.inference import inference_model_of
+    from blendmask.models.inference_path import inference_model_of
 
     if getattr(dataset, "transforms", None) is not None:
         raise ValueError("evaluate_panoptic: the dataset has transforms; build the evaluation dataset with "

@@ -5,9 +5,10 @@ from .builders import (
     blendmask_resnet50_fpn,
     blendmask_resnet101_fpn,
     build_model,
+    load_model_from_weights,
     load_weights,
 )
-from .inference import optimize_for_inference
+from .inference_path import optimize_for_inference
 from .panoptic import PanopticBlendMask
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "PanopticBlendMask",
     "build_model",
     "load_weights",
+    "load_model_from_weights",
     "optimize_for_inference",
     "blendmask_resnet50_fpn",
     "blendmask_resnet101_fpn",

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import blend
-from .basis import ProtoNet
+from ..blend_modes import MERGE_MODES, BottomInterp, Merge, Normalize, TopInterp
+from ..ops import Blender, blend
+from .bottom import BottomModule
 from .fcos import FCOS
 from .fcos.fcos import FCOSPositives
 from .fcos.head import FCOSHeadOutputs
-from .fcos.inference import clip_boxes
-from .fuse import INFERENCE_ONLY_ATTRIBUTE
+from .fcos.detections import clip_boxes
+from .batchnorm_folding import INFERENCE_ONLY_ATTRIBUTE
 from .mask_ops import MASK_THRESHOLD, crop_and_resize_masks, paste_masks_in_image, paste_masks_rle
 from .top_layer import TopLayer
 from .transform import postprocess_boxes
@@ -96,10 +97,6 @@ def postprocess_detections(
     return result
 
 
-#: Merge strategies of the top and bottom modules (paper Table 1): ``"blender"`` learns the
-#: attentions (the top layer); ``"assembler"`` (FCIS-like) fixes them to one-hot.
-MERGE_MODES = ("blender", "assembler")
-
 #: The assembler's logit for the bases a region does not take: ``exp(-1e4)`` is 0 in float32 (and
 #: ``-1e4`` fits in float16), so the softmax over K is exactly one-hot.
 _ASSEMBLER_OFF_LOGIT = -1e4
@@ -162,12 +159,18 @@ class BlendMask(nn.Module):
     cut at the image border; the reported box is clipped to the image (docs/design.md §10 compares
     this rule with AdelaiDet's).
 
+    The blender's settings (``bottom_resolution`` as its ``output_size``, ``top_interp``,
+    ``normalize``, ``bottom_interp``, ``sampling_ratio``, ``aligned``) are held by ``self.blender``,
+    a :class:`blendmask.ops.Blender` with ``spatial_scale = 1 / basis_module.out_stride``; their
+    modes are those of :mod:`blendmask.blend_modes`.
+
     Args:
         backbone: module mapping normalised ``(N, 3, H, W)`` images to a dict of FPN maps.
         transform: resizes, normalises and batches images/targets
             (:class:`blendmask.models.transform.ImageTransform`).
         proposal_generator: the :class:`FCOS` detector.
-        basis_module: the bottom module: :class:`ProtoNet` or :class:`~blendmask.models.bottom.DeepLabV3PlusBottom`.
+        basis_module: the bottom module (:class:`~blendmask.models.bottom.BottomModule`: the
+            :class:`~blendmask.models.bottom.ProtoNet` or the :class:`~blendmask.models.bottom.DeepLabV3PlusBottom`).
         fcos_in_features: FPN level names FCOS runs on, one per FCOS stride.
         in_channels: FPN channels (input of the top layer).
         num_classes: foreground classes.
@@ -196,29 +199,26 @@ class BlendMask(nn.Module):
         backbone: nn.Module,
         transform: nn.Module,
         proposal_generator: FCOS,
-        basis_module: ProtoNet,
+        basis_module: BottomModule,
         fcos_in_features: Sequence[str],
         in_channels: int,
         num_classes: int,
         num_bases: int,
         attn_size: int,
         bottom_resolution: int,
-        top_interp: str = "bilinear",
-        normalize: str = "softmax",
-        bottom_interp: str = "bilinear",
-        merge: str = "blender",
+        top_interp: TopInterp = "bilinear",
+        normalize: Normalize = "softmax",
+        bottom_interp: BottomInterp = "bilinear",
+        merge: Merge = "blender",
         sampling_ratio: int = 1,
         aligned: bool = True,
         return_internals: bool = False,
         mask_format: str = "probs",
     ):
         super().__init__()
-        if top_interp not in ("bilinear", "nearest"):
-            raise ValueError(f"top_interp must be 'bilinear' or 'nearest', got {top_interp!r}")
-        if normalize not in ("softmax", "sigmoid"):
-            raise ValueError(f"normalize must be 'softmax' or 'sigmoid', got {normalize!r}")
-        if bottom_interp not in ("bilinear", "nearest"):
-            raise ValueError(f"bottom_interp must be 'bilinear' or 'nearest', got {bottom_interp!r}")
+        blender = Blender(output_size=bottom_resolution, spatial_scale=1.0 / basis_module.out_stride,
+                          sampling_ratio=sampling_ratio, aligned=aligned, top_interp=top_interp, normalize=normalize,
+                          bottom_interp=bottom_interp)
         if merge not in MERGE_MODES:
             raise ValueError(f"merge must be one of {MERGE_MODES}, got {merge!r}")
         if merge == "assembler" and (num_bases != attn_size * attn_size or top_interp != "nearest"
@@ -241,16 +241,11 @@ class BlendMask(nn.Module):
         self.transform = transform
         self.proposal_generator = proposal_generator
         self.basis_module = basis_module
+        self.blender = blender
         self.fcos_in_features = tuple(fcos_in_features)
         self.num_classes = num_classes
         self.num_bases = num_bases
         self.attn_size = attn_size
-        self.bottom_resolution = bottom_resolution
-        self.top_interp = top_interp
-        self.normalize = normalize
-        self.bottom_interp = bottom_interp
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
         self.return_internals = return_internals
         self.mask_format = mask_format
         self.merge = merge
@@ -284,18 +279,16 @@ class BlendMask(nn.Module):
         :meth:`mask_probabilities`.
 
         ``blender`` is :func:`blendmask.ops.blend` (the fused op) or
-        :func:`blendmask.ops.blend_reference` (standard ops, for the ONNX export).
+        :func:`blendmask.ops.blend_reference` (standard ops, for the ONNX export); ``self.blender``
+        calls it with its settings.
         """
         attns = attns.reshape(-1, self.num_bases, self.attn_size, self.attn_size)
-        return blender(
-            bases, attns, rois, self.bottom_resolution, 1.0 / self.basis_module.out_stride,
-            self.sampling_ratio, self.aligned, self.top_interp, self.normalize, self.bottom_interp,
-        )
+        return self.blender(bases, attns, rois, function=blender)
 
     def mask_probabilities(self, blended: Tensor) -> Tensor:
         """Mask probabilities ``(D, R, R)`` in ``[0, 1]`` from :meth:`blend_masks`: the sigmoid of
         the logits (``"softmax"``), or the blend divided by K (``"sigmoid"``: no second sigmoid)."""
-        if self.normalize == "sigmoid":
+        if self.blender.normalize == "sigmoid":
             return blended / self.num_bases
         return blended.sigmoid()
 
@@ -413,9 +406,9 @@ class BlendMask(nn.Module):
         rois = torch.cat([image_idx[:, None], boxes], dim=1)[positives.gt_inds]  # (Np, 5)
         blended = self.blend_masks(bases, attns, rois)  # (Np, R, R)
         mask_targets = torch.cat(
-            [crop_and_resize_masks(m, b, self.bottom_resolution) for m, b in zip(gt_masks, gt_boxes)]
+            [crop_and_resize_masks(m, b, self.blender.output_size) for m, b in zip(gt_masks, gt_boxes)]
         )[positives.gt_inds]
-        if self.normalize == "sigmoid":
+        if self.blender.normalize == "sigmoid":
             per_pixel = _bce_on_probabilities(self.mask_probabilities(blended), mask_targets)
         else:
             per_pixel = F.binary_cross_entropy_with_logits(blended, mask_targets.to(blended.dtype), reduction="none")

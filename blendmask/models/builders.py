@@ -1,24 +1,28 @@
-"""Builders: a :class:`BlendMask` from a config, and torchvision-style constructors."""
+"""Builders: a :class:`BlendMask` from a config (:func:`build_model`) or from a weights file
+(:func:`load_model_from_weights`, :func:`load_weights`), and torchvision-style constructors.
+
+A weights file is ``{"model": state_dict, "config": BlendMaskConfig.to_dict(), ...}`` (training
+checkpoints, :mod:`blendmask.engine.checkpoint`, are weights files with more entries)."""
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-from torch import nn
+import torch
 
 from ..config import BlendMaskConfig, get_config
 from ..serialization import load_checkpoint
 from .backbone import build_backbone
-from .basis import ProtoNet
 from .blendmask import BlendMask
-from .bottom import DeepLabV3PlusBottom
+from .bottom import BottomModule, DeepLabV3PlusBottom, ProtoNet
 from .fcos import FCOS
 from .transform import ImageTransform
 
 __all__ = [
     "build_model",
     "load_weights",
+    "load_model_from_weights",
     "blendmask_resnet50_fpn",
     "blendmask_resnet101_fpn",
     "blendmask_mobilenet_v2_fpn",
@@ -32,7 +36,7 @@ def _level_name(stride: int) -> str:
     return f"p{int(level)}"
 
 
-def _build_basis_module(m, backbone) -> nn.Module:
+def _build_basis_module(m, backbone) -> BottomModule:
     """The bottom module of ``m.basis`` on FPN levels (``p*``) and/or backbone stages (``c3``..``c5``,
     which turns on ``backbone.return_stages``)."""
     strides = {**backbone.strides, **backbone.stage_strides}
@@ -57,7 +61,7 @@ def build_model(cfg: BlendMaskConfig, *, weights_backbone: Optional[str] = None)
 
     ``weights_backbone`` is forwarded to :func:`blendmask.models.backbone.build_backbone`.
     The basis module uses plain BatchNorm; converting it to SyncBatchNorm for multi-process
-    training is the trainer's job (see :mod:`blendmask.models.basis`).
+    training is the trainer's job (see :mod:`blendmask.models.bottom.base`).
     """
     if not isinstance(cfg, BlendMaskConfig):
         raise TypeError(f"cfg must be a BlendMaskConfig, got {type(cfg).__name__}")
@@ -164,6 +168,24 @@ def load_weights(model: BlendMask, path: Union[str, os.PathLike], cfg: Optional[
             raise ValueError(f"{path} was saved with a different model config: " + "; ".join(diffs))
     model.load_state_dict(ckpt["model"], strict=True)
     return ckpt
+
+
+def load_model_from_weights(path: Union[str, os.PathLike], *,
+                            device: Union[str, torch.device] = "cpu") -> Tuple[BlendMask, BlendMaskConfig]:
+    """Rebuild the model described by a weights file's embedded config and load its weights.
+
+    Returns ``(model, cfg)`` with the model in eval mode on ``device``.
+    """
+    data = load_checkpoint(path)
+    if "config" not in data:
+        raise ValueError(f"{path} has no embedded 'config'; convert AdelaiDet checkpoints with `blendmask convert`")
+    cfg = BlendMaskConfig.from_dict(data["config"])
+    model = build_model(cfg, weights_backbone=None)
+    missing, unexpected = model.load_state_dict(data["model"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match its config {cfg.name!r}: missing keys {missing[:5]}, "
+                         f"unexpected keys {unexpected[:5]}")
+    return model.to(device).eval(), cfg
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list:

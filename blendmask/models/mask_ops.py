@@ -169,8 +169,8 @@ _NUMPY_DTYPES = {torch.bool: np.bool_, torch.float16: np.float16, torch.float32:
 def _zeros_untouched(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """A zero tensor whose memory is not written: on the CPU numpy's ``zeros`` (``calloc``: large
     buffers are fresh, already-zero pages, touched only where the paste writes), elsewhere
-    ``torch.zeros``. ``torch.zeros`` fills every page: at 100 x 800 x 1067 that fill was 92% of the
-    binary paste (44 ms of 47 ms, one thread)."""
+    ``torch.zeros``. ``torch.zeros`` fills every page, which would cost more than the binary paste
+    itself (``benchmarks/bench_postprocess.py``)."""
     if torch.device(device).type == "cpu" and dtype in _NUMPY_DTYPES:
         return torch.from_numpy(np.zeros(shape, dtype=_NUMPY_DTYPES[dtype]))
     return torch.zeros(shape, dtype=dtype, device=device)

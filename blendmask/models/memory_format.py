@@ -3,8 +3,7 @@
 
 Used by the inference path (:func:`blendmask.models.optimize_for_inference`) and by the trainer
 (``solver.channels_last``). The model computes the same function; only float rounding differs.
-Measured on 1 CPU thread: on top of batch-norm folding the R_50 backbone is 1.13x faster at 512
-(``benchmarks/bench_inference.py``), and an R_50 training step (2 x 512 x 512) 1.10x.
+Its speed is measured by ``benchmarks/bench_inference.py`` (the benchmarks page of the docs).
 """
 from __future__ import annotations
 

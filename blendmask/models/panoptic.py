@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone.norm import get_norm
+from .layers import get_norm
 from .blendmask import BlendMask
 
 __all__ = ["SemSegFPNHead", "PanopticBlendMask", "combine_panoptic", "semantic_targets"]

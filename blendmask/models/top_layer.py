@@ -4,7 +4,7 @@ The top layer is a 3x3 convolution from the FCOS box tower to ``K*M*M`` attentio
 location (AdelaiDet's ``top_layer``). AdelaiDet runs it densely over every FPN location, then
 reads it at a few of them: the FCOS positives in training, the detections left after the NMS in
 inference. At 784 output channels (K = 4, M = 14) that dense convolution is three times the work
-of a tower convolution: about 27% of the FCOS head at 800 x 1067.
+of a 256-channel tower convolution.
 
 :meth:`TopLayer.at` computes the same convolution at the given locations only: each location's
 3x3 neighbourhood of tower features (zero outside the map, the convolution's padding) is

@@ -66,11 +66,10 @@ def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
     The image is rounded to 8 bits (what detectron2 reads), resized with torch's uint8
     antialiased bilinear (PIL's algorithm, fixed-point, rounded between the two passes) and
-    returned as float ``(3, h, w)`` in ``[0, 1]`` on the 1/255 grid. Against PIL on random uint8
-    images it agrees to within 1 grey level (99.5% of the pixels exactly over random sizes; 90% at an
-    8x shrink), shrinking and
-    enlarging; torch's float antialiased bilinear would be within 1.0006, 82% exact once
-    rounded, and the plain bilinear up to 134 grey levels off when shrinking.
+    returned as float ``(3, h, w)`` in ``[0, 1]`` on the 1/255 grid. It is within a grey level of
+    PIL's result on aspect-preserving resizes, not bit-equal: the two round between their passes
+    in different orders (docs/design.md §10 gives the measured agreement). torch's float antialiased
+    bilinear would round further from PIL, and the plain bilinear does not antialias when shrinking.
     """
     return resize_image_uint8(image, size).to(image.dtype) / 255.0
 

@@ -3,11 +3,10 @@
 A 3x3, stride-1 convolution computed by Winograd's minimal filtering (Lavin & Gray, CVPR 2016)
 takes 36 multiplies per 4 x 4 output tile and input channel instead of 144. The compiled op
 ``torch.ops.blendmask.winograd_conv3x3`` (csrc/cpu/winograd_cpu.cpp) transforms 6 x 6 input
-windows, runs 36 matrix products per block of tiles through ATen's sgemm and transforms back. On
-one core of this machine a 256 -> 256 FCOS tower convolution at 100 x 134 takes 38 ms against
-oneDNN's 83 ms (which already runs near the core's float32 peak): ``benchmarks/bench_winograd.py``.
-The transformed filters take four times the memory of the weights they stand for (R_50_3x: 304 MB
-next to 137 MB of weights).
+windows, runs 36 matrix products per block of tiles through ATen's sgemm and transforms back.
+``benchmarks/bench_winograd.py`` measures its time against oneDNN's direct convolution. The
+transformed filters ``(36, C, O)`` take four times the memory of the ``(O, C, 3, 3)`` weights they
+stand for.
 
 Non-finite inputs spread differently: a NaN or inf anywhere in a tile's 6 x 6 input window makes
 the whole 4 x 4 output tile NaN (the transforms add and subtract the window's values), where the
@@ -35,11 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import _extension
+from .layers import DeformConvNorm
+from .top_layer import TopLayer
 
 __all__ = ["use_winograd", "is_eligible", "transform_weight", "winograd_conv3x3", "MIN_CHANNELS"]
 
 #: Convolutions with fewer input or output channels stay direct: below this their matrix
-#: products are too thin to gain (a 256 -> 4 box-regression conv runs 1.5x slower by Winograd).
+#: products are too thin to gain (``benchmarks/bench_winograd.py`` times the thin ones too).
 MIN_CHANNELS = 64
 
 # F(4x4, 3x3)'s filter transform G (6 x 3), Lavin & Gray's choice of points 0, +-1, +-2, infinity
@@ -82,9 +83,6 @@ def is_eligible(conv: nn.Module) -> bool:
     padding 1, dilation 1, one group, zero padding, with at least :data:`MIN_CHANNELS` input and
     output channels; not a deformable conv (its ``forward`` samples its own taps) nor BlendMask's
     top layer (evaluated at the detections only, never as a dense convolution)."""
-    from .backbone.deform import DeformConvNorm  # deferred: the backbone package imports torchvision ops
-    from .top_layer import TopLayer
-
     return (
         isinstance(conv, nn.Conv2d)
         and not isinstance(conv, (DeformConvNorm, TopLayer))

@@ -12,7 +12,7 @@
 // bmm, that is MKL/oneDNN's sgemm), and the output tile is Y = A^T M A (+ bias). U = G g G^T is
 // computed once, in float64, by the caller (blendmask.models.winograd.transform_weight). That is
 // 36 multiplies per 16 outputs and input channel instead of 144: 4x fewer, for a rounding error a
-// few times that of the direct convolution (tests/test_winograd.py measures both against float64).
+// few times that of the direct convolution (tests/models/test_winograd.py measures both against float64).
 //
 // Tiles are processed in blocks of kBlockTiles, so the transformed block (V and M, 36 x kBlockTiles
 // x C floats each) stays in the cache and the memory used does not grow with the image. With at

@@ -17,8 +17,8 @@
 // A roi that math::roi_problem rejects (NaN/inf value, batch index outside [0, N)) gets an
 // all-NaN mask and no gradient: the kernels validate on the device, so the host never waits.
 //
-// This header is plain CUDA C++ so that tests/cuda_emulator.h can compile it for the host
-// and run it with real threads per block (tests/test_ops_cuda_emulated.py). It defines
+// This header is plain CUDA C++ so that tests/helpers/cuda_emulator.h can compile it for the host
+// and run it with real threads per block (tests/ops/test_cuda_emulated.py). It defines
 // BLENDMASK_EMULATED_CUDA and its own BLENDMASK_DYNAMIC_SHARED.
 #pragma once
 

@@ -2,11 +2,12 @@
 //
 // The op library (built by the repository's top-level CMakeLists.txt) registers the schema
 //   blendmask::blend(Tensor bases, Tensor attns, Tensor rois, int output_size,
-//                    float spatial_scale, int sampling_ratio, bool aligned, str top_interp) -> Tensor
+//                    float spatial_scale, int sampling_ratio, bool aligned, str top_interp,
+//                    str normalize="softmax", str bottom_interp="bilinear") -> Tensor
 // with TORCH_LIBRARY when it is loaded. This program links that library, looks the op up by
 // name in the dispatcher and calls it on deterministic inputs, so that its printed output can be
 // compared with the pure-PyTorch reference `blendmask.ops.blend_reference` (see
-// tests/test_cpp_example.py, which rebuilds the same inputs in Python).
+// tests/csrc/test_cpp_example.py, which rebuilds the same inputs in Python).
 //
 // Output format, one block per case:
 //   case <name> <D> <R> <R>

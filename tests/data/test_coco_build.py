@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from blendmask.data.coco_build import build_records
 from blendmask.data.coco_checks import check_coco
 
-from _coco_fuzz import hostile_case  # the fuzzer's strategy (tests/_coco_fuzz.py)
+from tests.helpers.coco_fuzz_worker import hostile_case
 
 
 def _outcome(fn, data):

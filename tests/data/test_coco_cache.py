@@ -15,7 +15,7 @@ import pytest
 from blendmask.data import coco_cache, coco_index
 from blendmask.data.coco_cache import CacheWarning
 
-from ._synthetic_coco import write_polygon_coco
+from tests.helpers.synthetic_coco import write_polygon_coco
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import torch
 from blendmask.data import CocoInstanceDataset
 from blendmask.data.coco_records import CocoRecords
 
-from ._synthetic_coco import write_polygon_coco
+from tests.helpers.synthetic_coco import write_polygon_coco
 
 _NOT_OWNED = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 

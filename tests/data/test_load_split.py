@@ -13,7 +13,7 @@ from blendmask.data.panoptic import PanopticFormatError, detect_format
 from blendmask.engine.defaults import load_dataset
 from blendmask.engine.tasks import PANOPTIC
 
-from ._synthetic_coco import write_polygon_coco
+from tests.helpers.synthetic_coco import write_polygon_coco
 
 
 @pytest.fixture

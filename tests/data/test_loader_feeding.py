@@ -10,7 +10,7 @@ from blendmask.data import loader as loader_module
 from blendmask.data.loader import batch_to_device, default_num_workers
 from blendmask.data.transforms import RandomHorizontalFlip
 
-from _data_utils import write_coco, write_png
+from tests.helpers.coco_files import write_coco, write_png
 
 
 @pytest.fixture

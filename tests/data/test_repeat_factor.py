@@ -12,7 +12,7 @@ from blendmask.config import get_config
 from blendmask.data import CocoInstanceDataset, build_train_loader
 from blendmask.data.repeat_factor import RepeatFactorTrainingSampler, repeat_factors
 
-from _data_utils import write_coco
+from tests.helpers.coco_files import write_coco
 
 IMAGES = [[1], [1, 2, 2], [1], []]  # category 1 in 3 of 4 images, category 2 in 1 of 4
 

@@ -12,7 +12,7 @@ import torch
 from blendmask.data import CocoInstanceDataset
 from blendmask.evaluation.coco_eval import COCOEvaluator
 
-from _data_utils import box_of, rle_of, write_coco
+from tests.helpers.coco_files import box_of, rle_of, write_coco
 
 
 def _scene(tmp_path, n_images=12, seed=0):

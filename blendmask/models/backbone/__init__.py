@@ -22,7 +22,7 @@ from ...serialization import WeightsFileError, read_state_dict
 from .dla import DLA34
 from .fpn import FPNBackbone, TopBlock
 from .mobilenet import MobileNetV2Body, mobilenet_v2_imagenet_weights_path
-from .norm import NORMS, FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_stages, get_norm
+from ..layers import NORMS, FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_stages, get_norm
 from .resnet import RESNET_DEPTHS, MSRAResNet, TorchvisionResNet
 
 __all__ = [

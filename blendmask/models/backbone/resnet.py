@@ -20,36 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from .norm import FrozenBatchNorm2d, get_norm
+from ..layers import ConvNorm, get_norm
+from .deform import MSRADeformBottleneck
 
 RESNET_DEPTHS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 RESNET_OUT_CHANNELS = {"res3": 512, "res4": 1024, "res5": 2048}
 RESNET_STRIDES = {"res3": 8, "res4": 16, "res5": 32}
-
-
-class ConvNorm(nn.Conv2d):
-    """A conv (no bias) followed by its ``norm`` child, named as detectron2's ``Conv2d``.
-
-    In training, a FrozenBN ``norm`` (a constant affine ``x * scale + shift``) is applied to the
-    filters and as the conv's bias, ``conv(x, W * scale) + shift``, instead of to the output: the
-    same function with one pass over the activation fewer (an R_50 training step, 2 x 512 x 512,
-    1 CPU thread: 4% faster); gradients reach ``W`` through the product. In eval the norm runs on
-    the output, detectron2's arithmetic, which the AdelaiDet parity fixtures check to float
-    precision (a different rounding moves R_101_dcni3_5x's boxes past their 1e-3 px); the
-    inference path folds it into the weights once (:mod:`blendmask.models.fuse`).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int = 0, norm: str):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
-        self.norm = get_norm(norm, out_channels)
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and isinstance(self.norm, FrozenBatchNorm2d) and self.bias is None:
-            scale, shift = self.norm.affine()
-            return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), shift)
-        return self.norm(super().forward(x))
 
 
 class MSRABottleneck(nn.Module):
@@ -96,8 +72,6 @@ class MSRAResNet(nn.Module):
         whose index is a multiple of ``deform_interval`` are :class:`MSRADeformBottleneck`
         (DCNv2 when ``deform_modulated``), the others plain."""
         super().__init__()
-        from .deform import MSRADeformBottleneck  # deferred: .deform builds on this module's ConvNorm
-
         if name not in RESNET_DEPTHS:
             raise ValueError(f"name must be one of {list(RESNET_DEPTHS)}, got {name!r}")
         deform_on_per_stage = tuple(deform_on_per_stage)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .head import FCOSHead, FCOSHeadOutputs
-from .inference import fcos_inference_single_image
+from .detections import fcos_inference_single_image
 from .losses import fcos_losses
 from .targets import assign_targets, compute_locations
 

@@ -1,0 +1,1 @@
+"""Shared test code, imported as ``tests.helpers.<module>`` (see tests/README.md)."""
