@@ -40,13 +40,15 @@ import torch
 from blendmask.config import BlendMaskConfig, get_config
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
+from blendmask.evaluation import DEFAULT_MAX_DETS
 from blendmask.models import build_model
 from blendmask.models.inference_path import compile_report, optimize_for_inference
 from blendmask.predict import PredictionFiles
+from blendmask.tiling import DEFAULT_OVERLAP
 
 from blendmask.models import load_model_from_weights
 from .train_loop import TrainResult
-from .tasks import INSTANCE, Task, task_of_config, task_of_data, task_of_weights
+from .tasks import INSTANCE, Task, Tile, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
 
 __all__ = [
@@ -68,18 +70,18 @@ def _silent(message: str) -> None:
 
 # --------------------------------------------------------------------------- data
 
-def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, train_input=None):
+def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, input_cfg=None, augment: bool = False):
     """The dataset of ``split`` of ``data`` (a directory or a COCO JSON file).
 
     ``task``: the task whose data is expected (its :meth:`~Task.build_dataset` builds it); data
     of the other task's format is a one-line ``PanopticFormatError`` naming the format found.
-    None takes the task of the data. ``train_input`` (a config's ``input`` section) adds its
-    training augmentation."""
+    None takes the task of the data. ``input_cfg`` (a config's ``input`` section): how its images
+    are read (None: the defaults); with ``augment``, also its training augmentation."""
     found = task_of_data(data)
     if task is not None and found is not task:
         raise PanopticFormatError(f"--data {data} holds COCO {found.data_format} data, but {task.expected_data} are "
                                   f"expected here" + (f"; {found.hint}" if found.hint else ""))
-    return found.build_dataset(data, split, train_input=train_input)
+    return found.build_dataset(data, split, input_cfg=input_cfg, augment=augment)
 
 
 def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
@@ -136,28 +138,36 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
             state-dict path.
         seed: seed of the initialisation and the data order.
         evaluate_on_val: evaluate every ``solver.eval_period`` iterations and at the end on the val
-            set (:func:`val_source` of ``data`` and ``val_data``), when there is one.
-        announce: receives the one-line description of the run before it starts.
+            set (:func:`val_source` of ``data`` and ``val_data``), when there is one. Each
+            evaluation keeps its predictions in ``output/eval`` (those during training named by
+            their iteration, :meth:`Task.evaluate`).
+        announce: receives the one-line description of the run before it starts, and the
+            headline figures of each evaluation during training (:meth:`Task.format_summary`).
     """
     overrides = dict(overrides or {})
     if config is None:
         config = task_of_data(data).default_config
     cfg = get_config(config, overrides)
     task = task_of_config(cfg)
-    train_set = load_dataset(data, "train", task=task, train_input=cfg.input)
+    train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     extra_state = task.configure(cfg, train_set)
     val_from = val_source(data, val_data) if evaluate_on_val else None
-    val_set = load_dataset(val_from, "val", task=task) if val_from else None
+    val_set = load_dataset(val_from, "val", task=task, input_cfg=cfg.input) if val_from else None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
                               "or choose another --output")
 
     def evaluate_on(model) -> Dict[str, Any]:
-        return task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False)
+        # the trainer's last evaluation comes after its last iteration; the others during training
+        iteration = trainer.iter if trainer.iter < trainer.max_iter else None
+        metrics = task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False, iteration=iteration)
+        if iteration is not None:
+            (announce or _silent)(f"val at iteration {iteration}: {task.format_summary(metrics)}")
+        return metrics
 
     torch.manual_seed(seed)
     model = build_model(cfg, weights_backbone=None if weights else _backbone_weights(backbone_weights, cfg))
@@ -188,27 +198,39 @@ class EvalReport:
     compile_report: Optional[str] = None
 
 
-def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val",
-             compile: bool = False, tta_sizes: Optional[Sequence[int]] = None) -> EvalReport:
-    """Evaluate the model of a weights file on ``split`` of ``data`` with its task's metrics (COCO
-    AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` into ``output``.
+def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val", compile: bool = False,
+             tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+             tta_sizes: Optional[Sequence[int]] = None) -> EvalReport:
+    """Evaluate the model of a weights file on ``split`` of ``data`` (its images read by the
+    weights' ``input`` rules) with its task's metrics (COCO AP, or PQ for panoptic weights),
+    writing the predictions and ``metrics.json`` into ``output``.
 
     ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
-    ``tta_sizes`` (not None; instance weights only): test-time augmentation
+    ``tile``, ``tile_overlap``, ``max_dets``: tiled prediction and COCOeval's detections per
+    image, for instance models (:meth:`Task.evaluate`). ``tta_sizes`` (not None; instance weights
+    only, not with ``tile``): test-time augmentation
     (:class:`~blendmask.models.tta.TestTimeAugmentation`) at these test sizes, empty: the default ones."""
+    _check_tta(tta_sizes, tile)
     model, cfg = load_model_from_weights(weights)
     task = task_of_config(cfg)
     if tta_sizes is not None and task is not INSTANCE:
         raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
-    dataset = load_dataset(data, split, task=task)
+    dataset = load_dataset(data, split, task=task, input_cfg=cfg.input)
     task.check_dataset(cfg, dataset, weights=weights, data=data)
     output = Path(output)
-    metrics = task.evaluate(_with_tta(model, cfg, tta_sizes), dataset, output_dir=output)
+    metrics = task.evaluate(_with_tta(model, cfg, tta_sizes), dataset, output_dir=output, tile=tile,
+                            tile_overlap=tile_overlap, max_dets=max_dets)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
                       metrics_path=output / "metrics.json", compile_report=compile_report(model) if compile else None)
+
+
+def _check_tta(tta_sizes: Optional[Sequence[int]], tile: Tile) -> None:
+    """Refuse test-time augmentation with tiled prediction, in one line."""
+    if tta_sizes is not None and tile is not None:
+        raise ValueError("--tta and --tile do not combine: choose one")
 
 
 def _with_tta(model: torch.nn.Module, cfg: BlendMaskConfig, tta_sizes: Optional[Sequence[int]]) -> torch.nn.Module:
@@ -234,17 +256,21 @@ class PredictReport:
 
 
 def predict(weights: PathLike, images: Sequence[PathLike], output: PathLike, *, score_threshold: float = 0.3,
-            show_bases: bool = False, compile: bool = False,
-            tta_sizes: Optional[Sequence[int]] = None) -> PredictReport:
+            show_bases: bool = False, compile: bool = False, tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP,
+            max_image_pixels: Optional[int] = None, tta_sizes: Optional[Sequence[int]] = None) -> PredictReport:
     """Predict image files with the model of a weights file, as its task does: overlays and a
     results JSON in ``output`` (instances: detections scoring at least ``score_threshold``, and
-    with ``show_bases`` the bases and attentions; panoptic: segment maps). ``tta_sizes`` (not
-    None; instances only, not with ``show_bases``): test-time augmentation as for :func:`evaluate`."""
+    with ``show_bases`` the bases and attentions, or with ``tile`` predicted in tiles at native
+    resolution; panoptic: segment maps). Images are read by the weights' ``input`` rules,
+    ``max_image_pixels`` replacing their limit. ``tta_sizes`` (not None; instances only, not with
+    ``show_bases`` or ``tile``): test-time augmentation as for :func:`evaluate`."""
+    _check_tta(tta_sizes, tile)
     if tta_sizes is not None and show_bases:
         raise ValueError("--show-bases draws one pass's bases: not with --tta")
     task = task_of_weights(weights)
-    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile, tta_sizes=tta_sizes)
-    files = task.predict_files(predictor, images, output, show_bases=show_bases)
+    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile,
+                                    max_image_pixels=max_image_pixels, tta_sizes=tta_sizes)
+    files = task.predict_files(predictor, images, output, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap)
     compiled = predictor.model.model if tta_sizes is not None else predictor.model  # TTA wraps the compiled model
     return PredictReport(task=task, files=files, compile_report=compile_report(compiled) if compile else None)
 

@@ -29,23 +29,26 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from blendmask.config import BlendMaskConfig
-from blendmask.data import CocoInstanceDataset, make_shapes, resolve_split
+from blendmask.data import CocoInstanceDataset, ImageReading, make_shapes, resolve_split
 from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_panoptic_split
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
-from blendmask.evaluation import RESULTS_FILE, evaluate_model, format_results_table
+from blendmask.evaluation import DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled, format_results_table
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
 from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
 from blendmask.serialization import load_checkpoint
+from blendmask.tiling import DEFAULT_OVERLAP
 
 __all__ = [
     "Task", "InstanceTask", "PanopticTask", "DemoRecipe", "INSTANCE", "PANOPTIC", "TASKS",
-    "DEMO_DATA", "DEMO_OVERRIDES", "task_of_config", "task_of_data", "task_of_weights",
+    "DEMO_DATA", "DEMO_OVERRIDES", "Tile", "task_of_config", "task_of_data", "task_of_weights",
 ]
 
 PathLike = Union[str, os.PathLike]
 Metrics = Dict[str, Any]
+#: A tile size in pixels, or ``"auto"`` (the model's test size): see :func:`blendmask.tiling.sliced_predict`.
+Tile = Union[int, str, None]
 
 # The built-in demo: the synthetic set's size and the solver/input overrides of the lite preset
 # (the README gives the figures they reach). Both tasks use them.
@@ -110,10 +113,13 @@ class Task(ABC):
         naming the paths tried when ``data`` has no such split."""
 
     @abstractmethod
-    def build_dataset(self, data: PathLike, split: str, *, train_input=None) -> torch.utils.data.Dataset:
+    def build_dataset(self, data: PathLike, split: str, *, input_cfg=None,
+                      augment: bool = False) -> torch.utils.data.Dataset:
         """The dataset of ``split`` (``"train"`` or ``"val"``) of ``data``, a directory or a JSON
-        file of this task's format. With ``train_input`` (a config's ``input`` section) it carries
-        the training augmentation (:func:`~blendmask.data.transforms.build_train_transforms`)."""
+        file of this task's format. Its images are read by the rules of ``input_cfg`` (a config's
+        ``input`` section: :meth:`ImageReading.from_config <blendmask.data.ImageReading.from_config>`;
+        None: the defaults). With ``augment`` it carries ``input_cfg``'s training augmentation
+        (:func:`~blendmask.data.transforms.build_train_transforms`)."""
 
     @abstractmethod
     def make_shapes(self, out: PathLike, *, train: int, val: int, size: int, seed: int = 0, num_classes: int = 4,
@@ -141,13 +147,19 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
-                 progress: bool = True) -> Metrics:
+                 progress: bool = True, iteration: Optional[int] = None, tile: Tile = None,
+                 tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
-        ``output_dir``, the predictions are written there as :attr:`results_file`."""
+        ``output_dir``, the predictions are written there as :attr:`results_file`, or, for an
+        evaluation during training at ``iteration``, apart from every other evaluation's.
+
+        ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
+        ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
+        Both are the instance task's; the panoptic task refuses them."""
 
     @abstractmethod
-    def format_table(self, metrics: Metrics) -> str:
-        """The printed table of :meth:`evaluate`'s metrics."""
+    def format_table(self, metrics: Metrics, *, max_dets: int = DEFAULT_MAX_DETS) -> str:
+        """The printed table of :meth:`evaluate`'s metrics (``max_dets``: the one evaluated with)."""
 
     @abstractmethod
     def format_summary(self, metrics: Metrics) -> str:
@@ -161,16 +173,18 @@ class Task(ABC):
 
     @abstractmethod
     def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False,
-                       tta_sizes: Optional[Sequence[int]] = None):
-        """The task's predictor of a weights file (``score_threshold`` applies to instances; with
-        ``tta_sizes`` not None, test-time augmentation at these sizes, empty: the default ones,
-        instances only)."""
+                       max_image_pixels: Optional[int] = None, tta_sizes: Optional[Sequence[int]] = None):
+        """The task's predictor of a weights file (``score_threshold`` applies to instances); it
+        reads images by the weights' ``input`` rules, ``max_image_pixels`` replacing their limit.
+        With ``tta_sizes`` not None: test-time augmentation at these sizes, empty: the default
+        ones (instances only)."""
 
     @abstractmethod
-    def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *,
-                      show_bases: bool = False) -> PredictionFiles:
+    def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *, show_bases: bool = False,
+                      tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP) -> PredictionFiles:
         """Predict every image file; write the overlays and the results JSON into ``out_dir``
-        (with ``show_bases``, the instance task also draws the bases and attentions)."""
+        (with ``show_bases``, the instance task also draws the bases and attentions; with
+        ``tile``, it predicts in tiles, :func:`blendmask.tiling.sliced_predict`)."""
 
     @abstractmethod
     def export_onnx(self, cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike], opset: int) -> Path:
@@ -195,35 +209,41 @@ class InstanceTask(Task):
     def resolve_split(self, data, split):
         return resolve_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None):
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False):
         ann_file, image_dir = self.resolve_split(data, split)
-        transforms = build_train_transforms(train_input) if train_input is not None else None
-        mask_format = train_input.mask_format if train_input is not None else "polygon"
-        if train_input is not None and train_input.copy_paste.prob > 0:
-            return self._copy_paste_dataset(ann_file, image_dir, train_input)
+        transforms, reading = _transforms_and_reading(input_cfg, augment)
+        if augment and input_cfg.copy_paste.prob > 0:
+            return self._copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading)
         # A training set's 8-bit images cross the loader's worker boundary as uint8.
-        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
-                                   uint8_images=train_input is not None)
+        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, reading=reading,
+                                   mask_format=input_cfg.mask_format if augment else "polygon", uint8_images=augment)
 
     @staticmethod
-    def _copy_paste_dataset(ann_file, image_dir, train_input):
+    def _copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading):
         """The training set with Simple Copy-Paste (``input.copy_paste``): the un-augmented
-        dataset, wrapped so that each sample goes through the training transforms before the paste."""
+        dataset, wrapped so that each sample goes through the training ``transforms`` before the paste."""
         from blendmask.data.copy_paste import CopyPasteDataset
 
-        raw = CocoInstanceDataset(ann_file, image_dir, mask_format=train_input.mask_format, uint8_images=True)
-        return CopyPasteDataset(raw, transforms=build_train_transforms(train_input), prob=train_input.copy_paste.prob,
-                                max_instances=train_input.copy_paste.max_instances)
+        raw = CocoInstanceDataset(ann_file, image_dir, reading=reading, mask_format=input_cfg.mask_format,
+                                  uint8_images=True)
+        return CopyPasteDataset(raw, transforms=transforms, prob=input_cfg.copy_paste.prob,
+                                max_instances=input_cfg.copy_paste.max_instances)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
                            overwrite=overwrite, progress=progress)
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
-        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress)
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS):
+        if tile is not None:
+            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets,
+                                  output_dir=output_dir, progress=progress)
+        results_name = RESULTS_FILE if iteration is None else f"coco_instances_results_iter{iteration:07d}.json"
+        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, results_name=results_name,
+                              max_dets=max_dets)
 
-    def format_table(self, metrics):
-        return format_results_table(metrics)
+    def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
+        return format_results_table(metrics, max_dets=max_dets)
 
     def format_summary(self, metrics):
         return ", ".join(f"{kind} AP={values['AP']:.3f} AP50={values['AP50']:.3f}" for kind, values in metrics.items())
@@ -232,11 +252,12 @@ class InstanceTask(Task):
         segm = metrics["segm"]
         return f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} (goal: {self.demo.goal})"
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, tta_sizes=None):
-        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile, tta_sizes=tta_sizes)
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, max_image_pixels=None, tta_sizes=None):
+        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile,
+                                      max_image_pixels=max_image_pixels, tta_sizes=tta_sizes)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
-        return predict_files(predictor, images, out_dir, show_bases=show_bases)
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP):
+        return predict_files(predictor, images, out_dir, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap)
 
     def export_onnx(self, cfg, out, *, weights, opset):
         from blendmask.deploy import export_onnx
@@ -262,11 +283,11 @@ class PanopticTask(Task):
     def resolve_split(self, data, split):
         return resolve_panoptic_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None):
-        if train_input is not None and train_input.copy_paste.prob > 0:
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False):
+        if augment and input_cfg.copy_paste.prob > 0:
             raise ValueError("input.copy_paste.prob > 0: copy-paste works on COCO instance data, not panoptic data")
-        transforms = build_train_transforms(train_input) if train_input is not None else None
-        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms)
+        transforms, reading = _transforms_and_reading(input_cfg, augment)
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms, reading=reading)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_panoptic_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
@@ -286,10 +307,14 @@ class PanopticTask(Task):
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS):
+        _refuse_instance_options(tile=tile, max_dets=max_dets)
+        if output_dir is not None and iteration is not None:
+            output_dir = Path(output_dir) / f"iter{iteration:07d}"
         return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
 
-    def format_table(self, metrics):
+    def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_pq_table(metrics)
 
     def format_summary(self, metrics):
@@ -299,12 +324,13 @@ class PanopticTask(Task):
         return (f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, "
                 f"stuff {metrics['Stuff']['PQ']:.3f}) (goal: {self.demo.goal})")
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, tta_sizes=None):
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, max_image_pixels=None, tta_sizes=None):
         if tta_sizes is not None:
             raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
-        return PanopticPredictor.from_weights(weights, compile=compile)
+        return PanopticPredictor.from_weights(weights, compile=compile, max_image_pixels=max_image_pixels)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP):
+        _refuse_instance_options(tile=tile)
         overlays = predict_panoptic_files(predictor, images, out_dir)
         return PredictionFiles(results_json=Path(out_dir) / PANOPTIC_PREDICTIONS_JSON, overlays=overlays)
 
@@ -314,6 +340,25 @@ class PanopticTask(Task):
 
         # the graph adds the semantic logits; the panoptic fusion stays in Python
         return export_panoptic_onnx(resolve_model(cfg, weights), out, opset=opset)
+
+
+def _transforms_and_reading(input_cfg, augment: bool):
+    """A dataset's training augmentation (with ``augment``) and image reading rules from a config's
+    ``input`` section (None: no augmentation, the default reading)."""
+    if augment and input_cfg is None:
+        raise ValueError("augment needs the config's input section (input_cfg)")
+    transforms = build_train_transforms(input_cfg) if augment else None
+    return transforms, ImageReading.from_config(input_cfg) if input_cfg is not None else ImageReading()
+
+
+def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS) -> None:
+    """Refuse, in one line, the options only instance models have (a panoptic model has no tiled
+    prediction, and PQ no maxDets)."""
+    if tile is not None:
+        raise ValueError("tile (--tile) applies to instance models; these weights are a panoptic model")
+    if max_dets != DEFAULT_MAX_DETS:
+        raise ValueError("max_dets (--max-dets) applies to instance models (COCO AP); these weights are a "
+                         "panoptic model (PQ)")
 
 
 INSTANCE: Task = InstanceTask()

@@ -21,7 +21,7 @@ def test_copy_paste_wraps_the_raw_training_set_and_runs_the_transforms_itself(in
     cfg = get_config("lite_mobilenet_v2", {"input.copy_paste.prob": 1.0, "input.copy_paste.max_instances": 2,
                                            "input.lsj.enabled": True, "input.lsj.output_size": (48, 40),
                                            "input.lsj.scale_range": (0.5, 1.5)})
-    train_set = INSTANCE.build_dataset(instance_set, "train", train_input=cfg.input)
+    train_set = INSTANCE.build_dataset(instance_set, "train", input_cfg=cfg.input, augment=True)
     assert isinstance(train_set, CopyPasteDataset)
     assert (train_set.prob, train_set.max_instances) == (1.0, 2)
     assert isinstance(train_set.dataset, CocoInstanceDataset) and train_set.dataset.transforms is None
@@ -34,7 +34,8 @@ def test_copy_paste_wraps_the_raw_training_set_and_runs_the_transforms_itself(in
 
 
 def test_without_copy_paste_the_training_set_is_the_plain_one(instance_set):
-    train_set = INSTANCE.build_dataset(instance_set, "train", train_input=get_config("lite_mobilenet_v2").input)
+    train_set = INSTANCE.build_dataset(instance_set, "train", input_cfg=get_config("lite_mobilenet_v2").input,
+                                        augment=True)
     assert type(train_set) is CocoInstanceDataset and train_set.transforms is not None
 
 
@@ -42,7 +43,7 @@ def test_panoptic_data_refuses_copy_paste_naming_the_key(tmp_path):
     data = PANOPTIC.make_shapes(tmp_path / "panoptic", train=1, val=1, size=SIZE, seed=1)
     cfg = get_config("lite_mobilenet_v2_panoptic", {"input.copy_paste.prob": 0.5})
     with pytest.raises(ValueError, match=r"input\.copy_paste\.prob") as info:
-        PANOPTIC.build_dataset(data, "train", train_input=cfg.input)
+        PANOPTIC.build_dataset(data, "train", input_cfg=cfg.input, augment=True)
     assert "\n" not in str(info.value)
 
 

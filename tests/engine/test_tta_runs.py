@@ -69,3 +69,11 @@ def test_panoptic_weights_refuse_tta_in_one_line(tmp_path):
         with pytest.raises(ValueError, match="--tta works on instance models, not on panoptic weights") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_tta_and_tiles_do_not_combine(instance_run, tmp_path):
+    data, weights = instance_run
+    with pytest.raises(ValueError, match="--tta and --tile do not combine"):
+        defaults.evaluate(weights, data, output=tmp_path / "eval", tta_sizes=[], tile=32)
+    with pytest.raises(ValueError, match="--tta and --tile do not combine"):
+        defaults.predict(weights, sorted((data / "val").glob("*.png")), tmp_path / "p", tta_sizes=[], tile=32)
