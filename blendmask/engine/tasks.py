@@ -24,7 +24,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -34,6 +34,7 @@ from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
 from blendmask.evaluation import RESULTS_FILE, evaluate_model, format_results_table
+from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
 from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
@@ -110,10 +111,13 @@ class Task(ABC):
         naming the paths tried when ``data`` has no such split."""
 
     @abstractmethod
-    def build_dataset(self, data: PathLike, split: str, *, train_input=None) -> torch.utils.data.Dataset:
+    def build_dataset(self, data: PathLike, split: str, *, train_input=None,
+                      allow_outside: bool = False) -> torch.utils.data.Dataset:
         """The dataset of ``split`` (``"train"`` or ``"val"``) of ``data``, a directory or a JSON
         file of this task's format. With ``train_input`` (a config's ``input`` section) it carries
-        the training augmentation (:func:`~blendmask.data.transforms.build_train_transforms`)."""
+        the training augmentation (:func:`~blendmask.data.transforms.build_train_transforms`).
+        ``allow_outside``: accept records whose file names lead outside the data set
+        (:mod:`blendmask.data.paths`)."""
 
     @abstractmethod
     def make_shapes(self, out: PathLike, *, train: int, val: int, size: int, seed: int = 0, num_classes: int = 4,
@@ -130,20 +134,30 @@ class Task(ABC):
         """The classes of ``dataset`` in words, e.g. ``"4 classes"``."""
         return f"{dataset.num_classes} classes"
 
-    def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike) -> None:
-        """Raise ``ValueError`` if the model of ``weights`` (config ``cfg``) does not predict
+    def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike,
+                      class_map: Optional[Mapping[str, str]] = None, ignore_class_names: bool = False) -> List[int]:
+        """The data set category id of each class of the model of ``weights`` (config ``cfg``),
+        matched by name (:func:`~blendmask.evaluation.categories.match_categories`, with
+        ``class_map`` / ``ignore_class_names``); ``ValueError`` if it does not predict
         ``dataset``'s classes."""
         if dataset.num_classes != cfg.model.num_classes:
             raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                              f"{dataset.num_classes} categories")
+        stored = load_checkpoint(weights)
+        return match_categories(stored.get("class_names"), stored.get("category_ids"), dataset.class_names,
+                                dataset.category_ids, weights=str(weights), data=str(data),
+                                class_map=dict(class_map) if class_map else None,
+                                ignore_class_names=ignore_class_names)
 
     # ---------------------------------------------------------------- evaluation
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
-                 progress: bool = True) -> Metrics:
+                 progress: bool = True, category_ids: Optional[Sequence[int]] = None) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
-        ``output_dir``, the predictions are written there as :attr:`results_file`."""
+        ``output_dir``, the predictions are written there as :attr:`results_file`.
+        ``category_ids[label]``: the data set category of each model class (default: the data
+        set's, in order; :meth:`check_dataset`)."""
 
     @abstractmethod
     def format_table(self, metrics: Metrics) -> str:
@@ -165,9 +179,10 @@ class Task(ABC):
 
     @abstractmethod
     def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *,
-                      show_bases: bool = False) -> PredictionFiles:
+                      show_bases: bool = False, progress: bool = False) -> PredictionFiles:
         """Predict every image file; write the overlays and the results JSON into ``out_dir``
-        (with ``show_bases``, the instance task also draws the bases and attentions)."""
+        (with ``show_bases``, the instance task also draws the bases and attentions); ``progress``
+        shows a bar."""
 
     @abstractmethod
     def export_onnx(self, cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike], opset: int) -> Path:
@@ -192,20 +207,20 @@ class InstanceTask(Task):
     def resolve_split(self, data, split):
         return resolve_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None):
+    def build_dataset(self, data, split, *, train_input=None, allow_outside=False):
         ann_file, image_dir = self.resolve_split(data, split)
         transforms = build_train_transforms(train_input) if train_input is not None else None
         mask_format = train_input.mask_format if train_input is not None else "polygon"
         # A training set's 8-bit images cross the loader's worker boundary as uint8.
         return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
-                                   uint8_images=train_input is not None)
+                                   uint8_images=train_input is not None, allow_outside=allow_outside)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
                            overwrite=overwrite, progress=progress)
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
-        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress)
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, category_ids=None):
+        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, category_ids=category_ids)
 
     def format_table(self, metrics):
         return format_results_table(metrics)
@@ -220,8 +235,8 @@ class InstanceTask(Task):
     def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
         return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
-        return predict_files(predictor, images, out_dir, show_bases=show_bases)
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, progress=False):
+        return predict_files(predictor, images, out_dir, show_bases=show_bases, progress=progress)
 
     def export_onnx(self, cfg, out, *, weights, opset):
         from blendmask.deploy import export_onnx
@@ -247,9 +262,10 @@ class PanopticTask(Task):
     def resolve_split(self, data, split):
         return resolve_panoptic_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None):
+    def build_dataset(self, data, split, *, train_input=None, allow_outside=False):
         transforms = build_train_transforms(train_input) if train_input is not None else None
-        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms)
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms,
+                                   allow_outside=allow_outside)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_panoptic_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
@@ -263,13 +279,19 @@ class PanopticTask(Task):
     def describe_classes(self, dataset):
         return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
 
-    def check_dataset(self, cfg, dataset, *, weights, data):
-        super().check_dataset(cfg, dataset, weights=weights, data=data)
+    def check_dataset(self, cfg, dataset, *, weights, data, class_map=None, ignore_class_names=False):
+        category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
+                                             ignore_class_names=ignore_class_names)
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
+        if list(category_ids) != list(dataset.category_ids):
+            raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
+                             "evaluate on data with the weights' categories, or pass --ignore-class-names")
+        return category_ids
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True):
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, category_ids=None):
+        # check_dataset admits the data set's own category order only
         return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
 
     def format_table(self, metrics):
@@ -285,7 +307,7 @@ class PanopticTask(Task):
     def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
         return PanopticPredictor.from_weights(weights, compile=compile)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False):
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, progress=False):
         overlays = predict_panoptic_files(predictor, images, out_dir)
         return PredictionFiles(results_json=Path(out_dir) / PANOPTIC_PREDICTIONS_JSON, overlays=overlays)
 
