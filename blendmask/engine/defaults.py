@@ -14,6 +14,8 @@ Each function does one command's work and returns what it produced, for the comm
 What differs between instance and panoptic segmentation is the
 :class:`~blendmask.engine.tasks.Task`'s, known from the config, the weights file or the data.
 Progress messages go to an ``announce`` callback (none by default); nothing here prints.
+Every run holds the output guard of what it writes (:mod:`blendmask.output_guard`: a lock, and
+no file replaced that no blendmask run made) for its whole work.
 
 Example::
 
@@ -25,10 +27,12 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +45,12 @@ from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
 from blendmask.models import build_model
 from blendmask.models.inference_path import compile_report, optimize_for_inference
-from blendmask.predict import PredictionFiles
+from blendmask.output_guard import OutputGuard, guard_output_dir
+from blendmask.outputs import check_distinct_stems
+from blendmask.predict import PredictionFiles, expand_image_inputs
 
 from blendmask.models import load_model_from_weights
+from .hooks import json_safe
 from .train_loop import TrainResult
 from .tasks import INSTANCE, Task, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
@@ -64,20 +71,55 @@ def _silent(message: str) -> None:
     """What stands for a missing :data:`Announce`: says nothing."""
 
 
+def _guard_dir(path: PathLike, option: str, command: str, **kwargs):
+    """The output guard of a run's output directory (:func:`~blendmask.output_guard.guard_output_dir`);
+    in a ``torchrun`` job only rank 0, which writes the files, takes it (the others get None)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return guard_output_dir(path, option=option, command=f"blendmask {command}", **kwargs)
+
+
+def _holds_output_guard(command: str, *, option: str = "--output", default_output=None):
+    """Decorate a run whose ``output`` argument is its output directory: the run holds
+    :func:`_guard_dir` on it for its whole work; with ``overwrite`` true, the files earlier runs
+    left there are deleted first (``resume`` excludes it). ``default_output(arguments)`` gives
+    the directory, next to the ``weights`` argument, when ``output`` is None."""
+    def decorate(run):
+        signature = inspect.signature(run)
+
+        @functools.wraps(run)
+        def guarded(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments, named = bound.arguments, option
+            if arguments["output"] is None:
+                arguments["output"], named = default_output(arguments), f"{option} (default: next to --weights)"
+            if arguments.get("overwrite") and arguments.get("resume"):
+                raise ValueError("--resume and --overwrite exclude each other: resume the run, or replace it")
+            with _guard_dir(arguments["output"], named, command) as guard:
+                if arguments.get("overwrite") and guard is not None:
+                    guard.remove_own_outputs()
+                return run(*bound.args, **bound.kwargs)
+        return guarded
+    return decorate
+
+
 # --------------------------------------------------------------------------- data
 
-def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, train_input=None):
+def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, train_input=None,
+                 allow_outside: bool = False):
     """The dataset of ``split`` of ``data`` (a directory or a COCO JSON file).
 
     ``task``: the task whose data is expected (its :meth:`~Task.build_dataset` builds it); data
     of the other task's format is a one-line ``PanopticFormatError`` naming the format found.
     None takes the task of the data. ``train_input`` (a config's ``input`` section) adds its
-    training augmentation."""
+    training augmentation. ``allow_outside``: accept records whose file names lead outside the
+    data set (:mod:`blendmask.data.paths`)."""
     found = task_of_data(data)
     if task is not None and found is not task:
         raise PanopticFormatError(f"--data {data} holds COCO {found.data_format} data, but {task.expected_data} are "
                                   f"expected here" + (f"; {found.hint}" if found.hint else ""))
-    return found.build_dataset(data, split, train_input=train_input)
+    return found.build_dataset(data, split, train_input=train_input, allow_outside=allow_outside)
 
 
 def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
@@ -118,10 +160,12 @@ def _backbone_weights(choice: str, cfg: BlendMaskConfig) -> Optional[str]:
     return None if choice == "none" else choice
 
 
+@_holds_output_guard("train")
 def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
           overrides: Optional[Mapping[str, Any]] = None, resume: bool = False, weights: Optional[PathLike] = None,
           backbone_weights: str = "auto", seed: int = 0, num_workers: Optional[int] = None, evaluate_on_val: bool = True,
-          val_data: Optional[PathLike] = None, announce: Optional[Announce] = None) -> TrainReport:
+          val_data: Optional[PathLike] = None, announce: Optional[Announce] = None, overwrite: bool = False,
+          allow_outside: bool = False) -> TrainReport:
     """Train the preset ``config`` (default: the lite preset of the data's task) with ``overrides``
     (dotted config keys) on the train split of ``data``, writing checkpoints, metrics and the loss
     curve into ``output``.
@@ -129,6 +173,8 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
     Args:
         resume: continue from the last checkpoint in ``output``; without it, an ``output`` that
             holds checkpoints is refused.
+        overwrite: first delete the outputs earlier runs left in ``output`` (a file no blendmask
+            run made there is refused all the same).
         weights: initialise from this weights file (matching tensors only).
         backbone_weights: ``"auto"`` (offline ImageNet weights for MobileNetV2), ``"none"``, or a
             state-dict path.
@@ -136,23 +182,27 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
         evaluate_on_val: evaluate every ``solver.eval_period`` iterations and at the end on the val
             set (:func:`val_source` of ``data`` and ``val_data``), when there is one.
         announce: receives the one-line description of the run before it starts.
+        allow_outside: read images whose file names lead outside the data set.
     """
     overrides = dict(overrides or {})
     if config is None:
         config = task_of_data(data).default_config
     cfg = get_config(config, overrides)
     task = task_of_config(cfg)
-    train_set = load_dataset(data, "train", task=task, train_input=cfg.input)
+    train_set = load_dataset(data, "train", task=task, train_input=cfg.input, allow_outside=allow_outside)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     extra_state = task.configure(cfg, train_set)
     val_from = val_source(data, val_data) if evaluate_on_val else None
-    val_set = load_dataset(val_from, "val", task=task) if val_from else None
+    val_set = load_dataset(val_from, "val", task=task, allow_outside=allow_outside) if val_from else None
+    if val_set is not None and len(val_set) == 0:
+        logger.warning("the val split of %s has no images: training evaluates nothing", val_from)
+        val_set = None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
-                              "or choose another --output")
+                              "--overwrite to replace that run, or choose another --output")
 
     def evaluate_on(model) -> Dict[str, Any]:
         return task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False)
@@ -186,46 +236,73 @@ class EvalReport:
     compile_report: Optional[str] = None
 
 
-def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val",
-             compile: bool = False) -> EvalReport:
+@_holds_output_guard("eval", default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "eval")
+def evaluate(weights: PathLike, data: PathLike, *, output: Optional[PathLike] = None, split: str = "val",
+             compile: bool = False, class_map: Union[str, Mapping[str, str], None] = None,
+             ignore_class_names: bool = False, allow_outside: bool = False) -> EvalReport:
     """Evaluate the model of a weights file on ``split`` of ``data`` with its task's metrics (COCO
-    AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` into ``output``.
+    AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` (strict JSON:
+    ``null`` for a metric without a value) into ``output`` (default: ``eval`` next to ``weights``).
 
-    ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile)."""
+    ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
+    The model's classes are matched to the data set's categories by name
+    (:func:`~blendmask.evaluation.categories.match_categories`); ``class_map``
+    (``{model_class: data_class}`` or its ``"a=b,..."`` text) or ``ignore_class_names`` (the
+    data set's order) resolve names that differ. ``allow_outside``: read images whose file names
+    lead outside the data set."""
     model, cfg = load_model_from_weights(weights)
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
     task = task_of_config(cfg)
-    dataset = load_dataset(data, split, task=task)
-    task.check_dataset(cfg, dataset, weights=weights, data=data)
+    dataset = load_dataset(data, split, task=task, allow_outside=allow_outside)
+    category_ids = task.check_dataset(cfg, dataset, weights=weights, data=data, class_map=_class_map(class_map),
+                                      ignore_class_names=ignore_class_names)
     output = Path(output)
-    metrics = task.evaluate(model, dataset, output_dir=output)
+    metrics = task.evaluate(model, dataset, output_dir=output, category_ids=category_ids)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
                       metrics_path=output / "metrics.json", compile_report=compile_report(model) if compile else None)
+
+
+def _class_map(class_map: Union[str, Mapping[str, str], None]) -> Optional[Mapping[str, str]]:
+    """A ``--class-map`` as a mapping (:func:`~blendmask.evaluation.categories.parse_class_map` of its text)."""
+    from blendmask.evaluation.categories import parse_class_map
+
+    return parse_class_map(class_map) if isinstance(class_map, str) else class_map
 
 
 # --------------------------------------------------------------------------- predict and export
 
 @dataclass
 class PredictReport:
-    """What :func:`predict` produced: the task, the files written, and with ``compile`` the
-    compilation's one-line report."""
+    """What :func:`predict` produced: the task, the files written, with ``compile`` the
+    compilation's one-line report, and the files of input directories skipped as not images."""
 
     task: Task
     files: PredictionFiles
     compile_report: Optional[str] = None
+    skipped: List[Path] = field(default_factory=list)
 
 
-def predict(weights: PathLike, images: Sequence[PathLike], output: PathLike, *, score_threshold: float = 0.3,
-            show_bases: bool = False, compile: bool = False) -> PredictReport:
-    """Predict image files with the model of a weights file, as its task does: overlays and a
-    results JSON in ``output`` (instances: detections scoring at least ``score_threshold``, and
-    with ``show_bases`` the bases and attentions; panoptic: segment maps)."""
+@_holds_output_guard("predict", option="--out",
+                     default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "predictions")
+def predict(weights: PathLike, images: Sequence[PathLike], output: Optional[PathLike] = None, *,
+            score_threshold: float = 0.3, show_bases: bool = False, compile: bool = False,
+            progress: bool = False) -> PredictReport:
+    """Predict image files, and the images of directories (:func:`~blendmask.predict.expand_image_inputs`),
+    with the model of a weights file, as its task does, one image at a time: overlays and a
+    results JSON in ``output`` (default: ``predictions`` next to ``weights``; instances:
+    detections scoring at least ``score_threshold``, and with ``show_bases`` the bases and
+    attentions; panoptic: segment maps). ``progress`` shows a bar."""
+    paths, skipped = expand_image_inputs(images)
+    if not paths:
+        raise FileNotFoundError(f"no images in {' '.join(map(str, images))}")
+    check_distinct_stems([str(path) for path in paths])
     task = task_of_weights(weights)
     predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile)
-    files = task.predict_files(predictor, images, output, show_bases=show_bases)
-    return PredictReport(task=task, files=files, compile_report=compile_report(predictor.model) if compile else None)
+    files = task.predict_files(predictor, paths, output, show_bases=show_bases, progress=progress)
+    return PredictReport(task=task, files=files, compile_report=compile_report(predictor.model) if compile else None,
+                         skipped=skipped)
 
 
 def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike] = None,
@@ -251,16 +328,13 @@ DEMO_PREDICT_IMAGES = 4
 DEMO_MARKER = ".blendmask-demo"
 
 
-def prepare_demo_output(out: Path) -> None:
-    """Empty ``out`` for a new demo run, but only if a previous demo made it (it holds
-    :data:`DEMO_MARKER`): a directory the user filled with anything else is never deleted."""
-    if out.exists():
-        if not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
-            raise FileExistsError(f"--output {out} exists and was not made by 'blendmask demo': "
-                                  "choose a new or empty directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
+def prepare_demo_output(guard: OutputGuard) -> None:
+    """Empty the guarded output of a new demo run (:func:`_guard_dir` with ``owned_marker=DEMO_MARKER``):
+    the outputs of earlier blendmask runs there are deleted (the guard refuses a directory that
+    holds anything else; one holding :data:`DEMO_MARKER` was made by a demo before manifests
+    existed, and is all ours)."""
+    guard.remove_own_outputs()
+    (guard.directory / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
 
 
 @dataclass
@@ -286,7 +360,15 @@ def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
     announce = announce or _silent
     data_args, schedule = (FAST_DATA, FAST_OVERRIDES) if fast else (task.demo.data, task.demo.overrides)
     out = Path(output)
-    prepare_demo_output(out)
+    with _guard_dir(out, "--output", "demo", owned_marker=DEMO_MARKER) as guard:
+        if guard is not None:
+            prepare_demo_output(guard)
+        return _demo_steps(task, out, data_args, {**schedule, **(overrides or {})}, num_workers, announce)
+
+
+def _demo_steps(task: Task, out: Path, data_args: Mapping[str, Any], overrides: Mapping[str, Any],
+                num_workers: Optional[int], announce: Announce) -> DemoReport:
+    """The demo's four steps into ``out`` (held by its output guard)."""
     start = time.perf_counter()
     announce(f"[1/4] generating the {task.synthetic_set} ({data_args['train']} train + {data_args['val']} val, "
              f"{data_args['size']} px) in {out / 'data'}")
@@ -294,7 +376,7 @@ def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
                             seed=data_args["seed"], progress=True)
     announce(f"[2/4] training {task.default_config} on the CPU")
     trained = train(config=task.default_config, data=str(data), output=str(out / "train"),
-                    overrides={**schedule, **(overrides or {})}, num_workers=num_workers, evaluate_on_val=False,
+                    overrides=overrides, num_workers=num_workers, evaluate_on_val=False,
                     announce=announce).result
     announce(f"[3/4] evaluating {task.metric} on the val split")
     evaluation = evaluate(str(trained.final_checkpoint), str(data), split="val", output=out / "eval")
