@@ -45,7 +45,7 @@ from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
 from blendmask.models import build_model
 from blendmask.models.inference_path import compile_report, optimize_for_inference
-from blendmask.output_guard import OutputGuard, guard_output_dir
+from blendmask.output_guard import OutputGuard, guard_output_dir, guard_output_file
 from blendmask.outputs import check_distinct_stems
 from blendmask.predict import PredictionFiles, expand_image_inputs
 
@@ -306,12 +306,16 @@ def predict(weights: PathLike, images: Sequence[PathLike], output: Optional[Path
 
 
 def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike] = None,
-                 opset: Optional[int] = None) -> Path:
+                 opset: Optional[int] = None, overwrite: bool = False) -> Path:
     """Export the inference graph of ``cfg``'s model (random weights, or those of ``weights``) to
-    ONNX at ``out`` (``opset`` default :data:`blendmask.deploy.DEFAULT_OPSET`); returns the path."""
+    ONNX at ``out`` (``opset`` default :data:`blendmask.deploy.DEFAULT_OPSET`); returns the path.
+    An existing ``out`` is replaced only with ``overwrite``; the export holds its output guard
+    (:func:`~blendmask.output_guard.guard_output_file`)."""
     from blendmask.deploy import DEFAULT_OPSET  # deferred: the export's own dependencies load with it
 
-    return task_of_config(cfg).export_onnx(cfg, out, weights=weights, opset=DEFAULT_OPSET if opset is None else opset)
+    with guard_output_file(out, option="--out", command="blendmask export-onnx", overwrite=overwrite):
+        return task_of_config(cfg).export_onnx(cfg, out, weights=weights,
+                                               opset=DEFAULT_OPSET if opset is None else opset)
 
 
 # --------------------------------------------------------------------------- demo
