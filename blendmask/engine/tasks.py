@@ -280,11 +280,11 @@ class PanopticTask(Task):
         return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
 
     def check_dataset(self, cfg, dataset, *, weights, data, class_map=None, ignore_class_names=False):
-        category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
-                                             ignore_class_names=ignore_class_names)
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
+        category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
+                                             ignore_class_names=ignore_class_names)
         if list(category_ids) != list(dataset.category_ids):
             raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
                              "evaluate on data with the weights' categories, or pass --ignore-class-names")
