@@ -307,12 +307,13 @@ def run_configuration(run: Dict[str, Any]) -> Dict[str, Any]:
         torch.set_num_threads(run["threads"])
     run_dir = Path(run["run_dir"])
     start = time.perf_counter()
-    result = defaults.train(config=BASE_CONFIG, data=run["data"], output=str(run_dir), overrides=run["overrides"],
-                            resume=(run_dir / "last_checkpoint").exists(), seed=run["seed"], evaluate_on_val=False,
-                            announce=run["announce"]).result
+    trained = defaults.train(config=BASE_CONFIG, data=run["data"], output=str(run_dir), overrides=run["overrides"],
+                             resume=(run_dir / "last_checkpoint").exists(), seed=run["seed"], evaluate_on_val=False,
+                             announce=run["announce"])
+    result = trained.result
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    dataset = defaults.load_dataset(run["eval_data"], run["eval_split"], task=INSTANCE)
+    dataset = defaults.load_dataset(run["eval_data"], run["eval_split"], task=INSTANCE, input_cfg=trained.cfg.input)
     evaluation = _timed_evaluation(Path(result.final_checkpoint), dataset, run_dir / "eval")
     record = {"label": run["label"], "overrides": _jsonable(run["overrides"]), "train_s": train_s,
               "eval_s": time.perf_counter() - start, "eval_split": run["eval_split"], **evaluation}

@@ -83,6 +83,29 @@ def _add_panoptic(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--panoptic", dest="task", action="store_const", const="panoptic", default="instance", help=help)
 
 
+def _add_tile_options(p: argparse.ArgumentParser) -> None:
+    """``--tile SIZE|auto`` and ``--tile-overlap F``: tiled prediction (:mod:`blendmask.tiling`)."""
+    p.add_argument("--tile", type=_tile_size, default=None, metavar="SIZE|auto",
+                   help="predict large images in tiles of SIZE pixels at native resolution, merged across the "
+                        "seams ('auto': the model's test size); default: the whole image, resized to the test size")
+    _add_tile_overlap(p)
+
+
+def _add_tile_overlap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile-overlap", type=float, default=0.2, metavar="F",
+                   help="fraction of a tile shared with its neighbour, in [0, 1) (default 0.2)")
+
+
+def _tile_size(text: str):
+    """``--tile``'s value: a number of pixels or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', got {text!r}") from None
+
+
 def _add_allow_outside(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-outside-data", dest="allow_outside", action="store_true",
                    help="read images whose annotation file_name leads outside the data set's image directory "
@@ -179,6 +202,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", choices=["train", "val"], help="split of a data directory (default val)")
     p.add_argument("--output", help="where to write the results JSON and metrics (default: next to --weights)")
     _add_compile(p)
+    _add_tile_options(p)
+    p.add_argument("--max-dets", type=int, default=100, metavar="N",
+                   help="detections per image COCOeval scores (its maxDets; default 100): raise it for large "
+                        "images with many instances")
     p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
                    help="score the model's classes as these data set categories (default: by name; data whose "
                         "names differ from the weights' class_names is refused)")
@@ -193,11 +220,12 @@ def _run_eval(args) -> int:
     if args.output:
         check_output_location(args.output, "--output", is_dir=True)
     report = defaults.evaluate(args.weights, args.data, split=args.split, output=args.output, compile=args.compile,
+                               tile=args.tile, tile_overlap=args.tile_overlap, max_dets=args.max_dets,
                                class_map=args.class_map, ignore_class_names=args.ignore_class_names,
                                allow_outside=args.allow_outside)
     if report.compile_report is not None:
         print(report.compile_report)
-    print(report.task.format_table(report.metrics))
+    print(report.task.format_table(report.metrics, max_dets=args.max_dets))
     print(f"results: {report.results_path}")
     print(f"metrics: {report.metrics_path}")
     return 0
@@ -213,6 +241,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
+    _add_tile_options(p)
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="read images of up to N pixels (default: the weights' input.max_image_pixels, "
+                        "Pillow's decompression-bomb size)")
     _add_compile(p)
 
 
@@ -222,7 +254,8 @@ def _run_predict(args) -> int:
     if args.out:
         check_output_location(args.out, "--out", is_dir=True)
     report = defaults.predict(args.weights, args.images, args.out, score_threshold=args.score_threshold,
-                              show_bases=args.show_bases, compile=args.compile, progress=True)
+                              show_bases=args.show_bases, compile=args.compile, tile=args.tile,
+                              tile_overlap=args.tile_overlap, max_image_pixels=args.max_image_pixels, progress=True)
     _say_skipped(report.skipped)
     for path in report.files.overlays + report.files.bases_figures:
         print(path)
@@ -237,6 +270,34 @@ def _say_skipped(skipped: Sequence[Path]) -> None:
     if skipped:
         shown = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         print(f"predict: skipped {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- slice-data
+
+def _add_slice_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="data set directory or COCO JSON (as for train)")
+    p.add_argument("out", help="new or empty output directory (annotations/instances_SPLIT.json + SPLIT/)")
+    p.add_argument("--split", default="train", choices=["train", "val"], help="split to slice (default train)")
+    p.add_argument("--tile", type=int, required=True, help="tile side in pixels")
+    _add_tile_overlap(p)
+    p.add_argument("--min-area-fraction", type=float, default=0.1, metavar="F",
+                   help="drop a cut annotation smaller than F of its whole mask (default 0.1)")
+    p.add_argument("--empty-ratio", type=float, default=0.0, metavar="R",
+                   help="keep R empty tiles per tile with annotations, chosen at random (default 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of empty tiles")
+
+
+def _run_slice_data(args) -> int:
+    from blendmask.data import resolve_split
+    from blendmask.data.slicing import slice_dataset
+
+    ann_file, image_dir = resolve_split(args.data, args.split)
+    check_output_location(args.out, "OUT", is_dir=True)
+    out = slice_dataset(ann_file, image_dir, args.out, tile=args.tile, overlap=args.tile_overlap, split=args.split,
+                        min_area_fraction=args.min_area_fraction, empty_ratio=args.empty_ratio, seed=args.seed,
+                        progress=True)
+    print(f"wrote {out / 'annotations' / f'instances_{args.split}.json'} and {out / args.split}")
+    return 0
 
 
 # --------------------------------------------------------------------------- convert / export-onnx
@@ -357,6 +418,8 @@ class Command(NamedTuple):
 COMMANDS: List[Command] = [
     Command("make-shapes", "generate the built-in synthetic shapes data set (COCO JSON + PNG)",
             _add_make_shapes, _run_make_shapes),
+    Command("slice-data", "cut a data set of large images into tiles for training at native resolution",
+            _add_slice_data, _run_slice_data),
     Command("train", "train a model (single process, or under torchrun for DDP)", _add_train, _run_train),
     Command("eval", "COCO bbox + segm evaluation of a weights file on a data set", _add_eval, _run_eval),
     Command("predict", "predict on images: overlay PNGs + results JSON", _add_predict, _run_predict),

@@ -133,6 +133,27 @@ class ModelConfig:
 
 
 @dataclass
+class LSJConfig:
+    """Large-scale jitter (:class:`blendmask.data.jitter.LargeScaleJitter`), applied after the crop and
+    before the flip: resize by ``min(out_h / h, out_w / w) * U[scale_range]``, then a random
+    ``output_size`` crop or a bottom/right zero pad. Pair it with ``min_size_train = (0,)`` (the model
+    then keeps the jittered size) or with ``min_size_train`` equal to the output's short side."""
+
+    enabled: bool = False
+    scale_range: Tuple[float, ...] = (0.1, 2.0)
+    output_size: Tuple[int, ...] = (1024, 1024)  # (h, w)
+
+
+@dataclass
+class CopyPasteConfig:
+    """Simple Copy-Paste (:class:`blendmask.data.copy_paste.CopyPasteDataset`): with probability ``prob``
+    a random subset (1 to ``max_instances``) of another augmented training image's instances is pasted on."""
+
+    prob: float = 0.0
+    max_instances: int = 100
+
+
+@dataclass
 class InputConfig:
     min_size_train: Tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     # "choice": one of min_size_train; "range": an int drawn uniformly from [min_size_train[0], min_size_train[1]]
@@ -161,6 +182,8 @@ class InputConfig:
     image_page: int = 0  # page of a multi-page TIFF
     image_channels: Tuple[int, ...] = ()  # 1 (gray) or 3 (RGB) channel indices; empty: 1, 3 or RGB of 4
     max_image_pixels: int = 2 * 89_478_485  # larger files are refused (Pillow's decompression-bomb size)
+    lsj: LSJConfig = field(default_factory=LSJConfig)
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)
 
 
 @dataclass

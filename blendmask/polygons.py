@@ -237,7 +237,7 @@ class PolygonMasks:
 
     def to_bitmasks(self) -> torch.Tensor:
         """``(n, H, W)`` uint8 full-resolution masks: this materialises ``n x H x W`` bytes (for
-        display and tests; training never calls it)."""
+        display, tests and copy-paste, :mod:`blendmask.data.copy_paste`)."""
         out = torch.zeros((len(self), *self.image_size), dtype=torch.uint8)
         for i in range(len(self)):
             out[i] = self.rasterize(i).to(torch.uint8)

@@ -97,14 +97,23 @@ class Predictor:
     @classmethod
     def from_weights(cls, path: PathLike, *, score_threshold: float = 0.3,
                      device: Union[str, torch.device] = "cpu", compile: bool = False,
-                     max_image_pixels: Optional[int] = None) -> "Predictor":
+                     max_image_pixels: Optional[int] = None,
+                     tta_sizes: Optional[Sequence[int]] = None) -> "Predictor":
         """Build the model from a weights file's embedded config; class names come from the file
         (``class_names``, written by ``blendmask train``) or default to ``class_<label>``; images
-        are read by the config's ``input`` rules, with ``max_image_pixels`` replacing its limit."""
+        are read by the config's ``input`` rules, with ``max_image_pixels`` replacing its limit.
+        With ``tta_sizes`` (not None), the model runs with test-time augmentation
+        (:class:`~blendmask.models.tta.TestTimeAugmentation`: flip, and these test sizes; empty: 0.8x,
+        1x and 1.2x the configured one)."""
         from blendmask.models import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
         model, cfg = load_model_from_weights(path, device=device)
+        if tta_sizes is not None:
+            from blendmask.models.tta import TestTimeAugmentation, default_test_sizes
+
+            model = TestTimeAugmentation(inference_model_of(model.eval(), compile=compile),
+                                         sizes=tta_sizes or default_test_sizes(cfg.input.min_size_test))
         names = (load_checkpoint(path, what="weights file").get("class_names")
                  or [f"class_{i}" for i in range(cfg.model.num_classes)])
         if max_image_pixels is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -47,9 +47,10 @@ class PanopticPredictor:
 
     @classmethod
     def from_weights(cls, path: PathLike, *, device: Union[str, torch.device] = "cpu",
-                     compile: bool = False) -> "PanopticPredictor":
+                     compile: bool = False, max_image_pixels: Optional[int] = None) -> "PanopticPredictor":
         """The model of a weights file written by ``blendmask train`` on panoptic data (names from the file,
-        else ``class_<i>`` / ``stuff_<i>``)."""
+        else ``class_<i>`` / ``stuff_<i>``); images are read by the config's ``input`` rules, with
+        ``max_image_pixels`` replacing its limit."""
         from blendmask.models import load_model_from_weights
         from blendmask.serialization import load_checkpoint
 
@@ -59,6 +60,8 @@ class PanopticPredictor:
         data = load_checkpoint(path)
         names = data.get("class_names") or [f"class_{i}" for i in range(cfg.model.num_classes)]
         stuff = data.get("stuff_names") or [f"stuff_{i}" for i in range(cfg.model.panoptic.num_stuff_classes)]
+        if max_image_pixels is not None:
+            cfg.input.max_image_pixels = max_image_pixels
         return cls(model=model, class_names=names, stuff_names=stuff, device=device, compile=compile,
                    reading=ImageReading.from_config(cfg.input))
 

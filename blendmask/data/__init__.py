@@ -1,5 +1,7 @@
 """Data: the COCO-format dataset, training transforms, loaders and the synthetic shapes set."""
 from .coco import CocoInstanceDataset, load_coco_json, resolve_split
+from .copy_paste import CopyPasteDataset
+from .jitter import LargeScaleJitter
 from .images import DecodedImage, ImageReading, decode_image, read_image
 from .intensity import IntensityPolicy
 from .loader import (
@@ -14,6 +16,8 @@ from .transforms import Compose, RandomHorizontalFlip
 
 __all__ = [
     "CocoInstanceDataset",
+    "CopyPasteDataset",
+    "LargeScaleJitter",
     "load_coco_json",
     "resolve_split",
     "read_image",

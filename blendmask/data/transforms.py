@@ -1,9 +1,11 @@
 """Training augmentation on ``(image, target)`` pairs.
 
 The model resizes its inputs itself (shortest side sampled from ``config.input.min_size_train``
-with ``max_size_train``, like torchvision's ``GeneralizedRCNNTransform``), so the data side only
-crops (AdelaiDet's ``INPUT.CROP``, which detectron2 applies before the resize) and flips;
-:func:`build_train_transforms` assembles both from ``config.input``. Transforms take and return ``(image Tensor(3, H, W), target dict)`` with the target keys of
+with ``max_size_train``, like torchvision's ``GeneralizedRCNNTransform``), so the data side
+crops (AdelaiDet's ``INPUT.CROP``, which detectron2 applies before the resize), optionally applies
+large-scale jitter (:mod:`blendmask.data.jitter`) and flips; :func:`build_train_transforms`
+assembles them from ``config.input`` (copy-paste, which mixes two samples, is a dataset wrapper:
+:mod:`blendmask.data.copy_paste`). Transforms take and return ``(image Tensor(3, H, W), target dict)`` with the target keys of
 :class:`blendmask.data.CocoInstanceDataset` (``boxes`` xyxy, ``masks``: ``(n, H, W)`` bitmasks or
 :class:`blendmask.polygons.PolygonMasks`, whose vertices are transformed, ...).
 
@@ -19,7 +21,7 @@ import torch
 
 from blendmask.polygons import PolygonMasks
 
-__all__ = ["Compose", "RandomHorizontalFlip", "RandomInstanceCrop", "build_train_transforms"]
+__all__ = ["Compose", "RandomHorizontalFlip", "RandomInstanceCrop", "build_train_transforms", "mask_boxes"]
 
 Sample = Tuple[torch.Tensor, Dict[str, Any]]
 
@@ -74,7 +76,7 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight ``(n, 4)`` xyxy boxes in pixel-edge coordinates of ``(n, H, W)`` masks (zeros when empty)."""
     boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
     rows, cols = masks.any(dim=2), masks.any(dim=1)  # (n, H), (n, W)
@@ -150,7 +152,7 @@ class RandomInstanceCrop:
             keep = target["masks"].nonempty()
         elif "masks" in target:
             target["masks"] = target["masks"][:, y0:y0 + crop_h, x0:x0 + crop_w]
-            target["boxes"] = _mask_boxes(target["masks"])
+            target["boxes"] = mask_boxes(target["masks"])
             keep = target["masks"].flatten(1).any(dim=1).bool()  # any() of uint8 masks is uint8
         elif "boxes" in target:
             shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
@@ -175,10 +177,15 @@ class RandomInstanceCrop:
 
 
 def build_train_transforms(input_cfg: Any) -> Compose:
-    """The training augmentation of ``config.input``: the crop when ``crop_enabled``, then the flip."""
+    """The per-image training augmentation of ``config.input``: the crop when ``crop_enabled``, the
+    large-scale jitter when ``lsj.enabled`` (:class:`blendmask.data.jitter.LargeScaleJitter`), then the flip."""
+    from .jitter import LargeScaleJitter  # jitter imports this module's helpers
+
     transforms: List[Callable[[torch.Tensor, Dict[str, Any]], Sample]] = []
     if input_cfg.crop_enabled:
         transforms.append(RandomInstanceCrop(input_cfg.crop_type, input_cfg.crop_size))
+    if input_cfg.lsj.enabled:
+        transforms.append(LargeScaleJitter(input_cfg.lsj.output_size, input_cfg.lsj.scale_range))
     if input_cfg.hflip_prob > 0:
         transforms.append(RandomHorizontalFlip(input_cfg.hflip_prob))
     return Compose(transforms)

@@ -43,16 +43,18 @@ import torch
 from blendmask.config import BlendMaskConfig, get_config
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
+from blendmask.evaluation import DEFAULT_MAX_DETS
 from blendmask.models import build_model
 from blendmask.models.inference_path import compile_report, optimize_for_inference
 from blendmask.output_guard import OutputGuard, guard_output_dir, guard_output_file
 from blendmask.outputs import check_distinct_stems
 from blendmask.predict import PredictionFiles, expand_image_inputs
+from blendmask.tiling import DEFAULT_OVERLAP
 
 from blendmask.models import load_model_from_weights
 from .hooks import json_safe
 from .train_loop import TrainResult
-from .tasks import INSTANCE, Task, task_of_config, task_of_data, task_of_weights
+from .tasks import INSTANCE, Task, Tile, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
 
 __all__ = [
@@ -106,20 +108,21 @@ def _holds_output_guard(command: str, *, option: str = "--output", default_outpu
 
 # --------------------------------------------------------------------------- data
 
-def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, train_input=None,
+def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, input_cfg=None, augment: bool = False,
                  allow_outside: bool = False):
     """The dataset of ``split`` of ``data`` (a directory or a COCO JSON file).
 
     ``task``: the task whose data is expected (its :meth:`~Task.build_dataset` builds it); data
     of the other task's format is a one-line ``PanopticFormatError`` naming the format found.
-    None takes the task of the data. ``train_input`` (a config's ``input`` section) adds its
-    training augmentation. ``allow_outside``: accept records whose file names lead outside the
-    data set (:mod:`blendmask.data.paths`)."""
+    None takes the task of the data. ``input_cfg`` (a config's ``input`` section): how its images
+    are read (None: the defaults); with ``augment``, also its training augmentation.
+    ``allow_outside``: accept records whose file names lead outside the data set
+    (:mod:`blendmask.data.paths`)."""
     found = task_of_data(data)
     if task is not None and found is not task:
         raise PanopticFormatError(f"--data {data} holds COCO {found.data_format} data, but {task.expected_data} are "
                                   f"expected here" + (f"; {found.hint}" if found.hint else ""))
-    return found.build_dataset(data, split, train_input=train_input, allow_outside=allow_outside)
+    return found.build_dataset(data, split, input_cfg=input_cfg, augment=augment, allow_outside=allow_outside)
 
 
 def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
@@ -180,8 +183,11 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
             state-dict path.
         seed: seed of the initialisation and the data order.
         evaluate_on_val: evaluate every ``solver.eval_period`` iterations and at the end on the val
-            set (:func:`val_source` of ``data`` and ``val_data``), when there is one.
-        announce: receives the one-line description of the run before it starts.
+            set (:func:`val_source` of ``data`` and ``val_data``), when there is one. Each
+            evaluation keeps its predictions in ``output/eval`` (those during training named by
+            their iteration, :meth:`Task.evaluate`).
+        announce: receives the one-line description of the run before it starts, and the
+            headline figures of each evaluation during training (:meth:`Task.format_summary`).
         allow_outside: read images whose file names lead outside the data set.
     """
     overrides = dict(overrides or {})
@@ -189,13 +195,14 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
         config = task_of_data(data).default_config
     cfg = get_config(config, overrides)
     task = task_of_config(cfg)
-    train_set = load_dataset(data, "train", task=task, train_input=cfg.input, allow_outside=allow_outside)
+    train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True, allow_outside=allow_outside)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     extra_state = task.configure(cfg, train_set)
     val_from = val_source(data, val_data) if evaluate_on_val else None
-    val_set = load_dataset(val_from, "val", task=task, allow_outside=allow_outside) if val_from else None
+    val_set = (load_dataset(val_from, "val", task=task, input_cfg=cfg.input, allow_outside=allow_outside)
+               if val_from else None)
     if val_set is not None and len(val_set) == 0:
         logger.warning("the val split of %s has no images: training evaluates nothing", val_from)
         val_set = None
@@ -205,7 +212,12 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
                               "--overwrite to replace that run, or choose another --output")
 
     def evaluate_on(model) -> Dict[str, Any]:
-        return task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False)
+        # the trainer's last evaluation comes after its last iteration; the others during training
+        iteration = trainer.iter if trainer.iter < trainer.max_iter else None
+        metrics = task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False, iteration=iteration)
+        if iteration is not None:
+            (announce or _silent)(f"val at iteration {iteration}: {task.format_summary(metrics)}")
+        return metrics
 
     torch.manual_seed(seed)
     model = build_model(cfg, weights_backbone=None if weights else _backbone_weights(backbone_weights, cfg))
@@ -238,26 +250,30 @@ class EvalReport:
 
 @_holds_output_guard("eval", default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "eval")
 def evaluate(weights: PathLike, data: PathLike, *, output: Optional[PathLike] = None, split: str = "val",
-             compile: bool = False, class_map: Union[str, Mapping[str, str], None] = None,
+             compile: bool = False, tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP,
+             max_dets: int = DEFAULT_MAX_DETS, class_map: Union[str, Mapping[str, str], None] = None,
              ignore_class_names: bool = False, allow_outside: bool = False) -> EvalReport:
-    """Evaluate the model of a weights file on ``split`` of ``data`` with its task's metrics (COCO
-    AP, or PQ for panoptic weights), writing the predictions and ``metrics.json`` (strict JSON:
-    ``null`` for a metric without a value) into ``output`` (default: ``eval`` next to ``weights``).
+    """Evaluate the model of a weights file on ``split`` of ``data`` (its images read by the
+    weights' ``input`` rules) with its task's metrics (COCO AP, or PQ for panoptic weights),
+    writing the predictions and ``metrics.json`` (strict JSON: ``null`` for a metric without a
+    value) into ``output`` (default: ``eval`` next to ``weights``).
 
     ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
-    The model's classes are matched to the data set's categories by name
-    (:func:`~blendmask.evaluation.categories.match_categories`); ``class_map``
-    (``{model_class: data_class}`` or its ``"a=b,..."`` text) or ``ignore_class_names`` (the
-    data set's order) resolve names that differ. ``allow_outside``: read images whose file names
-    lead outside the data set."""
+    ``tile``, ``tile_overlap``, ``max_dets``: tiled prediction and COCOeval's detections per
+    image, for instance models (:meth:`Task.evaluate`). The model's classes are matched to the
+    data set's categories by name (:func:`~blendmask.evaluation.categories.match_categories`);
+    ``class_map`` (``{model_class: data_class}`` or its ``"a=b,..."`` text) or
+    ``ignore_class_names`` (the data set's order) resolve names that differ. ``allow_outside``:
+    read images whose file names lead outside the data set."""
     model, cfg = load_model_from_weights(weights)
-    model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
     task = task_of_config(cfg)
-    dataset = load_dataset(data, split, task=task, allow_outside=allow_outside)
+    model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
+    dataset = load_dataset(data, split, task=task, input_cfg=cfg.input, allow_outside=allow_outside)
     category_ids = task.check_dataset(cfg, dataset, weights=weights, data=data, class_map=_class_map(class_map),
                                       ignore_class_names=ignore_class_names)
     output = Path(output)
-    metrics = task.evaluate(model, dataset, output_dir=output, category_ids=category_ids)
+    metrics = task.evaluate(model, dataset, output_dir=output, tile=tile, tile_overlap=tile_overlap, max_dets=max_dets,
+                            category_ids=category_ids)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
@@ -287,20 +303,25 @@ class PredictReport:
 @_holds_output_guard("predict", option="--out",
                      default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "predictions")
 def predict(weights: PathLike, images: Sequence[PathLike], output: Optional[PathLike] = None, *,
-            score_threshold: float = 0.3, show_bases: bool = False, compile: bool = False,
+            score_threshold: float = 0.3, show_bases: bool = False, compile: bool = False, tile: Tile = None,
+            tile_overlap: float = DEFAULT_OVERLAP, max_image_pixels: Optional[int] = None,
             progress: bool = False) -> PredictReport:
     """Predict image files, and the images of directories (:func:`~blendmask.predict.expand_image_inputs`),
     with the model of a weights file, as its task does, one image at a time: overlays and a
     results JSON in ``output`` (default: ``predictions`` next to ``weights``; instances:
     detections scoring at least ``score_threshold``, and with ``show_bases`` the bases and
-    attentions; panoptic: segment maps). ``progress`` shows a bar."""
+    attentions, or with ``tile`` predicted in tiles at native resolution; panoptic: segment
+    maps). Images are read by the weights' ``input`` rules, ``max_image_pixels`` replacing their
+    limit. ``progress`` shows a bar."""
     paths, skipped = expand_image_inputs(images)
     if not paths:
         raise FileNotFoundError(f"no images in {' '.join(map(str, images))}")
     check_distinct_stems([str(path) for path in paths])
     task = task_of_weights(weights)
-    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile)
-    files = task.predict_files(predictor, paths, output, show_bases=show_bases, progress=progress)
+    predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile,
+                                    max_image_pixels=max_image_pixels)
+    files = task.predict_files(predictor, paths, output, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap,
+                               progress=progress)
     return PredictReport(task=task, files=files, compile_report=compile_report(predictor.model) if compile else None,
                          skipped=skipped)
 

@@ -29,24 +29,27 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from blendmask.config import BlendMaskConfig
-from blendmask.data import CocoInstanceDataset, make_shapes, resolve_split
+from blendmask.data import CocoInstanceDataset, ImageReading, make_shapes, resolve_split
 from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_panoptic_split
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
-from blendmask.evaluation import RESULTS_FILE, evaluate_model, format_results_table
+from blendmask.evaluation import DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled, format_results_table
 from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
 from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
 from blendmask.serialization import load_checkpoint
+from blendmask.tiling import DEFAULT_OVERLAP
 
 __all__ = [
     "Task", "InstanceTask", "PanopticTask", "DemoRecipe", "INSTANCE", "PANOPTIC", "TASKS",
-    "DEMO_DATA", "DEMO_OVERRIDES", "task_of_config", "task_of_data", "task_of_weights",
+    "DEMO_DATA", "DEMO_OVERRIDES", "Tile", "task_of_config", "task_of_data", "task_of_weights",
 ]
 
 PathLike = Union[str, os.PathLike]
 Metrics = Dict[str, Any]
+#: A tile size in pixels, or ``"auto"`` (the model's test size): see :func:`blendmask.tiling.sliced_predict`.
+Tile = Union[int, str, None]
 
 # The built-in demo: the synthetic set's size and the solver/input overrides of the lite preset
 # (the README gives the figures they reach). Both tasks use them.
@@ -111,13 +114,14 @@ class Task(ABC):
         naming the paths tried when ``data`` has no such split."""
 
     @abstractmethod
-    def build_dataset(self, data: PathLike, split: str, *, train_input=None,
+    def build_dataset(self, data: PathLike, split: str, *, input_cfg=None, augment: bool = False,
                       allow_outside: bool = False) -> torch.utils.data.Dataset:
         """The dataset of ``split`` (``"train"`` or ``"val"``) of ``data``, a directory or a JSON
-        file of this task's format. With ``train_input`` (a config's ``input`` section) it carries
-        the training augmentation (:func:`~blendmask.data.transforms.build_train_transforms`).
-        ``allow_outside``: accept records whose file names lead outside the data set
-        (:mod:`blendmask.data.paths`)."""
+        file of this task's format. Its images are read by the rules of ``input_cfg`` (a config's
+        ``input`` section: :meth:`ImageReading.from_config <blendmask.data.ImageReading.from_config>`;
+        None: the defaults). With ``augment`` it carries ``input_cfg``'s training augmentation
+        (:func:`~blendmask.data.transforms.build_train_transforms`). ``allow_outside``: accept
+        records whose file names lead outside the data set (:mod:`blendmask.data.paths`)."""
 
     @abstractmethod
     def make_shapes(self, out: PathLike, *, train: int, val: int, size: int, seed: int = 0, num_classes: int = 4,
@@ -153,15 +157,21 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
-                 progress: bool = True, category_ids: Optional[Sequence[int]] = None) -> Metrics:
+                 progress: bool = True, iteration: Optional[int] = None, tile: Tile = None,
+                 tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+                 category_ids: Optional[Sequence[int]] = None) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
-        ``output_dir``, the predictions are written there as :attr:`results_file`.
-        ``category_ids[label]``: the data set category of each model class (default: the data
-        set's, in order; :meth:`check_dataset`)."""
+        ``output_dir``, the predictions are written there as :attr:`results_file`, or, for an
+        evaluation during training at ``iteration``, apart from every other evaluation's.
+
+        ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
+        ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
+        Both are the instance task's; the panoptic task refuses them. ``category_ids[label]``: the
+        data set category of each model class (default: the data set's, in order; :meth:`check_dataset`)."""
 
     @abstractmethod
-    def format_table(self, metrics: Metrics) -> str:
-        """The printed table of :meth:`evaluate`'s metrics."""
+    def format_table(self, metrics: Metrics, *, max_dets: int = DEFAULT_MAX_DETS) -> str:
+        """The printed table of :meth:`evaluate`'s metrics (``max_dets``: the one evaluated with)."""
 
     @abstractmethod
     def format_summary(self, metrics: Metrics) -> str:
@@ -174,14 +184,17 @@ class Task(ABC):
     # ---------------------------------------------------------------- prediction and export
 
     @abstractmethod
-    def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False):
-        """The task's predictor of a weights file (``score_threshold`` applies to instances)."""
+    def load_predictor(self, weights: PathLike, *, score_threshold: float = 0.3, compile: bool = False,
+                       max_image_pixels: Optional[int] = None):
+        """The task's predictor of a weights file (``score_threshold`` applies to instances); it
+        reads images by the weights' ``input`` rules, ``max_image_pixels`` replacing their limit."""
 
     @abstractmethod
-    def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *,
-                      show_bases: bool = False, progress: bool = False) -> PredictionFiles:
+    def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *, show_bases: bool = False,
+                      tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP, progress: bool = False) -> PredictionFiles:
         """Predict every image file; write the overlays and the results JSON into ``out_dir``
-        (with ``show_bases``, the instance task also draws the bases and attentions); ``progress``
+        (with ``show_bases``, the instance task also draws the bases and attentions; with
+        ``tile``, it predicts in tiles, :func:`blendmask.tiling.sliced_predict`); ``progress``
         shows a bar."""
 
     @abstractmethod
@@ -207,23 +220,29 @@ class InstanceTask(Task):
     def resolve_split(self, data, split):
         return resolve_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None, allow_outside=False):
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False, allow_outside=False):
         ann_file, image_dir = self.resolve_split(data, split)
-        transforms = build_train_transforms(train_input) if train_input is not None else None
-        mask_format = train_input.mask_format if train_input is not None else "polygon"
+        transforms, reading = _transforms_and_reading(input_cfg, augment)
         # A training set's 8-bit images cross the loader's worker boundary as uint8.
-        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, mask_format=mask_format,
-                                   uint8_images=train_input is not None, allow_outside=allow_outside)
+        return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, reading=reading,
+                                   mask_format=input_cfg.mask_format if augment else "polygon", uint8_images=augment,
+                                   allow_outside=allow_outside)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
                            overwrite=overwrite, progress=progress)
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True, category_ids=None):
-        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, category_ids=category_ids)
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
+        if tile is not None:
+            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets,
+                                  output_dir=output_dir, progress=progress, category_ids=category_ids)
+        results_name = RESULTS_FILE if iteration is None else f"coco_instances_results_iter{iteration:07d}.json"
+        return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, results_name=results_name,
+                              max_dets=max_dets, category_ids=category_ids)
 
-    def format_table(self, metrics):
-        return format_results_table(metrics)
+    def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
+        return format_results_table(metrics, max_dets=max_dets)
 
     def format_summary(self, metrics):
         return ", ".join(f"{kind} AP={values['AP']:.3f} AP50={values['AP50']:.3f}" for kind, values in metrics.items())
@@ -232,11 +251,14 @@ class InstanceTask(Task):
         segm = metrics["segm"]
         return f"mask AP = {segm['AP']:.3f}, AP50 = {segm['AP50']:.3f} (goal: {self.demo.goal})"
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
-        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile)
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, max_image_pixels=None):
+        return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile,
+                                      max_image_pixels=max_image_pixels)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False, progress=False):
-        return predict_files(predictor, images, out_dir, show_bases=show_bases, progress=progress)
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP,
+                      progress=False):
+        return predict_files(predictor, images, out_dir, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap,
+                             progress=progress)
 
     def export_onnx(self, cfg, out, *, weights, opset):
         from blendmask.deploy import export_onnx
@@ -262,9 +284,9 @@ class PanopticTask(Task):
     def resolve_split(self, data, split):
         return resolve_panoptic_split(data, split)
 
-    def build_dataset(self, data, split, *, train_input=None, allow_outside=False):
-        transforms = build_train_transforms(train_input) if train_input is not None else None
-        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms,
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False, allow_outside=False):
+        transforms, reading = _transforms_and_reading(input_cfg, augment)
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms, reading=reading,
                                    allow_outside=allow_outside)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
@@ -290,11 +312,15 @@ class PanopticTask(Task):
                              "evaluate on data with the weights' categories, or pass --ignore-class-names")
         return category_ids
 
-    def evaluate(self, model, dataset, *, output_dir=None, progress=True, category_ids=None):
+    def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
         # check_dataset admits the data set's own category order only
+        _refuse_instance_options(tile=tile, max_dets=max_dets)
+        if output_dir is not None and iteration is not None:
+            output_dir = Path(output_dir) / f"iter{iteration:07d}"
         return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
 
-    def format_table(self, metrics):
+    def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_pq_table(metrics)
 
     def format_summary(self, metrics):
@@ -304,10 +330,12 @@ class PanopticTask(Task):
         return (f"PQ = {metrics['All']['PQ']:.3f} (things {metrics['Things']['PQ']:.3f}, "
                 f"stuff {metrics['Stuff']['PQ']:.3f}) (goal: {self.demo.goal})")
 
-    def load_predictor(self, weights, *, score_threshold=0.3, compile=False):
-        return PanopticPredictor.from_weights(weights, compile=compile)
+    def load_predictor(self, weights, *, score_threshold=0.3, compile=False, max_image_pixels=None):
+        return PanopticPredictor.from_weights(weights, compile=compile, max_image_pixels=max_image_pixels)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False, progress=False):
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP,
+                      progress=False):
+        _refuse_instance_options(tile=tile)
         overlays = predict_panoptic_files(predictor, images, out_dir)
         return PredictionFiles(results_json=Path(out_dir) / PANOPTIC_PREDICTIONS_JSON, overlays=overlays)
 
@@ -317,6 +345,25 @@ class PanopticTask(Task):
 
         # the graph adds the semantic logits; the panoptic fusion stays in Python
         return export_panoptic_onnx(resolve_model(cfg, weights), out, opset=opset)
+
+
+def _transforms_and_reading(input_cfg, augment: bool):
+    """A dataset's training augmentation (with ``augment``) and image reading rules from a config's
+    ``input`` section (None: no augmentation, the default reading)."""
+    if augment and input_cfg is None:
+        raise ValueError("augment needs the config's input section (input_cfg)")
+    transforms = build_train_transforms(input_cfg) if augment else None
+    return transforms, ImageReading.from_config(input_cfg) if input_cfg is not None else ImageReading()
+
+
+def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS) -> None:
+    """Refuse, in one line, the options only instance models have (a panoptic model has no tiled
+    prediction, and PQ no maxDets)."""
+    if tile is not None:
+        raise ValueError("tile (--tile) applies to instance models; these weights are a panoptic model")
+    if max_dets != DEFAULT_MAX_DETS:
+        raise ValueError("max_dets (--max-dets) applies to instance models (COCO AP); these weights are a "
+                         "panoptic model (PQ)")
 
 
 INSTANCE: Task = InstanceTask()

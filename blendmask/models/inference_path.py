@@ -9,7 +9,7 @@ yourself for ``model.eval()`` inference::
     results = fast(images)                    # same API and outputs as model.eval()(images)
 
 Steps (each keeps the outputs equal to the plain eager eval model within float rounding; see
-tests/test_inference_path.py):
+tests/models/test_inference_path.py):
 
 1. batch norms folded into their convolutions (:func:`blendmask.models.batchnorm_folding.fold_batchnorm`):
    FrozenBN in the backbone, eval-mode BN in the basis module / bottom / panoptic head.

@@ -10,7 +10,7 @@ of a 256-channel tower convolution.
 3x3 neighbourhood of tower features (zero outside the map, the convolution's padding) is
 gathered into one row and multiplied by the weight, ``(P, 9*C) @ (9*C, K*M*M)``. It is the dense
 output at those locations up to float summation order, in value and in gradient (it is built
-from differentiable standard ops: a gather, a mask and ``F.linear``; tests/test_top_layer.py).
+from differentiable standard ops: a gather, a mask and ``F.linear``; tests/models/test_top_layer.py).
 The module is still an ``nn.Conv2d`` with AdelaiDet's parameter names, so checkpoints load as
 they are, and ``top_layer(x)`` is the dense map.
 

@@ -14,7 +14,7 @@ direct convolution spreads it to the 3 x 3 neighbourhood only.
 
 The price is rounding: the transforms' coefficients (up to 8 and 1/24) make the error about
 six times that of the direct convolution, ~1e-5 of the output's scale in float32
-(tests/test_winograd.py measures both against float64). That is float32 tolerance, not bit
+(tests/models/test_winograd.py measures both against float64). That is float32 tolerance, not bit
 equality, which is why it is a step of the inference path that can be turned off
 (``optimize_for_inference(model, winograd=False)``) and is never used in training.
 

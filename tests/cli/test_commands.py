@@ -111,8 +111,8 @@ def test_predict_writes_overlays_bases_and_json(shapes, trained, tmp_path, capsy
 
 
 def test_every_subcommand_has_help(capsys):
-    assert [c.name for c in COMMANDS] == ["make-shapes", "train", "eval", "predict", "convert", "export-onnx", "ablate",
-                                        "demo"]
+    assert [c.name for c in COMMANDS] == ["make-shapes", "slice-data", "train", "eval", "predict", "convert",
+                                        "export-onnx", "ablate", "analyze", "demo"]
     for command in COMMANDS:
         with pytest.raises(SystemExit) as exc:
             main([command.name, "--help"])
@@ -274,9 +274,9 @@ def test_train_split_gets_the_config_augmentation(shapes):
 
     crop_cfg = get_config("R_101_dcni3_5x").input
     assert crop_cfg.crop_enabled
-    kinds = [type(t) for t in load_dataset(str(shapes), "train", train_input=crop_cfg).transforms.transforms]
+    kinds = [type(t) for t in load_dataset(str(shapes), "train", input_cfg=crop_cfg, augment=True).transforms.transforms]
     assert kinds == [RandomInstanceCrop, RandomHorizontalFlip]
     plain = get_config("lite_mobilenet_v2").input
-    kinds = [type(t) for t in load_dataset(str(shapes), "train", train_input=plain).transforms.transforms]
+    kinds = [type(t) for t in load_dataset(str(shapes), "train", input_cfg=plain, augment=True).transforms.transforms]
     assert kinds == [RandomHorizontalFlip]
     assert load_dataset(str(shapes), "val").transforms is None

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from blendmask.cli import _load_split
 from blendmask.config import get_config
 from blendmask.data import ImageReading, make_shapes
+from blendmask.engine.defaults import load_dataset
 from blendmask.models import build_model
 from blendmask.predict import Predictor, predict_files
 
@@ -36,9 +36,9 @@ def test_training_and_evaluation_sets_read_by_the_config(cfg, tmp_path):
     data = make_shapes(tmp_path / "shapes", train=2, val=2, size=64)
     expected = ImageReading.from_config(cfg.input)
     assert expected.intensity.mode == "window" and expected.channels == (1,)
-    assert _load_split(str(data), "train", train_input=cfg.input).reading == expected
-    assert _load_split(str(data), "val", input_cfg=cfg.input).reading == expected
-    assert _load_split(str(data), "val").reading == ImageReading()
+    assert load_dataset(str(data), "train", input_cfg=cfg.input, augment=True).reading == expected
+    assert load_dataset(str(data), "val", input_cfg=cfg.input).reading == expected
+    assert load_dataset(str(data), "val").reading == ImageReading()
 
 
 def test_the_predictor_of_a_weights_file_reads_by_its_config(cfg, weights, tmp_path):

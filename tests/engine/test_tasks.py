@@ -56,7 +56,8 @@ def test_weights_without_a_config_are_instance_weights(tmp_path):
 def test_each_task_builds_its_own_data_set_class(instance_set, panoptic_set):
     assert type(INSTANCE.build_dataset(instance_set, "val")) is CocoInstanceDataset
     assert type(PANOPTIC.build_dataset(panoptic_set, "val")) is CocoPanopticDataset
-    augmented = PANOPTIC.build_dataset(panoptic_set, "train", train_input=get_config(PANOPTIC.default_config).input)
+    augmented = PANOPTIC.build_dataset(panoptic_set, "train", input_cfg=get_config(PANOPTIC.default_config).input,
+                                       augment=True)
     assert augmented.transforms is not None and PANOPTIC.build_dataset(panoptic_set, "train").transforms is None
 
 
