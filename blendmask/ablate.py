@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .output_guard import is_bookkeeping
+from .output_guard import guard_output_dir, is_bookkeeping
 
 __all__ = [
     "GRIDS", "Grid", "GridRow", "load_grid", "check_grid_keys", "config_keys", "short_run_overrides",
@@ -384,9 +384,8 @@ def run_grid(
     the same overrides is reused; one with different overrides is an error (another
     ``--iters`` or ``--set`` needs another ``--output``). ``announce`` receives each training
     run's description (a module-level function, so that it pickles into worker processes).
+    The run holds the output guard of ``output`` (:mod:`blendmask.output_guard`).
     """
-    from tqdm import tqdm
-
     from blendmask.config import get_config
     from blendmask.models import build_model
 
@@ -403,7 +402,16 @@ def run_grid(
         runs.append({"label": row.label, "data": data, "eval_data": eval_data, "eval_split": eval_split,
                      "run_dir": str(output / row.label), "overrides": overrides, "seed": seed, "announce": announce,
                      "threads": max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None})
-    _prepare_output(output, grid)
+    with guard_output_dir(output, option="--output", command="blendmask ablate", owned_marker=MARKER):
+        _prepare_output(output, grid)
+        return _run_configurations(grid, runs, data, output, iters=iters, size=size, jobs=jobs,
+                                   eval_split=eval_split, progress=progress)
+
+
+def _run_configurations(grid: Grid, runs: List[Dict[str, Any]], data: str, output: Path, *, iters: int, size: int,
+                        jobs: int, eval_split: str, progress: bool) -> List[Dict[str, Any]]:
+    """:func:`run_grid`'s work in its guarded ``output``: the runs not done yet, the table, the plot."""
+    from tqdm import tqdm
 
     records: Dict[str, Dict[str, Any]] = {}
     todo = []

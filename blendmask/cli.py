@@ -11,7 +11,9 @@ Errors follow :mod:`blendmask.errors`: the ones raised on purpose for bad input 
 unknown config, bad override, malformed data...) print a one-line ``error: ...`` to stderr and
 exit with status 1; anything else prints its traceback, also with status 1; command-line
 syntax errors exit with status 2. ``BLENDMASK_TRACEBACK=1`` shows the traceback of user errors too.
-Commands check their output location before their long work (:mod:`blendmask.outputs`).
+Ctrl-C and SIGTERM end a command with one line (and what the run noted, e.g. its last
+checkpoint), status 130 and 143. Commands check their output location before their long work
+(:mod:`blendmask.outputs`); the library runs hold the output guard (:mod:`blendmask.output_guard`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence
 
 from blendmask.config import parse_overrides
 from blendmask.errors import is_user_error
-from blendmask.outputs import check_distinct_stems, check_output_location
+from blendmask.outputs import check_output_location
 
 __all__ = ["main", "COMMANDS", "build_parser"]
 
@@ -120,6 +122,12 @@ def _tile_size(text: str):
         raise argparse.ArgumentTypeError(f"must be a number of pixels or 'auto', got {text!r}") from None
 
 
+def _add_allow_outside(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-outside-data", dest="allow_outside", action="store_true",
+                   help="read images whose annotation file_name leads outside the data set's image directory "
+                        "('../x.png', an absolute path); refused by default")
+
+
 # --------------------------------------------------------------------------- make-shapes
 
 def _add_make_shapes(p: argparse.ArgumentParser) -> None:
@@ -163,12 +171,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "default: the val split of --data when it is a directory")
     p.add_argument("--output", default="runs/train", help="output directory (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output that holds an earlier run: its outputs are deleted first "
+                        "(only files blendmask runs made there; any other file is refused)")
     p.add_argument("--weights", help="initialise the model from this weights file (matching tensors only)")
     p.add_argument("--backbone-weights", default="auto",
                    help="'auto' (offline ImageNet weights for MobileNetV2), 'none', or a state-dict path")
     _add_set(p, "config overrides, e.g. --set solver.max_iter=300 solver.base_lr=0.02")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     _add_num_workers(p)
+    _add_allow_outside(p)
 
 
 def _run_train(args) -> int:
@@ -176,13 +188,16 @@ def _run_train(args) -> int:
     from blendmask.engine import defaults
 
     overrides = parse_overrides(args.overrides)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other: resume the run, or replace it")
     check_output_location(args.output, "--output", is_dir=True)
     init_distributed(device_for_rank())
     _setup_logging()
     try:
         report = defaults.train(config=args.config, data=args.data, output=args.output, overrides=overrides,
                                 resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
-                                seed=args.seed, num_workers=args.num_workers, val_data=args.val_data, announce=_say)
+                                seed=args.seed, num_workers=args.num_workers, val_data=args.val_data, announce=_say,
+                                overwrite=args.overwrite, allow_outside=args.allow_outside)
         result = report.result
         _say(f"final weights: {result.final_checkpoint}")
         _say(f"metrics: {result.metrics_path}")
@@ -208,17 +223,24 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-dets", type=int, default=100, metavar="N",
                    help="detections per image COCOeval scores (its maxDets; default 100): raise it for large "
                         "images with many instances")
+    p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
+                   help="score the model's classes as these data set categories (default: by name; data whose "
+                        "names differ from the weights' class_names is refused)")
+    p.add_argument("--ignore-class-names", action="store_true",
+                   help="score the model's classes as the data set's categories in order, whatever their names")
+    _add_allow_outside(p)
 
 
 def _run_eval(args) -> int:
     from blendmask.engine import defaults
 
     tta_sizes = _tta_sizes(args)
-    output = Path(args.output) if args.output else Path(args.weights).resolve().parent / "eval"
-    check_output_location(output, "--output" if args.output else "--output (default: next to --weights)", is_dir=True)
-    report = defaults.evaluate(args.weights, args.data, split=args.split, output=output, compile=args.compile,
+    if args.output:
+        check_output_location(args.output, "--output", is_dir=True)
+    report = defaults.evaluate(args.weights, args.data, split=args.split, output=args.output, compile=args.compile,
                                tile=args.tile, tile_overlap=args.tile_overlap, max_dets=args.max_dets,
-                               tta_sizes=tta_sizes)
+                               class_map=args.class_map, ignore_class_names=args.ignore_class_names,
+                               allow_outside=args.allow_outside, tta_sizes=tta_sizes)
     if report.compile_report is not None:
         print(report.compile_report)
     print(report.task.format_table(report.metrics, max_dets=args.max_dets))
@@ -230,9 +252,10 @@ def _run_eval(args) -> int:
 # --------------------------------------------------------------------------- predict
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or directories of images (their files ending in "
+                                             ".png, .jpg, .jpeg, .bmp, .tif, .tiff or .webp)")
     p.add_argument("--weights", required=True, help="weights file")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory (default: 'predictions' next to --weights)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum score (default 0.3)")
     p.add_argument("--show-bases", action="store_true",
                    help="also draw the K bases and the attentions of the top instances")
@@ -248,20 +271,26 @@ def _run_predict(args) -> int:
     from blendmask.engine import defaults
 
     tta_sizes = _tta_sizes(args)
-    if args.tta and args.show_bases:
-        raise ValueError("--show-bases draws one pass's bases: not with --tta")
-    check_distinct_stems(args.images)
-    check_output_location(args.out, "--out", is_dir=True)
+    if args.out:
+        check_output_location(args.out, "--out", is_dir=True)
     report = defaults.predict(args.weights, args.images, args.out, score_threshold=args.score_threshold,
                               show_bases=args.show_bases, compile=args.compile, tile=args.tile,
                               tile_overlap=args.tile_overlap, max_image_pixels=args.max_image_pixels,
-                              tta_sizes=tta_sizes)
+                              tta_sizes=tta_sizes, progress=True)
+    _say_skipped(report.skipped)
     for path in report.files.overlays + report.files.bases_figures:
         print(path)
     print(f"results: {report.files.results_json}")
     if report.compile_report is not None:
         print(report.compile_report)
     return 0
+
+
+def _say_skipped(skipped: Sequence[Path]) -> None:
+    """Name (on stderr) the files of input directories that were not predicted."""
+    if skipped:
+        shown = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"predict: skipped {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- slice-data
@@ -305,8 +334,6 @@ def _run_convert(args) -> int:
     from blendmask.convert import convert_checkpoint
 
     check_output_location(args.output, "output", is_dir=False)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"output {args.output} exists; choose another path, or pass --overwrite to replace it")
     convert_checkpoint(args.input, args.output, args.config, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0
@@ -317,6 +344,7 @@ def _add_export_onnx(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="blendmask weights file; its model config must match (default: random weights)")
     p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     p.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default: blendmask.deploy.DEFAULT_OPSET; older than MIN_OPSET is refused)")
     _add_set(p, "config overrides, e.g. --set model.num_classes=4 model.fcos.inference_th=0.3")
@@ -328,7 +356,7 @@ def _run_export_onnx(args) -> int:
 
     cfg = get_config(args.config, parse_overrides(args.overrides))
     out = check_output_location(args.out, "--out", is_dir=False)
-    print(f"wrote {defaults.export_model(cfg, out, weights=args.weights, opset=args.opset)}")
+    print(f"wrote {defaults.export_model(cfg, out, weights=args.weights, opset=args.opset, overwrite=args.overwrite)}")
     return 0
 
 
@@ -463,8 +491,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run unwinds as after Ctrl-C (exit status 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """The one line an interrupted command prints (with what the run noted, e.g. its last
+    checkpoint), and its exit status: 130 for Ctrl-C, 143 for SIGTERM."""
+    terminated = isinstance(exc, _Terminated)
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    print(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}{f': {notes}' if notes else ''}",
+          file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``blendmask`` console script; returns the exit status (see the module docstring)."""
+    """Entry point of the ``blendmask`` console script; returns the exit status (see the module
+    docstring). In the main thread, SIGTERM is handled as Ctrl-C for the command's duration."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -475,9 +535,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the policy of blendmask.errors decides how it is shown
         if is_user_error(exc) and not os.environ.get("BLENDMASK_TRACEBACK"):
             message = " ".join(str(exc).split()) or type(exc).__name__

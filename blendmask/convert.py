@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from .config import BlendMaskConfig, get_config
+from .output_guard import guard_output_file
 from .serialization import atomic_save, read_state_dict
 
 __all__ = ["ConversionError", "ConversionReport", "architecture_notes", "from_adelaidet", "convert_state_dict",
@@ -213,7 +214,8 @@ def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os
     Raises :class:`ConversionError` (with the report) unless every key fits and the result loads
     into the model with ``strict=True``; nothing is written in that case. ``out_path`` must not
     be a directory, nor an existing file unless ``overwrite``. The file is written atomically (:func:`blendmask.serialization.atomic_save`):
-    a failure leaves ``out_path`` as it was and no temporary file.
+    a failure leaves ``out_path`` as it was and no temporary file. The conversion holds the
+    output guard of ``out_path`` (:func:`blendmask.output_guard.guard_output_file`).
     """
     from .models import build_model  # deferred: the model package imports this package's config
 
@@ -223,20 +225,21 @@ def convert_checkpoint(in_path: Union[str, os.PathLike], out_path: Union[str, os
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"output {out_path} exists; choose another path, or pass overwrite=True "
                               "(--overwrite) to replace it")
-    checkpoint = read_state_dict(in_path, what="checkpoint", wrappers=("model",))
-    converted, report = convert_state_dict(checkpoint)
-    cfg = get_config(config_name, overrides)
-    cls_logits = converted.get(_CLS_LOGITS)
-    if cls_logits is not None and cls_logits.dim() >= 1 and cls_logits.shape[0] != cfg.model.num_classes:
-        report.notes.append(f"model.num_classes set to {cls_logits.shape[0]} from the checkpoint's classifier "
-                            f"(preset {config_name!r} has {cfg.model.num_classes})")
-        data = cfg.to_dict()
-        data["model"]["num_classes"] = int(cls_logits.shape[0])
-        cfg = BlendMaskConfig.from_dict(data)
-    model = build_model(cfg)
-    matched, report = match_state_dict(converted, model.state_dict(), report)
-    if not report.ok:
-        raise ConversionError(f"{in_path} does not fit the {config_name!r} model:\n{report.summary()}")
-    model.load_state_dict(matched, strict=True)
-    atomic_save({"model": matched, "config": cfg.to_dict()}, out_path)
-    return report
+    with guard_output_file(out_path, option="output", command="blendmask convert", overwrite=overwrite):
+        checkpoint = read_state_dict(in_path, what="checkpoint", wrappers=("model",))
+        converted, report = convert_state_dict(checkpoint)
+        cfg = get_config(config_name, overrides)
+        cls_logits = converted.get(_CLS_LOGITS)
+        if cls_logits is not None and cls_logits.dim() >= 1 and cls_logits.shape[0] != cfg.model.num_classes:
+            report.notes.append(f"model.num_classes set to {cls_logits.shape[0]} from the checkpoint's classifier "
+                                f"(preset {config_name!r} has {cfg.model.num_classes})")
+            data = cfg.to_dict()
+            data["model"]["num_classes"] = int(cls_logits.shape[0])
+            cfg = BlendMaskConfig.from_dict(data)
+        model = build_model(cfg)
+        matched, report = match_state_dict(converted, model.state_dict(), report)
+        if not report.ok:
+            raise ConversionError(f"{in_path} does not fit the {config_name!r} model:\n{report.summary()}")
+        model.load_state_dict(matched, strict=True)
+        atomic_save({"model": matched, "config": cfg.to_dict()}, out_path)
+        return report

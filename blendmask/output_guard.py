@@ -18,6 +18,9 @@ A command that writes into an output directory holds :func:`guard_output_dir` fo
 :func:`guard_output_file` does the same for a command that writes one file (``convert``,
 ``export-onnx``): a lock next to it, and an existing file only replaced with ``overwrite``.
 
+Both first check the location (:func:`blendmask.outputs.check_output_location`: the right kind,
+writable), so that a guard is all a run needs to take before its work.
+
 Locks are ``fcntl.flock`` locks: POSIX systems only; on network file systems they hold only where
 the file system supports ``flock``.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Union
 
 from .errors import BlendMaskError
+from .outputs import check_output_location
 
 __all__ = ["OutputInUseError", "OutputGuard", "guard_output_dir", "guard_output_file", "is_bookkeeping",
            "LOCK_FILE", "MANIFEST_FILE"]
@@ -155,8 +159,7 @@ class OutputGuard:
         self._lock = _Lock(self.directory / LOCK_FILE, option=option, target=self.path, command=command)
 
     def __enter__(self) -> "OutputGuard":
-        if self.directory.exists() and not self.directory.is_dir():
-            raise NotADirectoryError(f"{self.option} {self.path} exists and is not a directory")
+        check_output_location(self.path, self.option, is_dir=True)
         folder = self.directory
         while not folder.exists():
             self._created.append(folder)
@@ -268,7 +271,7 @@ def guard_output_file(path: PathLike, *, option: str, command: str = "blendmask"
 
     Raises ``OutputInUseError`` if another live process writes it, ``FileExistsError`` if it
     exists and ``overwrite`` is false. Yields ``path``."""
-    path = Path(path)
+    path = check_output_location(path, option, is_dir=False)
     real = Path(os.path.realpath(path))
     real.parent.mkdir(parents=True, exist_ok=True)
     lock = _Lock(real.parent / f".{real.name}{LOCK_FILE}", option=option, target=path, command=command)

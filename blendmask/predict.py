@@ -12,13 +12,13 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from blendmask.data.images import ImageReading, decode_image, read_image
+from blendmask.data.images import ImageReading, check_image_header, decode_image, read_image
 from blendmask.models.blendmask import MASK_FORMATS
 from blendmask.models.inference_path import inference_model_of
 from blendmask.models.mask_ops import MASK_THRESHOLD, encode_masks_rle
 from blendmask.tiling.sliced import DEFAULT_OVERLAP, resolve_tile, sliced_predict
 
-__all__ = ["Predictor", "PredictionFiles", "predict_files", "expand_image_inputs", "check_image_header",
+__all__ = ["Predictor", "PredictionFiles", "predict_files", "expand_image_inputs",
            "RESULTS_JSON", "IMAGE_SUFFIXES"]
 
 RESULTS_JSON = "predictions.json"
@@ -42,23 +42,6 @@ def expand_image_inputs(inputs: Sequence[PathLike]) -> "tuple[List[Path], List[P
         else:
             raise FileNotFoundError(f"image not found: {str(item)!r}")
     return images, skipped
-
-
-def check_image_header(path: PathLike) -> None:
-    """Refuse a file that is not an image from its header alone (nothing decoded), naming it.
-    TIFF files pass here: :func:`blendmask.data.images.decode_image` reads them with tifffile,
-    which opens TIFFs (float, multi-channel) that Pillow cannot."""
-    from PIL import Image, UnidentifiedImageError
-
-    from blendmask.data.images import is_tiff_file
-
-    if is_tiff_file(path):
-        return
-    try:
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - the header is read by open()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {str(path)!r}: {' '.join(str(error).split())}") from error
 
 
 PathLike = Union[str, os.PathLike]
@@ -207,7 +190,7 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     if not image_paths:
         raise ValueError("no images given")
     for path in image_paths:
-        check_image_header(path)
+        check_image_header(path, reading=predictor.reading)
     if tile is not None:
         if show_bases:
             raise ValueError("show_bases (--show-bases) does not apply to tiled prediction (--tile)")

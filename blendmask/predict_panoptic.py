@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from blendmask.data.images import ImageReading, read_image
+from blendmask.data.images import ImageReading, check_image_header, read_image
 
 __all__ = ["PanopticPredictor", "draw_panoptic", "predict_panoptic_files", "PANOPTIC_PREDICTIONS_JSON"]
 
@@ -121,12 +121,11 @@ def predict_panoptic_files(predictor: PanopticPredictor, image_paths: Sequence[P
     :data:`PANOPTIC_PREDICTIONS_JSON` into ``out_dir``; return the overlay paths. Streams as
     :func:`blendmask.predict.predict_files` does."""
     from blendmask.data.panoptic import id_to_rgb
-    from blendmask.predict import check_image_header
 
     if not image_paths:
         raise ValueError("no images given")
     for path in image_paths:  # fail on a file that is not an image before any work
-        check_image_header(path)
+        check_image_header(path, reading=predictor.reading)
     images = (read_image(p, reading=predictor.reading) for p in image_paths)  # then one image in memory at a time
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

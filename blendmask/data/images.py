@@ -50,7 +50,8 @@ from PIL import Image, ImageOps
 from ..config import InputConfig
 from .intensity import IntensityPolicy, intensity_bounds, to_unit_range
 
-__all__ = ["ImageReading", "DecodedImage", "decode_image", "read_image", "is_tiff_file", "uint8_to_unit_float"]
+__all__ = ["ImageReading", "DecodedImage", "decode_image", "read_image", "check_image_header", "is_tiff_file",
+           "uint8_to_unit_float"]
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -186,6 +187,26 @@ def decode_image(path: str | os.PathLike, *, reading: ImageReading = ImageReadin
     return DecodedImage(pixels=pixels, bounds=bounds)
 
 
+def check_image_header(path: str | os.PathLike, *, reading: ImageReading = ImageReading(), context: str = "") -> None:
+    """Refuse from its header alone (nothing decoded), in one line naming it, a file that is not an
+    image or has more pixels than ``reading.max_pixels``: the checks :func:`decode_image` makes
+    first, cheap enough to run over every input before any work. TIFF files pass here (tifffile,
+    which :func:`decode_image` uses for them, opens TIFFs that Pillow cannot)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{context}image not found: {path!r}")
+    if is_tiff_file(path):
+        return
+    try:
+        with _open_pil(path) as img:
+            _check_size(img.size[0], img.size[1], reading, None)
+    except _ReadError as e:
+        raise ValueError(f"{context}{path!r} {e}") from None
+    except Exception as e:  # Pillow raises many types for a file that is not an image
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{context}cannot read image {path!r}: {message}") from e
+
+
 def is_tiff_file(path: str | os.PathLike) -> bool:
     """Whether the file starts with a TIFF (or BigTIFF) signature."""
     with open(path, "rb") as f:
@@ -204,14 +225,18 @@ def _check_size(width: int, height: int, reading: ImageReading, expected_size: O
         raise _ReadError(f"is {width}x{height} but {expected_size[0]}x{expected_size[1]} was expected")
 
 
-def _decode_pil(path: str, reading: ImageReading, expected_size) -> np.ndarray:
+def _open_pil(path: str) -> Image.Image:
+    """``Image.open`` (the header only) with Pillow's own pixel limit off: ours applies instead."""
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit instead
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            img = Image.open(path)
+            return Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = previous
-    with img:
+
+
+def _decode_pil(path: str, reading: ImageReading, expected_size) -> np.ndarray:
+    with _open_pil(path) as img:
         _check_size(img.size[0], img.size[1], reading, expected_size)
         frames = getattr(img, "n_frames", 1)
         if reading.page >= frames:

@@ -15,6 +15,8 @@ Each function does one command's work and returns what it produced, for the comm
 What differs between instance and panoptic segmentation is the
 :class:`~blendmask.engine.tasks.Task`'s, known from the config, the weights file or the data.
 Progress messages go to an ``announce`` callback (none by default); nothing here prints.
+Every run holds the output guard of what it writes (:mod:`blendmask.output_guard`: a lock, and
+no file replaced that no blendmask run made) for its whole work.
 
 Example::
 
@@ -26,10 +28,12 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +45,14 @@ from blendmask.config import BlendMaskConfig, get_config
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
 from blendmask.evaluation import DEFAULT_MAX_DETS
-from blendmask.models import build_model
+from blendmask.models import build_model, load_model_from_weights
 from blendmask.models.inference_path import compile_report, optimize_for_inference
-from blendmask.predict import PredictionFiles
+from blendmask.output_guard import OutputGuard, guard_output_dir, guard_output_file
+from blendmask.outputs import check_distinct_stems
+from blendmask.predict import PredictionFiles, expand_image_inputs
 from blendmask.tiling import DEFAULT_OVERLAP
 
-from blendmask.models import load_model_from_weights
+from .hooks import json_safe
 from .train_loop import TrainResult
 from .tasks import INSTANCE, Task, Tile, task_of_config, task_of_data, task_of_weights
 from .trainer import Trainer
@@ -68,20 +74,56 @@ def _silent(message: str) -> None:
     """What stands for a missing :data:`Announce`: says nothing."""
 
 
+def _guard_dir(path: PathLike, option: str, command: str, **kwargs):
+    """The output guard of a run's output directory (:func:`~blendmask.output_guard.guard_output_dir`);
+    in a ``torchrun`` job only rank 0, which writes the files, takes it (the others get None)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return guard_output_dir(path, option=option, command=f"blendmask {command}", **kwargs)
+
+
+def _holds_output_guard(command: str, *, option: str = "--output", default_output=None):
+    """Decorate a run whose ``output`` argument is its output directory: the run holds
+    :func:`_guard_dir` on it for its whole work; with ``overwrite`` true, the files earlier runs
+    left there are deleted first (``resume`` excludes it). ``default_output(arguments)`` gives
+    the directory, next to the ``weights`` argument, when ``output`` is None."""
+    def decorate(run):
+        signature = inspect.signature(run)
+
+        @functools.wraps(run)
+        def guarded(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments, named = bound.arguments, option
+            if arguments["output"] is None:
+                arguments["output"], named = default_output(arguments), f"{option} (default: next to --weights)"
+            if arguments.get("overwrite") and arguments.get("resume"):
+                raise ValueError("--resume and --overwrite exclude each other: resume the run, or replace it")
+            with _guard_dir(arguments["output"], named, command) as guard:
+                if arguments.get("overwrite") and guard is not None:
+                    guard.remove_own_outputs()
+                return run(*bound.args, **bound.kwargs)
+        return guarded
+    return decorate
+
+
 # --------------------------------------------------------------------------- data
 
-def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, input_cfg=None, augment: bool = False):
+def load_dataset(data: PathLike, split: str, *, task: Optional[Task] = None, input_cfg=None, augment: bool = False,
+                 allow_outside: bool = False):
     """The dataset of ``split`` of ``data`` (a directory or a COCO JSON file).
 
     ``task``: the task whose data is expected (its :meth:`~Task.build_dataset` builds it); data
     of the other task's format is a one-line ``PanopticFormatError`` naming the format found.
     None takes the task of the data. ``input_cfg`` (a config's ``input`` section): how its images
-    are read (None: the defaults); with ``augment``, also its training augmentation."""
+    are read (None: the defaults); with ``augment``, also its training augmentation.
+    ``allow_outside``: accept records whose file names lead outside the data set
+    (:mod:`blendmask.data.paths`)."""
     found = task_of_data(data)
     if task is not None and found is not task:
         raise PanopticFormatError(f"--data {data} holds COCO {found.data_format} data, but {task.expected_data} are "
                                   f"expected here" + (f"; {found.hint}" if found.hint else ""))
-    return found.build_dataset(data, split, input_cfg=input_cfg, augment=augment)
+    return found.build_dataset(data, split, input_cfg=input_cfg, augment=augment, allow_outside=allow_outside)
 
 
 def val_source(data: PathLike, val_data: Optional[PathLike]) -> Optional[str]:
@@ -122,10 +164,12 @@ def _backbone_weights(choice: str, cfg: BlendMaskConfig) -> Optional[str]:
     return None if choice == "none" else choice
 
 
+@_holds_output_guard("train")
 def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
           overrides: Optional[Mapping[str, Any]] = None, resume: bool = False, weights: Optional[PathLike] = None,
           backbone_weights: str = "auto", seed: int = 0, num_workers: Optional[int] = None, evaluate_on_val: bool = True,
-          val_data: Optional[PathLike] = None, announce: Optional[Announce] = None) -> TrainReport:
+          val_data: Optional[PathLike] = None, announce: Optional[Announce] = None, overwrite: bool = False,
+          allow_outside: bool = False) -> TrainReport:
     """Train the preset ``config`` (default: the lite preset of the data's task) with ``overrides``
     (dotted config keys) on the train split of ``data``, writing checkpoints, metrics and the loss
     curve into ``output``.
@@ -133,6 +177,8 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
     Args:
         resume: continue from the last checkpoint in ``output``; without it, an ``output`` that
             holds checkpoints is refused.
+        overwrite: first delete the outputs earlier runs left in ``output`` (a file no blendmask
+            run made there is refused all the same).
         weights: initialise from this weights file (matching tensors only).
         backbone_weights: ``"auto"`` (offline ImageNet weights for MobileNetV2), ``"none"``, or a
             state-dict path.
@@ -143,23 +189,28 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
             their iteration, :meth:`Task.evaluate`).
         announce: receives the one-line description of the run before it starts, and the
             headline figures of each evaluation during training (:meth:`Task.format_summary`).
+        allow_outside: read images whose file names lead outside the data set.
     """
     overrides = dict(overrides or {})
     if config is None:
         config = task_of_data(data).default_config
     cfg = get_config(config, overrides)
     task = task_of_config(cfg)
-    train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True)
+    train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True, allow_outside=allow_outside)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
                          f"{train_set.num_classes} categories")
     extra_state = task.configure(cfg, train_set)
     val_from = val_source(data, val_data) if evaluate_on_val else None
-    val_set = load_dataset(val_from, "val", task=task, input_cfg=cfg.input) if val_from else None
+    val_set = (load_dataset(val_from, "val", task=task, input_cfg=cfg.input, allow_outside=allow_outside)
+               if val_from else None)
+    if val_set is not None and len(val_set) == 0:
+        logger.warning("the val split of %s has no images: training evaluates nothing", val_from)
+        val_set = None
     output_dir = Path(output)
     if not resume and (output_dir / "last_checkpoint").exists():
         raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, "
-                              "or choose another --output")
+                              "--overwrite to replace that run, or choose another --output")
 
     def evaluate_on(model) -> Dict[str, Any]:
         # the trainer's last evaluation comes after its last iteration; the others during training
@@ -198,17 +249,25 @@ class EvalReport:
     compile_report: Optional[str] = None
 
 
-def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str = "val", compile: bool = False,
-             tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+@_holds_output_guard("eval", default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "eval")
+def evaluate(weights: PathLike, data: PathLike, *, output: Optional[PathLike] = None, split: str = "val",
+             compile: bool = False, tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP,
+             max_dets: int = DEFAULT_MAX_DETS, class_map: Union[str, Mapping[str, str], None] = None,
+             ignore_class_names: bool = False, allow_outside: bool = False,
              tta_sizes: Optional[Sequence[int]] = None) -> EvalReport:
     """Evaluate the model of a weights file on ``split`` of ``data`` (its images read by the
     weights' ``input`` rules) with its task's metrics (COCO AP, or PQ for panoptic weights),
-    writing the predictions and ``metrics.json`` into ``output``.
+    writing the predictions and ``metrics.json`` (strict JSON: ``null`` for a metric without a
+    value) into ``output`` (default: ``eval`` next to ``weights``).
 
     ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
     ``tile``, ``tile_overlap``, ``max_dets``: tiled prediction and COCOeval's detections per
-    image, for instance models (:meth:`Task.evaluate`). ``tta_sizes`` (not None; instance weights
-    only, not with ``tile``): test-time augmentation
+    image, for instance models (:meth:`Task.evaluate`). The model's classes are matched to the
+    data set's categories by name (:func:`~blendmask.evaluation.categories.match_categories`);
+    ``class_map`` (``{model_class: data_class}`` or its ``"a=b,..."`` text) or
+    ``ignore_class_names`` (the data set's order) resolve names that differ. ``allow_outside``:
+    read images whose file names lead outside the data set. ``tta_sizes`` (not None; instance
+    weights only, not with ``tile``): test-time augmentation
     (:class:`~blendmask.models.tta.TestTimeAugmentation`) at these test sizes, empty: the default ones."""
     _check_tta(tta_sizes, tile)
     model, cfg = load_model_from_weights(weights)
@@ -216,13 +275,14 @@ def evaluate(weights: PathLike, data: PathLike, *, output: PathLike, split: str 
     if tta_sizes is not None and task is not INSTANCE:
         raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
     model = optimize_for_inference(model, inplace=True, compile=compile)  # the model the task's evaluator runs as is
-    dataset = load_dataset(data, split, task=task, input_cfg=cfg.input)
-    task.check_dataset(cfg, dataset, weights=weights, data=data)
+    dataset = load_dataset(data, split, task=task, input_cfg=cfg.input, allow_outside=allow_outside)
+    category_ids = task.check_dataset(cfg, dataset, weights=weights, data=data, class_map=_class_map(class_map),
+                                      ignore_class_names=ignore_class_names)
     output = Path(output)
     metrics = task.evaluate(_with_tta(model, cfg, tta_sizes), dataset, output_dir=output, tile=tile,
-                            tile_overlap=tile_overlap, max_dets=max_dets)
+                            tile_overlap=tile_overlap, max_dets=max_dets, category_ids=category_ids)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,
                       metrics_path=output / "metrics.json", compile_report=compile_report(model) if compile else None)
 
@@ -243,45 +303,68 @@ def _with_tta(model: torch.nn.Module, cfg: BlendMaskConfig, tta_sizes: Optional[
     return TestTimeAugmentation(model, sizes=tta_sizes or default_test_sizes(cfg.input.min_size_test))
 
 
+def _class_map(class_map: Union[str, Mapping[str, str], None]) -> Optional[Mapping[str, str]]:
+    """A ``--class-map`` as a mapping (:func:`~blendmask.evaluation.categories.parse_class_map` of its text)."""
+    from blendmask.evaluation.categories import parse_class_map
+
+    return parse_class_map(class_map) if isinstance(class_map, str) else class_map
+
+
 # --------------------------------------------------------------------------- predict and export
 
 @dataclass
 class PredictReport:
-    """What :func:`predict` produced: the task, the files written, and with ``compile`` the
-    compilation's one-line report."""
+    """What :func:`predict` produced: the task, the files written, with ``compile`` the
+    compilation's one-line report, and the files of input directories skipped as not images."""
 
     task: Task
     files: PredictionFiles
     compile_report: Optional[str] = None
+    skipped: List[Path] = field(default_factory=list)
 
 
-def predict(weights: PathLike, images: Sequence[PathLike], output: PathLike, *, score_threshold: float = 0.3,
-            show_bases: bool = False, compile: bool = False, tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP,
-            max_image_pixels: Optional[int] = None, tta_sizes: Optional[Sequence[int]] = None) -> PredictReport:
-    """Predict image files with the model of a weights file, as its task does: overlays and a
-    results JSON in ``output`` (instances: detections scoring at least ``score_threshold``, and
-    with ``show_bases`` the bases and attentions, or with ``tile`` predicted in tiles at native
-    resolution; panoptic: segment maps). Images are read by the weights' ``input`` rules,
-    ``max_image_pixels`` replacing their limit. ``tta_sizes`` (not None; instances only, not with
-    ``show_bases`` or ``tile``): test-time augmentation as for :func:`evaluate`."""
+@_holds_output_guard("predict", option="--out",
+                     default_output=lambda arguments: Path(arguments["weights"]).resolve().parent / "predictions")
+def predict(weights: PathLike, images: Sequence[PathLike], output: Optional[PathLike] = None, *,
+            score_threshold: float = 0.3, show_bases: bool = False, compile: bool = False, tile: Tile = None,
+            tile_overlap: float = DEFAULT_OVERLAP, max_image_pixels: Optional[int] = None,
+            tta_sizes: Optional[Sequence[int]] = None, progress: bool = False) -> PredictReport:
+    """Predict image files, and the images of directories (:func:`~blendmask.predict.expand_image_inputs`),
+    with the model of a weights file, as its task does, one image at a time: overlays and a
+    results JSON in ``output`` (default: ``predictions`` next to ``weights``; instances:
+    detections scoring at least ``score_threshold``, and with ``show_bases`` the bases and
+    attentions, or with ``tile`` predicted in tiles at native resolution; panoptic: segment
+    maps). Images are read by the weights' ``input`` rules, ``max_image_pixels`` replacing their
+    limit. ``tta_sizes`` (not None; instances only, not with ``show_bases`` or ``tile``):
+    test-time augmentation as for :func:`evaluate`. ``progress`` shows a bar."""
     _check_tta(tta_sizes, tile)
     if tta_sizes is not None and show_bases:
         raise ValueError("--show-bases draws one pass's bases: not with --tta")
+    paths, skipped = expand_image_inputs(images)
+    if not paths:
+        raise FileNotFoundError(f"no images in {' '.join(map(str, images))}")
+    check_distinct_stems([str(path) for path in paths])
     task = task_of_weights(weights)
     predictor = task.load_predictor(weights, score_threshold=score_threshold, compile=compile,
                                     max_image_pixels=max_image_pixels, tta_sizes=tta_sizes)
-    files = task.predict_files(predictor, images, output, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap)
+    files = task.predict_files(predictor, paths, output, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap,
+                               progress=progress)
     compiled = predictor.model.model if tta_sizes is not None else predictor.model  # TTA wraps the compiled model
-    return PredictReport(task=task, files=files, compile_report=compile_report(compiled) if compile else None)
+    return PredictReport(task=task, files=files, compile_report=compile_report(compiled) if compile else None,
+                         skipped=skipped)
 
 
 def export_model(cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike] = None,
-                 opset: Optional[int] = None) -> Path:
+                 opset: Optional[int] = None, overwrite: bool = False) -> Path:
     """Export the inference graph of ``cfg``'s model (random weights, or those of ``weights``) to
-    ONNX at ``out`` (``opset`` default :data:`blendmask.deploy.DEFAULT_OPSET`); returns the path."""
+    ONNX at ``out`` (``opset`` default :data:`blendmask.deploy.DEFAULT_OPSET`); returns the path.
+    An existing ``out`` is replaced only with ``overwrite``; the export holds its output guard
+    (:func:`~blendmask.output_guard.guard_output_file`)."""
     from blendmask.deploy import DEFAULT_OPSET  # deferred: the export's own dependencies load with it
 
-    return task_of_config(cfg).export_onnx(cfg, out, weights=weights, opset=DEFAULT_OPSET if opset is None else opset)
+    with guard_output_file(out, option="--out", command="blendmask export-onnx", overwrite=overwrite):
+        return task_of_config(cfg).export_onnx(cfg, out, weights=weights,
+                                               opset=DEFAULT_OPSET if opset is None else opset)
 
 
 # --------------------------------------------------------------------------- analyze
@@ -326,16 +409,13 @@ DEMO_PREDICT_IMAGES = 4
 DEMO_MARKER = ".blendmask-demo"
 
 
-def prepare_demo_output(out: Path) -> None:
-    """Empty ``out`` for a new demo run, but only if a previous demo made it (it holds
-    :data:`DEMO_MARKER`): a directory the user filled with anything else is never deleted."""
-    if out.exists():
-        if not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
-            raise FileExistsError(f"--output {out} exists and was not made by 'blendmask demo': "
-                                  "choose a new or empty directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
+def prepare_demo_output(guard: OutputGuard) -> None:
+    """Empty the guarded output of a new demo run (:func:`_guard_dir` with ``owned_marker=DEMO_MARKER``):
+    the outputs of earlier blendmask runs there are deleted (the guard refuses a directory that
+    holds anything else; one holding :data:`DEMO_MARKER` was made by a demo before manifests
+    existed, and is all ours)."""
+    guard.remove_own_outputs()
+    (guard.directory / DEMO_MARKER).write_text("made by 'blendmask demo'; the next demo run replaces this directory\n")
 
 
 @dataclass
@@ -361,7 +441,15 @@ def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
     announce = announce or _silent
     data_args, schedule = (FAST_DATA, FAST_OVERRIDES) if fast else (task.demo.data, task.demo.overrides)
     out = Path(output)
-    prepare_demo_output(out)
+    with _guard_dir(out, "--output", "demo", owned_marker=DEMO_MARKER) as guard:
+        if guard is not None:
+            prepare_demo_output(guard)
+        return _demo_steps(task, out, data_args, {**schedule, **(overrides or {})}, num_workers, announce)
+
+
+def _demo_steps(task: Task, out: Path, data_args: Mapping[str, Any], overrides: Mapping[str, Any],
+                num_workers: Optional[int], announce: Announce) -> DemoReport:
+    """The demo's four steps into ``out`` (held by its output guard)."""
     start = time.perf_counter()
     announce(f"[1/4] generating the {task.synthetic_set} ({data_args['train']} train + {data_args['val']} val, "
              f"{data_args['size']} px) in {out / 'data'}")
@@ -369,7 +457,7 @@ def demo(*, output: PathLike, task: Task = INSTANCE, fast: bool = False,
                             seed=data_args["seed"], progress=True)
     announce(f"[2/4] training {task.default_config} on the CPU")
     trained = train(config=task.default_config, data=str(data), output=str(out / "train"),
-                    overrides={**schedule, **(overrides or {})}, num_workers=num_workers, evaluate_on_val=False,
+                    overrides=overrides, num_workers=num_workers, evaluate_on_val=False,
                     announce=announce).result
     announce(f"[3/4] evaluating {task.metric} on the val split")
     evaluation = evaluate(str(trained.final_checkpoint), str(data), split="val", output=out / "eval")

@@ -24,7 +24,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -34,6 +34,7 @@ from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
 from blendmask.evaluation import DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled, format_results_table
+from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
 from blendmask.predict_panoptic import PANOPTIC_PREDICTIONS_JSON, PanopticPredictor, predict_panoptic_files
@@ -113,13 +114,14 @@ class Task(ABC):
         naming the paths tried when ``data`` has no such split."""
 
     @abstractmethod
-    def build_dataset(self, data: PathLike, split: str, *, input_cfg=None,
-                      augment: bool = False) -> torch.utils.data.Dataset:
+    def build_dataset(self, data: PathLike, split: str, *, input_cfg=None, augment: bool = False,
+                      allow_outside: bool = False) -> torch.utils.data.Dataset:
         """The dataset of ``split`` (``"train"`` or ``"val"``) of ``data``, a directory or a JSON
         file of this task's format. Its images are read by the rules of ``input_cfg`` (a config's
         ``input`` section: :meth:`ImageReading.from_config <blendmask.data.ImageReading.from_config>`;
         None: the defaults). With ``augment`` it carries ``input_cfg``'s training augmentation
-        (:func:`~blendmask.data.transforms.build_train_transforms`)."""
+        (:func:`~blendmask.data.transforms.build_train_transforms`). ``allow_outside``: accept
+        records whose file names lead outside the data set (:mod:`blendmask.data.paths`)."""
 
     @abstractmethod
     def make_shapes(self, out: PathLike, *, train: int, val: int, size: int, seed: int = 0, num_classes: int = 4,
@@ -136,26 +138,36 @@ class Task(ABC):
         """The classes of ``dataset`` in words, e.g. ``"4 classes"``."""
         return f"{dataset.num_classes} classes"
 
-    def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike) -> None:
-        """Raise ``ValueError`` if the model of ``weights`` (config ``cfg``) does not predict
+    def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike,
+                      class_map: Optional[Mapping[str, str]] = None, ignore_class_names: bool = False) -> List[int]:
+        """The data set category id of each class of the model of ``weights`` (config ``cfg``),
+        matched by name (:func:`~blendmask.evaluation.categories.match_categories`, with
+        ``class_map`` / ``ignore_class_names``); ``ValueError`` if it does not predict
         ``dataset``'s classes."""
         if dataset.num_classes != cfg.model.num_classes:
             raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                              f"{dataset.num_classes} categories")
+        stored = load_checkpoint(weights)
+        return match_categories(stored.get("class_names"), stored.get("category_ids"), dataset.class_names,
+                                dataset.category_ids, weights=str(weights), data=str(data),
+                                class_map=dict(class_map) if class_map else None,
+                                ignore_class_names=ignore_class_names)
 
     # ---------------------------------------------------------------- evaluation
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
                  progress: bool = True, iteration: Optional[int] = None, tile: Tile = None,
-                 tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS) -> Metrics:
+                 tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+                 category_ids: Optional[Sequence[int]] = None) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
         ``output_dir``, the predictions are written there as :attr:`results_file`, or, for an
         evaluation during training at ``iteration``, apart from every other evaluation's.
 
         ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
         ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
-        Both are the instance task's; the panoptic task refuses them."""
+        Both are the instance task's; the panoptic task refuses them. ``category_ids[label]``: the
+        data set category of each model class (default: the data set's, in order; :meth:`check_dataset`)."""
 
     @abstractmethod
     def format_table(self, metrics: Metrics, *, max_dets: int = DEFAULT_MAX_DETS) -> str:
@@ -181,10 +193,11 @@ class Task(ABC):
 
     @abstractmethod
     def predict_files(self, predictor, images: Sequence[PathLike], out_dir: PathLike, *, show_bases: bool = False,
-                      tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP) -> PredictionFiles:
+                      tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP, progress: bool = False) -> PredictionFiles:
         """Predict every image file; write the overlays and the results JSON into ``out_dir``
         (with ``show_bases``, the instance task also draws the bases and attentions; with
-        ``tile``, it predicts in tiles, :func:`blendmask.tiling.sliced_predict`)."""
+        ``tile``, it predicts in tiles, :func:`blendmask.tiling.sliced_predict`); ``progress``
+        shows a bar."""
 
     @abstractmethod
     def export_onnx(self, cfg: BlendMaskConfig, out: PathLike, *, weights: Optional[PathLike], opset: int) -> Path:
@@ -209,23 +222,24 @@ class InstanceTask(Task):
     def resolve_split(self, data, split):
         return resolve_split(data, split)
 
-    def build_dataset(self, data, split, *, input_cfg=None, augment=False):
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False, allow_outside=False):
         ann_file, image_dir = self.resolve_split(data, split)
         transforms, reading = _transforms_and_reading(input_cfg, augment)
         if augment and input_cfg.copy_paste.prob > 0:
-            return self._copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading)
+            return self._copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading, allow_outside)
         # A training set's 8-bit images cross the loader's worker boundary as uint8.
         return CocoInstanceDataset(ann_file, image_dir, transforms=transforms, reading=reading,
-                                   mask_format=input_cfg.mask_format if augment else "polygon", uint8_images=augment)
+                                   mask_format=input_cfg.mask_format if augment else "polygon", uint8_images=augment,
+                                   allow_outside=allow_outside)
 
     @staticmethod
-    def _copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading):
+    def _copy_paste_dataset(ann_file, image_dir, input_cfg, transforms, reading, allow_outside):
         """The training set with Simple Copy-Paste (``input.copy_paste``): the un-augmented
         dataset, wrapped so that each sample goes through the training ``transforms`` before the paste."""
         from blendmask.data.copy_paste import CopyPasteDataset
 
         raw = CocoInstanceDataset(ann_file, image_dir, reading=reading, mask_format=input_cfg.mask_format,
-                                  uint8_images=True)
+                                  uint8_images=True, allow_outside=allow_outside)
         return CopyPasteDataset(raw, transforms=transforms, prob=input_cfg.copy_paste.prob,
                                 max_instances=input_cfg.copy_paste.max_instances)
 
@@ -234,13 +248,13 @@ class InstanceTask(Task):
                            overwrite=overwrite, progress=progress)
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS):
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
         if tile is not None:
             return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets,
-                                  output_dir=output_dir, progress=progress)
+                                  output_dir=output_dir, progress=progress, category_ids=category_ids)
         results_name = RESULTS_FILE if iteration is None else f"coco_instances_results_iter{iteration:07d}.json"
         return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, results_name=results_name,
-                              max_dets=max_dets)
+                              max_dets=max_dets, category_ids=category_ids)
 
     def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_results_table(metrics, max_dets=max_dets)
@@ -256,8 +270,10 @@ class InstanceTask(Task):
         return Predictor.from_weights(weights, score_threshold=score_threshold, compile=compile,
                                       max_image_pixels=max_image_pixels, tta_sizes=tta_sizes)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP):
-        return predict_files(predictor, images, out_dir, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap)
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP,
+                      progress=False):
+        return predict_files(predictor, images, out_dir, show_bases=show_bases, tile=tile, tile_overlap=tile_overlap,
+                             progress=progress)
 
     def export_onnx(self, cfg, out, *, weights, opset):
         from blendmask.deploy import export_onnx
@@ -283,11 +299,12 @@ class PanopticTask(Task):
     def resolve_split(self, data, split):
         return resolve_panoptic_split(data, split)
 
-    def build_dataset(self, data, split, *, input_cfg=None, augment=False):
+    def build_dataset(self, data, split, *, input_cfg=None, augment=False, allow_outside=False):
         if augment and input_cfg.copy_paste.prob > 0:
             raise ValueError("input.copy_paste.prob > 0: copy-paste works on COCO instance data, not panoptic data")
         transforms, reading = _transforms_and_reading(input_cfg, augment)
-        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms, reading=reading)
+        return CocoPanopticDataset(*self.resolve_split(data, split), transforms=transforms, reading=reading,
+                                   allow_outside=allow_outside)
 
     def make_shapes(self, out, *, train, val, size, seed=0, num_classes=4, overwrite=False, progress=False):
         return make_panoptic_shapes(out, train=train, val=val, size=size, seed=seed, num_classes=num_classes,
@@ -301,14 +318,20 @@ class PanopticTask(Task):
     def describe_classes(self, dataset):
         return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
 
-    def check_dataset(self, cfg, dataset, *, weights, data):
-        super().check_dataset(cfg, dataset, weights=weights, data=data)
+    def check_dataset(self, cfg, dataset, *, weights, data, class_map=None, ignore_class_names=False):
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
+        category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
+                                             ignore_class_names=ignore_class_names)
+        if list(category_ids) != list(dataset.category_ids):
+            raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
+                             "evaluate on data with the weights' categories, or pass --ignore-class-names")
+        return category_ids
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS):
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
+        # check_dataset admits the data set's own category order only
         _refuse_instance_options(tile=tile, max_dets=max_dets)
         if output_dir is not None and iteration is not None:
             output_dir = Path(output_dir) / f"iter{iteration:07d}"
@@ -329,7 +352,8 @@ class PanopticTask(Task):
             raise ValueError(f"--tta works on instance models, not on panoptic weights ({weights})")
         return PanopticPredictor.from_weights(weights, compile=compile, max_image_pixels=max_image_pixels)
 
-    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP):
+    def predict_files(self, predictor, images, out_dir, *, show_bases=False, tile=None, tile_overlap=DEFAULT_OVERLAP,
+                      progress=False):
         _refuse_instance_options(tile=tile)
         overlays = predict_panoptic_files(predictor, images, out_dir)
         return PredictionFiles(results_json=Path(out_dir) / PANOPTIC_PREDICTIONS_JSON, overlays=overlays)

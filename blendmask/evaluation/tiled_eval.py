@@ -4,7 +4,7 @@ many detections per image as its tiles give (``max_dets``)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -26,11 +26,13 @@ def evaluate_tiled(
     max_dets: int = DEFAULT_MAX_DETS,
     output_dir: Optional[Union[str, os.PathLike]] = None,
     progress: bool = True,
+    category_ids: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[str, float]]:
     """COCO metrics of ``model`` on ``dataset`` (a :class:`~blendmask.data.CocoInstanceDataset`
     without transforms; its images read by its ``reading``), every image predicted in tiles of
     ``tile`` pixels (or ``"auto"``) sharing ``overlap``, ``batch_size`` tiles per model call.
-    Every detection the model keeps is scored (no score threshold beyond the model's own)."""
+    Every detection the model keeps is scored (no score threshold beyond the model's own);
+    ``category_ids`` as for :func:`~blendmask.evaluation.evaluate_model`."""
     from ..predict import Predictor
 
     if getattr(dataset, "transforms", None) is not None:
@@ -38,7 +40,7 @@ def evaluate_tiled(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     predictor = Predictor(model=model, class_names=list(dataset.class_names), score_threshold=0.0, device=device)
     resolve_tile(predictor.model, tile, overlap)  # refuse bad options before any work
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir, max_dets=max_dets)
+    evaluator = COCOEvaluator(dataset, output_dir=output_dir, max_dets=max_dets, category_ids=category_ids)
     for index in tqdm(range(len(dataset)), desc="eval (tiled)", unit="image", disable=not progress):
         info = dataset.coco.imgs[dataset.image_ids[index]]
         image = decode_image(dataset.image_path(index), reading=dataset.reading,

@@ -22,10 +22,10 @@ def test_an_image_as_data_is_refused_saying_what_is_expected(png):
 
 
 def test_the_commands_data_loader_refuses_it_before_reading(png):
-    from blendmask.cli import _load_split
+    from blendmask.engine.defaults import load_dataset
 
     with pytest.raises(ValueError, match=r"--data .*image.png' is not a COCO JSON file .*: --data expects a data directory"):
-        _load_split(str(png), "val")
+        load_dataset(str(png), "val")
 
 
 def test_a_json_with_a_byte_order_mark_and_spaces_is_accepted(tmp_path):

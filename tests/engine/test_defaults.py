@@ -9,6 +9,7 @@ import pytest
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.engine import defaults
 from blendmask.engine.tasks import INSTANCE, PANOPTIC
+from blendmask.output_guard import MANIFEST_FILE, guard_output_dir
 
 SIZE = 64
 TINY = {"solver.max_iter": 2, "solver.ims_per_batch": 2, "solver.warmup_iters": 1, "solver.steps": (100,),
@@ -127,13 +128,18 @@ def test_the_demo_replaces_only_a_directory_a_demo_made(tmp_path):
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="was not made by 'blendmask demo'"):
-        defaults.prepare_demo_output(precious)
+        defaults.demo(output=precious, fast=True)
     assert (precious / "notes.txt").read_text() == "keep me"
     made = tmp_path / "made"
-    defaults.prepare_demo_output(made)
-    (made / "old.txt").write_text("from the last demo")
-    defaults.prepare_demo_output(made)
-    assert sorted(path.name for path in made.iterdir()) == [defaults.DEMO_MARKER]
+
+    def prepare():
+        with guard_output_dir(made, command="blendmask demo", owned_marker=defaults.DEMO_MARKER) as guard:
+            defaults.prepare_demo_output(guard)
+
+    prepare()
+    (made / "old.txt").write_text("from the last demo")  # made under an earlier demo's marker: ours
+    prepare()
+    assert sorted(path.name for path in made.iterdir()) == [defaults.DEMO_MARKER, MANIFEST_FILE]
 
 
 def test_the_training_engine_loads_without_the_runs():
