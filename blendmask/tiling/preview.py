@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Tuple
 
-import numpy as np
 import torch
 
 from blendmask.data.images import DecodedImage
@@ -25,7 +24,6 @@ def downscaled_view(image: DecodedImage, result: Dict[str, Any], *,
     :func:`~blendmask.tiling.sliced_predict` result; ``step`` is 1 when the image fits ``max_side``."""
     step = max(1, math.ceil(max(image.height, image.width) / max_side))
     small = DecodedImage(pixels=image.pixels[::step, ::step], bounds=image.bounds)
-    height, width = small.height, small.width
     crops = []
     for x0, y0, crop in result["mask_crops"]:
         # the crop's pixels that fall on the subsampling grid

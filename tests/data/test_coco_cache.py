@@ -15,7 +15,7 @@ import pytest
 from blendmask.data import coco_cache, coco_index
 from blendmask.data.coco_cache import CacheWarning
 
-from tests.helpers.synthetic_coco import write_polygon_coco
+from tests.helpers.synthetic_coco import count_json_parses, write_polygon_coco
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,7 @@ def cache(tmp_path, monkeypatch):
     directory = tmp_path / "cache"
     monkeypatch.setenv("BLENDMASK_CACHE", str(directory))
     monkeypatch.setattr(coco_cache, "CACHE_MIN_BYTES", 0)
-    parsed = []
-    real = coco_index.read_json_file
-
-    def counting(path, **kwargs):
-        parsed.append(os.fspath(path))
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(coco_index, "read_json_file", counting)
-    return directory, parsed
+    return directory, count_json_parses(monkeypatch)
 
 
 def _load_fresh(path):

@@ -3,32 +3,23 @@ directory search and the dataset asks first."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from blendmask.data import CocoInstanceDataset, resolve_split
-from blendmask.data import coco_index, json_files
+from blendmask.data import coco_index
 from blendmask.data.panoptic import PanopticFormatError, detect_format
 from blendmask.engine.defaults import load_dataset
 from blendmask.engine.tasks import PANOPTIC
 
-from tests.helpers.synthetic_coco import write_polygon_coco
+from tests.helpers.synthetic_coco import count_json_parses, write_polygon_coco
 
 
 @pytest.fixture
 def parses(monkeypatch):
-    """The list of files ``read_json_file`` parsed during the test."""
-    seen = []
-    real = json_files.read_json_file
-
-    def counting(path, **kwargs):
-        seen.append(os.fspath(path))
-        return real(path, **kwargs)
-
-    monkeypatch.setattr(coco_index, "read_json_file", counting)
+    """The list of files ``read_json_file`` parsed during the test (the process's index emptied first)."""
     monkeypatch.setattr(coco_index, "_recent", coco_index.OrderedDict())
-    return seen
+    return count_json_parses(monkeypatch)
 
 
 def test_load_dataset_parses_the_json_once(tmp_path, parses):

@@ -33,3 +33,21 @@ def write_polygon_coco(root: Path, n_images: int, *, per_image: int = 7, vertice
         for rec in images:
             (root / "images" / rec["file_name"]).touch()
     return path
+
+
+def count_json_parses(monkeypatch) -> list:
+    """Record, in the returned list, the path of every COCO JSON file the records index parses
+    (``coco_index.read_json_file``) from now on in the test."""
+    import os
+
+    from blendmask.data import coco_index
+
+    parsed: list = []
+    real = coco_index.read_json_file
+
+    def counting(path, **kwargs):
+        parsed.append(os.fspath(path))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(coco_index, "read_json_file", counting)
+    return parsed
