@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from blendmask.polygons import PolygonMasks
 
 from .jitter import resize_sample
-from .transforms import Sample, mask_boxes
+from .sample import Sample, mask_boxes
 
 __all__ = ["CopyPasteDataset", "paste_instances"]
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from blendmask.polygons import PolygonMasks
 
-from .transforms import Sample, mask_boxes
+from .sample import Sample, mask_boxes
 
 __all__ = ["LargeScaleJitter", "resize_crop_pad", "resize_sample"]
 

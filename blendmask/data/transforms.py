@@ -21,9 +21,10 @@ import torch
 
 from blendmask.polygons import PolygonMasks
 
-__all__ = ["Compose", "RandomHorizontalFlip", "RandomInstanceCrop", "build_train_transforms", "mask_boxes"]
+from .jitter import LargeScaleJitter
+from .sample import Sample, mask_boxes
 
-Sample = Tuple[torch.Tensor, Dict[str, Any]]
+__all__ = ["Compose", "RandomHorizontalFlip", "RandomInstanceCrop", "build_train_transforms", "mask_boxes"]
 
 
 class Compose:
@@ -74,17 +75,6 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
-
-
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight ``(n, 4)`` xyxy boxes in pixel-edge coordinates of ``(n, H, W)`` masks (zeros when empty)."""
-    boxes = torch.zeros((masks.shape[0], 4), dtype=torch.float32)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (n, H), (n, W)
-    for i in range(masks.shape[0]):
-        ys, xs = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
-        if len(ys):
-            boxes[i] = torch.stack([xs[0], ys[0], xs[-1] + 1, ys[-1] + 1]).float()
-    return boxes
 
 
 class RandomInstanceCrop:
@@ -179,8 +169,6 @@ class RandomInstanceCrop:
 def build_train_transforms(input_cfg: Any) -> Compose:
     """The per-image training augmentation of ``config.input``: the crop when ``crop_enabled``, the
     large-scale jitter when ``lsj.enabled`` (:class:`blendmask.data.jitter.LargeScaleJitter`), then the flip."""
-    from .jitter import LargeScaleJitter  # jitter imports this module's helpers
-
     transforms: List[Callable[[torch.Tensor, Dict[str, Any]], Sample]] = []
     if input_cfg.crop_enabled:
         transforms.append(RandomInstanceCrop(input_cfg.crop_type, input_cfg.crop_size))

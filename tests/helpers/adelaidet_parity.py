@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blendmask.config import get_config
+from blendmask.config import MAX_INPUT_SIDE, get_config
 from blendmask.convert import convert_state_dict, match_state_dict
 from blendmask.models import build_model
 from tests.fixtures.adelaidet import synthetic
@@ -69,9 +69,9 @@ def load_parity(name: str):
     sizes = [tuple(s) for s in record["image_sizes"]]
     short = {min(s) for s in sizes}
     assert len(short) == 1, "the fixture's images share their short side, so that no resize is involved"
-    overrides = {"input.min_size_test": short.pop(), "input.max_size_test": 10_000,
+    overrides = {"input.min_size_test": short.pop(), "input.max_size_test": MAX_INPUT_SIDE,
                  "input.min_size_train_sampling": "choice", "input.min_size_train": (min(sizes[0]),),
-                 "input.max_size_train": 10_000}
+                 "input.max_size_train": MAX_INPUT_SIDE}
 
     weights = synthetic.generate_weights({k: tuple(s) for k, s in record["keys"]}, record["weight_seed"])
     model = build_model(get_config(PRESETS[name], overrides))
