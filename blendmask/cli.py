@@ -53,11 +53,14 @@ def _setup_logging() -> None:
 
 
 def _say(message: str = "") -> None:
-    """Print on rank 0 only."""
+    """Print on rank 0 only, above the training's progress bar when one is shown."""
+    from tqdm import tqdm
+
     from blendmask.distributed import is_main_process
 
     if is_main_process():
-        print(message, flush=True)
+        tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
