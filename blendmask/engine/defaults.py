@@ -22,7 +22,7 @@ Example::
 
     from blendmask.engine import defaults
     trained = defaults.train(data="runs/shapes", output="runs/train",
-                             overrides={"solver.max_iter": 300})
+                             overrides={"solver.max_iter": 300, "solver.steps": (220, 280)})
     report = defaults.evaluate(trained.result.final_checkpoint, "runs/shapes", output="runs/eval")
     print(report.task.format_table(report.metrics))
 """
