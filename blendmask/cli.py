@@ -224,8 +224,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                    help="detections per image COCOeval scores (its maxDets; default 100): raise it for large "
                         "images with many instances")
     p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
-                   help="score the model's classes as these data set categories (default: by name; data whose "
-                        "names differ from the weights' class_names is refused)")
+                   help="score the model's classes (panoptic: things and stuff) as these data set categories "
+                        "(default: by name; data whose names differ from the weights' class_names is refused)")
     p.add_argument("--ignore-class-names", action="store_true",
                    help="score the model's classes as the data set's categories in order, whatever their names")
     _add_allow_outside(p)

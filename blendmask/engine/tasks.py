@@ -140,18 +140,28 @@ class Task(ABC):
 
     def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike,
                       class_map: Optional[Mapping[str, str]] = None, ignore_class_names: bool = False) -> List[int]:
-        """The data set category id of each class of the model of ``weights`` (config ``cfg``),
-        matched by name (:func:`~blendmask.evaluation.categories.match_categories`, with
-        ``class_map`` / ``ignore_class_names``); ``ValueError`` if it does not predict
-        ``dataset``'s classes."""
+        """The data set category id of each class of the model of ``weights`` (config ``cfg``; its
+        classes in :meth:`model_categories`' order), matched by name
+        (:func:`~blendmask.evaluation.categories.match_categories`, with ``class_map`` /
+        ``ignore_class_names``); ``ValueError`` if it does not predict ``dataset``'s classes."""
         if dataset.num_classes != cfg.model.num_classes:
             raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                              f"{dataset.num_classes} categories")
-        stored = load_checkpoint(weights)
-        return match_categories(stored.get("class_names"), stored.get("category_ids"), dataset.class_names,
-                                dataset.category_ids, weights=str(weights), data=str(data),
+        model_names, model_ids = self.model_categories(load_checkpoint(weights))
+        data_names, data_ids = self.data_categories(dataset)
+        return match_categories(model_names, model_ids, data_names, data_ids, weights=str(weights), data=str(data),
                                 class_map=dict(class_map) if class_map else None,
                                 ignore_class_names=ignore_class_names)
+
+    def model_categories(self, stored: Mapping[str, Any]) -> Tuple[Optional[List[str]], Optional[List[int]]]:
+        """The names and category ids of a model's classes, in label order, from its weights file
+        (what :meth:`configure` stored); ``(None, None)`` for a file without names (a converted
+        checkpoint)."""
+        return stored.get("class_names"), stored.get("category_ids")
+
+    def data_categories(self, dataset) -> Tuple[List[str], List[int]]:
+        """The names and ids of ``dataset``'s categories, in the order of :meth:`model_categories`."""
+        return list(dataset.class_names), list(dataset.category_ids)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -166,8 +176,9 @@ class Task(ABC):
 
         ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
         ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
-        Both are the instance task's; the panoptic task refuses them. ``category_ids[label]``: the
-        data set category of each model class (default: the data set's, in order; :meth:`check_dataset`)."""
+        Both are the instance task's; the panoptic task refuses them. ``category_ids``: the data
+        set category of each model class, in :meth:`data_categories`' order (default: the data
+        set's own; :meth:`check_dataset` gives them)."""
 
     @abstractmethod
     def format_table(self, metrics: Metrics, *, max_dets: int = DEFAULT_MAX_DETS) -> str:
@@ -319,23 +330,45 @@ class PanopticTask(Task):
         return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
 
     def check_dataset(self, cfg, dataset, *, weights, data, class_map=None, ignore_class_names=False):
+        """As the instance task's, over the things and then the stuff: a thing class is scored as
+        a thing category of the data and a stuff class as a stuff category (the data's ``isthing``)."""
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
         category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
                                              ignore_class_names=ignore_class_names)
-        if list(category_ids) != list(dataset.category_ids):
-            raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
-                             "evaluate on data with the weights' categories, or pass --ignore-class-names")
+        model_names = self.model_categories(load_checkpoint(weights))[0]
+        data_names, data_ids = self.data_categories(dataset)
+        name_of = dict(zip(data_ids, data_names))
+        for label, category_id in enumerate(category_ids):
+            model_thing, data_thing = label < dataset.num_classes, category_id in dataset.category_ids
+            if model_thing != data_thing:
+                kind = {True: "thing", False: "stuff"}
+                model_name = model_names[label] if model_names is not None else f"label {label}"
+                raise ValueError(f"{weights}: its {kind[model_thing]} class {model_name!r} cannot be scored as {data}'s "
+                                 f"{kind[data_thing]} category {name_of[category_id]!r} (things are scored as things, "
+                                 "stuff as stuff)")
         return category_ids
+
+    def model_categories(self, stored):
+        """The things (``class_names``, ``category_ids``), then the stuff (``stuff_names``,
+        ``stuff_category_ids``); ``(None, None)`` when either is missing."""
+        things, thing_ids = super().model_categories(stored)
+        stuff, stuff_ids = stored.get("stuff_names"), stored.get("stuff_category_ids")
+        if things is None or stuff is None:
+            return None, None
+        ids = None if thing_ids is None or stuff_ids is None else [*thing_ids, *stuff_ids]
+        return [*things, *stuff], ids
+
+    def data_categories(self, dataset):
+        return [*dataset.class_names, *dataset.stuff_names], [*dataset.category_ids, *dataset.stuff_category_ids]
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
                  tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
-        # check_dataset admits the data set's own category order only
         _refuse_instance_options(tile=tile, max_dets=max_dets)
         if output_dir is not None and iteration is not None:
             output_dir = Path(output_dir) / f"iter{iteration:07d}"
-        return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
+        return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress, category_ids=category_ids)
 
     def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_pq_table(metrics)
