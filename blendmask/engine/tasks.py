@@ -33,7 +33,8 @@ from blendmask.data import CocoInstanceDataset, ImageReading, make_shapes, resol
 from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_panoptic_split
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
-from blendmask.evaluation import DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled, format_results_table
+from blendmask.evaluation import (DEFAULT_BACKEND, DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled,
+                                  format_results_table)
 from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
@@ -169,14 +170,17 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
                  progress: bool = True, iteration: Optional[int] = None, tile: Tile = None,
                  tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+                 backend: str = DEFAULT_BACKEND, max_pairs: Optional[int] = None,
                  category_ids: Optional[Sequence[int]] = None) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
         ``output_dir``, the predictions are written there as :attr:`results_file`, or, for an
         evaluation during training at ``iteration``, apart from every other evaluation's.
 
         ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
-        ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
-        Both are the instance task's; the panoptic task refuses them. ``category_ids``: the data
+        ``tile_overlap`` shared between neighbours; ``max_dets``, ``backend``, ``max_pairs``:
+        COCOeval's detections per image, implementation and most detection/ground-truth pairs
+        (:class:`~blendmask.evaluation.COCOEvaluator`). These are the instance task's; the panoptic
+        task refuses them. ``category_ids``: the data
         set category of each model class, in :meth:`data_categories`' order (default: the data
         set's own; :meth:`check_dataset` gives them)."""
 
@@ -259,13 +263,15 @@ class InstanceTask(Task):
                            overwrite=overwrite, progress=progress)
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, backend=DEFAULT_BACKEND, max_pairs=None,
+                 category_ids=None):
         if tile is not None:
-            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets,
-                                  output_dir=output_dir, progress=progress, category_ids=category_ids)
+            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets, backend=backend,
+                                  max_pairs=max_pairs, output_dir=output_dir, progress=progress,
+                                  category_ids=category_ids)
         results_name = RESULTS_FILE if iteration is None else f"coco_instances_results_iter{iteration:07d}.json"
         return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, results_name=results_name,
-                              max_dets=max_dets, category_ids=category_ids)
+                              max_dets=max_dets, backend=backend, max_pairs=max_pairs, category_ids=category_ids)
 
     def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_results_table(metrics, max_dets=max_dets)
@@ -364,8 +370,9 @@ class PanopticTask(Task):
         return [*dataset.class_names, *dataset.stuff_names], [*dataset.category_ids, *dataset.stuff_category_ids]
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
-        _refuse_instance_options(tile=tile, max_dets=max_dets)
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, backend=DEFAULT_BACKEND, max_pairs=None,
+                 category_ids=None):
+        _refuse_instance_options(tile=tile, max_dets=max_dets, backend=backend, max_pairs=max_pairs)
         if output_dir is not None and iteration is not None:
             output_dir = Path(output_dir) / f"iter{iteration:07d}"
         return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress, category_ids=category_ids)
@@ -408,7 +415,8 @@ def _transforms_and_reading(input_cfg, augment: bool):
     return transforms, ImageReading.from_config(input_cfg) if input_cfg is not None else ImageReading()
 
 
-def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS) -> None:
+def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS, backend: str = DEFAULT_BACKEND,
+                             max_pairs: Optional[int] = None) -> None:
     """Refuse, in one line, the options only instance models have (a panoptic model has no tiled
     prediction, and PQ no maxDets)."""
     if tile is not None:
@@ -416,6 +424,9 @@ def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_D
     if max_dets != DEFAULT_MAX_DETS:
         raise ValueError("max_dets (--max-dets) applies to instance models (COCO AP); these weights are a "
                          "panoptic model (PQ)")
+    if backend != DEFAULT_BACKEND or max_pairs is not None:
+        raise ValueError("backend and max_pairs (--eval-backend, --max-eval-pairs) apply to instance models (COCO AP); "
+                         "these weights are a panoptic model (PQ)")
 
 
 INSTANCE: Task = InstanceTask()
