@@ -177,7 +177,7 @@ def plot(rows: List[Dict[str, Any]], path: Path, size: int) -> None:
         line, = ax.plot(xs, ys, "-", label=f"{backend}, maxDets {label}")
         for r, y in zip(points, ys):
             ax.plot(r["instances"], y, "o", color=line.get_color(), fillstyle="none" if r["skipped"] else "full")
-    ax.axhline(600, color="red", linestyle="--", label="10 minutes")
+    ax.axhline(600, color="black", linestyle="--", label="10 minutes")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"instances in one {size}x{size} image (one detection each)")

@@ -228,7 +228,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                         "same metrics, much faster on images with many instances: pip install blendmask[eval])")
     p.add_argument("--max-eval-pairs", type=int, default=None, metavar="N",
                    help="the most detection/ground-truth pairs COCOeval may compare before the evaluation is refused "
-                        "(default: the backend's limit, about ten minutes of COCOeval on one core)")
+                        "(default: the backend's limit, a few minutes of COCOeval on one core)")
     p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
                    help="score the model's classes (panoptic: things and stuff) as these data set categories "
                         "(default: by name; data whose names differ from the weights' class_names is refused)")

@@ -19,7 +19,7 @@ Bounded work: COCOeval compares, in every image and category, each of the first 
 detections with each ground-truth instance (:func:`matching_pairs`), ten IoU thresholds times four
 area ranges over, for bbox and for segm; pycocotools does it in a Python loop. Images with
 thousands of instances make that hours of work, so more pairs than ``max_pairs`` (default
-:data:`DEFAULT_MAX_PAIRS` of the backend, about ten minutes on one CPU core:
+:data:`DEFAULT_MAX_PAIRS` of the backend, minutes of COCOeval on one CPU core:
 ``docs/notes/benchmarks.md``, "Crowded images") are refused in one line naming the count, the
 largest image and the limit: by ``process`` at the image that crosses the limit (the pairs add up
 image by image, so no more of the model's work is wasted), and by ``evaluate()`` for the total
@@ -62,8 +62,8 @@ _IOU_TYPES = ("bbox", "segm")
 #: COCOeval implementations ``COCOEvaluator`` can use (module doc).
 BACKENDS = ("pycocotools", "faster-coco-eval")
 DEFAULT_BACKEND = "pycocotools"
-#: The detection/ground-truth pairs each backend may match (module doc): about ten minutes of
-#: COCOeval on one CPU core for bbox and segm together.
+#: The detection/ground-truth pairs each backend may match (module doc): minutes of COCOeval
+#: on one CPU core for bbox and segm together (docs/notes/benchmarks.md, "Crowded images").
 DEFAULT_MAX_PAIRS = {"pycocotools": 5_000_000, "faster-coco-eval": 300_000_000}
 
 
