@@ -59,8 +59,8 @@ class _Interrupted(Exception):
 
 
 def _resume_worker(rank: int, port: int, out_dir: str) -> None:
-    """Uninterrupted: 8 iterations with steps=(6,). Interrupted: the old schedule steps=(20,), stopped
-    after the checkpoint at 4, then resumed with steps=(6,) to 8. The model has dropout and the ranks
+    """Uninterrupted: 8 iterations with steps=(6,). Interrupted: the old schedule (20 iterations,
+    steps=(15,)), stopped after the checkpoint at 4, then resumed with steps=(6,) to 8. The model has dropout and the ranks
     have different RNG streams, so the result depends on every rank restoring its own RNG state."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD_SIZE), RANK=str(rank),
                       LOCAL_RANK=str(rank))
@@ -74,9 +74,9 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
             if self.trainer.iter == 4:
                 raise _Interrupted
 
-    def trainer(name, steps, hooks=()):
+    def trainer(name, steps, max_iter=8, hooks=()):
         torch.manual_seed(100 + rank)  # a different global RNG stream on every rank
-        cfg = tiny_cfg(max_iter=8, checkpoint_period=4, steps=steps, warmup_iters=2)
+        cfg = tiny_cfg(max_iter=max_iter, checkpoint_period=4, steps=steps, warmup_iters=2)
         return Trainer(model=TinyDetector(dropout=0.5), cfg=cfg, train_dataset=TinyShapes(),
                        output_dir=os.path.join(out_dir, name), show_progress=False, hooks=hooks)
 
@@ -84,7 +84,7 @@ def _resume_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         full = trainer("full", (6,)).train()
         try:
-            trainer("split", (20,), hooks=[StopAt()]).train()
+            trainer("split", (15,), max_iter=20, hooks=[StopAt()]).train()
         except _Interrupted:
             pass
         resumed_trainer = trainer("split", (6,))

@@ -171,7 +171,7 @@ def test_cli_flags_give_one_line_errors(bad_files, tiny_shapes, tmp_path, case, 
         "weights file": ["export-onnx", "--config", "lite_mobilenet_v2", "--weights", str(path),
                          "--out", str(tmp_path / "m.onnx")],
         "weights_backbone file": ["train", "--data", str(tiny_shapes), "--output", str(tmp_path / "run"),
-                                  "--backbone-weights", str(path), "--set", "solver.max_iter=1"],
+                                  "--backbone-weights", str(path), "--set", "solver.max_iter=1", "solver.steps=()"],
         "checkpoint": ["convert", str(path), str(tmp_path / "converted.pth"), "--config", "R_50_3x"],
     }
     for what, argv in commands.items():

@@ -22,7 +22,7 @@ Example::
 
     from blendmask.engine import defaults
     trained = defaults.train(data="runs/shapes", output="runs/train",
-                             overrides={"solver.max_iter": 300})
+                             overrides={"solver.max_iter": 300, "solver.steps": (220, 280)})
     report = defaults.evaluate(trained.result.final_checkpoint, "runs/shapes", output="runs/eval")
     print(report.task.format_table(report.metrics))
 """
@@ -44,7 +44,7 @@ import torch
 from blendmask.config import BlendMaskConfig, get_config
 from blendmask.data.panoptic import PanopticFormatError
 from blendmask.distributed import device_for_rank
-from blendmask.evaluation import DEFAULT_MAX_DETS
+from blendmask.evaluation import DEFAULT_BACKEND, DEFAULT_MAX_DETS
 from blendmask.models import build_model, load_model_from_weights
 from blendmask.models.inference_path import compile_report, optimize_for_inference
 from blendmask.output_guard import OutputGuard, guard_output_dir, guard_output_file
@@ -254,15 +254,17 @@ def evaluate(weights: PathLike, data: PathLike, *, output: Optional[PathLike] = 
              compile: bool = False, tile: Tile = None, tile_overlap: float = DEFAULT_OVERLAP,
              max_dets: int = DEFAULT_MAX_DETS, class_map: Union[str, Mapping[str, str], None] = None,
              ignore_class_names: bool = False, allow_outside: bool = False,
-             tta_sizes: Optional[Sequence[int]] = None) -> EvalReport:
+             tta_sizes: Optional[Sequence[int]] = None, backend: str = DEFAULT_BACKEND,
+             max_pairs: Optional[int] = None) -> EvalReport:
     """Evaluate the model of a weights file on ``split`` of ``data`` (its images read by the
     weights' ``input`` rules) with its task's metrics (COCO AP, or PQ for panoptic weights),
     writing the predictions and ``metrics.json`` (strict JSON: ``null`` for a metric without a
     value) into ``output`` (default: ``eval`` next to ``weights``).
 
     ``compile``: ``torch.compile`` backbone and head (eager where inductor cannot compile).
-    ``tile``, ``tile_overlap``, ``max_dets``: tiled prediction and COCOeval's detections per
-    image, for instance models (:meth:`Task.evaluate`). The model's classes are matched to the
+    ``tile``, ``tile_overlap``, ``max_dets``, ``backend``, ``max_pairs``: tiled prediction,
+    COCOeval's detections per image, its implementation and the most detection/ground-truth pairs
+    it may match, for instance models (:meth:`Task.evaluate`). The model's classes are matched to the
     data set's categories by name (:func:`~blendmask.evaluation.categories.match_categories`);
     ``class_map`` (``{model_class: data_class}`` or its ``"a=b,..."`` text) or
     ``ignore_class_names`` (the data set's order) resolve names that differ. ``allow_outside``:
@@ -280,7 +282,8 @@ def evaluate(weights: PathLike, data: PathLike, *, output: Optional[PathLike] = 
                                       ignore_class_names=ignore_class_names)
     output = Path(output)
     metrics = task.evaluate(_with_tta(model, cfg, tta_sizes), dataset, output_dir=output, tile=tile,
-                            tile_overlap=tile_overlap, max_dets=max_dets, category_ids=category_ids)
+                            tile_overlap=tile_overlap, max_dets=max_dets, backend=backend, max_pairs=max_pairs,
+                            category_ids=category_ids)
     output.mkdir(parents=True, exist_ok=True)
     (output / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
     return EvalReport(task=task, metrics=metrics, results_path=output / task.results_file,

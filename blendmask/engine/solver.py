@@ -11,7 +11,6 @@ so the trainer can log it.
 from __future__ import annotations
 
 import bisect
-import logging
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import torch
@@ -28,8 +27,6 @@ __all__ = [
     "changed_solver_keys",
     "SCHEDULE_KEYS",
 ]
-
-logger = logging.getLogger(__name__)
 
 # The solver settings that shape the optimisation; on resume they come from the new config.
 SCHEDULE_KEYS = ("base_lr", "momentum", "weight_decay", "weight_decay_norm", "weight_decay_bias", "warmup_iters", "warmup_factor", "steps", "gamma", "max_iter")
@@ -130,12 +127,14 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, solver_cfg) -> WarmupMultiStepLR:
-    """The scheduler of ``solver_cfg``. Steps beyond ``solver.max_iter`` are not an error (a run
-    resumed later with a larger ``max_iter`` reaches them) but are logged as not reached."""
+    """The scheduler of ``solver_cfg``. A step beyond ``solver.max_iter`` is refused
+    (``ValueError`` naming both values): the run would never reach it. A run that is to be
+    continued further sets its steps when it is resumed with the larger ``max_iter`` (the schedule
+    comes from the resumed run's config, module doc)."""
     beyond = [step for step in solver_cfg.steps if step > solver_cfg.max_iter]
     if beyond:
-        logger.warning("solver.steps %s lie beyond solver.max_iter=%d: this run does not reach them",
-                       beyond, solver_cfg.max_iter)
+        raise ValueError(f"solver.steps {list(solver_cfg.steps)} go beyond solver.max_iter={solver_cfg.max_iter} "
+                         f"(step {beyond[0]} is never reached): lower the steps, or set solver.steps=() for no decay")
     return WarmupMultiStepLR(optimizer, warmup_iters=solver_cfg.warmup_iters, warmup_factor=solver_cfg.warmup_factor,
                              steps=solver_cfg.steps, gamma=solver_cfg.gamma)
 

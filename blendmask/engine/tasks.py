@@ -33,7 +33,8 @@ from blendmask.data import CocoInstanceDataset, ImageReading, make_shapes, resol
 from blendmask.data.panoptic import CocoPanopticDataset, detect_format, resolve_panoptic_split
 from blendmask.data.panoptic_shapes import make_panoptic_shapes
 from blendmask.data.transforms import build_train_transforms
-from blendmask.evaluation import DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled, format_results_table
+from blendmask.evaluation import (DEFAULT_BACKEND, DEFAULT_MAX_DETS, RESULTS_FILE, evaluate_model, evaluate_tiled,
+                                  format_results_table)
 from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.panoptic_eval import PANOPTIC_RESULTS, evaluate_panoptic, format_pq_table
 from blendmask.predict import PredictionFiles, Predictor, predict_files
@@ -140,18 +141,28 @@ class Task(ABC):
 
     def check_dataset(self, cfg: BlendMaskConfig, dataset, *, weights: PathLike, data: PathLike,
                       class_map: Optional[Mapping[str, str]] = None, ignore_class_names: bool = False) -> List[int]:
-        """The data set category id of each class of the model of ``weights`` (config ``cfg``),
-        matched by name (:func:`~blendmask.evaluation.categories.match_categories`, with
-        ``class_map`` / ``ignore_class_names``); ``ValueError`` if it does not predict
-        ``dataset``'s classes."""
+        """The data set category id of each class of the model of ``weights`` (config ``cfg``; its
+        classes in :meth:`model_categories`' order), matched by name
+        (:func:`~blendmask.evaluation.categories.match_categories`, with ``class_map`` /
+        ``ignore_class_names``); ``ValueError`` if it does not predict ``dataset``'s classes."""
         if dataset.num_classes != cfg.model.num_classes:
             raise ValueError(f"{weights} predicts {cfg.model.num_classes} classes but {data} has "
                              f"{dataset.num_classes} categories")
-        stored = load_checkpoint(weights)
-        return match_categories(stored.get("class_names"), stored.get("category_ids"), dataset.class_names,
-                                dataset.category_ids, weights=str(weights), data=str(data),
+        model_names, model_ids = self.model_categories(load_checkpoint(weights))
+        data_names, data_ids = self.data_categories(dataset)
+        return match_categories(model_names, model_ids, data_names, data_ids, weights=str(weights), data=str(data),
                                 class_map=dict(class_map) if class_map else None,
                                 ignore_class_names=ignore_class_names)
+
+    def model_categories(self, stored: Mapping[str, Any]) -> Tuple[Optional[List[str]], Optional[List[int]]]:
+        """The names and category ids of a model's classes, in label order, from its weights file
+        (what :meth:`configure` stored); ``(None, None)`` for a file without names (a converted
+        checkpoint)."""
+        return stored.get("class_names"), stored.get("category_ids")
+
+    def data_categories(self, dataset) -> Tuple[List[str], List[int]]:
+        """The names and ids of ``dataset``'s categories, in the order of :meth:`model_categories`."""
+        return list(dataset.class_names), list(dataset.category_ids)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -159,15 +170,19 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, dataset, *, output_dir: Optional[PathLike] = None,
                  progress: bool = True, iteration: Optional[int] = None, tile: Tile = None,
                  tile_overlap: float = DEFAULT_OVERLAP, max_dets: int = DEFAULT_MAX_DETS,
+                 backend: str = DEFAULT_BACKEND, max_pairs: Optional[int] = None,
                  category_ids: Optional[Sequence[int]] = None) -> Metrics:
         """The task's metrics of ``model`` on ``dataset`` (built without transforms); with
         ``output_dir``, the predictions are written there as :attr:`results_file`, or, for an
         evaluation during training at ``iteration``, apart from every other evaluation's.
 
         ``tile`` (pixels or ``"auto"``): predict every image in tiles at native resolution,
-        ``tile_overlap`` shared between neighbours; ``max_dets``: COCOeval's detections per image.
-        Both are the instance task's; the panoptic task refuses them. ``category_ids[label]``: the
-        data set category of each model class (default: the data set's, in order; :meth:`check_dataset`)."""
+        ``tile_overlap`` shared between neighbours; ``max_dets``, ``backend``, ``max_pairs``:
+        COCOeval's detections per image, implementation and most detection/ground-truth pairs
+        (:class:`~blendmask.evaluation.COCOEvaluator`). These are the instance task's; the panoptic
+        task refuses them. ``category_ids``: the data
+        set category of each model class, in :meth:`data_categories`' order (default: the data
+        set's own; :meth:`check_dataset` gives them)."""
 
     @abstractmethod
     def format_table(self, metrics: Metrics, *, max_dets: int = DEFAULT_MAX_DETS) -> str:
@@ -248,13 +263,15 @@ class InstanceTask(Task):
                            overwrite=overwrite, progress=progress)
 
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, backend=DEFAULT_BACKEND, max_pairs=None,
+                 category_ids=None):
         if tile is not None:
-            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets,
-                                  output_dir=output_dir, progress=progress, category_ids=category_ids)
+            return evaluate_tiled(model, dataset, tile=tile, overlap=tile_overlap, max_dets=max_dets, backend=backend,
+                                  max_pairs=max_pairs, output_dir=output_dir, progress=progress,
+                                  category_ids=category_ids)
         results_name = RESULTS_FILE if iteration is None else f"coco_instances_results_iter{iteration:07d}.json"
         return evaluate_model(model, dataset, output_dir=output_dir, progress=progress, results_name=results_name,
-                              max_dets=max_dets, category_ids=category_ids)
+                              max_dets=max_dets, backend=backend, max_pairs=max_pairs, category_ids=category_ids)
 
     def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_results_table(metrics, max_dets=max_dets)
@@ -319,23 +336,46 @@ class PanopticTask(Task):
         return f"{super().describe_classes(dataset)} + {dataset.num_stuff_classes} stuff"
 
     def check_dataset(self, cfg, dataset, *, weights, data, class_map=None, ignore_class_names=False):
+        """As the instance task's, over the things and then the stuff: a thing class is scored as
+        a thing category of the data and a stuff class as a stuff category (the data's ``isthing``)."""
         if dataset.num_stuff_classes != cfg.model.panoptic.num_stuff_classes:
             raise ValueError(f"{weights} predicts {cfg.model.panoptic.num_stuff_classes} stuff classes but {data} "
                              f"has {dataset.num_stuff_classes} stuff categories")
         category_ids = super().check_dataset(cfg, dataset, weights=weights, data=data, class_map=class_map,
                                              ignore_class_names=ignore_class_names)
-        if list(category_ids) != list(dataset.category_ids):
-            raise ValueError(f"{weights}: panoptic evaluation scores the classes in the data set's order only; "
-                             "evaluate on data with the weights' categories, or pass --ignore-class-names")
+        model_names = self.model_categories(load_checkpoint(weights))[0]
+        data_names, data_ids = self.data_categories(dataset)
+        name_of = dict(zip(data_ids, data_names))
+        for label, category_id in enumerate(category_ids):
+            model_thing, data_thing = label < dataset.num_classes, category_id in dataset.category_ids
+            if model_thing != data_thing:
+                kind = {True: "thing", False: "stuff"}
+                model_name = model_names[label] if model_names is not None else f"label {label}"
+                raise ValueError(f"{weights}: its {kind[model_thing]} class {model_name!r} cannot be scored as {data}'s "
+                                 f"{kind[data_thing]} category {name_of[category_id]!r} (things are scored as things, "
+                                 "stuff as stuff)")
         return category_ids
 
+    def model_categories(self, stored):
+        """The things (``class_names``, ``category_ids``), then the stuff (``stuff_names``,
+        ``stuff_category_ids``); ``(None, None)`` when either is missing."""
+        things, thing_ids = super().model_categories(stored)
+        stuff, stuff_ids = stored.get("stuff_names"), stored.get("stuff_category_ids")
+        if things is None or stuff is None:
+            return None, None
+        ids = None if thing_ids is None or stuff_ids is None else [*thing_ids, *stuff_ids]
+        return [*things, *stuff], ids
+
+    def data_categories(self, dataset):
+        return [*dataset.class_names, *dataset.stuff_names], [*dataset.category_ids, *dataset.stuff_category_ids]
+
     def evaluate(self, model, dataset, *, output_dir=None, progress=True, iteration=None, tile=None,
-                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, category_ids=None):
-        # check_dataset admits the data set's own category order only
-        _refuse_instance_options(tile=tile, max_dets=max_dets)
+                 tile_overlap=DEFAULT_OVERLAP, max_dets=DEFAULT_MAX_DETS, backend=DEFAULT_BACKEND, max_pairs=None,
+                 category_ids=None):
+        _refuse_instance_options(tile=tile, max_dets=max_dets, backend=backend, max_pairs=max_pairs)
         if output_dir is not None and iteration is not None:
             output_dir = Path(output_dir) / f"iter{iteration:07d}"
-        return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress)
+        return evaluate_panoptic(model, dataset, output_dir=output_dir, progress=progress, category_ids=category_ids)
 
     def format_table(self, metrics, *, max_dets=DEFAULT_MAX_DETS):
         return format_pq_table(metrics)
@@ -375,7 +415,8 @@ def _transforms_and_reading(input_cfg, augment: bool):
     return transforms, ImageReading.from_config(input_cfg) if input_cfg is not None else ImageReading()
 
 
-def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS) -> None:
+def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_DETS, backend: str = DEFAULT_BACKEND,
+                             max_pairs: Optional[int] = None) -> None:
     """Refuse, in one line, the options only instance models have (a panoptic model has no tiled
     prediction, and PQ no maxDets)."""
     if tile is not None:
@@ -383,6 +424,9 @@ def _refuse_instance_options(*, tile: Tile = None, max_dets: int = DEFAULT_MAX_D
     if max_dets != DEFAULT_MAX_DETS:
         raise ValueError("max_dets (--max-dets) applies to instance models (COCO AP); these weights are a "
                          "panoptic model (PQ)")
+    if backend != DEFAULT_BACKEND or max_pairs is not None:
+        raise ValueError("backend and max_pairs (--eval-backend, --max-eval-pairs) apply to instance models (COCO AP); "
+                         "these weights are a panoptic model (PQ)")
 
 
 INSTANCE: Task = InstanceTask()

@@ -14,6 +14,16 @@ counts as all-missed, so zero predictions give AP 0 rather than an error.
 Backends (``backend=``): ``"pycocotools"`` (the default and the reference) or
 ``"faster-coco-eval"`` (the ``faster-coco-eval`` package, a C++ COCOeval giving the same metrics
 faster on large sets; ``pip install faster-coco-eval``).
+
+Bounded work: COCOeval compares, in every image and category, each of the first ``max_dets``
+detections with each ground-truth instance (:func:`matching_pairs`), ten IoU thresholds times four
+area ranges over, for bbox and for segm; pycocotools does it in a Python loop. Images with
+thousands of instances make that hours of work, so more pairs than ``max_pairs`` (default
+:data:`DEFAULT_MAX_PAIRS` of the backend, minutes of COCOeval on one CPU core:
+``docs/notes/benchmarks.md``, "Crowded images") are refused in one line naming the count, the
+largest image and the limit: by ``process`` at the image that crosses the limit (the pairs add up
+image by image, so no more of the model's work is wasted), and by ``evaluate()`` for the total
+of all ranks, after writing the results file and before COCOeval starts.
 """
 from __future__ import annotations
 
@@ -24,7 +34,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -39,7 +50,7 @@ from ..models.inference_path import inference_model_of
 from ..models.mask_ops import encode_masks_rle
 
 __all__ = ["COCOEvaluator", "format_results_table", "evaluate_model", "MAIN_METRICS", "RESULTS_FILE", "BACKENDS",
-           "DEFAULT_MAX_DETS"]
+           "DEFAULT_MAX_DETS", "DEFAULT_BACKEND", "DEFAULT_MAX_PAIRS", "EvaluationTooLargeError", "matching_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +61,31 @@ DEFAULT_MAX_DETS = 100
 _IOU_TYPES = ("bbox", "segm")
 #: COCOeval implementations ``COCOEvaluator`` can use (module doc).
 BACKENDS = ("pycocotools", "faster-coco-eval")
+DEFAULT_BACKEND = "pycocotools"
+#: The detection/ground-truth pairs each backend may match (module doc): minutes of COCOeval
+#: on one CPU core for bbox and segm together (docs/notes/benchmarks.md, "Crowded images").
+DEFAULT_MAX_PAIRS = {"pycocotools": 5_000_000, "faster-coco-eval": 300_000_000}
+
+
+class EvaluationTooLargeError(ValueError):
+    """COCOeval would match more detection/ground-truth pairs than the evaluator's ``max_pairs``."""
+
+
+def matching_pairs(coco_gt: COCO, results: Sequence[Dict[str, Any]], image_ids: Sequence[int],
+                   max_dets: int) -> Tuple[int, Optional[Tuple[int, int, int, int]]]:
+    """The detection/ground-truth pairs COCOeval matches for ``results`` on ``image_ids``: per
+    image and category, ``min(detections, max_dets) x ground-truth instances`` (crowd ones
+    included), summed. Also the largest term as ``(image_id, category_id, detections, instances)``
+    (None without pairs)."""
+    detections = Counter((r["image_id"], r["category_id"]) for r in results)
+    instances = Counter((a["image_id"], a["category_id"]) for i in set(image_ids) for a in coco_gt.imgToAnns.get(i, ()))
+    total, largest, largest_pairs = 0, None, 0
+    for key, count in detections.items():
+        pairs = min(count, max_dets) * instances.get(key, 0)
+        total += pairs
+        if pairs > largest_pairs:
+            largest, largest_pairs = (*key, min(count, max_dets), instances[key]), pairs
+    return total, largest
 
 
 class COCOEvaluator:
@@ -70,6 +106,8 @@ class COCOEvaluator:
         max_dets: detections per image COCOeval scores (its ``maxDets``: ``[1, 10, max_dets]``,
             the metrics are at ``max_dets``); raise it above COCO's 100 for images holding more
             instances (tiled evaluation of large images).
+        max_pairs: the most detection/ground-truth pairs COCOeval may match (module doc); None:
+            the backend's :data:`DEFAULT_MAX_PAIRS`.
     """
 
     def __init__(
@@ -80,11 +118,14 @@ class COCOEvaluator:
         output_dir: Optional[Union[str, os.PathLike]] = None,
         distributed: Optional[bool] = False,
         results_name: str = RESULTS_FILE,
-        backend: str = "pycocotools",
+        backend: str = DEFAULT_BACKEND,
         max_dets: int = DEFAULT_MAX_DETS,
+        max_pairs: Optional[int] = None,
     ) -> None:
         if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 10:
             raise ValueError(f"COCOEvaluator: max_dets must be an integer >= 10, got {max_dets!r}")
+        if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
+            raise ValueError(f"COCOEvaluator: max_pairs must be an integer >= 1, got {max_pairs!r}")
         if backend not in BACKENDS:
             raise ValueError(f"COCOEvaluator: backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "faster-coco-eval":
@@ -118,12 +159,15 @@ class COCOEvaluator:
         self.output_dir = None if output_dir is None else os.fspath(output_dir)
         self.distributed = distributed
         self.max_dets = max_dets
+        self.max_pairs = DEFAULT_MAX_PAIRS[backend] if max_pairs is None else max_pairs
         self.reset()
 
     def reset(self) -> None:
         """Forget everything processed so far."""
         self._results: List[Dict[str, Any]] = []
         self._image_ids: List[int] = []
+        self._pairs = 0
+        self._largest: Optional[Tuple[int, int, int, int]] = None
 
     def process(self, image_ids: Sequence[int], outputs: Sequence[Dict[str, torch.Tensor]]) -> None:
         """Add the model outputs of a batch.
@@ -141,8 +185,16 @@ class COCOEvaluator:
             image_id = int(image_id)
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"process: image id {image_id} is not in the ground truth")
-            self._results.extend(self._to_coco_results(image_id, output))
+            results = self._to_coco_results(image_id, output)
+            pairs, largest = matching_pairs(self.coco_gt, results, [image_id], self.max_dets)
+            self._pairs += pairs
+            if largest is not None and (self._largest is None
+                                        or largest[2] * largest[3] > self._largest[2] * self._largest[3]):
+                self._largest = largest
+            self._results.extend(results)
             self._image_ids.append(image_id)
+            if self._pairs > self.max_pairs:
+                self._refuse(self._pairs, len(set(self._image_ids)), self._largest, what="after")
 
     def _to_coco_results(self, image_id: int, output: Dict[str, torch.Tensor]) -> List[Dict[str, Any]]:
         missing = [k for k in ("boxes", "labels", "scores") if k not in output]
@@ -170,18 +222,12 @@ class COCOEvaluator:
                 f"got range [{int(labels.min())}, {int(labels.max())}]"
             )
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        results = []
-        for i in range(n):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": self.category_ids[int(labels[i])],
-                    "bbox": [round(v, 3) for v in xywh[i]],
-                    "score": float(scores[i]),
-                    "segmentation": rles[i],
-                }
-            )
-        return results
+        # Python lists first: indexing a tensor element by element costs microseconds per detection
+        return [
+            {"image_id": image_id, "category_id": self.category_ids[label], "bbox": [round(v, 3) for v in box],
+             "score": score, "segmentation": rle}
+            for label, box, score, rle in zip(labels.tolist(), xywh, scores.tolist(), rles)
+        ]
 
     def _gathered(self) -> tuple[List[Dict[str, Any]], List[int]]:
         _, world_size = dist_rank_and_world_size(self.distributed)
@@ -199,13 +245,30 @@ class COCOEvaluator:
         if not image_ids:
             raise RuntimeError("COCOEvaluator.evaluate: no images were processed")
         rank, _ = dist_rank_and_world_size(self.distributed)
-        if self.output_dir is not None and rank == 0:
+        results_path = None if self.output_dir is None else os.path.join(self.output_dir, self.results_name)
+        if results_path is not None and rank == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, self.results_name), "w", encoding="utf-8") as f:
+            with open(results_path, "w", encoding="utf-8") as f:
                 json.dump(results, f)
+        pairs, largest = matching_pairs(self.coco_gt, results, image_ids, self.max_dets)
+        if pairs > self.max_pairs:  # the ranks' sum: each rank checked its own part in process()
+            self._refuse(pairs, len(set(image_ids)), largest, what="on", results_path=results_path)
         if not results:
             logger.warning("COCOEvaluator: no predictions on %d images; every AP is 0", len(set(image_ids)))
         return {iou_type: self._run_cocoeval(results, sorted(set(image_ids)), iou_type) for iou_type in _IOU_TYPES}
+
+    def _refuse(self, pairs: int, images: int, largest: Tuple[int, int, int, int], *, what: str,
+                results_path: Optional[str] = None) -> None:
+        """Raise :class:`EvaluationTooLargeError` (one line) for ``pairs`` over ``max_pairs`` (module doc)."""
+        image_id, category_id, detections, instances = largest
+        faster = "" if self.backend == "faster-coco-eval" else (
+            f", or --eval-backend faster-coco-eval (limit {DEFAULT_MAX_PAIRS['faster-coco-eval']:,})")
+        raise EvaluationTooLargeError(
+            f"COCO evaluation would match {pairs:,} detection/ground-truth pairs {what} {images} "
+            f"image{'' if images == 1 else 's'}, more than the "
+            f"limit of {self.max_pairs:,} for {self.backend} (image id {image_id}: {detections} detections x "
+            f"{instances} instances of {self.coco_gt.cats[category_id]['name']!r}): raise it with --max-eval-pairs "
+            f"N (max_pairs){faster}" + (f"; the predictions are in {results_path}" if results_path else ""))
 
     def _cocoeval(self, dets: List[Dict[str, Any]], iou_type: str):
         """A COCOeval of the backend over ``dets`` (not yet evaluated)."""
@@ -215,8 +278,10 @@ class COCOEvaluator:
         from faster_coco_eval import COCO as FasterCOCO
         from faster_coco_eval import COCOeval_faster
 
-        if self._faster_gt is None:
-            self._faster_gt = FasterCOCO(copy.deepcopy(self.coco_gt.dataset))
+        if self._faster_gt is None:  # its own records: faster-coco-eval writes into them (not into their values)
+            dataset = self.coco_gt.dataset
+            self._faster_gt = FasterCOCO({key: [dict(record) for record in dataset[key]]
+                                          for key in ("images", "annotations", "categories")})
         coco_dt = self._faster_gt.loadRes(dets) if dets else FasterCOCO(_empty_results(self.coco_gt).dataset)
         return COCOeval_faster(self._faster_gt, coco_dt, iou_type)
 
@@ -329,8 +394,9 @@ def evaluate_model(
     distributed: Optional[bool] = False,
     compile: bool = False,
     results_name: str = RESULTS_FILE,
-    backend: str = "pycocotools",
+    backend: str = DEFAULT_BACKEND,
     max_dets: int = DEFAULT_MAX_DETS,
+    max_pairs: Optional[int] = None,
     category_ids: Optional[Sequence[int]] = None,
 ) -> Dict[str, Dict[str, float]]:
     """Run ``model`` (in eval mode, without gradients) over ``dataset`` and return COCO metrics.
@@ -343,7 +409,8 @@ def evaluate_model(
     batch norms folded; with ``compile``, backbone and head compiled), so the caller's model is not modified. With ``distributed=True`` (or
     None and a process group), every rank must call this; each runs its shard and all get the
     metrics. ``results_name`` and ``backend``: see :class:`COCOEvaluator`.
-    ``max_dets``: COCOeval's detections per image (:class:`COCOEvaluator`).
+    ``max_dets``, ``max_pairs``: COCOeval's detections per image and the most detection/ground-truth
+    pairs it may match (:class:`COCOEvaluator`).
     metrics. ``category_ids[label]``: the data set category a model label is scored as (default
     the data set's own, in order; see :func:`blendmask.evaluation.categories.match_categories`).
     """
@@ -356,7 +423,8 @@ def evaluate_model(
         raise ValueError(f"nothing to evaluate: {getattr(dataset, 'ann_file', 'the evaluation set')} has no images")
     model = inference_model_of(model, compile=compile)  # a BlendMask runs as its folded copy; the caller's model is untouched
     evaluator = COCOEvaluator(dataset, category_ids=category_ids, output_dir=output_dir, distributed=distributed,
-                              results_name=results_name, backend=backend, max_dets=max_dets)
+                              results_name=results_name, backend=backend, max_dets=max_dets,
+                              max_pairs=max_pairs)
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, distributed=distributed)
     device = _model_device(model)
     was_training = model.training

@@ -176,12 +176,13 @@ def format_pq_table(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def to_dataset_segments(segments_info: Sequence[Mapping[str, Any]], dataset: Any) -> List[Dict[str, Any]]:
+def to_dataset_segments(segments_info: Sequence[Mapping[str, Any]], thing_ids: Sequence[int],
+                        stuff_ids: Sequence[int]) -> List[Dict[str, Any]]:
     """The model's ``segments_info`` (contiguous thing labels / stuff indices) with the data set's
-    category ids: ``dataset.category_ids[label]`` for things, ``dataset.stuff_category_ids[index]`` for stuff."""
+    category ids: ``thing_ids[label]`` for things, ``stuff_ids[index]`` for stuff."""
     out = []
     for seg in segments_info:
-        ids = dataset.category_ids if seg["isthing"] else dataset.stuff_category_ids
+        ids = thing_ids if seg["isthing"] else stuff_ids
         entry = {"id": int(seg["id"]), "category_id": int(ids[seg["category_id"]]), "isthing": bool(seg["isthing"]),
                  "area": int(seg["area"])}
         if "score" in seg:
@@ -197,9 +198,13 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optional[Union[str, os.PathLike]] = None,
-                      progress: bool = True) -> Dict[str, Any]:
+                      progress: bool = True, category_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Run a panoptic model over ``dataset`` (a :class:`~blendmask.data.panoptic.CocoPanopticDataset`
     without transforms) and return :func:`pq_summary`'s metrics.
+
+    ``category_ids``: the data set category each model class is scored as, its things (labels
+    ``0..T-1``) then its stuff (``T..T+S-1``); default: the data set's things, then its stuff, in
+    order (``dataset.category_ids + dataset.stuff_category_ids``).
 
     With ``output_dir``, also writes the predictions in the COCO panoptic format:
     ``panoptic_results.json`` and the PNGs in ``panoptic_results/``. The model's mode is restored.
@@ -211,6 +216,12 @@ def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optio
         raise ValueError("evaluate_panoptic: the dataset has transforms; build the evaluation dataset with "
                          "transforms=None")
     categories = dataset.categories
+    if category_ids is None:
+        category_ids = [*dataset.category_ids, *dataset.stuff_category_ids]
+    if len(category_ids) != dataset.num_classes + dataset.num_stuff_classes:
+        raise ValueError(f"evaluate_panoptic: category_ids has {len(category_ids)} entries for {dataset.num_classes} "
+                         f"thing and {dataset.num_stuff_classes} stuff categories")
+    thing_ids, stuff_ids = category_ids[:dataset.num_classes], category_ids[dataset.num_classes:]
     png_dir = None
     if output_dir is not None:
         png_dir = Path(output_dir) / Path(PANOPTIC_RESULTS).stem
@@ -230,7 +241,7 @@ def evaluate_panoptic(model: torch.nn.Module, dataset: Any, *, output_dir: Optio
                     raise ValueError("evaluate_panoptic: the model gives no 'panoptic_seg': it is not a panoptic "
                                      "model (config with model.panoptic.enabled)")
                 pred_ids = result["panoptic_seg"].cpu().numpy().astype(np.int64)
-                pred_segments = to_dataset_segments(result["segments_info"], dataset)
+                pred_segments = to_dataset_segments(result["segments_info"], thing_ids, stuff_ids)
                 image_id = dataset.image_ids[index]
                 stats += match_panoptic_image(dataset.load_id_map(index), dataset.segments(index), pred_ids,
                                               pred_segments, categories, where=f"image id {image_id}")

@@ -24,6 +24,8 @@ def evaluate_tiled(
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 4,
     max_dets: int = DEFAULT_MAX_DETS,
+    backend: str = "pycocotools",
+    max_pairs: Optional[int] = None,
     output_dir: Optional[Union[str, os.PathLike]] = None,
     progress: bool = True,
     category_ids: Optional[Sequence[int]] = None,
@@ -32,7 +34,7 @@ def evaluate_tiled(
     without transforms; its images read by its ``reading``), every image predicted in tiles of
     ``tile`` pixels (or ``"auto"``) sharing ``overlap``, ``batch_size`` tiles per model call.
     Every detection the model keeps is scored (no score threshold beyond the model's own);
-    ``category_ids`` as for :func:`~blendmask.evaluation.evaluate_model`."""
+    ``backend``, ``max_pairs`` and ``category_ids`` as for :func:`~blendmask.evaluation.evaluate_model`."""
     from ..predict import Predictor
 
     if getattr(dataset, "transforms", None) is not None:
@@ -40,7 +42,8 @@ def evaluate_tiled(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     predictor = Predictor(model=model, class_names=list(dataset.class_names), score_threshold=0.0, device=device)
     resolve_tile(predictor.model, tile, overlap)  # refuse bad options before any work
-    evaluator = COCOEvaluator(dataset, output_dir=output_dir, max_dets=max_dets, category_ids=category_ids)
+    evaluator = COCOEvaluator(dataset, output_dir=output_dir, max_dets=max_dets, backend=backend, max_pairs=max_pairs,
+                              category_ids=category_ids)
     for index in tqdm(range(len(dataset)), desc="eval (tiled)", unit="image", disable=not progress):
         info = dataset.coco.imgs[dataset.image_ids[index]]
         image = decode_image(dataset.image_path(index), reading=dataset.reading,

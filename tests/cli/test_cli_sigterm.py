@@ -8,7 +8,7 @@ from blendmask.cli import main
 from blendmask.engine import Trainer
 
 TINY = 64
-TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=(100,)", "solver.max_iter=5",
+TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=()", "solver.max_iter=5",
             "solver.checkpoint_period=1", f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
             f"input.min_size_test={TINY}", f"input.max_size_test={TINY}"]
 

@@ -12,7 +12,7 @@ from blendmask.engine.tasks import INSTANCE, PANOPTIC
 from blendmask.output_guard import MANIFEST_FILE, guard_output_dir
 
 SIZE = 64
-TINY = {"solver.max_iter": 2, "solver.ims_per_batch": 2, "solver.warmup_iters": 1, "solver.steps": (100,),
+TINY = {"solver.max_iter": 2, "solver.ims_per_batch": 2, "solver.warmup_iters": 1, "solver.steps": (),
         "solver.checkpoint_period": 0, "input.min_size_train": (SIZE,), "input.max_size_train": SIZE,
         "input.min_size_test": SIZE, "input.max_size_test": SIZE, "model.fcos.inference_th": 0.0}
 

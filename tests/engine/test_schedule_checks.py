@@ -1,4 +1,4 @@
-"""Schedules that make no sense are refused naming the key; steps a run does not reach are logged."""
+"""Schedules that make no sense are refused naming the key: steps below 1, unsorted, or beyond max_iter."""
 import pytest
 import torch
 
@@ -19,11 +19,19 @@ def test_bad_steps_are_refused_naming_the_key(steps, needle):
         _scheduler(steps=steps, max_iter=100)
 
 
-def test_steps_beyond_max_iter_are_logged(caplog):
-    _scheduler(steps=(50, 150), max_iter=100)
-    assert "solver.steps [150] lie beyond solver.max_iter=100" in caplog.text
+@pytest.mark.parametrize("steps, first_beyond", [((50, 150), 150), ((101,), 101), ((200, 300), 200)])
+def test_steps_beyond_max_iter_are_refused_naming_both_values(steps, first_beyond):
+    message = (f"solver.steps {list(steps)} go beyond solver.max_iter=100 (step {first_beyond} is never reached): "
+               "lower the steps, or set solver.steps=() for no decay")
+    with pytest.raises(ValueError) as caught:
+        _scheduler(steps=steps, max_iter=100)
+    assert str(caught.value) == message
 
 
-def test_a_sensible_schedule_is_accepted(caplog):
-    scheduler = _scheduler(steps=(50, 80), max_iter=100)
-    assert scheduler.steps == (50, 80) and "beyond" not in caplog.text
+def test_a_step_at_max_iter_and_no_steps_are_accepted():
+    assert _scheduler(steps=(50, 100), max_iter=100).steps == (50, 100)
+    assert _scheduler(steps=(), max_iter=100).steps == ()
+
+
+def test_a_sensible_schedule_is_accepted():
+    assert _scheduler(steps=(50, 80), max_iter=100).steps == (50, 80)

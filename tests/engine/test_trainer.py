@@ -165,7 +165,7 @@ def test_real_lite_model_short_run_lowers_the_loss(tmp_path):
     dataset = CocoInstanceDataset(*resolve_split(data, "train"))
     cfg = get_config("lite_mobilenet_v2", {
         "model.num_classes": dataset.num_classes, "input.min_size_train": (96,), "input.max_size_train": 96,
-        "solver.ims_per_batch": 2, "solver.base_lr": 0.005, "solver.warmup_iters": 10, "solver.steps": (100,),
+        "solver.ims_per_batch": 2, "solver.base_lr": 0.005, "solver.warmup_iters": 10, "solver.steps": (),
         "solver.max_iter": 30, "solver.checkpoint_period": 0})
     torch.manual_seed(0)
     model = build_model(cfg, weights_backbone="imagenet")
@@ -396,7 +396,7 @@ def test_tensorboard_is_a_default_hook_only_when_importable(tmp_path):
 def test_amp_cpu_trains_under_bfloat16_autocast(tmp_path, amp_cpu, expected):
     """``solver.amp_cpu`` runs the CPU training step under bf16 autocast (off by default); the
     float32 master weights train, and the losses stay finite."""
-    cfg = tiny_cfg(max_iter=6, steps=(100,), amp_cpu=amp_cpu)
+    cfg = tiny_cfg(max_iter=6, amp_cpu=amp_cpu)
     trainer = _trainer(tmp_path, cfg)
     seen = []
     trainer.model.features[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))

@@ -9,7 +9,7 @@ import torch
 from blendmask.cli import main
 
 TINY = 64
-TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=(100,)", "solver.max_iter=2",
+TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=()", "solver.max_iter=2",
             "solver.checkpoint_period=0", f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
             f"input.min_size_test={TINY}", f"input.max_size_test={TINY}"]
 REPO = Path(__file__).resolve().parents[2]

@@ -55,7 +55,7 @@ def test_class_maps_that_do_not_fit(mapping, needle):
 
 
 TINY = 64
-TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=(100,)", "solver.max_iter=1",
+TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=()", "solver.max_iter=1",
             "solver.checkpoint_period=0", f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
             f"input.min_size_test={TINY}", f"input.max_size_test={TINY}"]
 

@@ -6,7 +6,7 @@ IMAGE_SIDE = 64
 
 #: ``--set`` overrides that make a training run on the tiny sets a few seconds long
 TINY_RUN_SET = [
-    "solver.ims_per_batch=2", "solver.warmup_iters=2", "solver.steps=(100,)",
+    "solver.ims_per_batch=2", "solver.warmup_iters=2", "solver.steps=()",
     f"input.min_size_train=({IMAGE_SIDE},)", f"input.max_size_train={IMAGE_SIDE}",
     f"input.min_size_test={IMAGE_SIDE}", f"input.max_size_test={IMAGE_SIDE}",
 ]

@@ -68,11 +68,11 @@ class TinyShapes(Dataset):
 
 
 def tiny_cfg(**solver):
-    """A BlendMaskConfig whose solver section is sized for the stand-ins."""
+    """A BlendMaskConfig whose solver section is sized for the stand-ins (no lr decay unless ``steps`` says)."""
     from blendmask.config import BlendMaskConfig
 
     cfg = BlendMaskConfig()
-    defaults = dict(ims_per_batch=4, base_lr=0.3, warmup_iters=3, warmup_factor=0.1, steps=(15,), gamma=0.1,
+    defaults = dict(ims_per_batch=4, base_lr=0.3, warmup_iters=3, warmup_factor=0.1, steps=(), gamma=0.1,
                     max_iter=20, checkpoint_period=0, eval_period=0, clip_grad_norm=0.0, amp=False)
     defaults.update(solver)
     for key, value in defaults.items():
