@@ -1,6 +1,9 @@
 """The top layer evaluated at the read locations only (blendmask.models.top_layer): equal to the
 dense 3x3 convolution read at those locations, in value and gradient, and the model's losses and
 detections equal to those of the dense top layer AdelaiDet runs."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -84,6 +87,35 @@ def test_fuzz_at_equals_the_dense_convolution(sizes, n, seed):
     total = n * sum(h * w for h, w in sizes)
     locations = torch.randint(0, total, (min(total, 12),), generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(layer.at(towers, locations), _dense_at(layer, towers, locations), rtol=1e-12, atol=1e-12)
+
+
+def test_at_gradient_is_bit_identical_at_two_threads_on_a_busy_machine():
+    # Overlapping 3x3 neighbourhoods read the same tower rows many times. Indexing
+    # (``table[rows]``) would send their gradients back through index_put_(accumulate=True),
+    # which PyTorch runs with atomic float adds when it has >= 32768 elements and > 1 thread:
+    # the order of the adds, so the rounding, then follows the threads' timing.
+    g = torch.Generator().manual_seed(0)
+    towers = [torch.randn(2, 128, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+              for h, w in [(24, 24), (12, 12), (6, 6)]]
+    locations = torch.randint(0, 2 * (24 * 24 + 12 * 12 + 6 * 6), (400,), generator=g)
+    torch.manual_seed(0)
+    layer = TopLayer(128, 196)
+    grad_out = torch.randn(400, 196, generator=g)
+    threads = torch.get_num_threads()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # steals time from one of the two threads
+    try:
+        torch.set_num_threads(2)
+        grads = []
+        for _ in range(20):
+            leaves = [t.detach().requires_grad_() for t in towers]
+            layer.at(leaves, locations).backward(grad_out)
+            grads.append([t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(threads)
+        busy.kill()
+        busy.wait()
+    differing = [i for i, run in enumerate(grads) if not all(torch.equal(a, b) for a, b in zip(grads[0], run))]
+    assert differing == []
 
 
 def _model():
