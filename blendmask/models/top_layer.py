@@ -14,13 +14,14 @@ from differentiable standard ops: a gather, a mask and ``F.linear``; tests/model
 The module is still an ``nn.Conv2d`` with AdelaiDet's parameter names, so checkpoints load as
 they are, and ``top_layer(x)`` is the dense map.
 
-Determinism: the gather is ``index_select``, whose CPU backward (``index_add_``) adds the
-gradients of a repeated row in a fixed order. Indexing (``table[rows]``) would give the same values,
-but its backward, ``index_put_(accumulate=True)``, adds with atomic float adds in parallel when it
-has at least 32768 elements and more than one thread (PyTorch lists it among the nondeterministic
-CPU operations): the order of the adds, so the rounding of the tower gradients, then depends on
-the threads' timing, and two trainings with one seed drift apart
-(tests/models/test_top_layer.py, docs/notes/hostile-input.md).
+Determinism: the gather is an embedding lookup (``F.embedding(rows, table)``). Its CPU backward
+gives each table row to one thread, which adds that row's gradients in the order of ``rows``: the
+same bits at any thread count. Indexing (``table[rows]``) gives the same values, but its backward,
+``index_put_(accumulate=True)``, runs with atomic float adds when it has at least 32768 elements
+and more than one thread (PyTorch lists it among its nondeterministic CPU operations): the rows
+repeat (neighbourhoods overlap), so their sums follow the threads' timing and two trainings with
+one seed drift apart. ``index_select`` would be deterministic too, but its backward is several
+times slower at two threads on a busy machine (docs/notes/hostile-input.md).
 
 Locations are indexed as :func:`~blendmask.models.fcos.fcos.flatten_levels` orders them: image-major, then level, then
 position (``y * Wl + x``), which is the order of the FCOS targets and of
@@ -89,9 +90,9 @@ class TopLayer(nn.Conv2d):
         inside = neighbours >= 0
         rows = torch.where(inside, neighbours + (image * per_image)[:, None], torch.zeros_like(neighbours))
         taps = 9 * table.shape[1]
-        # index_select, not table[rows]: the rows repeat (neighbourhoods overlap), and indexing's CPU
-        # backward adds repeats with atomics on > 1 thread (module doc, Determinism)
-        patches = table.index_select(0, rows.reshape(-1)).reshape(locations.shape[0], 9, table.shape[1])
+        # an embedding lookup, not table[rows]: rows repeat, and indexing's CPU backward adds repeats
+        # with atomics on > 1 thread (module doc, Determinism)
+        patches = F.embedding(rows.reshape(-1), table).reshape(locations.shape[0], 9, table.shape[1])
         patches = patches * inside[:, :, None].to(patches.dtype)  # the convolution's zero padding
         weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, taps)  # [o, (dy*3+dx)*C + c]
         return F.linear(patches.reshape(locations.shape[0], taps), weight, self.bias)
