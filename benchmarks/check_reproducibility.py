@@ -8,16 +8,17 @@ Runs are compared with the first, record by record in the order they were made; 
 that differs is printed (step, phase, module).
 
 ``--load N`` runs ``N`` busy-loop processes during the runs after the first (so the first run is as
-idle as the machine is), which is how the difference shows on a 2-core machine.
+idle as the machine is). ``--reference-threads T`` trains the first run at ``T`` threads instead,
+to see where two thread counts part.
 
     python benchmarks/check_reproducibility.py --threads 2 --runs 3 --load 2
+    python benchmarks/check_reproducibility.py --reference-threads 1 --threads 2 --runs 2
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import multiprocessing
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -130,18 +131,21 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=4, help="synthetic training images (default 4)")
     parser.add_argument("--size", type=int, default=256, help="their side in pixels (default 256)")
     parser.add_argument("--load", type=int, default=0, help="busy-loop processes during runs 2.. (default 0)")
+    parser.add_argument("--reference-threads", type=int, default=None,
+                        help="threads of the first run (default: --threads)")
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
 
     from blendmask.data.shapes import make_shapes
 
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load {args.load}", flush=True)
+    reference_threads = args.reference_threads or args.threads
+    print(f"torch {torch.__version__}, threads {args.threads} (run 0: {reference_threads}), load {args.load}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = make_shapes(Path(tmp) / "shapes", train=args.images, val=0, size=args.size, seed=0)
+        torch.set_num_threads(reference_threads)
         reference, weights = train_once(data, steps=args.steps, seed=args.seed, output=Path(tmp) / "run0")
-        print(f"run 0 (no added load): {len(reference)} records", flush=True)
+        print(f"run 0 ({reference_threads} threads, no added load): {len(reference)} records", flush=True)
+        torch.set_num_threads(args.threads)
         differing = 0
         for run in range(1, args.runs):
             loaders = [multiprocessing.Process(target=_busy_loop, daemon=True) for _ in range(args.load)]
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
             max_diff = max((float((weights[k].double() - other[k].double()).abs().max()) for k in changed), default=0.0)
             verdict = first_difference(reference, records)
             differing += verdict != "identical"
-            print(f"run {run} (load {args.load}): {verdict}; weights: {len(changed)} tensors differ "
+            print(f"run {run} ({args.threads} threads, load {args.load}): {verdict}; weights: {len(changed)} tensors differ "
                   f"(max |diff| {max_diff:.3g})", flush=True)
     return 1 if differing else 0
 

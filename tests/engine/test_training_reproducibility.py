@@ -76,9 +76,11 @@ def _has_repeats(indices) -> bool:
     return rows.unique(dim=0).shape[0] < rows.shape[0]
 
 
-def test_no_training_step_accumulates_repeated_indices(tmp_path):
+@pytest.mark.parametrize("panoptic", [False, True], ids=["instance", "panoptic"])
+def test_no_training_step_accumulates_repeated_indices(tmp_path, panoptic):
     data = tmp_path / "shapes"
-    assert main(["make-shapes", str(data), "--train", "2", "--val", "0", "--size", str(TINY)]) == 0
+    kind = ["--panoptic"] if panoptic else []
+    assert main(["make-shapes", str(data), *kind, "--train", "2", "--val", "0", "--size", str(TINY)]) == 0
     with _RepeatedIndexAccumulations() as probe:
         assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--backbone-weights", "none",
                      "--seed", "3", "--set", *TINY_SET]) == 0
