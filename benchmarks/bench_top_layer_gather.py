@@ -110,7 +110,8 @@ def _plot(result, thread_counts: List[int], path: Path) -> None:
     ax.set_xticks(range(len(thread_counts)), [f"{t} thread(s)" for t in thread_counts])
     ax.set_ylabel("forward+backward, median ms")
     ax.set_title(f"top layer gather, {result['locations']} locations, {result['busy_processes']} busy processes "
-                 f"(load avg {result['load_average_start'][0]:.1f})", fontsize=9)
+                 f"(load avg {result['load_average_start'][0]:.1f} -> {result['load_average_end'][0]:.1f})", fontsize=9)
+    ax.margins(y=0.15)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

