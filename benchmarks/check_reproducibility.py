@@ -89,7 +89,7 @@ def train_once(data: Path, *, steps: int, seed: int, output: Path) -> Tuple[List
     from blendmask.models import build_model
 
     cfg = get_config("lite_mobilenet_v2", {"solver.ims_per_batch": 2, "solver.warmup_iters": 1,
-                                           "solver.steps": (1000,), "solver.max_iter": steps,
+                                           "solver.steps": (), "solver.max_iter": steps,
                                            "solver.checkpoint_period": 0})
     task = task_of_config(cfg)
     train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True)

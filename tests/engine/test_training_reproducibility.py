@@ -1,27 +1,24 @@
 """Training is bit-reproducible for a seed at a fixed CPU thread count (docs/notes/hostile-input.md
 says when it holds): two runs give identical weights, and no step sums a gradient with PyTorch's
 atomic CPU accumulation, whose order follows the threads' timing."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from blendmask.cli import main
+from tests.helpers.paths import subprocess_env
 
 TINY = 64
 TINY_SET = ["solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=()", "solver.max_iter=2",
             "solver.checkpoint_period=0", f"input.min_size_train=({TINY},)", f"input.max_size_train={TINY}",
             f"input.min_size_test={TINY}", f"input.max_size_test={TINY}"]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _train_in_a_process(data, out, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     subprocess.run([sys.executable, "-m", "blendmask", "train", "--data", str(data), "--output", str(out),
                     "--backbone-weights", "none", "--seed", "3", "--set", *TINY_SET],
                    env=env, check=True, capture_output=True, timeout=600)
