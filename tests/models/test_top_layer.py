@@ -1,6 +1,7 @@
 """The top layer evaluated at the read locations only (blendmask.models.top_layer): equal to the
 dense 3x3 convolution read at those locations, in value and gradient, and the model's losses and
-detections equal to those of the dense top layer AdelaiDet runs."""
+detections equal to those of the dense top layer AdelaiDet runs; its gradient is the same bits at
+two threads however the threads are scheduled."""
 import subprocess
 import sys
 
