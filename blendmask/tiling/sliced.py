@@ -14,9 +14,7 @@ a batch per model call, their detections merged across the seams.
 
 Memory: the image in its own dtype, one batch of float tiles and the model's activations on them,
 and each detection's mask as a crop of its own extent (:mod:`blendmask.tiling.pieces`); no
-image-sized float array and no image-sized mask is ever made. Every
-:data:`HEAP_RELEASE_PERIOD` model calls the freed heap goes back to the system
-(:mod:`blendmask.tiling.heap`), so that the allocator's fragmentation does not grow with the tiles. The per-image caps of the model
+image-sized float array and no image-sized mask is ever made. The per-image caps of the model
 (``post_nms_topk``) apply per tile, so an image holds as many instances as its tiles do.
 """
 from __future__ import annotations
@@ -31,7 +29,6 @@ from blendmask.data.images import DecodedImage
 from blendmask.models.mask_ops import encode_region_rle
 
 from .grid import auto_tile_size, check_tile_options, tile_windows
-from .heap import release_free_heap
 from .merge import merge_pieces
 from .pieces import Pieces
 
@@ -40,8 +37,6 @@ __all__ = ["DEFAULT_OVERLAP", "DEFAULT_MERGE_THRESHOLD", "sliced_predict", "reso
 DEFAULT_OVERLAP = 0.2
 #: Mask intersection over the smaller at which a tile's piece joins an instance (see merge.py).
 DEFAULT_MERGE_THRESHOLD = 0.3
-#: Model calls between two returns of the freed heap to the system (:mod:`blendmask.tiling.heap`).
-HEAP_RELEASE_PERIOD = 8
 
 
 def resolve_tile(model, tile: Union[int, str], overlap: float) -> int:
@@ -95,9 +90,6 @@ def sliced_predict(predictor, image: Union[DecodedImage, torch.Tensor], *, tile:
             results = predictor.predict_batch([_tile_tensor(image, w) for w in batch], mask_format="binary")
             for offset, (window, result) in enumerate(zip(batch, results)):
                 pieces.add_tile(result, window, start + offset)
-            del results
-            if (start // batch_size + 1) % HEAP_RELEASE_PERIOD == 0:
-                release_free_heap()
             bar.update(len(batch))
     instances = merge_pieces(pieces, threshold=merge_threshold, cell=tile)
     return {

@@ -152,21 +152,3 @@ def test_tiled_prediction_of_an_image_smaller_than_a_tile_equals_untiled():
     assert torch.equal(tiled["labels"], untiled["labels"][order])
     assert torch.equal(tiled["boxes"], untiled["boxes"][order])
     assert tiled["masks_rle"] == [untiled["masks_rle"][i] for i in order.tolist()]
-
-
-def test_the_freed_heap_is_released_every_few_model_calls(monkeypatch):
-    import blendmask.tiling.sliced as sliced
-
-    releases = []
-    monkeypatch.setattr(sliced, "release_free_heap", lambda: releases.append(len(detector.calls)))
-    monkeypatch.setattr(sliced, "HEAP_RELEASE_PERIOD", 3)
-    detector = ColourDetector()
-    image = _canvas(64, 64 * 7, [])  # 7 windows of 64 px without overlap, 1 per call: 7 calls
-    sliced_predict(detector, image, tile=64, overlap=0.0, batch_size=1)
-    assert releases == [3, 6]
-
-
-def test_release_free_heap_answers_whether_memory_went_back():
-    from blendmask.tiling.heap import release_free_heap
-
-    assert isinstance(release_free_heap(), bool)
