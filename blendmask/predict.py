@@ -244,9 +244,9 @@ def _unique_stem(path: PathLike, stems: Dict[str, int]) -> str:
     return stem if stems[stem] == 1 else f"{stem}_{stems[stem]}"  # one name from different folders
 
 
-def _draw_ascending(picture: torch.Tensor, view: Dict[str, Any], predictor: Predictor):
+def _draw_ascending(picture, view: Dict[str, Any], predictor: Predictor):
     """The overlay of ``view`` (``boxes``, ``labels``, ``scores``, ``mask_crops``) on ``picture``
-    ``(3, h, w)``, the lowest score drawn first so that the best are on top (a PIL image)."""
+    (a PIL image), the lowest score drawn first so that the best are on top (a PIL image)."""
     from blendmask.visualize import draw_instances
 
     order = view["scores"].argsort()

@@ -183,7 +183,9 @@ def draw_instances(
             region[m] = region[m] * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
             region[_mask_edge(m)] = colour
             occupied[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] |= m
-    out = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
+    canvas += 0.5  # rounded to uint8 in place: no second or third image-sized float array
+    out = Image.fromarray(np.clip(canvas, 0, 255, out=canvas).astype(np.uint8))
+    del canvas
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(height, width) / 500))
     for colour, i in zip(colours, keep):

@@ -2,9 +2,9 @@
 full-resolution crops of its densest regions.
 
 The overview subsamples the image every ``step`` pixels in its own dtype (never converted whole to
-float), and each instance's mask crop likewise, so drawing a 20,000-pixel image costs what drawing a
-``max_side`` one does. A crop is a ``side x side`` window of the image at its native resolution,
-converted to float alone, with the detections that reach into it clipped to it; the windows holding
+float; 8-bit images are drawn from their own bytes), and each instance's mask crop likewise, so
+drawing a 20,000-pixel image costs what drawing a ``max_side`` one does. A crop is a
+``side x side`` window of the image at its native resolution, with the detections that reach into it clipped to it; the windows holding
 the most detection centres are chosen (:func:`densest_windows`), and their places are outlined and
 numbered on the overview (:func:`blendmask.visualize.outline_regions`).
 """
@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from blendmask.data.images import DecodedImage
 
@@ -31,8 +32,8 @@ DEFAULT_CROP_COUNT = 4
 
 
 def downscaled_view(image: DecodedImage, result: Dict[str, Any], *,
-                    max_side: int = DEFAULT_PREVIEW_SIDE) -> Tuple[torch.Tensor, Dict[str, Any], int]:
-    """``(picture (3, h, w) float, result in its pixels, step)`` for an image and its
+                    max_side: int = DEFAULT_PREVIEW_SIDE) -> Tuple[Image.Image, Dict[str, Any], int]:
+    """``(picture (RGB, w x h), result in its pixels, step)`` for an image and its
     :func:`~blendmask.tiling.sliced_predict` result; ``step`` is 1 when the image fits ``max_side``."""
     step = max(1, math.ceil(max(image.height, image.width) / max_side))
     small = DecodedImage(pixels=image.pixels[::step, ::step], bounds=image.bounds)
@@ -42,7 +43,7 @@ def downscaled_view(image: DecodedImage, result: Dict[str, Any], *,
         first_y, first_x = (-y0) % step, (-x0) % step
         crops.append(((x0 + first_x) // step, (y0 + first_y) // step, crop[first_y::step, first_x::step]))
     view = {"boxes": result["boxes"] / step, "labels": result["labels"], "scores": result["scores"], "mask_crops": crops}
-    return small.to_tensor(), view, step
+    return small.to_picture(), view, step
 
 
 def densest_windows(result: Dict[str, Any], height: int, width: int, *, side: int = DEFAULT_CROP_SIDE,
@@ -65,8 +66,8 @@ def densest_windows(result: Dict[str, Any], height: int, width: int, *, side: in
     return [windows[k] for k in order[:count] if held[k] > 0]
 
 
-def crop_view(image: DecodedImage, result: Dict[str, Any], window: Window) -> Tuple[torch.Tensor, Dict[str, Any]]:
-    """``(picture (3, h, w) float, result in its pixels)`` for the window ``(y0, x0, y1, x1)`` of
+def crop_view(image: DecodedImage, result: Dict[str, Any], window: Window) -> Tuple[Image.Image, Dict[str, Any]]:
+    """``(picture (RGB, w x h), result in its pixels)`` for the window ``(y0, x0, y1, x1)`` of
     the image at its native resolution: the detections whose mask (or, for an empty mask, box)
     reaches into the window, their masks and boxes clipped to it."""
     wy0, wx0, wy1, wx1 = window
@@ -92,4 +93,4 @@ def crop_view(image: DecodedImage, result: Dict[str, Any], window: Window) -> Tu
     local[:, 0::2] = local[:, 0::2].clamp(0, wx1 - wx0)
     local[:, 1::2] = local[:, 1::2].clamp(0, wy1 - wy0)
     view = {"boxes": local, "labels": result["labels"][index], "scores": result["scores"][index], "mask_crops": crops}
-    return image.to_tensor(wy0, wy1, wx0, wx1), view
+    return image.to_picture(wy0, wy1, wx0, wx1), view
