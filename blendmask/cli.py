@@ -288,7 +288,7 @@ def _run_predict(args) -> int:
                               tile_overlap=args.tile_overlap, max_image_pixels=args.max_image_pixels,
                               tta_sizes=tta_sizes, progress=True)
     _say_skipped(report.skipped)
-    for path in report.files.overlays + report.files.bases_figures:
+    for path in report.files.overlays + report.files.crops + report.files.bases_figures:
         print(path)
     print(f"results: {report.files.results_json}")
     if report.compile_report is not None:

@@ -165,9 +165,10 @@ class InputConfig:
     hflip_prob: float = 0.5
     # detectron2's INPUT.CROP (AdelaiDet's instance-aware variant), applied before the resize:
     # a crop of (h * u, w * v), u ~ U[crop_size[0], 1], v ~ U[crop_size[1], 1] ("relative_range")
-    # or exactly (h * crop_size[0], w * crop_size[1]) ("relative"), containing the centre of a random instance.
+    # or exactly (h * crop_size[0], w * crop_size[1]) ("relative"), or (crop_size[0], crop_size[1]) pixels
+    # ("absolute": a native-resolution window of a large image), containing the centre of a random instance.
     crop_enabled: bool = False
-    crop_type: str = "relative_range"  # "relative_range" | "relative"
+    crop_type: str = "relative_range"  # "relative_range" | "relative" | "absolute"
     crop_size: Tuple[float, ...] = (0.9, 0.9)
     # detectron2's INPUT.MASK_FORMAT: "polygon" keeps polygon annotations as polygons through the
     # transforms and rasterises them inside their boxes; "bitmask" decodes every mask to (n, H, W).
@@ -244,7 +245,7 @@ _CHOICES: Dict[str, Tuple[Any, ...]] = {
     "model.backbone.fpn_top_levels": (0, 1, 2),
     "model.fcos.norm": ("GN", "BN", "none"),
     "input.min_size_train_sampling": ("choice", "range"),
-    "input.crop_type": ("relative_range", "relative"),
+    "input.crop_type": ("relative_range", "relative", "absolute"),
     "input.mask_format": ("polygon", "bitmask"),
     "input.intensity": ("range", "percentile", "window"),
     "model.panoptic.norm": ("GN", "none"),

@@ -166,6 +166,8 @@ class PredictionFiles:
     results_json: Path
     overlays: List[Path] = field(default_factory=list)
     bases_figures: List[Path] = field(default_factory=list)
+    #: full-resolution crops drawn beside the downscaled overlay of a large image (tiled prediction)
+    crops: List[Path] = field(default_factory=list)
 
 
 def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: PathLike, *,
@@ -182,7 +184,12 @@ def predict_files(predictor: Predictor, image_paths: Sequence[PathLike], out_dir
     With ``tile`` (pixels or ``"auto"``), each image is predicted tile by tile
     (:func:`blendmask.tiling.sliced_predict`, ``tile_overlap`` shared between neighbours), read
     one at a time in its own dtype; its overlay is drawn on a copy at most
-    :data:`~blendmask.tiling.preview.DEFAULT_PREVIEW_SIDE` pixels on a side."""
+    :data:`~blendmask.tiling.preview.DEFAULT_PREVIEW_SIDE` pixels on a side. An image larger than
+    that also gets ``<stem>_crop<k>.png``: up to
+    :data:`~blendmask.tiling.preview.DEFAULT_CROP_COUNT` windows of
+    :data:`~blendmask.tiling.preview.DEFAULT_CROP_SIDE` pixels at native resolution where the
+    detections are densest, outlined and numbered ``k`` on the overlay and listed in the JSON
+    record's ``crops`` (file and ``x0, y0, x1, y1`` in image pixels)."""
     from tqdm import tqdm
 
     from blendmask.visualize import draw_bases_and_attentions, draw_instances
@@ -237,10 +244,21 @@ def _unique_stem(path: PathLike, stems: Dict[str, int]) -> str:
     return stem if stems[stem] == 1 else f"{stem}_{stems[stem]}"  # one name from different folders
 
 
+def _draw_ascending(picture, view: Dict[str, Any], predictor: Predictor):
+    """The overlay of ``view`` (``boxes``, ``labels``, ``scores``, ``mask_crops``) on ``picture``
+    (a PIL image), the lowest score drawn first so that the best are on top (a PIL image)."""
+    from blendmask.visualize import draw_instances
+
+    order = view["scores"].argsort()
+    ascending = {k: view[k][order] for k in ("boxes", "labels", "scores")}
+    ascending["mask_crops"] = [view["mask_crops"][i] for i in order.tolist()]
+    return draw_instances(picture, ascending, predictor.class_names, score_threshold=predictor.score_threshold)
+
+
 def _predict_files_tiled(predictor: Predictor, image_paths: Sequence[PathLike], out_dir: Path, *,
                          tile: Union[int, str], tile_overlap: float) -> PredictionFiles:
-    from blendmask.tiling.preview import downscaled_view
-    from blendmask.visualize import draw_instances
+    from blendmask.tiling.preview import crop_view, densest_windows, downscaled_view
+    from blendmask.visualize import outline_regions
 
     for path in image_paths:  # a missing file fails before any work
         if not os.path.isfile(path):
@@ -252,14 +270,24 @@ def _predict_files_tiled(predictor: Predictor, image_paths: Sequence[PathLike], 
     for path in image_paths:
         image = decode_image(path, reading=predictor.reading)
         result = sliced_predict(predictor, image, tile=tile, overlap=tile_overlap, progress=True)
-        overlay = out_dir / f"{_unique_stem(path, stems)}_pred.png"
-        picture, view, _ = downscaled_view(image, result)
-        order = view["scores"].argsort()  # lowest score first, the best drawn on top
-        ascending = {k: view[k][order] for k in ("boxes", "labels", "scores")}
-        ascending["mask_crops"] = [view["mask_crops"][i] for i in order.tolist()]
-        draw_instances(picture, ascending, predictor.class_names, score_threshold=predictor.score_threshold).save(overlay)
+        stem = _unique_stem(path, stems)
+        overlay = out_dir / f"{stem}_pred.png"
+        picture, view, step = downscaled_view(image, result)
+        drawn = _draw_ascending(picture, view, predictor)
+        crops = []
+        if step > 1:
+            for k, window in enumerate(densest_windows(result, image.height, image.width), 1):
+                crop_file = out_dir / f"{stem}_crop{k}.png"
+                _draw_ascending(*crop_view(image, result, window), predictor).save(crop_file)
+                files.crops.append(crop_file)
+                y0, x0, y1, x1 = window
+                crops.append({"file": str(crop_file), "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+            outline_regions(drawn, [(c["x0"] / step, c["y0"] / step, c["x1"] / step, c["y1"] / step) for c in crops],
+                            [str(k) for k in range(1, len(crops) + 1)])
+        drawn.save(overlay)
         files.overlays.append(overlay)
         records.append({"file": str(path), "height": image.height, "width": image.width, "overlay": str(overlay),
-                        "tiles": result["num_tiles"], "instances": _instances_json(result, predictor.class_names)})
+                        "crops": crops, "tiles": result["num_tiles"],
+                        "instances": _instances_json(result, predictor.class_names)})
     _write_results(predictor, files, records, tile=tile, tile_overlap=tile_overlap)
     return files

@@ -88,7 +88,7 @@ def test_overrides_with_dotted_keys_and_type_coercion():
     ({"model.blender.top_interp": "cubic"}, ValueError, r"top_interp"),
     ({"model.fcos.norm": "SyncBN"}, ValueError, r"model\.fcos\.norm.*'GN', 'BN', 'none'"),
     ({"input.min_size_train_sampling": "uniform"}, ValueError, r"min_size_train_sampling.*choice"),
-    ({"input.crop_type": "absolute"}, ValueError, r"input\.crop_type.*relative_range"),
+    ({"input.crop_type": "absolute_range"}, ValueError, r"input\.crop_type.*relative_range"),
     ({"model.backbone.deform_on_per_stage": [0, 1, 1, 1]}, TypeError, r"deform_on_per_stage\[0\].*bool"),
 ])
 def test_bad_overrides_name_the_key(overrides, error, match):

@@ -133,6 +133,17 @@ class DecodedImage:
         pixels = self.pixels if self.pixels.shape[2] == 3 else np.repeat(self.pixels, 3, axis=2)
         return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
 
+    def to_picture(self, y0: int = 0, y1: Optional[int] = None, x0: int = 0, x1: Optional[int] = None) -> Image.Image:
+        """Rows ``y0:y1`` and columns ``x0:x1`` (default: all) as an RGB PIL picture, for drawing:
+        8-bit pixels as they are (no float copy), deeper ones mapped to ``[0, 1]`` by the bounds
+        and rounded to 8 bits."""
+        region = self.pixels[y0:y1, x0:x1]
+        if region.dtype != np.uint8:
+            region = (to_unit_range(region, self.bounds) * 255.0 + 0.5).astype(np.uint8)
+        if region.shape[2] == 1:
+            region = np.repeat(region, 3, axis=2)
+        return Image.fromarray(np.ascontiguousarray(region), mode="RGB")
+
     def to_tensor(self, y0: int = 0, y1: Optional[int] = None, x0: int = 0, x1: Optional[int] = None) -> torch.Tensor:
         """Rows ``y0:y1`` and columns ``x0:x1`` (default: all) as ``Tensor(3, h, w)`` float32 in ``[0, 1]``."""
         region = to_unit_range(self.pixels[y0:y1, x0:x1], self.bounds)

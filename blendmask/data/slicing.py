@@ -15,11 +15,14 @@ for ``--data``. Every image record also names its source (``source_file``, ``sou
 and its window (``window``: ``[y0, x0, y1, x1]``), so results on the tiles map back. The command
 writes only into a new or empty ``OUT`` and refuses anything else.
 
-Each annotation is decoded to a mask of its whole image, one at a time.
+Each annotation is made a mask over its own box only (polygons rasterised in the box's
+coordinates, RLEs decoded from their runs over their extent) and cut by the windows that meet the
+box, so memory and time per annotation follow its size, not the image's.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -29,19 +32,41 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ..models.mask_ops import encode_region_rle
+from ..models.mask_ops import decode_rle_region, encode_region_rle, rle_column_runs
 from ..tiling.grid import tile_windows
 from .coco import load_coco_json
-from .coco_checks import segmentation_to_rle
 from .images import ImageReading, decode_image
 
 __all__ = ["slice_dataset"]
 
 
-def _cut(mask: np.ndarray, window) -> Tuple[int, np.ndarray, Tuple[int, int]]:
-    """``(area, crop, (x0, y0) in the tile)`` of ``mask`` inside ``window``."""
-    y0, x0, y1, x1 = window
-    part = mask[y0:y1, x0:x1]
+#: Pixels added around a polygon's vertices' extent before it is rasterised in its own box
+#: (pycocotools sets the pixels whose centres lie inside; 1 would do).
+_POLYGON_MARGIN = 2
+
+
+def _annotation_region(seg: Any, height: int, width: int) -> Tuple[int, int, np.ndarray]:
+    """``(y0, x0, mask (h, w) bool)``: the mask of a validated COCO segmentation of a
+    ``height x width`` image over a box at ``(x0, y0)`` that holds all of it, made without the
+    image-sized mask: polygons rasterised by pycocotools in the box's own coordinates (vertices
+    shifted by whole pixels), an RLE decoded from its runs over its extent."""
+    if isinstance(seg, list):
+        xy = np.concatenate([np.asarray(polygon, dtype=np.float64).reshape(-1, 2) for polygon in seg])
+        x0, y0 = (int(np.clip(math.floor(v) - _POLYGON_MARGIN, 0, size)) for v, size in zip(xy.min(axis=0), (width, height)))
+        x1, y1 = (int(np.clip(math.ceil(v) + _POLYGON_MARGIN, 0, size)) for v, size in zip(xy.max(axis=0), (width, height)))
+        if x1 <= x0 or y1 <= y0:
+            return 0, 0, np.zeros((0, 0), dtype=bool)
+        shifted = [(np.asarray(polygon, dtype=np.float64).reshape(-1, 2) - (x0, y0)).ravel().tolist() for polygon in seg]
+        return y0, x0, mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, y1 - y0, x1 - x0))).astype(bool)
+    columns, row_starts, row_ends = rle_column_runs(seg)
+    if columns.size == 0:
+        return 0, 0, np.zeros((0, 0), dtype=bool)
+    y0, y1, x0, x1 = int(row_starts.min()), int(row_ends.max()), int(columns.min()), int(columns.max()) + 1
+    return y0, x0, decode_rle_region(seg, y0, x0, y1, x1)
+
+
+def _extent(part: np.ndarray) -> Tuple[int, np.ndarray, Tuple[int, int]]:
+    """``(area, crop, (x0, y0) in part)``: ``part`` (bool) cropped to its pixels."""
     rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
     if rows.size == 0:
         return 0, part[:0, :0], (0, 0)
@@ -50,24 +75,30 @@ def _cut(mask: np.ndarray, window) -> Tuple[int, np.ndarray, Tuple[int, int]]:
 
 
 def _tile_annotations(coco, info: Dict[str, Any], windows, min_area_fraction: float) -> List[List[Dict[str, Any]]]:
-    """The cut annotations of each window of one image (without ids)."""
+    """The cut annotations of each window of one image (without ids). Each annotation is made a
+    mask over its own box (:func:`_annotation_region`) and cut by the windows that meet the box."""
     h, w = info["height"], info["width"]
     per_window: List[List[Dict[str, Any]]] = [[] for _ in windows]
+    bounds = np.asarray(windows, dtype=np.int64).reshape(-1, 4)  # (W, 4) y0, x0, y1, x1
     for ann in coco.imgToAnns.get(info["id"], []):
-        rle = segmentation_to_rle(ann["segmentation"], h, w)
-        mask = mask_utils.decode(rle).astype(bool)
-        whole = int(np.count_nonzero(mask))
-        for k, window in enumerate(windows):
-            area, crop, (cx, cy) = _cut(mask, window)
+        ry0, rx0, region = _annotation_region(ann["segmentation"], h, w)
+        whole = int(np.count_nonzero(region))
+        if whole == 0:
+            continue
+        ry1, rx1 = ry0 + region.shape[0], rx0 + region.shape[1]
+        meets = (bounds[:, 0] < ry1) & (bounds[:, 2] > ry0) & (bounds[:, 1] < rx1) & (bounds[:, 3] > rx0)
+        for k in np.flatnonzero(meets):
+            wy0, wx0, wy1, wx1 = windows[k]
+            top, left = max(wy0, ry0), max(wx0, rx0)
+            area, crop, (cx, cy) = _extent(region[top - ry0:min(wy1, ry1) - ry0, left - rx0:min(wx1, rx1) - rx0])
             if area == 0 or area < min_area_fraction * whole:
                 continue
-            tile_h, tile_w = window[2] - window[0], window[3] - window[1]
+            cx, cy = cx + left - wx0, cy + top - wy0  # in the tile
             per_window[k].append({
                 "category_id": ann["category_id"], "iscrowd": int(ann.get("iscrowd", 0)), "area": float(area),
                 "bbox": [float(cx), float(cy), float(crop.shape[1]), float(crop.shape[0])],
-                "segmentation": encode_region_rle(crop, cy, cx, tile_h, tile_w),
+                "segmentation": encode_region_rle(crop, cy, cx, wy1 - wy0, wx1 - wx0),
                 "source_annotation_id": ann["id"]})
-        del mask
     return per_window
 
 

@@ -83,7 +83,10 @@ class RandomInstanceCrop:
 
     Size: ``"relative_range"`` draws ``u ~ U[crop_size[0], 1]``, ``v ~ U[crop_size[1], 1]`` and
     crops ``(int(H*u + 0.5), int(W*v + 0.5))``; ``"relative"`` crops ``(int(H*crop_size[0] + 0.5),
-    int(W*crop_size[1] + 0.5))``. Placement: the window contains the centre of one instance box
+    int(W*crop_size[1] + 0.5))``; ``"absolute"`` crops ``(min(crop_size[0], H), min(crop_size[1],
+    W))`` pixels (detectron2's ``"absolute"``): a window of fixed size at the image's native
+    resolution, the random-window sampler for training on large images without shrinking them
+    (with ``min_size_train`` at the window's size, the model's resize leaves it as it is). Placement: the window contains the centre of one instance box
     drawn uniformly (uniform over the image when there is none). Instances cut by the window keep
     their visible part: ``masks`` are cropped, ``boxes`` become the tight boxes of the cropped
     masks (detectron2's ``recompute_boxes`` with masks; without masks the boxes are shifted and
@@ -98,15 +101,22 @@ class RandomInstanceCrop:
     _PER_IMAGE = ("image_id", "sem_seg")  # sem_seg (H, W): cropped with the image
 
     def __init__(self, crop_type: str = "relative_range", crop_size: Sequence[float] = (0.9, 0.9)) -> None:
-        if crop_type not in ("relative_range", "relative"):
-            raise ValueError(f"RandomInstanceCrop: crop_type must be 'relative_range' or 'relative', got {crop_type!r}")
+        if crop_type not in ("relative_range", "relative", "absolute"):
+            raise ValueError("RandomInstanceCrop: crop_type must be 'relative_range', 'relative' or 'absolute', "
+                             f"got {crop_type!r}")
         crop_size = tuple(float(v) for v in crop_size)
-        if len(crop_size) != 2 or not all(0.0 < v <= 1.0 for v in crop_size):
+        if crop_type == "absolute":
+            if len(crop_size) != 2 or not all(v >= 1.0 and v == int(v) for v in crop_size):
+                raise ValueError(f"RandomInstanceCrop: an 'absolute' crop_size must be two whole numbers of pixels "
+                                 f">= 1, got {crop_size!r}")
+        elif len(crop_size) != 2 or not all(0.0 < v <= 1.0 for v in crop_size):
             raise ValueError(f"RandomInstanceCrop: crop_size must be two fractions in (0, 1], got {crop_size!r}")
         self.crop_type = crop_type
         self.crop_size = crop_size
 
     def _crop_hw(self, height: int, width: int) -> Tuple[int, int]:
+        if self.crop_type == "absolute":
+            return min(int(self.crop_size[0]), height), min(int(self.crop_size[1]), width)
         fractions = torch.tensor(self.crop_size, dtype=torch.float64)
         if self.crop_type == "relative_range":
             fractions = fractions + torch.rand(2, dtype=torch.float64) * (1.0 - fractions)

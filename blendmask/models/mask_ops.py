@@ -14,6 +14,8 @@ The geometry follows detectron2's conventions (pixel ``i`` covers ``[i, i + 1)``
 
 :func:`encode_masks_rle` binarises mask probabilities at :data:`MASK_THRESHOLD` and encodes them
 with pycocotools; :func:`paste_masks_rle` gives the same RLEs from the unpasted masks.
+:func:`encode_region_rle` encodes a mask given as a region of its image, and
+:func:`decode_rle_region` decodes a region of an RLE's mask, neither making the image-sized mask.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from torchvision.ops import roi_align
 from blendmask.polygons import PolygonMasks
 
 __all__ = [
-    "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "encode_region_rle", "paste_mask_patches",
+    "MASK_THRESHOLD", "PASTE_CHUNK_BYTES", "crop_and_resize_masks", "encode_masks_rle", "encode_region_rle",
+    "rle_run_lengths", "rle_column_runs", "decode_rle_region", "paste_mask_patches",
     "paste_masks_in_image", "paste_masks_rle",
 ]
 
@@ -278,6 +281,68 @@ def _region_run_lengths(region: np.ndarray, y0: int, x0: int, height: int, width
     edges[1:-1:2], edges[2:-1:2] = starts, ends
     counts = np.diff(edges).astype(np.uint32)
     return counts[:-1] if counts.size > 1 and counts[-1] == 0 else counts  # no empty last run of zeros
+
+
+def rle_run_lengths(rle: Dict[str, Any]) -> np.ndarray:
+    """COCO's uncompressed counts (int64, column-major runs starting with zeros) of an RLE whose
+    ``counts`` is a list (uncompressed) or COCO's compressed string (``str`` or ``bytes``).
+
+    The compressed string stores each count in 5-bit groups, least significant first, as
+    characters ``48 + group``: bit 0x20 of a character says another group follows, bit 0x10 of the
+    last one is the sign; from the third count on, the stored value is the difference to the
+    count two places before."""
+    counts = rle["counts"]
+    if isinstance(counts, (list, tuple, np.ndarray)):
+        return np.asarray(counts, dtype=np.int64)
+    text = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    values: List[int] = []
+    p = 0
+    while p < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            group = text[p] - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            p += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(values) > 2:
+            value += values[-2]
+        values.append(value)
+    return np.asarray(values, dtype=np.int64)
+
+
+def rle_column_runs(rle: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The foreground of an RLE as runs within columns: ``(columns, row starts, row ends)``, three
+    ``(m,)`` int64 arrays (ends exclusive); a run of the RLE over several columns is split."""
+    height = int(rle["size"][0])
+    counts = rle_run_lengths(rle)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    starts, ends = starts[1::2], ends[1::2]  # foreground runs, column-major pixel indices
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    first, last = starts // height, (ends - 1) // height
+    spans = last - first + 1
+    run = np.repeat(np.arange(starts.size), spans)  # each (run, column) piece
+    column = first[run] + np.arange(run.size) - np.repeat(np.cumsum(spans) - spans, spans)
+    row_start = np.maximum(starts[run] - column * height, 0)
+    row_end = np.minimum(ends[run] - column * height, height)
+    return column, row_start, row_end
+
+
+def decode_rle_region(rle: Dict[str, Any], y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of the mask of a COCO RLE (compressed or not) as a
+    ``bool (y1 - y0, x1 - x0)`` array, made from the runs without the image-sized mask."""
+    column, row_start, row_end = rle_column_runs(rle)
+    row_start, row_end = np.maximum(row_start, y0), np.minimum(row_end, y1)
+    inside = (column >= x0) & (column < x1) & (row_start < row_end)
+    column, row_start, row_end = column[inside] - x0, row_start[inside] - y0, row_end[inside] - y0
+    steps = np.zeros((y1 - y0 + 1, x1 - x0), dtype=np.int32)  # +1 where a run starts, -1 past its end
+    np.add.at(steps, (row_start, column), 1)
+    np.add.at(steps, (row_end, column), -1)
+    return np.cumsum(steps, axis=0)[:-1] > 0
 
 
 def encode_masks_rle(masks: Tensor, threshold: float = MASK_THRESHOLD) -> List[Dict[str, Any]]:

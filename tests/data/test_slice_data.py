@@ -131,3 +131,85 @@ def test_the_command_line_writes_a_data_directory(source, capsys):
     assert len(CocoInstanceDataset(*resolve_split(source / "cli", "train"))) == len(tile_windows(H, W, tile=64, overlap=0.2))
     assert main(["slice-data", str(source / "ann.json"), str(source / "cli"), "--tile", "64"]) == 1
     assert "not an empty directory" in capsys.readouterr().err
+
+
+def _cut_pieces_as_image_masks(per_window, windows, height, width):
+    """The pieces of each source annotation, put back in image coordinates: {annotation id: mask}."""
+    masks = {}
+    for (y0, x0, y1, x1), pieces in zip(windows, per_window):
+        for piece in pieces:
+            mask = masks.setdefault(piece["source_annotation_id"], np.zeros((height, width), bool))
+            mask[y0:y1, x0:x1] |= _decode(piece["segmentation"])
+    return masks
+
+
+def test_each_annotation_is_cut_from_its_own_box_exactly_as_from_the_whole_mask():
+    from types import SimpleNamespace
+
+    from blendmask.data.slicing import _tile_annotations
+
+    rng = np.random.default_rng(5)
+    height, width = 90, 140
+    anns, expected = [], {}
+    for k in range(30):  # polygons (some past the image's borders), compressed and uncompressed RLEs
+        cx, cy = rng.uniform(-10, width + 10), rng.uniform(-10, height + 10)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        radii = rng.uniform(3, 30, 7)
+        polygon = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).ravel().tolist()
+        whole = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], height, width)))
+        if k % 3 == 0:
+            segmentation = [polygon]
+        else:
+            rle = mask_utils.encode(np.asfortranarray(whole))
+            segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+            if k % 3 == 2:
+                from blendmask.models.mask_ops import rle_run_lengths
+
+                segmentation["counts"] = rle_run_lengths(segmentation).tolist()
+        anns.append({"id": k, "category_id": 1, "segmentation": segmentation})
+        expected[k] = whole.astype(bool)
+    windows = tile_windows(height, width, tile=32, overlap=0.25)
+    coco = SimpleNamespace(imgToAnns={1: anns})
+    per_window = _tile_annotations(coco, {"id": 1, "height": height, "width": width}, windows, 0.0)
+    got = _cut_pieces_as_image_masks(per_window, windows, height, width)
+    for k, whole in expected.items():
+        assert np.array_equal(got.get(k, np.zeros_like(whole)), whole), k
+
+
+def test_slicing_a_20000_pixel_image_never_makes_an_image_sized_mask():
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from blendmask.data.slicing import _tile_annotations
+    from blendmask.models.mask_ops import encode_region_rle, rle_run_lengths
+
+    side = 20_000  # an image-sized bool mask: 400 MB
+    disc = _disc_mask(41)
+    rle = encode_region_rle(disc, 10_000, 12_270, side, side)  # across the column seam at x 12,288
+    anns = [{"id": 1, "category_id": 1, "segmentation": [[10_230.5, 500.5, 10_300.5, 520.5, 10_250.5, 560.5]]},
+            {"id": 2, "category_id": 1, "segmentation": rle},
+            {"id": 3, "category_id": 1, "segmentation": {"size": [side, side], "counts": rle_run_lengths(rle).tolist()}}]
+    windows = tile_windows(side, side, tile=512, overlap=0.0)
+    tracemalloc.start()
+    try:
+        per_window = _tile_annotations(SimpleNamespace(imgToAnns={1: anns}), {"id": 1, "height": side, "width": side},
+                                       windows, 0.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+    cut = {k: [(w, p) for w, pieces in zip(windows, per_window) for p in pieces if p["source_annotation_id"] == k]
+           for k in (1, 2, 3)}
+    assert len(cut[1]) == 4 and len(cut[2]) == len(cut[3]) == 2  # the polygon crosses a row and a column seam
+    for k in (2, 3):  # the RLE's pieces rebuild the disc
+        rebuilt = np.zeros((50, 41), bool)
+        for (y0, x0, y1, x1), piece in cut[k]:
+            x, y, w, h = (int(v) for v in piece["bbox"])
+            rebuilt[y0 + y - 10_000:y0 + y + h - 10_000, x0 + x - 12_270:x0 + x + w - 12_270] |= \
+                _decode(piece["segmentation"])[y:y + h, x:x + w]
+        assert np.array_equal(rebuilt[:41], disc) and sum(p["area"] for _, p in cut[k]) == disc.sum()
+
+
+def _disc_mask(size):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= (size // 2) ** 2

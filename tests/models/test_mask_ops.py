@@ -243,3 +243,22 @@ def test_eval_mask_format_binary_is_the_thresholded_probs():
         (binary,) = model(image)
     assert binary["masks"].dtype == torch.bool and binary["masks"].shape == probs["masks"].shape
     assert torch.equal(binary["masks"], probs["masks"] >= 0.5)
+
+
+def test_decode_rle_region_equals_the_whole_decode_cropped_for_both_count_formats():
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from blendmask.models.mask_ops import decode_rle_region, rle_run_lengths
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        height, width = (int(v) for v in rng.integers(1, 50, 2))
+        whole = np.asfortranarray((rng.random((height, width)) < rng.random()).astype(np.uint8))
+        compressed = mask_utils.encode(whole)
+        uncompressed = {"size": [height, width], "counts": rle_run_lengths(compressed).tolist()}
+        y0, y1 = sorted(int(v) for v in rng.integers(0, height + 1, 2))
+        x0, x1 = sorted(int(v) for v in rng.integers(0, width + 1, 2))
+        for rle in (compressed, {"size": [height, width], "counts": compressed["counts"].decode("ascii")}, uncompressed):
+            assert np.array_equal(decode_rle_region(rle, y0, x0, y1, x1), whole[y0:y1, x0:x1].astype(bool)), trial
+    assert mask_utils.frPyObjects(uncompressed, height, width)["counts"] == compressed["counts"]
