@@ -52,7 +52,6 @@ class SquarePredictor:
 
 
 def test_sliced_prediction_through_sahi_finds_each_square_once_in_place():
-    pytest.importorskip("sahi")
     from sahi.predict import get_sliced_prediction
 
     from blendmask.integrations.sahi import BlendMaskDetectionModel
@@ -76,7 +75,6 @@ def test_sliced_prediction_through_sahi_finds_each_square_once_in_place():
 
 
 def test_a_weights_file_predicts_through_sahi(tmp_path):
-    pytest.importorskip("sahi")
     from sahi.predict import get_sliced_prediction
 
     from blendmask.config import get_config
