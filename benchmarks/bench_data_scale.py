@@ -22,6 +22,12 @@ reports its peak RSS, ``peak_rss``):
 
 ``--baseline-tree DIR`` also runs ``cold_start`` and ``worker_memory`` against another source tree
 (e.g. main before this change, through ``CocoInstanceDataset(ann_file, image_dir)``).
+``--detectron2 DIR`` (a detectron2 source tree, run uncompiled; ``--deps DIR``: its pure-Python
+dependencies, appended after site-packages) adds ``detectron2_load``: detectron2's
+``load_coco_json(file, image_dir)`` (pycocotools ``COCO`` + its list of per-image dicts; no
+validation beyond its asserts, no cache), its time over ``json_load`` and RSS above its imports.
+``--skip starts`` leaves out ``cold_start`` and ``cached_start`` (e.g. to add the detectron2 row to
+an earlier run's file, kept with ``--workdir``).
 Writes ``<out>.json`` and ``<out>.png``.
 
     python benchmarks/bench_data_scale.py --images 118287
@@ -53,6 +59,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one, removed)")
     p.add_argument("--baseline-tree", type=Path, help="also measure this source tree's dataset")
     p.add_argument("--baseline-label", default="baseline tree")
+    p.add_argument("--detectron2", type=Path, help="detectron2 source tree: also time its load_coco_json")
+    p.add_argument("--deps", type=Path, help="directory with detectron2's pure-Python dependencies")
     p.add_argument("--skip", nargs="*", default=[], help="measures to leave out (e.g. throughput)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/data_scale", help="output prefix for .json and .png")
@@ -156,6 +164,23 @@ def _open_dataset(ann: str, image_dir: str, api: str):
     return CocoInstanceDataset(ann, image_dir)
 
 
+def detectron2_load(args: Dict[str, Any]) -> Dict[str, Any]:
+    """detectron2's ``load_coco_json`` of the file (module doc)."""
+    sys.path.insert(0, args["detectron2"])
+    if args.get("deps"):
+        sys.path.append(args["deps"])  # after site-packages: the environment's numpy, PIL, ... win
+    import torch
+
+    from detectron2.data.datasets.coco import load_coco_json
+
+    torch.set_num_threads(1)
+    before = _rss()
+    start = time.perf_counter()
+    dicts = load_coco_json(args["ann"], args["image_dir"])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_above_imports": _rss() - before, "images": len(dicts)}
+
+
 def child(args: Dict[str, Any]) -> Dict[str, Any]:
     kind = args["kind"]
     if kind == "json_load":
@@ -163,6 +188,8 @@ def child(args: Dict[str, Any]) -> Dict[str, Any]:
         with open(args["ann"], "r", encoding="utf-8") as f:
             json.load(f)
         return {"seconds": time.perf_counter() - start}
+    if kind == "detectron2_load":
+        return detectron2_load(args)
     import torch  # noqa: F401  (imports counted before the baseline RSS)
     import blendmask.data  # noqa: F401
     if args.get("api") == "load_dataset":
@@ -217,8 +244,8 @@ class _TargetsOnly:
         return self.dataset.load_target(index)
 
 
-def run_child(spec: Dict[str, Any], *, tree: Path = REPO, env: Dict[str, str] | None = None) -> Dict[str, Any]:
-    environment = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", **(env or {}))
+def run_child(spec: Dict[str, Any], *, tree: Path | None = REPO, env: Dict[str, str] | None = None) -> Dict[str, Any]:
+    environment = dict(os.environ, PYTHONPATH=str(tree or ""), OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
                           env=environment, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -261,12 +288,17 @@ def main(argv: List[str]) -> int:
         rows = results["measures"] = {}
         loads = [run_child({"kind": "json_load", "ann": str(ann)})]
         print("json.load", loads[0], flush=True)
-        rows["cold_start"] = run_child({**spec, "kind": "start"}, env=env)
-        rows["cached_start"] = run_child({**spec, "kind": "start"}, env=env)
+        starts = [] if "starts" in args.skip else ["cold_start", "cached_start"]
+        for name in starts:
+            rows[name] = run_child({**spec, "kind": "start"}, env=env)
+        if args.detectron2:
+            starts.append("detectron2_load")
+            rows["detectron2_load"] = run_child({**spec, "kind": "detectron2_load", "detectron2": str(args.detectron2),
+                                                 "deps": str(args.deps) if args.deps else None}, tree=None)
         loads.append(run_child({"kind": "json_load", "ann": str(ann)}))
         print("json.load again", loads[1], flush=True)
         rows["json_load"] = {**min(loads, key=lambda r: r["seconds"]), "runs": [r["seconds"] for r in loads]}
-        for name in ("cold_start", "cached_start"):
+        for name in starts:
             rows[name]["over_json_load"] = rows[name]["seconds"] / rows["json_load"]["seconds"]
             print(name, rows[name], flush=True)
         if "worker_memory" not in args.skip:
@@ -307,9 +339,9 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 
     rows = results["measures"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    names = [n for n in ("cold_start", "cached_start", "baseline_start") if n in rows]
+    names = [n for n in ("cold_start", "cached_start", "baseline_start", "detectron2_load") if n in rows]
     labels = {"cold_start": "first start", "cached_start": "with cache",
-              "baseline_start": results.get("baseline_label", "baseline")}
+              "baseline_start": results.get("baseline_label", "baseline"), "detectron2_load": "detectron2\nload_coco_json"}
     axes[0].bar([labels[n] for n in names], [rows[n]["over_json_load"] for n in names], color="#4477aa")
     axes[0].axhline(1.0, color="grey", lw=0.8)
     axes[0].set_ylabel("time / bare json.load")
