@@ -32,7 +32,9 @@ building detectron2's ``Instances`` and our RLE input are not):
   needs the compiled ``detectron2._C``, which a source tree does not have); ours with
   ``pycocotools`` and with ``faster-coco-eval``.
 
-One process of ours times ``process`` for both input forms (``full`` into the pycocotools
+Each section is timed in wall-clock and in CPU seconds of the process (``time.process_time``,
+one thread): on a shared machine the CPU time is the steadier of the two, and the ratios are given
+for both. One process of ours times ``process`` for both input forms (``full`` into the pycocotools
 evaluator, ``rle`` into the faster-coco-eval one) and then each ``evaluate``; a row's total is
 setup + process + gather + evaluate. The metrics of every side are printed (COCOeval's AP, bbox and
 segm) as a check that they scored the same detections.
@@ -48,6 +50,7 @@ Writes ``<out>.json`` and ``<out>.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -179,10 +182,26 @@ def detections(args: Dict[str, Any]) -> Iterator[Tuple[int, Any, Any, Any, Any]]
 
 
 # ----------------------------------------------------------------------------- the two sides (children)
-def _gather_seconds(payload: Any) -> float:
-    start = time.perf_counter()
+class Clock:
+    """Wall-clock and CPU seconds summed per named section: ``with clock("process"): ...``."""
+
+    def __init__(self) -> None:
+        self.wall: Dict[str, float] = {}
+        self.cpu: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+    def times(self) -> Dict[str, Dict[str, float]]:
+        return {"wall": self.wall, "cpu": self.cpu}
+
+
+def _gather(payload: Any) -> None:
     pickle.loads(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
-    return time.perf_counter() - start
 
 
 def ours(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -193,31 +212,28 @@ def ours(args: Dict[str, Any]) -> Dict[str, Any]:
     from blendmask.models.mask_ops import encode_masks_rle
 
     dataset = CocoInstanceDataset(args["gt"], args["image_dir"])
+    clock = Clock()
     out: Dict[str, Any] = {}
     evaluators = {}
     for form, backend in (("full", "pycocotools"), ("rle", "faster-coco-eval")):
-        start = time.perf_counter()
-        evaluators[form] = COCOEvaluator(dataset, output_dir=Path(args["work"]) / f"ours_{form}", backend=backend)
-        out[f"setup_{backend}"] = time.perf_counter() - start
-    seconds = {"full": 0.0, "rle": 0.0}
+        with clock(f"setup_{backend}"):
+            evaluators[form] = COCOEvaluator(dataset, output_dir=Path(args["work"]) / f"ours_{form}", backend=backend)
     for image_id, boxes, scores, labels, masks in detections(args):
         full = {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks[:, None]}
         rle = {"boxes": boxes, "labels": labels, "scores": scores, "masks_rle": encode_masks_rle(masks)}
         for form, output in (("full", full), ("rle", rle)):
-            start = time.perf_counter()
-            evaluators[form].process([image_id], [output])
-            seconds[form] += time.perf_counter() - start
+            with clock(f"process_{form}"):
+                evaluators[form].process([image_id], [output])
     for form, backend in (("full", "pycocotools"), ("rle", "faster-coco-eval")):
-        evaluator = evaluators[form]
-        out[f"process_{form}"] = seconds[form]
-        out[f"gather_{form}"] = _gather_seconds((evaluator._results, evaluator._image_ids))
-        start = time.perf_counter()
-        metrics = evaluator.evaluate()
-        out[f"evaluate_{backend}"] = time.perf_counter() - start
-        out[f"metrics_{backend}"] = {t: {k: metrics[t][k] for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}
+        evaluator = evaluators.pop(form)
         out["detections"] = len(evaluator._results)
-        del evaluators[form], evaluator
-    return out
+        with clock(f"gather_{form}"):
+            _gather((evaluator._results, evaluator._image_ids))
+        with clock(f"evaluate_{backend}"):
+            metrics = evaluator.evaluate()
+        out[f"metrics_{backend}"] = {t: {k: metrics[t][k] for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}
+        del evaluator
+    return {**out, **clock.times()}
 
 
 def detectron2_side(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -232,28 +248,23 @@ def detectron2_side(args: Dict[str, Any]) -> Dict[str, Any]:
     MetadataCatalog.get("bench_val").set(json_file=args["gt"], evaluator_type="coco",
                                          thing_classes=[f"class{c}" for c in range(1, CATEGORIES + 1)],
                                          thing_dataset_id_to_contiguous_id={c: c - 1 for c in range(1, CATEGORIES + 1)})
-    out: Dict[str, Any] = {}
-    start = time.perf_counter()
-    evaluator = COCOEvaluator("bench_val", tasks=("bbox", "segm"), distributed=False,
-                              output_dir=str(Path(args["work"]) / "detectron2"))
-    evaluator.reset()
-    out["setup"] = time.perf_counter() - start
-    out["fast_impl"] = evaluator._use_fast_impl
+    clock = Clock()
+    with clock("setup"):
+        evaluator = COCOEvaluator("bench_val", tasks=("bbox", "segm"), distributed=False,
+                                  output_dir=str(Path(args["work"]) / "detectron2"))
+        evaluator.reset()
     size = (args["height"], args["width"])
-    seconds = 0.0
     for image_id, boxes, scores, labels, masks in detections(args):
         instances = Instances(size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=labels, pred_masks=masks)
-        start = time.perf_counter()
-        evaluator.process([{"image_id": image_id, "height": size[0], "width": size[1]}], [{"instances": instances}])
-        seconds += time.perf_counter() - start
-    out["process"] = seconds
-    out["gather"] = _gather_seconds(evaluator._predictions)
-    out["detections"] = sum(len(p["instances"]) for p in evaluator._predictions)
-    start = time.perf_counter()
-    metrics = evaluator.evaluate()
-    out["evaluate"] = time.perf_counter() - start
-    out["metrics"] = {t: {k: metrics[t][k] / 100 for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}
-    return out
+        with clock("process"):
+            evaluator.process([{"image_id": image_id, "height": size[0], "width": size[1]}], [{"instances": instances}])
+    detections_seen = sum(len(p["instances"]) for p in evaluator._predictions)
+    with clock("gather"):
+        _gather(evaluator._predictions)
+    with clock("evaluate"):
+        metrics = evaluator.evaluate()
+    return {"fast_impl": evaluator._use_fast_impl, "detections": detections_seen, **clock.times(),
+            "metrics": {t: {k: metrics[t][k] / 100 for k in ("AP", "AP50", "AP75")} for t in ("bbox", "segm")}}
 
 
 def child(args: Dict[str, Any]) -> Dict[str, Any]:
@@ -274,12 +285,13 @@ def run_child(spec: Dict[str, Any], *, python_path: List[str]) -> Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- driver
-def rows_of(results: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
-    """The table's rows: ``{label: {setup, process, gather, evaluate, total}}`` in seconds."""
-    o = results["ours"]
+def rows_of(results: Dict[str, Any], clock: str) -> Dict[str, Dict[str, float]]:
+    """The table's rows in ``clock`` (``"wall"`` or ``"cpu"``) seconds: ``{label: {setup, process,
+    gather, evaluate, total, over_detectron2}}``."""
+    o = results["ours"][clock]
     rows = {}
     if "detectron2" in results:
-        d = results["detectron2"]
+        d = results["detectron2"][clock]
         rows["detectron2 COCOEvaluator (full masks, pycocotools COCOeval)"] = {
             "setup": d["setup"], "process": d["process"], "gather": d["gather"], "evaluate": d["evaluate"]}
     for form, what in (("full", "full masks"), ("rle", "RLE as our model hands it")):
@@ -288,6 +300,10 @@ def rows_of(results: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
                                                  "gather": o[f"gather_{form}"], "evaluate": o[f"evaluate_{backend}"]}
     for row in rows.values():
         row["total"] = row["setup"] + row["process"] + row["gather"] + row["evaluate"]
+    reference = next((r["total"] for label, r in rows.items() if label.startswith("detectron2")), None)
+    for row in rows.values():
+        if reference:
+            row["over_detectron2"] = row["total"] / reference
     return rows
 
 
@@ -319,12 +335,10 @@ def main(argv: List[str]) -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    results["rows"] = rows_of(results)
-    reference = next((r["total"] for label, r in results["rows"].items() if label.startswith("detectron2")), None)
-    for label, row in results["rows"].items():
-        if reference:
-            row["over_detectron2"] = row["total"] / reference
-        print(f"{label:60s} " + " ".join(f"{k} {v:8.1f}" for k, v in row.items()), flush=True)
+    results["rows"] = {clock: rows_of(results, clock) for clock in ("cpu", "wall")}
+    for clock, rows in results["rows"].items():
+        for label, row in rows.items():
+            print(f"{clock:4s} {label:60s} " + " ".join(f"{k} {v:8.2f}" for k, v in row.items()), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
@@ -339,23 +353,24 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
-    labels = list(rows)
     parts = (("setup", "#999999"), ("process", "#4477aa"), ("gather", "#ddcc77"), ("evaluate", "#cc6677"))
-    fig, ax = plt.subplots(figsize=(11, 0.6 * len(labels) + 1.8))
-    left = np.zeros(len(labels))
-    for part, colour in parts:
-        values = np.array([rows[label][part] for label in labels])
-        ax.barh(labels, values, left=left, color=colour, label=part)
-        left += values
-    for y, label in enumerate(labels):
-        ratio = rows[label].get("over_detectron2")
-        ax.text(left[y], y, f"  {left[y]:.0f} s" + (f" ({ratio:.2f}x)" if ratio else ""), va="center", fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlim(0, left.max() * 1.25)
-    ax.set_xlabel("seconds (everything outside the model)")
-    ax.legend(loc="lower right")
-    ax.set_title(f"COCO evaluation, {results['images']} images x {results['dets']} detections "
+    labels = list(results["rows"]["cpu"])
+    fig, axes = plt.subplots(2, 1, figsize=(11, 1.2 * len(labels) + 2.6), sharex=True)
+    for ax, clock in zip(axes, ("cpu", "wall")):
+        rows = results["rows"][clock]
+        left = np.zeros(len(labels))
+        for part, colour in parts:
+            values = np.array([rows[label][part] for label in labels])
+            ax.barh(labels, values, left=left, color=colour, label=part)
+            left += values
+        for y, label in enumerate(labels):
+            ratio = rows[label].get("over_detectron2")
+            ax.text(left[y], y, f"  {left[y]:.0f} s" + (f" ({ratio:.2f}x)" if ratio else ""), va="center", fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlim(0, left.max() * 1.3)
+        ax.set_title(f"{'CPU' if clock == 'cpu' else 'wall-clock'} seconds, everything outside the model")
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"COCO evaluation, {results['images']} images x {results['dets']} detections "
                  f"({results['size'][0]}x{results['size'][1]}); {results['date']}, {results['cpus']} CPUs, 1 thread")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
