@@ -29,7 +29,9 @@ dependencies, appended after site-packages) adds ``detectron2_load``: detectron2
 validation beyond its asserts, no cache), its time over ``json_load`` and RSS above its imports.
 ``--skip starts`` leaves out ``cold_start`` and ``cached_start`` (e.g. to add the detectron2 row to
 an earlier run's file, kept with ``--workdir``).
-Writes ``<out>.json`` and ``<out>.png``.
+Writes ``<out>.json`` and ``<out>.png``. ``--merge A.json B.json ...`` measures nothing: it writes
+``<out>.json`` and ``<out>.png`` from earlier results, a later file's measures replacing an earlier
+one's (e.g. the starts of a second run over the worker rows of a first).
 
     python benchmarks/bench_data_scale.py --images 118287
 """
@@ -65,6 +67,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], help="measures to leave out (e.g. throughput)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/data_scale", help="output prefix for .json and .png")
+    p.add_argument("--merge", nargs="+", type=Path, help="write <out> from these result files, measuring nothing")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measure, JSON args
     return p.parse_args(argv)
 
@@ -257,6 +260,8 @@ def run_child(spec: Dict[str, Any], *, tree: Path | None = REPO, env: Dict[str, 
 # ----------------------------------------------------------------------------- driver
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     if args.child:
         import resource
 
@@ -331,6 +336,21 @@ def main(argv: List[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def merge(files: List[Path], out: Path) -> int:
+    """``<out>.json`` and ``.png`` from result ``files``, later files' measures replacing earlier ones'."""
+    runs = [json.loads(f.read_text()) for f in files]
+    merged = {**runs[-1], "measures": {}, "merged_from": [
+        {"file": str(f), "date": r["date"], "command": r["command"], "measures": sorted(r["measures"])}
+        for f, r in zip(files, runs)]}
+    for r in runs:
+        merged["measures"].update(r["measures"])
+    merged["date"] = " + ".join(r["date"] for r in runs)
+    out.with_suffix(".json").write_text(json.dumps(merged, indent=2))
+    plot(merged, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 
