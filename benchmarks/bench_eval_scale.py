@@ -10,7 +10,8 @@ positives anywhere (score in [0, 0.5)); each with its xyxy box, its class and it
 mask (what detectron2's ``detector_postprocess`` hands its evaluator as ``pred_masks``). Each image's
 detections come from an RNG seeded by ``(seed, image index)``: every side gets the same ones.
 
-Each side runs in its own process; only these sections are timed (generating the detections,
+Each side runs in its own process, both at once (so that they share the machine's load alike);
+only these sections are timed (generating the detections,
 building detectron2's ``Instances`` and our RLE input are not):
 
 - ``setup``: constructing the evaluator. detectron2: ``COCOEvaluator(name, tasks=("bbox", "segm"),
@@ -23,7 +24,8 @@ building detectron2's ``Instances`` and our RLE input are not):
   ``process([image_id], [{"boxes", "labels", "scores", "masks" (n, 1, H, W) bool}])``, the same
   masks (encoded in one pycocotools call per image); ours, ``rle``: ``masks_rle``, the RLEs our model
   hands over in ``evaluate_model`` (it pastes its R x R masks straight into RLE, inside the model;
-  that time is the model's and is not in this row).
+  that time is the model's and is not in this row; here they are made, untimed, by the function
+the model's paste uses, from each mask's region).
 - ``gather``: what a multi-rank gather does to one rank's predictions, pickling and unpickling them
   (``all_gather_object`` for ours, ``comm.gather`` for detectron2); a single process gathers nothing.
 - ``evaluate``: ``evaluate()``: the results JSON written to the output directory (detectron2 also
@@ -135,10 +137,15 @@ def write_ground_truth(path: Path, image_dir: Path, n_images: int, *, seed: int,
     return len(annotations)
 
 
-def detections(args: Dict[str, Any]) -> Iterator[Tuple[int, Any, Any, Any, Any]]:
+def detections(args: Dict[str, Any], *, rle: bool = False) -> Iterator[Tuple[int, Any, Any, Any, Any, Any]]:
     """Per image ``(image id, boxes (n, 4) float32 xyxy, scores (n,) float32 descending, labels
-    (n,) int64 in [0, 80), masks (n, H, W) bool)``, as torch tensors (module doc)."""
+    (n,) int64 in [0, 80), masks (n, H, W) bool, rles)``, as torch tensors (module doc). With
+    ``rle``, ``rles`` are the masks' n COCO RLEs as our model makes them (each from its region,
+    :func:`blendmask.models.mask_ops.encode_region_rle`), else None."""
     import torch
+
+    if rle:
+        from blendmask.models.mask_ops import encode_region_rle
 
     width, height, n_dets = args["width"], args["height"], args["dets"]
     objects, offsets = ground_truth(args["images"], seed=args["seed"], width=width, height=height)
@@ -163,6 +170,7 @@ def detections(args: Dict[str, Any]) -> Iterator[Tuple[int, Any, Any, Any, Any]]
         order = np.argsort(-scores, kind="stable")
         masks = torch.zeros((n_dets, height, width), dtype=torch.bool)
         boxes = np.zeros((n_dets, 4), dtype=np.float32)
+        rles = [] if rle else None
         for j, (cx, cy, a, b, angle) in enumerate(ellipses[order]):
             cx, cy = float(np.clip(cx, 0, width - 1)), float(np.clip(cy, 0, height - 1))
             r = max(a, b)
@@ -174,11 +182,13 @@ def detections(args: Dict[str, Any]) -> Iterator[Tuple[int, Any, Any, Any, Any]]
             v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
             inside = u * u + v * v <= 1.0
             masks[j, y0:y1, x0:x1] = torch.from_numpy(inside)
+            if rle:
+                rles.append(encode_region_rle(inside, y0, x0, height, width))
             ys, xs = np.nonzero(inside)
             if ys.size:
                 boxes[j] = [x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1]
         yield (row + 1, torch.from_numpy(boxes), torch.from_numpy(scores[order]), torch.from_numpy(labels[order]),
-               masks)
+               masks, rles)
 
 
 # ----------------------------------------------------------------------------- the two sides (children)
@@ -209,7 +219,6 @@ def ours(args: Dict[str, Any]) -> Dict[str, Any]:
     faster-coco-eval one (module doc)."""
     from blendmask.data import CocoInstanceDataset
     from blendmask.evaluation.coco_eval import COCOEvaluator
-    from blendmask.models.mask_ops import encode_masks_rle
 
     dataset = CocoInstanceDataset(args["gt"], args["image_dir"])
     clock = Clock()
@@ -218,9 +227,9 @@ def ours(args: Dict[str, Any]) -> Dict[str, Any]:
     for form, backend in (("full", "pycocotools"), ("rle", "faster-coco-eval")):
         with clock(f"setup_{backend}"):
             evaluators[form] = COCOEvaluator(dataset, output_dir=Path(args["work"]) / f"ours_{form}", backend=backend)
-    for image_id, boxes, scores, labels, masks in detections(args):
+    for image_id, boxes, scores, labels, masks, rles in detections(args, rle=True):
         full = {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks[:, None]}
-        rle = {"boxes": boxes, "labels": labels, "scores": scores, "masks_rle": encode_masks_rle(masks)}
+        rle = {"boxes": boxes, "labels": labels, "scores": scores, "masks_rle": rles}
         for form, output in (("full", full), ("rle", rle)):
             with clock(f"process_{form}"):
                 evaluators[form].process([image_id], [output])
@@ -254,7 +263,7 @@ def detectron2_side(args: Dict[str, Any]) -> Dict[str, Any]:
                                   output_dir=str(Path(args["work"]) / "detectron2"))
         evaluator.reset()
     size = (args["height"], args["width"])
-    for image_id, boxes, scores, labels, masks in detections(args):
+    for image_id, boxes, scores, labels, masks, _ in detections(args):
         instances = Instances(size, pred_boxes=Boxes(boxes), scores=scores, pred_classes=labels, pred_masks=masks)
         with clock("process"):
             evaluator.process([{"image_id": image_id, "height": size[0], "width": size[1]}], [{"instances": instances}])
@@ -275,13 +284,17 @@ def child(args: Dict[str, Any]) -> Dict[str, Any]:
     return {**measured, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def run_child(spec: Dict[str, Any], *, python_path: List[str]) -> Dict[str, Any]:
+def start_child(spec: Dict[str, Any], *, python_path: List[str]) -> subprocess.Popen:
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(python_path), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-W", "ignore", str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          env=environment, capture_output=True, text=True)
+    return subprocess.Popen([sys.executable, "-W", "ignore", str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def child_result(proc: subprocess.Popen, side: str) -> Dict[str, Any]:
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"side {spec['side']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"side {side} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -326,12 +339,14 @@ def main(argv: List[str]) -> int:
         spec = {"gt": str(gt), "image_dir": str(image_dir), "work": str(work), "images": args.images,
                 "dets": args.dets, "width": args.width, "height": args.height, "seed": args.seed}
         faster = [str(args.faster_deps)] if args.faster_deps else []
-        results["ours"] = run_child({**spec, "side": "ours"}, python_path=[str(REPO)] + faster)
-        print("ours", results["ours"], flush=True)
+        # The two sides run at once, so that they share the machine's load alike.
+        children = {"ours": start_child({**spec, "side": "ours"}, python_path=[str(REPO)] + faster)}
         if args.detectron2:
-            results["detectron2"] = run_child({**spec, "side": "detectron2", "detectron2": str(args.detectron2),
-                                               "deps": str(args.deps) if args.deps else None}, python_path=[])
-            print("detectron2", results["detectron2"], flush=True)
+            children["detectron2"] = start_child({**spec, "side": "detectron2", "detectron2": str(args.detectron2),
+                                                  "deps": str(args.deps) if args.deps else None}, python_path=[])
+        for side, proc in children.items():
+            results[side] = child_result(proc, side)
+            print(side, results[side], flush=True)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
