@@ -93,9 +93,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- ground truth and detections
 def ground_truth(n_images: int, *, seed: int, width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Objects ``(N, 5)`` float64 ellipses ``(cx, cy, a, b, angle)`` and their ``(N,)`` image rows
-    (in ``[0, n_images)``, ascending) and ``(N,)`` category ids, as one ``(N, 7)`` array
-    ``[cx, cy, a, b, angle, image row, category]`` and the ``(n_images + 1,)`` row offsets."""
+    """``(objects, offsets)``: ``objects (N, 7)`` float64, one row per object ``[cx, cy, a, b,
+    angle, image row, category id]`` (a rotated ellipse: centre, semi-axes in pixels, angle in
+    radians; image rows in ``[0, n_images)``, ascending), and ``offsets (n_images + 1,)``: image
+    ``i``'s objects are rows ``offsets[i]:offsets[i + 1]``."""
     rng = np.random.default_rng([seed, 0])
     counts = rng.poisson(7.3, n_images)
     n = int(counts.sum())
