@@ -14,7 +14,8 @@ seconds ``cpu_seconds``, one thread, the steadier of the two on a shared machine
   image-directory search, validation, flat records, cache write; its time over ``json_load``, and
   the process's RSS after it minus the RSS after the imports;
 - ``cached_start``: the same call again in a new process (the validated records read from the cache);
-- ``worker_memory``: a ``torch.utils.data.DataLoader`` with 2 forked workers reads every training
+- ``worker_memory``: a ``torch.utils.data.DataLoader`` with 2 forked workers (and the loaders'
+  ``worker_init_fn``, ``freeze_inherited_objects``, where the tree has one) reads every training
   target once (one epoch, images not decoded); then each worker's private memory (USS:
   Private_Clean + Private_Dirty) and Pss from ``/proc/<pid>/smaps_rollup``;
 - ``throughput``: training samples per second through ``build_train_loader`` (flip, uint8 images)
@@ -209,8 +210,11 @@ def child(args: Dict[str, Any]) -> Dict[str, Any]:
     if kind == "worker_memory":
         dataset = _open_dataset(args["ann"], args["image_dir"], args["api"])
         targets = _TargetsOnly(dataset)
+        from blendmask.data import loader as loaders  # the loaders' worker_init_fn, where the tree has one
+
         loader = torch.utils.data.DataLoader(targets, batch_size=64, num_workers=2, persistent_workers=True,
-                                             collate_fn=lambda batch: len(batch), multiprocessing_context="fork")
+                                             collate_fn=lambda batch: len(batch), multiprocessing_context="fork",
+                                             worker_init_fn=getattr(loaders, "freeze_inherited_objects", None))
         iterator = iter(loader)
         first = {w.pid: _smaps(w.pid) for w in iterator._workers}
         seen = sum(iterator)
