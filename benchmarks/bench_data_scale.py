@@ -3,14 +3,19 @@
 Writes, in a scratch directory, a synthetic COCO instance file of ``--images`` images (118,287 as
 COCO train2017 by default; per image a Poisson(7.3) number of polygons of 8-40 vertices, so about
 863k polygons at full size) and an empty file per image (the dataset checks that every image file
-exists; only the throughput rows decode pixels). Each measure runs in its own subprocess:
+exists; only the throughput rows decode pixels). Each measure runs in its own subprocess (each
+reports its peak RSS, ``peak_rss``; the timed ones their wall-clock ``seconds`` and their CPU
+seconds ``cpu_seconds``, one thread, the steadier of the two on a shared machine):
 
-- ``json_load``: a bare ``json.load`` of the file (the reference time);
-- ``cold_start``: ``blendmask.data.load_split(file, "train")`` with an empty cache: format check,
+- ``json_load``: a bare ``json.load`` of the file (the reference time), once before and once after
+  the two start measures; the faster of the two is the reference (on a shared machine this is the
+  conservative choice for the ratios);
+- ``cold_start``: ``blendmask.engine.defaults.load_dataset(file, "train")`` with an empty cache: format check,
   image-directory search, validation, flat records, cache write; its time over ``json_load``, and
   the process's RSS after it minus the RSS after the imports;
 - ``cached_start``: the same call again in a new process (the validated records read from the cache);
-- ``worker_memory``: a ``torch.utils.data.DataLoader`` with 2 forked workers reads every training
+- ``worker_memory``: a ``torch.utils.data.DataLoader`` with 2 forked workers (and the loaders'
+  ``worker_init_fn``, ``freeze_inherited_objects``, where the tree has one) reads every training
   target once (one epoch, images not decoded); then each worker's private memory (USS:
   Private_Clean + Private_Dirty) and Pss from ``/proc/<pid>/smaps_rollup``;
 - ``throughput``: training samples per second through ``build_train_loader`` (flip, uint8 images)
@@ -19,7 +24,15 @@ exists; only the throughput rows decode pixels). Each measure runs in its own su
 
 ``--baseline-tree DIR`` also runs ``cold_start`` and ``worker_memory`` against another source tree
 (e.g. main before this change, through ``CocoInstanceDataset(ann_file, image_dir)``).
-Writes ``<out>.json`` and ``<out>.png``.
+``--detectron2 DIR`` (a detectron2 source tree, run uncompiled; ``--deps DIR``: its pure-Python
+dependencies, appended after site-packages) adds ``detectron2_load``: detectron2's
+``load_coco_json(file, image_dir)`` (pycocotools ``COCO`` + its list of per-image dicts; no
+validation beyond its asserts, no cache), its time over ``json_load`` and RSS above its imports.
+``--skip starts`` leaves out ``cold_start`` and ``cached_start`` (e.g. to add the detectron2 row to
+an earlier run's file, kept with ``--workdir``).
+Writes ``<out>.json`` and ``<out>.png``. ``--merge A.json B.json ...`` measures nothing: it writes
+``<out>.json`` and ``<out>.png`` from earlier results, a later file's measures replacing an earlier
+one's (e.g. the starts of a second run over the worker rows of a first).
 
     python benchmarks/bench_data_scale.py --images 118287
 """
@@ -50,9 +63,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one, removed)")
     p.add_argument("--baseline-tree", type=Path, help="also measure this source tree's dataset")
     p.add_argument("--baseline-label", default="baseline tree")
+    p.add_argument("--detectron2", type=Path, help="detectron2 source tree: also time its load_coco_json")
+    p.add_argument("--deps", type=Path, help="directory with detectron2's pure-Python dependencies")
     p.add_argument("--skip", nargs="*", default=[], help="measures to leave out (e.g. throughput)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/data_scale", help="output prefix for .json and .png")
+    p.add_argument("--merge", nargs="+", type=Path, help="write <out> from these result files, measuring nothing")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one measure, JSON args
     return p.parse_args(argv)
 
@@ -144,37 +160,61 @@ def _smaps(pid: int) -> Dict[str, int]:
 
 
 def _open_dataset(ann: str, image_dir: str, api: str):
-    if api == "load_split":
-        from blendmask.data import load_split
+    if api == "load_dataset":
+        from blendmask.engine.defaults import load_dataset
 
-        return load_split(ann, "train")
+        return load_dataset(ann, "train")
     from blendmask.data import CocoInstanceDataset  # a baseline tree: its own constructor
 
     return CocoInstanceDataset(ann, image_dir)
 
 
+def detectron2_load(args: Dict[str, Any]) -> Dict[str, Any]:
+    """detectron2's ``load_coco_json`` of the file (module doc)."""
+    sys.path.insert(0, args["detectron2"])
+    if args.get("deps"):
+        sys.path.append(args["deps"])  # after site-packages: the environment's numpy, PIL, ... win
+    import torch
+
+    from detectron2.data.datasets.coco import load_coco_json
+
+    torch.set_num_threads(1)
+    before = _rss()
+    start, cpu = time.perf_counter(), time.process_time()
+    dicts = load_coco_json(args["ann"], args["image_dir"])
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"seconds": seconds, "cpu_seconds": cpu, "rss_above_imports": _rss() - before, "images": len(dicts)}
+
+
 def child(args: Dict[str, Any]) -> Dict[str, Any]:
     kind = args["kind"]
     if kind == "json_load":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with open(args["ann"], "r", encoding="utf-8") as f:
             json.load(f)
-        return {"seconds": time.perf_counter() - start}
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+    if kind == "detectron2_load":
+        return detectron2_load(args)
     import torch  # noqa: F401  (imports counted before the baseline RSS)
     import blendmask.data  # noqa: F401
+    if args.get("api") == "load_dataset":
+        import blendmask.engine.defaults  # noqa: F401
 
     torch.set_num_threads(1)
     if kind == "start":
         before = _rss()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         dataset = _open_dataset(args["ann"], args["image_dir"], args["api"])
-        seconds = time.perf_counter() - start
-        return {"seconds": seconds, "rss_above_imports": _rss() - before, "images": len(dataset)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return {"seconds": seconds, "cpu_seconds": cpu, "rss_above_imports": _rss() - before, "images": len(dataset)}
     if kind == "worker_memory":
         dataset = _open_dataset(args["ann"], args["image_dir"], args["api"])
         targets = _TargetsOnly(dataset)
+        from blendmask.data import loader as loaders  # the loaders' worker_init_fn, where the tree has one
+
         loader = torch.utils.data.DataLoader(targets, batch_size=64, num_workers=2, persistent_workers=True,
-                                             collate_fn=lambda batch: len(batch), multiprocessing_context="fork")
+                                             collate_fn=lambda batch: len(batch), multiprocessing_context="fork",
+                                             worker_init_fn=getattr(loaders, "freeze_inherited_objects", None))
         iterator = iter(loader)
         first = {w.pid: _smaps(w.pid) for w in iterator._workers}
         seen = sum(iterator)
@@ -182,10 +222,11 @@ def child(args: Dict[str, Any]) -> Dict[str, Any]:
         return {"samples": seen, "workers": [{"uss_start": first[p]["uss"], **after[p]} for p in after],
                 "main_rss": _rss()}
     if kind == "throughput":
-        from blendmask.data import build_train_loader, load_split
+        from blendmask.data import CocoInstanceDataset, build_train_loader, resolve_split
         from blendmask.data.transforms import RandomHorizontalFlip
 
-        dataset = load_split(args["ann"], "train", transforms=RandomHorizontalFlip(0.5), uint8_images=True)
+        dataset = CocoInstanceDataset(*resolve_split(args["ann"], "train"), transforms=RandomHorizontalFlip(0.5),
+                                      uint8_images=True)
         loader = build_train_loader(dataset, batch_size=2, num_workers=args["workers"], seed=0)
         iterator = iter(loader)
         for _ in range(4):  # warm-up: workers started, first batches in flight
@@ -211,8 +252,8 @@ class _TargetsOnly:
         return self.dataset.load_target(index)
 
 
-def run_child(spec: Dict[str, Any], *, tree: Path = REPO, env: Dict[str, str] | None = None) -> Dict[str, Any]:
-    environment = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", **(env or {}))
+def run_child(spec: Dict[str, Any], *, tree: Path | None = REPO, env: Dict[str, str] | None = None) -> Dict[str, Any]:
+    environment = dict(os.environ, PYTHONPATH=str(tree or ""), OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
                           env=environment, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -223,8 +264,13 @@ def run_child(spec: Dict[str, Any], *, tree: Path = REPO, env: Dict[str, str] | 
 # ----------------------------------------------------------------------------- driver
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        import resource
+
+        measured = child(json.loads(args.child))
+        print(json.dumps({**measured, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_scale_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -248,14 +294,25 @@ def main(argv: List[str]) -> int:
         cache = work / "cache"
         shutil.rmtree(cache, ignore_errors=True)
         env = {"BLENDMASK_CACHE": str(cache)}
-        spec = {"ann": str(ann), "image_dir": str(image_dir), "api": "load_split"}
+        spec = {"ann": str(ann), "image_dir": str(image_dir), "api": "load_dataset"}
         rows = results["measures"] = {}
-        rows["json_load"] = run_child({"kind": "json_load", "ann": str(ann)})
-        print("json.load", rows["json_load"], flush=True)
-        rows["cold_start"] = run_child({**spec, "kind": "start"}, env=env)
-        rows["cached_start"] = run_child({**spec, "kind": "start"}, env=env)
-        for name in ("cold_start", "cached_start"):
+        loads = [run_child({"kind": "json_load", "ann": str(ann)})]
+        print("json.load", loads[0], flush=True)
+        starts = [] if "starts" in args.skip else ["cold_start", "cached_start"]
+        for name in starts:
+            rows[name] = run_child({**spec, "kind": "start"}, env=env)
+        if args.detectron2:
+            starts.append("detectron2_load")
+            rows["detectron2_load"] = run_child({**spec, "kind": "detectron2_load", "detectron2": str(args.detectron2),
+                                                 "deps": str(args.deps) if args.deps else None}, tree=None)
+        loads.append(run_child({"kind": "json_load", "ann": str(ann)}))
+        print("json.load again", loads[1], flush=True)
+        rows["json_load"] = {"seconds": min(r["seconds"] for r in loads), "runs": [r["seconds"] for r in loads],
+                             "cpu_seconds": min(r["cpu_seconds"] for r in loads),
+                             "cpu_runs": [r["cpu_seconds"] for r in loads]}
+        for name in starts:
             rows[name]["over_json_load"] = rows[name]["seconds"] / rows["json_load"]["seconds"]
+            rows[name]["cpu_over_json_load"] = rows[name]["cpu_seconds"] / rows["json_load"]["cpu_seconds"]
             print(name, rows[name], flush=True)
         if "worker_memory" not in args.skip:
             rows["worker_memory"] = run_child({**spec, "kind": "worker_memory"}, env=env)
@@ -287,6 +344,21 @@ def main(argv: List[str]) -> int:
     return 0
 
 
+def merge(files: List[Path], out: Path) -> int:
+    """``<out>.json`` and ``.png`` from result ``files``, later files' measures replacing earlier ones'."""
+    runs = [json.loads(f.read_text()) for f in files]
+    merged = {**runs[-1], "measures": {}, "merged_from": [
+        {"file": str(f), "date": r["date"], "command": r["command"], "measures": sorted(r["measures"])}
+        for f, r in zip(files, runs)]}
+    for r in runs:
+        merged["measures"].update(r["measures"])
+    merged["date"] = " + ".join(r["date"] for r in runs)
+    out.with_suffix(".json").write_text(json.dumps(merged, indent=2))
+    plot(merged, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
 def plot(results: Dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -295,10 +367,15 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 
     rows = results["measures"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    names = [n for n in ("cold_start", "cached_start", "baseline_start") if n in rows]
+    names = [n for n in ("cold_start", "cached_start", "baseline_start", "detectron2_load") if n in rows]
     labels = {"cold_start": "first start", "cached_start": "with cache",
-              "baseline_start": results.get("baseline_label", "baseline")}
-    axes[0].bar([labels[n] for n in names], [rows[n]["over_json_load"] for n in names], color="#4477aa")
+              "baseline_start": results.get("baseline_label", "baseline"), "detectron2_load": "detectron2\nload_coco_json"}
+    x = np.arange(len(names))
+    axes[0].bar(x - 0.2, [rows[n]["over_json_load"] for n in names], 0.4, color="#4477aa", label="wall-clock")
+    if all("cpu_over_json_load" in rows[n] for n in names):
+        axes[0].bar(x + 0.2, [rows[n]["cpu_over_json_load"] for n in names], 0.4, color="#88ccee", label="CPU")
+    axes[0].set_xticks(x, [labels[n] for n in names])
+    axes[0].legend()
     axes[0].axhline(1.0, color="grey", lw=0.8)
     axes[0].set_ylabel("time / bare json.load")
     axes[0].set_title(f"dataset start ({results['images']} images)")

@@ -1,11 +1,16 @@
-"""The one reader of COCO instance files: parse, validate, flatten into :class:`CocoRecords`, once.
+"""The one reader of COCO JSON files: each file parsed once per process.
 
-:func:`load_coco_records` parses the JSON, validates and flattens it
-(:func:`blendmask.data.coco_build.build_records`) and releases the parsed JSON before returning.
-Records are cached on disk between runs (:mod:`blendmask.data.coco_cache`). The records of the
-last files read are also kept for the process (keyed by path, size, modification
-time and content hash), so that the format check (:func:`json_file_format`), the image-directory search
-(:func:`blendmask.data.resolve_split`) and the dataset share one parse of a ``--data`` JSON.
+Instance files: :func:`load_coco_records` parses the JSON, validates and flattens it into
+:class:`CocoRecords` (:func:`blendmask.data.coco_build.build_records`) and releases the parsed JSON
+before returning. Records are cached on disk between runs (:mod:`blendmask.data.coco_cache`).
+
+Panoptic files: :func:`load_panoptic_json` returns the parsed JSON (the panoptic dataset checks it
+and keeps its records).
+
+What the last files read gave (records, or a panoptic file's parsed JSON) is kept for the process,
+keyed by path, size, modification time and content hash, so that the format check
+(:func:`json_file_format`), the image-directory search (:func:`blendmask.data.resolve_split`) and
+the dataset share one parse of a ``--data`` JSON.
 """
 from __future__ import annotations
 
@@ -13,14 +18,14 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from .coco_build import build_records
 from .coco_cache import CacheSlot, FileKey
 from .coco_records import CocoRecords
 from .json_files import coco_json_format, read_json_file
 
-__all__ = ["load_coco_records", "json_file_format", "PROGRESS_MIN_BYTES"]
+__all__ = ["load_coco_records", "load_panoptic_json", "json_file_format", "PROGRESS_MIN_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_BYTES = 64 << 20
 _KEPT_FILES = 2  # a train and a val file
 _recent: "OrderedDict[FileKey, CocoRecords]" = OrderedDict()
+_recent_panoptic: "OrderedDict[FileKey, Dict[str, Any]]" = OrderedDict()
 
 
 def _file_key(path: str) -> FileKey:
@@ -38,11 +44,18 @@ def _file_key(path: str) -> FileKey:
     return os.path.realpath(path), st.st_size, st.st_mtime_ns, digest
 
 
-def _remember(key: FileKey, records: CocoRecords) -> None:
-    _recent[key] = records
-    _recent.move_to_end(key)
-    while len(_recent) > _KEPT_FILES:
-        _recent.popitem(last=False)
+def _remember(recent: OrderedDict, key: FileKey, value) -> None:
+    recent[key] = value
+    recent.move_to_end(key)
+    while len(recent) > _KEPT_FILES:
+        recent.popitem(last=False)
+
+
+def _read_json_object(path: str) -> Dict[str, Any]:
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _build(path: str, data, key: FileKey, progress: Optional[bool], slot: CacheSlot) -> CocoRecords:
@@ -50,14 +63,14 @@ def _build(path: str, data, key: FileKey, progress: Optional[bool], slot: CacheS
     records = build_records(data, path, progress=show)
     del data  # the caller's reference is the last one
     slot.write(records)
-    _remember(key, records)
+    _remember(_recent, key, records)
     return records
 
 
 def _cached(key: FileKey, slot: CacheSlot) -> Optional[CocoRecords]:
     records = slot.read()
     if records is not None:
-        _remember(key, records)
+        _remember(_recent, key, records)
     return records
 
 
@@ -83,26 +96,47 @@ def load_coco_records(ann_file: str | os.PathLike, *, progress: Optional[bool] =
         return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
 
 
+def load_panoptic_json(path: str | os.PathLike) -> Dict[str, Any]:
+    """The parsed COCO panoptic JSON ``path`` (a dict): from this process's recent files (e.g. the
+    parse of :func:`json_file_format`), else read, and kept if its records are panoptic. The dict
+    is shared by every caller until the file changes: read it, never modify it. Raises as
+    :func:`read_json_file`, and a one-line ``ValueError`` if the top level is not a JSON object."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"COCO panoptic file not found: {path!r}")
+    key = _file_key(path)
+    if key in _recent_panoptic:
+        _recent_panoptic.move_to_end(key)
+        return _recent_panoptic[key]
+    data = _read_json_object(path)
+    if coco_json_format(data) == "panoptic":
+        _remember(_recent_panoptic, key, data)
+    return data
+
+
 def json_file_format(path: str | os.PathLike) -> str:
     """``"panoptic"`` or ``"instances"`` for a COCO JSON file, by its records (``segments_info``
     vs ``segmentation``/``bbox``; a file without annotations by its categories' ``isthing``;
     ``"instances"`` when nothing says). A cached instance file is not parsed; a valid instance file
     is flattened and cached on the way (:func:`load_coco_records` then returns those records
-    without reading the file again)."""
+    without reading the file again), a panoptic file's parse is kept for
+    :func:`load_panoptic_json`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--data {path!r} is neither a directory nor a COCO JSON file")
     key = _file_key(path)
     if key in _recent:
         return "instances"
+    if key in _recent_panoptic:
+        return "panoptic"
     with CacheSlot(key) as slot:
         if _cached(key, slot) is not None:
             return "instances"
-        data = read_json_file(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+        data = _read_json_object(path)
         found = coco_json_format(data) or "instances"
-        if found == "instances":
+        if found == "panoptic":
+            _remember(_recent_panoptic, key, data)
+        else:
             try:
                 _build(path, data, key, None, slot)
             except ValueError:

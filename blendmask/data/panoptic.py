@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from .coco import check_json_data_file
-from .coco_index import json_file_format
-from .json_files import coco_json_format, read_json_file
+from .coco_index import json_file_format, load_panoptic_json
+from .json_files import coco_json_format
 from .images import ImageReading, read_image
 from .paths import contained_path
 
@@ -59,13 +59,6 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     """``(H, W)`` int segment ids -> ``(H, W, 3)`` uint8 (inverse of :func:`rgb_to_id`)."""
     ids = np.asarray(ids, dtype=np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // (256 * 256) % 256], axis=-1).astype(np.uint8)
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-    data = read_json_file(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
-    return data
 
 
 def detect_format(data: str | os.PathLike) -> str:
@@ -151,7 +144,7 @@ class CocoPanopticDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         self.reading = reading
         self.ignore_value = int(ignore_value)
-        data = _read_json(self.json_file)
+        data = load_panoptic_json(self.json_file)  # shared with the format check: read only
         found = coco_json_format(data)
         if found == "instances":
             raise PanopticFormatError(f"{self.json_file} is a COCO instances file (annotations with 'segmentation'/"

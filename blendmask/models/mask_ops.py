@@ -360,6 +360,9 @@ def encode_masks_rle(masks: Tensor, threshold: float = MASK_THRESHOLD) -> List[D
         raise ValueError(f"expected masks (n, H, W), got {tuple(masks.shape)}")
     if masks.shape[0] == 0:
         return []
-    binary = (masks >= threshold).permute(1, 2, 0).cpu().numpy().astype(np.uint8)  # (H, W, n)
-    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-            for rle in mask_utils.encode(np.asfortranarray(binary))]
+    # A bool mask is its own binarisation at any threshold in (0, 1]: comparing it would cost more
+    # than the encoding. pycocotools reads column-major masks: each is transposed on its own (one
+    # image-sized copy at a time, cache-friendly), not the whole (n, H, W) block at once.
+    binary = masks if masks.dtype == torch.bool and 0 < threshold <= 1 else masks >= threshold
+    rles = (mask_utils.encode(np.asfortranarray(mask)[:, :, None])[0] for mask in binary.cpu().numpy().view(np.uint8))
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]

@@ -102,6 +102,23 @@ def test_rle_encoding_round_trips_the_binarised_masks():
     assert encode_masks_rle(probs >= MASK_THRESHOLD) == rles
 
 
+def test_rle_encoding_of_bool_uint8_and_strided_masks_equals_pycocotools():
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from blendmask.models.mask_ops import encode_masks_rle
+
+    g = torch.Generator().manual_seed(3)
+    binary = torch.rand(4, 1, 19, 26, generator=g) > 0.6
+    binary[2] = True  # runs that continue from column to column
+    want = [rle["counts"].decode("ascii")
+            for rle in mask_utils.encode(np.asfortranarray(binary[:, 0].permute(1, 2, 0).numpy().astype(np.uint8)))]
+    for masks in (binary[:, 0], binary[:, 0].to(torch.uint8), binary.transpose(2, 3)[:, 0].transpose(1, 2)):
+        assert [r["counts"] for r in encode_masks_rle(masks)] == want
+    assert [r["counts"] for r in encode_masks_rle(binary[:, 0], 0.99)] == want
+    assert all(mask_utils.area(r) == 0 for r in encode_masks_rle(binary[:, 0], 1.5))
+
+
 def test_rle_encoding_of_no_masks_and_bad_shapes():
     from blendmask.models.mask_ops import encode_masks_rle
 
