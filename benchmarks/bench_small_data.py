@@ -307,12 +307,28 @@ def markdown_table(summary: Dict[str, Any]) -> str:
     for key, entry in summary.items():
         cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
         lines.append(f"| {key} | {entry['seeds']} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+    ratios = blendmask_over_maskrcnn(summary)
+    if ratios:
+        lines += ["", "| data set / variant | BlendMask / Mask R-CNN mask AP (ratio of the means) |", "|---|---|"]
+        lines += [f"| {key} | {ratio:.2f} |" for key, ratio in ratios.items()]
     return "\n".join(lines)
+
+
+def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
+    """``{"dataset/variant": BlendMask mean mask AP / Mask R-CNN mean mask AP}`` where both ran."""
+    ratios = {}
+    for key, entry in summary.items():
+        dataset, model, variant = key.split("/")
+        other = summary.get(f"{dataset}/maskrcnn/{variant}")
+        if model == "blendmask" and other and other["mask_ap"]["mean"] > 0:
+            ratios[f"{dataset}/{variant}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
+    return ratios
 
 
 def merge(paths: List[str], out: Path) -> int:
     records = [r for path in paths for r in json.loads(Path(path).read_text())["runs"]]
     summary = summarise(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"runs": records, "summary": summary}, indent=1))
     plot(summary, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(markdown_table(summary) + "\n")
@@ -376,6 +392,7 @@ def main(argv=None) -> int:
                         results_path.write_text(json.dumps({"runs": records, "summary": summary}, indent=1))
                         plot(summary, out.with_suffix(".png"))
     print(json.dumps(summarise(records), indent=1))
+    print(markdown_table(summarise(records)))
     return 0
 
 
