@@ -284,19 +284,22 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, means, stds = [], [], []
+    labels, means, stds, seeds = [], [], [], []
     for key, entry in summary.items():
         for metric, suffix in (("mask_ap", ""), ("mask_ap_tta", " +TTA")):
             if metric in entry:
                 labels.append(key + suffix)
                 means.append(entry[metric]["mean"])
                 stds.append(entry[metric]["std"])
+                seeds.append(entry[metric]["values"])
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(labels)), 4))
     ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color=["C0" if "blendmask" in l else "C1" for l in labels])
+    for x, values in enumerate(seeds):
+        ax.plot([x + 0.25] * len(values), values, "k.", markersize=5)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mask AP (mean, std over seeds)")
-    ax.set_title("small data: BlendMask lite (blue) vs Mask R-CNN (orange), same MobileNetV2-FPN")
+    ax.set_ylabel("mask AP (bar: mean, std; dots: seeds)")
+    ax.set_title("small data: BlendMask lite (blue) vs Mask R-CNN (orange),\nsame MobileNetV2-FPN", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
