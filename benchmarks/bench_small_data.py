@@ -104,7 +104,7 @@ def make_nuclei(root: Path, step: int) -> Path:
 def make_small_shapes(root: Path, val: int, size: int) -> Path:
     from blendmask.data import make_shapes
 
-    return make_shapes(root, train=50, val=val, size=size, seed=0)
+    return make_shapes(root, train=50, val=val, size=size, seed=0, overwrite=True)  # a rerun with --keep-results remakes the same set
 
 
 # ----------------------------------------------------------------------------- models
@@ -306,10 +306,12 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
 
 
 def markdown_table(summary: Dict[str, Any]) -> str:
-    lines = ["| data set / model / variant | seeds | mask AP (mean +- std) | with TTA |", "|---|---|---|---|"]
+    lines = ["| data set / model / variant | seeds | mask AP per seed | mask AP (mean +- std) | with TTA |",
+             "|---|---|---|---|---|"]
     for key, entry in summary.items():
         cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
-        lines.append(f"| {key} | {entry['seeds']} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+        per_seed = ", ".join(f"{v:.3f}" for v in entry["mask_ap"]["values"])
+        lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
     ratios = blendmask_over_maskrcnn(summary)
     if ratios:
         lines += ["", "| data set / variant | BlendMask / Mask R-CNN mask AP (ratio of the means) |", "|---|---|"]
