@@ -104,7 +104,7 @@ def make_nuclei(root: Path, step: int) -> Path:
 def make_small_shapes(root: Path, val: int, size: int) -> Path:
     from blendmask.data import make_shapes
 
-    return make_shapes(root, train=50, val=val, size=size, seed=0)
+    return make_shapes(root, train=50, val=val, size=size, seed=0, overwrite=True)  # a rerun with --keep-results remakes the same set
 
 
 # ----------------------------------------------------------------------------- models
@@ -284,35 +284,56 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, means, stds = [], [], []
+    labels, means, stds, seeds = [], [], [], []
     for key, entry in summary.items():
         for metric, suffix in (("mask_ap", ""), ("mask_ap_tta", " +TTA")):
             if metric in entry:
                 labels.append(key + suffix)
                 means.append(entry[metric]["mean"])
                 stds.append(entry[metric]["std"])
+                seeds.append(entry[metric]["values"])
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(labels)), 4))
     ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color=["C0" if "blendmask" in l else "C1" for l in labels])
+    for x, values in enumerate(seeds):
+        ax.plot([x + 0.25] * len(values), values, "k.", markersize=5)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("mask AP (mean, std over seeds)")
-    ax.set_title("small data: BlendMask lite (blue) vs Mask R-CNN (orange), same MobileNetV2-FPN")
+    ax.set_ylabel("mask AP (bar: mean, std; dots: seeds)")
+    ax.set_title("small data: BlendMask lite (blue) vs Mask R-CNN (orange),\nsame MobileNetV2-FPN", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def markdown_table(summary: Dict[str, Any]) -> str:
-    lines = ["| data set / model / variant | seeds | mask AP (mean +- std) | with TTA |", "|---|---|---|---|"]
+    lines = ["| data set / model / variant | seeds | mask AP per seed | mask AP (mean +- std) | with TTA |",
+             "|---|---|---|---|---|"]
     for key, entry in summary.items():
         cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
-        lines.append(f"| {key} | {entry['seeds']} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+        per_seed = ", ".join(f"{v:.3f}" for v in entry["mask_ap"]["values"])
+        lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+    ratios = blendmask_over_maskrcnn(summary)
+    if ratios:
+        lines += ["", "| data set / variant | BlendMask / Mask R-CNN mask AP (ratio of the means) |", "|---|---|"]
+        lines += [f"| {key} | {ratio:.2f} |" for key, ratio in ratios.items()]
     return "\n".join(lines)
+
+
+def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
+    """``{"dataset/variant": BlendMask mean mask AP / Mask R-CNN mean mask AP}`` where both ran."""
+    ratios = {}
+    for key, entry in summary.items():
+        dataset, model, variant = key.split("/")
+        other = summary.get(f"{dataset}/maskrcnn/{variant}")
+        if model == "blendmask" and other and other["mask_ap"]["mean"] > 0:
+            ratios[f"{dataset}/{variant}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
+    return ratios
 
 
 def merge(paths: List[str], out: Path) -> int:
     records = [r for path in paths for r in json.loads(Path(path).read_text())["runs"]]
     summary = summarise(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"runs": records, "summary": summary}, indent=1))
     plot(summary, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(markdown_table(summary) + "\n")
@@ -376,6 +397,7 @@ def main(argv=None) -> int:
                         results_path.write_text(json.dumps({"runs": records, "summary": summary}, indent=1))
                         plot(summary, out.with_suffix(".png"))
     print(json.dumps(summarise(records), indent=1))
+    print(markdown_table(summarise(records)))
     return 0
 
 

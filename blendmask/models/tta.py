@@ -61,7 +61,7 @@ class TestTimeAugmentation(nn.Module):
     """``model`` run with flips and test sizes, merged per instance (module doc).
 
     Args:
-        model: a BlendMask (run as its :func:`~blendmask.models.inference.inference_model_of` copy)
+        model: a BlendMask (run as its :func:`~blendmask.models.inference_path.inference_model_of` copy)
             or any module with its eval API.
         sizes: test sizes (the model's ``transform.min_size_test`` per pass); empty: the model's own.
         flip: also run every size on the horizontally flipped image.
@@ -74,7 +74,7 @@ class TestTimeAugmentation(nn.Module):
     def __init__(self, model: nn.Module, *, sizes: Sequence[int] = (), flip: bool = True,
                  iou_threshold: float = 0.55, max_detections: int = 100) -> None:
         super().__init__()
-        from .inference import inference_model_of  # deferred: inference imports the model modules
+        from .inference_path import inference_model_of  # deferred: it imports the model modules
 
         sizes = tuple(int(s) for s in sizes)
         if any(s <= 0 for s in sizes):
