@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .coco_build import build_records
 from .coco_cache import CacheSlot, FileKey
@@ -34,14 +35,31 @@ PROGRESS_MIN_BYTES = 64 << 20
 _KEPT_FILES = 2  # a train and a val file
 _recent: "OrderedDict[FileKey, CocoRecords]" = OrderedDict()
 _recent_panoptic: "OrderedDict[FileKey, Dict[str, Any]]" = OrderedDict()
+#: A file changed less than this long before it was hashed may change again without its
+#: modification time moving (timestamps are as coarse as the kernel's clock tick): not memoised.
+_SETTLED_NS = 2_000_000_000
+_digests: Dict[Tuple[str, int, int, int, int, int], str] = {}  # (real path, device, inode, size, mtime, ctime) -> SHA-256
 
 
 def _file_key(path: str) -> FileKey:
-    """``(real path, size, modification time ns, SHA-256 of the content)`` of ``path``."""
+    """``(real path, size, modification time ns, SHA-256 of the content)`` of ``path``.
+
+    The content is hashed once per process while the file's identity, size and times stay the
+    same (the format check, the image-directory search and the dataset all ask); a file modified
+    within :data:`_SETTLED_NS` of its hashing is hashed again at every call."""
+    real = os.path.realpath(path)
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return os.path.realpath(path), st.st_size, st.st_mtime_ns, digest
+        stamp = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest = _digests.get(stamp)
+        if digest is None:
+            hashed_at = time.time_ns()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if hashed_at - max(st.st_mtime_ns, st.st_ctime_ns) >= _SETTLED_NS:
+                while len(_digests) >= _KEPT_FILES:
+                    del _digests[next(iter(_digests))]  # the oldest
+                _digests[stamp] = digest
+    return real, st.st_size, st.st_mtime_ns, digest
 
 
 def _remember(recent: OrderedDict, key: FileKey, value) -> None:
