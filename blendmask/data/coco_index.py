@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 from .coco_build import build_records
 from .coco_cache import CacheSlot, FileKey
 from .coco_records import CocoRecords
-from .json_files import coco_json_format, read_json_file
+from .json_files import coco_json_format, cyclic_gc_paused, read_json_file
 
 __all__ = ["load_coco_records", "load_panoptic_json", "json_file_format", "PROGRESS_MIN_BYTES"]
 
@@ -111,7 +111,8 @@ def load_coco_records(ann_file: str | os.PathLike, *, progress: Optional[bool] =
         records = _cached(key, slot)
         if records is not None:
             return records
-        return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
+        with cyclic_gc_paused():  # the parsed tree is built, flattened and dropped unscanned
+            return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
 
 
 def load_panoptic_json(path: str | os.PathLike) -> Dict[str, Any]:
@@ -150,13 +151,15 @@ def json_file_format(path: str | os.PathLike) -> str:
     with CacheSlot(key) as slot:
         if _cached(key, slot) is not None:
             return "instances"
-        data = _read_json_object(path)
-        found = coco_json_format(data) or "instances"
-        if found == "panoptic":
-            _remember(_recent_panoptic, key, data)
-        else:
-            try:
-                _build(path, data, key, None, slot)
-            except ValueError:
-                pass  # the format is known; the dataset that reads the file reports what is wrong
+        with cyclic_gc_paused():  # the parsed tree is built, flattened and dropped unscanned
+            data = _read_json_object(path)
+            found = coco_json_format(data) or "instances"
+            if found == "panoptic":
+                _remember(_recent_panoptic, key, data)
+            else:
+                try:
+                    _build(path, data, key, None, slot)
+                except ValueError:
+                    pass  # the format is known; the dataset that reads the file reports what is wrong
+            del data
         return found

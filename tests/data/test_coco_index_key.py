@@ -58,3 +58,19 @@ def test_a_freshly_written_file_is_not_memoised(tmp_path, hashes):
     coco_index._file_key(str(path))
     coco_index._file_key(str(path))
     assert len(hashes) == 2
+
+
+@pytest.mark.parametrize("reader", ["load_coco_records", "json_file_format"])
+def test_the_tree_is_built_with_the_cyclic_collector_paused(tmp_path, monkeypatch, reader):
+    import gc
+
+    from tests.helpers.synthetic_coco import write_polygon_coco
+
+    monkeypatch.setenv("BLENDMASK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(coco_index, "_recent", coco_index.OrderedDict())
+    path = write_polygon_coco(tmp_path / "d", 3)
+    during = []
+    real = coco_index.build_records
+    monkeypatch.setattr(coco_index, "build_records", lambda *a, **k: during.append(gc.isenabled()) or real(*a, **k))
+    getattr(coco_index, reader)(path)
+    assert during == [False] and gc.isenabled()
