@@ -59,7 +59,7 @@ from .coco_index import load_coco_records
 from .coco_records import CocoRecords, first_error_row
 from .images import ImageReading, read_image
 from .json_files import read_json_file
-from .paths import contained_path
+from .paths import contained_path, files_in
 
 __all__ = ["CocoInstanceDataset", "MASK_FORMATS", "load_coco_json", "resolve_split"]
 
@@ -273,9 +273,15 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         return f"annotation id {int(rec.ann_ids[ann])} (image id {int(rec.image_ids[row])}, {rec.file_name(row)!r})"
 
     def _check_image_files(self) -> None:
+        """Every image's ``file_name`` stays inside ``image_dir`` and names a file there. The
+        directory is listed once; a listed name is taken as found once one listed name passed
+        :func:`contained_path` (it accepts all of them or none); any other name is checked alone."""
         rec = self.records
-        for row in range(rec.num_images):
-            name = rec.file_name(row)
+        listed = files_in(self.image_dir)
+        listed_contained = False
+        for row, name in enumerate(rec.file_name_list()):
+            if listed_contained and name in listed:
+                continue
             path = contained_path(self.image_dir, name, where=f"{self.ann_file}: image id {int(rec.image_ids[row])}",
                                   allow_outside=self.allow_outside)
             try:
@@ -285,6 +291,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             if not found:
                 raise FileNotFoundError(f"{self.ann_file}: image id {int(rec.image_ids[row])}: "
                                         f"image file {path!r} not found")
+            listed_contained = listed_contained or name in listed
 
     def _trainable_annotations(self) -> np.ndarray:
         """Apply the box policy to the (already validated) annotations: every box must lie inside

@@ -57,7 +57,8 @@ def _ids(records: List[Dict[str, Any]], key: str, minimum: int) -> np.ndarray:
 
 
 def _unique(ids: np.ndarray) -> None:
-    _require(np.unique(ids).size == ids.size)
+    ordered = np.sort(ids)
+    _require((ordered[1:] != ordered[:-1]).all())
 
 
 def _numbers(values: List[Any]) -> np.ndarray:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .coco_build import build_records
 from .coco_cache import CacheSlot, FileKey
 from .coco_records import CocoRecords
-from .json_files import coco_json_format, read_json_file
+from .json_files import coco_json_format, cyclic_gc_paused, read_json_file
 
 __all__ = ["load_coco_records", "load_panoptic_json", "json_file_format", "PROGRESS_MIN_BYTES"]
 
@@ -34,14 +35,31 @@ PROGRESS_MIN_BYTES = 64 << 20
 _KEPT_FILES = 2  # a train and a val file
 _recent: "OrderedDict[FileKey, CocoRecords]" = OrderedDict()
 _recent_panoptic: "OrderedDict[FileKey, Dict[str, Any]]" = OrderedDict()
+#: A file changed less than this long before it was hashed may change again without its
+#: modification time moving (timestamps are as coarse as the kernel's clock tick): not memoised.
+_SETTLED_NS = 2_000_000_000
+_digests: Dict[Tuple[str, int, int, int, int, int], str] = {}  # (real path, device, inode, size, mtime, ctime) -> SHA-256
 
 
 def _file_key(path: str) -> FileKey:
-    """``(real path, size, modification time ns, SHA-256 of the content)`` of ``path``."""
+    """``(real path, size, modification time ns, SHA-256 of the content)`` of ``path``.
+
+    The content is hashed once per process while the file's identity, size and times stay the
+    same (the format check, the image-directory search and the dataset all ask); a file modified
+    within :data:`_SETTLED_NS` of its hashing is hashed again at every call."""
+    real = os.path.realpath(path)
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return os.path.realpath(path), st.st_size, st.st_mtime_ns, digest
+        stamp = (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest = _digests.get(stamp)
+        if digest is None:
+            hashed_at = time.time_ns()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if hashed_at - max(st.st_mtime_ns, st.st_ctime_ns) >= _SETTLED_NS:
+                while len(_digests) >= _KEPT_FILES:
+                    del _digests[next(iter(_digests))]  # the oldest
+                _digests[stamp] = digest
+    return real, st.st_size, st.st_mtime_ns, digest
 
 
 def _remember(recent: OrderedDict, key: FileKey, value) -> None:
@@ -93,7 +111,8 @@ def load_coco_records(ann_file: str | os.PathLike, *, progress: Optional[bool] =
         records = _cached(key, slot)
         if records is not None:
             return records
-        return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
+        with cyclic_gc_paused():  # the parsed tree is built, flattened and dropped unscanned
+            return _build(ann_file, read_json_file(ann_file, what="COCO annotation file"), key, progress, slot)
 
 
 def load_panoptic_json(path: str | os.PathLike) -> Dict[str, Any]:
@@ -132,13 +151,15 @@ def json_file_format(path: str | os.PathLike) -> str:
     with CacheSlot(key) as slot:
         if _cached(key, slot) is not None:
             return "instances"
-        data = _read_json_object(path)
-        found = coco_json_format(data) or "instances"
-        if found == "panoptic":
-            _remember(_recent_panoptic, key, data)
-        else:
-            try:
-                _build(path, data, key, None, slot)
-            except ValueError:
-                pass  # the format is known; the dataset that reads the file reports what is wrong
+        with cyclic_gc_paused():  # the parsed tree is built, flattened and dropped unscanned
+            data = _read_json_object(path)
+            found = coco_json_format(data) or "instances"
+            if found == "panoptic":
+                _remember(_recent_panoptic, key, data)
+            else:
+                try:
+                    _build(path, data, key, None, slot)
+                except ValueError:
+                    pass  # the format is known; the dataset that reads the file reports what is wrong
+            del data
         return found

@@ -125,6 +125,16 @@ class CocoRecords:
         start, end = _span(self.file_name_ends, row)
         return self.file_names[start:end].tobytes().decode("utf-8", "surrogatepass")
 
+    def file_name_list(self) -> List[str]:
+        """Every image's ``file_name``, in row order (one decode for an ASCII buffer)."""
+        data = self.file_names.tobytes()
+        ends = self.file_name_ends.tolist()
+        starts = [0] + ends[:-1]
+        if data.isascii():
+            text = data.decode("ascii")
+            return [text[a:b] for a, b in zip(starts, ends)]
+        return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends)]
+
     def polygons(self, ann: int) -> List[np.ndarray]:
         """The polygons of annotation ``ann`` as ``(2k,)`` float64 arrays (copies)."""
         first, last = _span(self.ann_polygon_ends, ann)

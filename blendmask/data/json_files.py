@@ -1,11 +1,13 @@
 """The one reader of the package's JSON annotation files."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
-__all__ = ["read_json_file", "coco_json_format"]
+__all__ = ["read_json_file", "coco_json_format", "cyclic_gc_paused"]
 
 
 def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") -> Any:
@@ -17,7 +19,7 @@ def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") ->
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path!r}")
     try:
-        with open(path, "r", encoding="utf-8-sig") as f:
+        with open(path, "r", encoding="utf-8-sig") as f, cyclic_gc_paused():
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: broken JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
@@ -27,6 +29,22 @@ def read_json_file(path: str | os.PathLike, *, what: str = "annotation file") ->
         raise ValueError(f"{path}: not valid JSON: {' '.join(str(e).split())}") from e
     except RecursionError:
         raise ValueError(f"{path}: JSON nested too deeply") from None
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector. The JSON parser builds a tree without reference
+    cycles, so the collector has nothing to find in it; running, it rescans the growing tree again
+    and again (for a COCO-sized file that nearly doubles the parse time). Objects are still freed
+    by reference counting meanwhile; the collector resumes as it was. A caller that also builds
+    from the tree and drops it inside the pause spares the collector's scans of it afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def coco_json_format(data: Dict[str, Any]) -> Optional[str]:

@@ -60,3 +60,51 @@ def test_allow_outside_reads_them(shapes, tmp_path):
 def test_names_inside_are_kept_as_joined():
     assert contained_path("d", "a/../b.png", where="w") == "d/a/../b.png"
     assert contained_path("/data/", "x/y.png", where="w") == "/data/x/y.png"
+
+
+def _dataset_naming(shapes, tmp_path, names):
+    """A copy of the shapes train images in ``tmp_path/images`` and an annotation file whose
+    images are named ``names`` (the first ones)."""
+    data = json.loads((shapes / "annotations" / "instances_train.json").read_text())
+    for rec, name in zip(data["images"], names):
+        rec["file_name"] = name
+    ann = tmp_path / "named.json"
+    ann.write_text(json.dumps(data))
+    image_dir = tmp_path / "images"
+    shutil.copytree(shapes / "train", image_dir)
+    return ann, image_dir
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "directory"])
+def test_a_listed_entry_that_is_no_file_is_not_found(shapes, tmp_path, kind):
+    files = sorted(p.name for p in (shapes / "train").glob("*.png"))
+    ann, image_dir = _dataset_naming(shapes, tmp_path, [files[0], "bad.png"])
+    if kind == "dangling link":
+        (image_dir / "bad.png").symlink_to(tmp_path / "nowhere.png")
+    else:
+        (image_dir / "bad.png").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"image id \d+: image file .*bad\.png' not found"):
+        CocoInstanceDataset(ann, image_dir)
+
+
+def test_links_and_subdirectories_inside_are_found(shapes, tmp_path):
+    files = sorted(p.name for p in (shapes / "train").glob("*.png"))
+    ann, image_dir = _dataset_naming(shapes, tmp_path, ["link.png", "sub/inner.png"])
+    (image_dir / "link.png").symlink_to(image_dir / files[0])
+    (image_dir / "sub").mkdir()
+    shutil.copy(image_dir / files[1], image_dir / "sub" / "inner.png")
+    dataset = CocoInstanceDataset(ann, image_dir)
+    paths = {dataset.image_path(i) for i in range(len(dataset))}
+    assert {str(image_dir / "link.png"), str(image_dir / "sub" / "inner.png")} <= paths
+
+
+def test_image_files_are_found_by_one_listing(shapes, tmp_path, monkeypatch):
+    from blendmask.data import coco
+
+    ann, image_dir = _dataset_naming(shapes, tmp_path, [])
+    looked_up = []
+    real = coco.os.path.isfile
+    monkeypatch.setattr(coco.os.path, "isfile", lambda p: looked_up.append(p) or real(p))
+    dataset = CocoInstanceDataset(ann, image_dir)
+    image_lookups = [p for p in looked_up if str(p).startswith(str(image_dir))]
+    assert len(dataset) == 2 and len(image_lookups) == 1  # the first name only: it proves containment
