@@ -361,6 +361,8 @@ def test_relative_crop_size_and_errors():
     out_image, out = RandomInstanceCrop("relative", (0.5, 0.5))(image, empty)
     assert out_image.shape[-2:] == (50, 40) and out["masks"].shape == (0, 50, 40)
     with pytest.raises(ValueError, match="crop_type must be"):
+        RandomInstanceCrop("absolute_range", (0.5, 0.5))
+    with pytest.raises(ValueError, match="an 'absolute' crop_size must be two whole numbers of pixels"):
         RandomInstanceCrop("absolute", (0.5, 0.5))
     with pytest.raises(ValueError, match=r"crop_size must be two fractions in \(0, 1\]"):
         RandomInstanceCrop("relative", (0.0, 1.5))
