@@ -133,6 +133,15 @@ def _add_allow_outside(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- make-shapes
 
+def _add_eval_bounds(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-backend", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
+                   help="COCOeval implementation (default pycocotools, the reference; faster-coco-eval gives the "
+                        "same metrics, much faster on images with many instances: pip install blendmask[eval])")
+    p.add_argument("--max-eval-pairs", type=int, default=None, metavar="N",
+                   help="the most detection/ground-truth pairs COCOeval may compare before the evaluation is refused "
+                        "(default: the backend's limit, a few minutes of COCOeval on one core)")
+
+
 def _add_make_shapes(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (annotations/instances_{train,val}.json + {train,val}/*.png)")
     p.add_argument("--train", type=int, default=1000, help="number of training images (default 1000)")
@@ -183,6 +192,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _add_set(p, "config overrides, e.g. --set solver.max_iter=300 solver.base_lr=0.02")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order")
     _add_num_workers(p)
+    _add_eval_bounds(p)
     _add_allow_outside(p)
 
 
@@ -200,7 +210,8 @@ def _run_train(args) -> int:
         report = defaults.train(config=args.config, data=args.data, output=args.output, overrides=overrides,
                                 resume=args.resume, weights=args.weights, backbone_weights=args.backbone_weights,
                                 seed=args.seed, num_workers=args.num_workers, val_data=args.val_data, announce=_say,
-                                overwrite=args.overwrite, allow_outside=args.allow_outside)
+                                overwrite=args.overwrite, allow_outside=args.allow_outside,
+                                eval_backend=args.eval_backend, max_eval_pairs=args.max_eval_pairs)
         result = report.result
         _say(f"final weights: {result.final_checkpoint}")
         _say(f"metrics: {result.metrics_path}")
@@ -226,12 +237,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-dets", type=int, default=100, metavar="N",
                    help="detections per image COCOeval scores (its maxDets; default 100): raise it for large "
                         "images with many instances")
-    p.add_argument("--eval-backend", default="pycocotools", choices=["pycocotools", "faster-coco-eval"],
-                   help="COCOeval implementation (default pycocotools, the reference; faster-coco-eval gives the "
-                        "same metrics, much faster on images with many instances: pip install blendmask[eval])")
-    p.add_argument("--max-eval-pairs", type=int, default=None, metavar="N",
-                   help="the most detection/ground-truth pairs COCOeval may compare before the evaluation is refused "
-                        "(default: the backend's limit, a few minutes of COCOeval on one core)")
+    _add_eval_bounds(p)
     p.add_argument("--class-map", default=None, metavar="MODEL_CLASS=DATA_CLASS,...",
                    help="score the model's classes (panoptic: things and stuff) as these data set categories "
                         "(default: by name; data whose names differ from the weights' class_names is refused)")

@@ -169,7 +169,8 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
           overrides: Optional[Mapping[str, Any]] = None, resume: bool = False, weights: Optional[PathLike] = None,
           backbone_weights: str = "auto", seed: int = 0, num_workers: Optional[int] = None, evaluate_on_val: bool = True,
           val_data: Optional[PathLike] = None, announce: Optional[Announce] = None, overwrite: bool = False,
-          allow_outside: bool = False) -> TrainReport:
+          allow_outside: bool = False, eval_backend: str = DEFAULT_BACKEND,
+          max_eval_pairs: Optional[int] = None) -> TrainReport:
     """Train the preset ``config`` (default: the lite preset of the data's task) with ``overrides``
     (dotted config keys) on the train split of ``data``, writing checkpoints, metrics and the loss
     curve into ``output``.
@@ -190,12 +191,18 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
         announce: receives the one-line description of the run before it starts, and the
             headline figures of each evaluation during training (:meth:`Task.format_summary`).
         allow_outside: read images whose file names lead outside the data set.
+        eval_backend, max_eval_pairs: the COCOeval backend and its bound on the pairs it matches
+            (:class:`~blendmask.evaluation.COCOEvaluator`'s ``backend`` and ``max_pairs``) of the
+            evaluations during and after training; instance models only.
     """
     overrides = dict(overrides or {})
     if config is None:
         config = task_of_data(data).default_config
     cfg = get_config(config, overrides)
     task = task_of_config(cfg)
+    if task is not INSTANCE and (eval_backend != DEFAULT_BACKEND or max_eval_pairs is not None):
+        raise ValueError(f"--eval-backend and --max-eval-pairs apply to instance models (COCO AP); {cfg.name} is a "
+                         "panoptic model (PQ)")
     train_set = load_dataset(data, "train", task=task, input_cfg=cfg.input, augment=True, allow_outside=allow_outside)
     if "model.num_classes" in overrides and overrides["model.num_classes"] != train_set.num_classes:
         raise ValueError(f"--set model.num_classes={overrides['model.num_classes']} but the data set has "
@@ -215,7 +222,8 @@ def train(*, data: PathLike, output: PathLike, config: Optional[str] = None,
     def evaluate_on(model) -> Dict[str, Any]:
         # the trainer's last evaluation comes after its last iteration; the others during training
         iteration = trainer.iter if trainer.iter < trainer.max_iter else None
-        metrics = task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False, iteration=iteration)
+        metrics = task.evaluate(model, val_set, output_dir=output_dir / "eval", progress=False, iteration=iteration,
+                                backend=eval_backend, max_pairs=max_eval_pairs)
         if iteration is not None:
             (announce or _silent)(f"val at iteration {iteration}: {task.format_summary(metrics)}")
         return metrics

@@ -162,3 +162,28 @@ def test_the_eval_command_offers_every_backend_and_names_the_limit(tmp_path, cap
     line = errors[0]
     assert line.startswith("error: COCO evaluation would match ") and " pairs after 1 image, more than the limit of " \
         "1 for pycocotools (image id " in line and "raise it with --max-eval-pairs N" in line
+
+
+def test_train_bounds_its_evaluations_as_eval_does(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    assert main(["make-shapes", str(data), "--train", "2", "--val", "1", "--size", "64"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "run"), "--backbone-weights", "none",
+                 "--max-eval-pairs", "1", "--eval-backend", "pycocotools",
+                 "--set", "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.steps=()", "solver.max_iter=1",
+                 "solver.checkpoint_period=0", "input.min_size_train=(64,)", "input.max_size_train=64",
+                 "input.min_size_test=64", "input.max_size_test=64", "model.fcos.inference_th=0.0"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: COCO evaluation would match ") \
+        and "more than the limit of 1 for pycocotools" in errors[0]
+    assert (tmp_path / "run" / "model_final.pth").is_file()  # the weights are kept
+
+
+def test_train_refuses_evaluation_bounds_for_a_panoptic_model(tmp_path):
+    from blendmask.engine import defaults
+
+    with pytest.raises(ValueError, match=r"--eval-backend and --max-eval-pairs apply to instance models \(COCO AP\); "
+                                         r"lite_mobilenet_v2_panoptic is a panoptic model"):
+        defaults.train(data=tmp_path / "nothing", output=tmp_path / "run", config="lite_mobilenet_v2_panoptic",
+                       max_eval_pairs=10)
+    assert not (tmp_path / "run").exists()
