@@ -62,6 +62,14 @@ def _file_key(path: str) -> FileKey:
     return real, st.st_size, st.st_mtime_ns, digest
 
 
+def _recall(recent: OrderedDict, key: FileKey):
+    """What ``recent`` keeps for ``key`` (now the most recent), or None."""
+    if key not in recent:
+        return None
+    recent.move_to_end(key)
+    return recent[key]
+
+
 def _remember(recent: OrderedDict, key: FileKey, value) -> None:
     recent[key] = value
     recent.move_to_end(key)
@@ -104,9 +112,9 @@ def load_coco_records(ann_file: str | os.PathLike, *, progress: Optional[bool] =
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"COCO annotation file not found: {ann_file!r}")
     key = _file_key(ann_file)
-    if key in _recent:
-        _recent.move_to_end(key)
-        return _recent[key]
+    records = _recall(_recent, key)
+    if records is not None:
+        return records
     with CacheSlot(key) as slot:
         records = _cached(key, slot)
         if records is not None:
@@ -124,9 +132,9 @@ def load_panoptic_json(path: str | os.PathLike) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COCO panoptic file not found: {path!r}")
     key = _file_key(path)
-    if key in _recent_panoptic:
-        _recent_panoptic.move_to_end(key)
-        return _recent_panoptic[key]
+    data = _recall(_recent_panoptic, key)
+    if data is not None:
+        return data
     data = _read_json_object(path)
     if coco_json_format(data) == "panoptic":
         _remember(_recent_panoptic, key, data)
