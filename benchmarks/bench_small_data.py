@@ -108,25 +108,30 @@ def make_small_shapes(root: Path, val: int, size: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- models
-def blendmask_config(num_classes: int, size: int, train_size: int):
+#: ``--p2``: the FPN also builds P2 (stride 4). BlendMask's bottom module reads P2-P5 (bases at stride 2
+#: instead of 4); Mask R-CNN's RPN and RoIAlign run on P2-P5 (torchvision's own FPN levels).
+P2_OVERRIDES = {"model.backbone.fpn_with_p2": True, "model.basis.in_features": ("p2", "p3", "p4", "p5")}
+
+
+def blendmask_config(num_classes: int, size: int, train_size: int, p2: bool = False):
     from blendmask.config import get_config
 
     return get_config("lite_mobilenet_v2", {
         "model.num_classes": num_classes, "input.min_size_train": (train_size,), "input.max_size_train": 2 * train_size,
-        "input.min_size_test": size, "input.max_size_test": 2 * size})
+        "input.min_size_test": size, "input.max_size_test": 2 * size, **(P2_OVERRIDES if p2 else {})})
 
 
-def build_blendmask(num_classes: int, size: int, train_size: int):
+def build_blendmask(num_classes: int, size: int, train_size: int, p2: bool = False):
     from blendmask.models.builders import build_model
 
-    return build_model(blendmask_config(num_classes, size, train_size), weights_backbone="imagenet")
+    return build_model(blendmask_config(num_classes, size, train_size, p2), weights_backbone="imagenet")
 
 
 class MaskRCNNOnLiteBackbone:
     """Builder of torchvision's Mask R-CNN on the lite preset's backbone (module doc)."""
 
     @staticmethod
-    def build(num_classes: int, size: int, train_size: int):
+    def build(num_classes: int, size: int, train_size: int, p2: bool = False):
         import torch
         from torch import nn
         from torchvision.models.detection import MaskRCNN
@@ -135,7 +140,7 @@ class MaskRCNNOnLiteBackbone:
 
         from blendmask.models.backbone import build_backbone
 
-        fpn = build_backbone(blendmask_config(num_classes, size, train_size).model.backbone, weights_backbone="imagenet")
+        fpn = build_backbone(blendmask_config(num_classes, size, train_size, p2).model.backbone, weights_backbone="imagenet")
 
         class Features(nn.Module):
             def __init__(self):
@@ -148,8 +153,9 @@ class MaskRCNNOnLiteBackbone:
 
         from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-        names = ["p3", "p4", "p5"]
-        anchors = AnchorGenerator(sizes=((32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+        names = ["p2", "p3", "p4", "p5"] if p2 else ["p3", "p4", "p5"]
+        anchor_sizes = ((16,), (32,), (64,), (128,)) if p2 else ((32,), (64,), (128,))  # 4x the stride
+        anchors = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(names))
         model = MaskRCNN(Features(), num_classes=num_classes + 1, rpn_anchor_generator=anchors,
                          box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
                          mask_roi_pool=MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2),
@@ -248,11 +254,11 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
     build = build_blendmask if model_name == "blendmask" else MaskRCNNOnLiteBackbone.build
     lsj_size = args.lsj_size or (2 * args.size if dataset == "nuclei" else args.size)
     train_size = lsj_size if "lsj" in variant else args.size  # the model keeps the jittered squares as they are
-    model = build(1 if dataset == "nuclei" else 4, args.size, train_size)
+    model = build(1 if dataset == "nuclei" else 4, args.size, train_size, args.p2)
     seconds = train(model, train_set(data, variant, lsj_size), iters=args.iters, batch=args.batch, lr=args.lr,
                     warmup=args.warmup, seed=seed)
     record = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed, "iters": args.iters,
-              "batch": args.batch, "size": args.size,
+              "batch": args.batch, "size": args.size, "p2": args.p2,
               "lsj_size": lsj_size if "lsj" in variant else None, "lr": args.lr, "train_seconds": round(seconds, 1),
               "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
@@ -265,7 +271,8 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
 def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault(f"{r['dataset']}/{r['model']}/{r['variant']}", []).append(r)
+        variant = r["variant"] + ("+p2" if r.get("p2") else "")
+        groups.setdefault(f"{r['dataset']}/{r['model']}/{variant}", []).append(r)
     summary = {}
     for key, rs in sorted(groups.items()):
         entry = {"seeds": [r["seed"] for r in rs]}
@@ -355,6 +362,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lsj-size", type=int, default=0,
                         help="LSJ output square (default: the long side of the images at --size: 256 for nuclei "
                              "(256 x 128 images), --size for shapes), so that jitter scale 1 is the test scale")
+    parser.add_argument("--p2", action="store_true", help="the FPN also builds P2: BlendMask's bases from P2-P5 "
+                                                          "(stride 2), Mask R-CNN's RPN and RoIAlign on P2-P5")
     parser.add_argument("--nuclei-step", type=int, default=2, help="use every N-th z-slice of the nuclei stack")
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -377,7 +386,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results_path = out.with_suffix(".json")
     records: List[Dict[str, Any]] = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
-    done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"]) for r in records}
+    done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"], r.get("p2", False)) for r in records}
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
             root = Path(args.keep_results) if args.keep_results else Path(scratch)
@@ -386,7 +395,7 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     for model_name in args.models:
-                        if (dataset, model_name, variant, seed, args.iters, args.size) in done:
+                        if (dataset, model_name, variant, seed, args.iters, args.size, args.p2) in done:
                             continue
                         record = run_one(data, dataset, model_name, variant, seed, args)
                         records.append(record)

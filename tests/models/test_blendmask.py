@@ -676,6 +676,8 @@ def test_sigmoid_inference_applies_no_second_sigmoid():
     ({"model.basis.module": "deeplabv3plus", "model.basis.in_features": ("c3", "c5"), "model.basis.convs_dim": 32},
      8, "DeepLabV3PlusBottom"),
     ({"model.basis.in_features": ("c3", "c5")}, 4, "ProtoNet"),
+    # the small-object recipe: P2 in the FPN, bases from P2-P5 at stride 2
+    ({"model.backbone.fpn_with_p2": True, "model.basis.in_features": ("p2", "p3", "p4", "p5")}, 2, "ProtoNet"),
 ])
 def test_bottom_module_choices_train_with_the_semantic_loss(overrides, stride, cls):
     model = _lite(**overrides)
