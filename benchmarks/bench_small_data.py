@@ -277,6 +277,8 @@ def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
         variant = r["variant"] + ("+p2" if r.get("p2") else "")
+        if r.get("lsj_range") not in (None, [0.1, 2.0]):
+            variant += "({:g}-{:g})".format(*r["lsj_range"])
         groups.setdefault(f"{r['dataset']}/{r['model']}/{variant}", []).append(r)
     summary = {}
     for key, rs in sorted(groups.items()):
@@ -326,19 +328,28 @@ def markdown_table(summary: Dict[str, Any]) -> str:
         lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
     ratios = blendmask_over_maskrcnn(summary)
     if ratios:
-        lines += ["", "| data set / variant | BlendMask / Mask R-CNN mask AP (ratio of the means) |", "|---|---|"]
+        lines += ["", "| data set / variant (BlendMask's / Mask R-CNN's) | BlendMask / Mask R-CNN mask AP (ratio of the means) |",
+                  "|---|---|"]
         lines += [f"| {key} | {ratio:.2f} |" for key, ratio in ratios.items()]
     return "\n".join(lines)
 
 
 def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
-    """``{"dataset/variant": BlendMask mean mask AP / Mask R-CNN mean mask AP}`` where both ran."""
+    """BlendMask mean mask AP / Mask R-CNN mean mask AP for every pair of runs on the same data set with
+    the same augmentation, with or without P2 on either side: ``{"nuclei/cp": r}`` for the same variant,
+    ``{"nuclei/cp+p2 / cp": r}`` (BlendMask's / Mask R-CNN's) where they differ."""
     ratios = {}
     for key, entry in summary.items():
         dataset, model, variant = key.split("/")
-        other = summary.get(f"{dataset}/maskrcnn/{variant}")
-        if model == "blendmask" and other and other["mask_ap"]["mean"] > 0:
-            ratios[f"{dataset}/{variant}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
+        if model != "blendmask":
+            continue
+        for other_key, other in summary.items():
+            other_dataset, other_model, other_variant = other_key.split("/")
+            same_augmentation = variant.replace("+p2", "") == other_variant.replace("+p2", "")
+            if (other_model == "maskrcnn" and other_dataset == dataset and same_augmentation
+                    and other["mask_ap"]["mean"] > 0):
+                label = variant if variant == other_variant else f"{variant} / {other_variant}"
+                ratios[f"{dataset}/{label}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
     return ratios
 
 
@@ -393,7 +404,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     results_path = out.with_suffix(".json")
     records: List[Dict[str, Any]] = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
-    done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"], r.get("p2", False)) for r in records}
+    done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"], r.get("p2", False),
+             tuple(r.get("lsj_range") or args.lsj_range)) for r in records}
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
             root = Path(args.keep_results) if args.keep_results else Path(scratch)
@@ -402,7 +414,8 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     for model_name in args.models:
-                        if (dataset, model_name, variant, seed, args.iters, args.size, args.p2) in done:
+                        if (dataset, model_name, variant, seed, args.iters, args.size, args.p2,
+                                tuple(args.lsj_range)) in done:
                             continue
                         record = run_one(data, dataset, model_name, variant, seed, args)
                         records.append(record)
