@@ -26,8 +26,8 @@ Data sets (``--datasets``):
 - ``shapes``: the synthetic shapes set (``make_shapes``), 50 training images, ``--shapes-val`` val images.
 
 Variants (``--variants``): ``base`` (flip only), ``cp`` (+ copy-paste, probability 0.5, up to 20
-instances), ``lsj`` (+ large-scale jitter, ``--lsj-range`` (default 0.1-2.0), to ``--lsj-size`` squares, which the models then
-train on as they are), ``cp_lsj`` (both). Every
+instances), ``lsj`` (+ large-scale jitter, scales ``--lsj-range`` (default 0.1-2.0), to ``--lsj-size``
+squares, which the models then train on as they are), ``cp_lsj`` (both). Every
 BlendMask run is also evaluated with TTA (flip and 0.8x, 1x, 1.2x the test size); Mask R-CNN without.
 
 Results go to ``<out>.json`` (one record per run, written as each finishes; a rerun skips the runs
@@ -56,6 +56,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("base", "cp", "lsj", "cp_lsj")
+DEFAULT_LSJ_RANGE = (0.1, 2.0)  # Ghiasi et al.
 
 
 # ----------------------------------------------------------------------------- data
@@ -192,7 +193,7 @@ class MaskRCNNOnLiteBackbone:
 
 
 # ----------------------------------------------------------------------------- training and eval
-def train_set(data: Path, variant: str, lsj_size: int, lsj_range=(0.1, 2.0)):
+def train_set(data: Path, variant: str, lsj_size: int, lsj_range=DEFAULT_LSJ_RANGE):
     from blendmask.data import CocoInstanceDataset
     from blendmask.data.copy_paste import CopyPasteDataset
     from blendmask.data.jitter import LargeScaleJitter
@@ -246,6 +247,11 @@ def _machine() -> str:
     return f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 
 
+def _lsj_key(variant: str, lsj_range) -> Any:
+    """What tells two runs of ``variant`` apart by their LSJ range (nothing without LSJ)."""
+    return tuple(lsj_range) if "lsj" in variant else None
+
+
 def _results_dir(args, dataset: str, model_name: str, variant: str, seed: int):
     """Where a run's COCO results JSON goes (for ``blendmask analyze``), with ``--keep-results``."""
     return None if args.keep_results is None else Path(args.keep_results) / f"{dataset}_{model_name}_{variant}_seed{seed}"
@@ -277,7 +283,7 @@ def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
         variant = r["variant"] + ("+p2" if r.get("p2") else "")
-        if r.get("lsj_range") not in (None, [0.1, 2.0]):
+        if r.get("lsj_range") not in (None, list(DEFAULT_LSJ_RANGE)):
             variant += "({:g}-{:g})".format(*r["lsj_range"])
         groups.setdefault(f"{r['dataset']}/{r['model']}/{variant}", []).append(r)
     summary = {}
@@ -380,8 +386,8 @@ def main(argv=None) -> int:
                              "(256 x 128 images), --size for shapes), so that jitter scale 1 is the test scale")
     parser.add_argument("--p2", action="store_true", help="the FPN also builds P2: BlendMask's bases from P2-P5 "
                                                           "(stride 2), Mask R-CNN's RPN and RoIAlign on P2-P5")
-    parser.add_argument("--lsj-range", nargs=2, type=float, default=(0.1, 2.0), metavar=("LOW", "HIGH"),
-                        help="LSJ's scale range (Ghiasi et al.: 0.1 2.0)")
+    parser.add_argument("--lsj-range", nargs=2, type=float, default=DEFAULT_LSJ_RANGE, metavar=("LOW", "HIGH"),
+                        help="LSJ's scale range (default: Ghiasi et al.'s 0.1 2.0)")
     parser.add_argument("--nuclei-step", type=int, default=2, help="use every N-th z-slice of the nuclei stack")
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -405,7 +411,7 @@ def main(argv=None) -> int:
     results_path = out.with_suffix(".json")
     records: List[Dict[str, Any]] = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
     done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"], r.get("p2", False),
-             tuple(r.get("lsj_range") or args.lsj_range)) for r in records}
+             _lsj_key(r["variant"], r.get("lsj_range") or DEFAULT_LSJ_RANGE)) for r in records}
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
             root = Path(args.keep_results) if args.keep_results else Path(scratch)
@@ -415,7 +421,7 @@ def main(argv=None) -> int:
                 for variant in args.variants:
                     for model_name in args.models:
                         if (dataset, model_name, variant, seed, args.iters, args.size, args.p2,
-                                tuple(args.lsj_range)) in done:
+                                _lsj_key(variant, args.lsj_range)) in done:
                             continue
                         record = run_one(data, dataset, model_name, variant, seed, args)
                         records.append(record)
