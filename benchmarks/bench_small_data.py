@@ -113,8 +113,7 @@ def make_small_shapes(root: Path, val: int, size: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- models
-#: ``--p2``: the FPN also builds P2 (stride 4). BlendMask's bottom module reads P2-P5 (bases at stride 2
-#: instead of 4); Mask R-CNN's RPN and RoIAlign run on P2-P5 (torchvision's own FPN levels).
+#: BlendMask's side of ``--p2`` (module doc).
 P2_OVERRIDES = {"model.backbone.fpn_with_p2": True, "model.basis.in_features": ("p2", "p3", "p4", "p5")}
 
 
