@@ -179,6 +179,7 @@ class MaskRCNNOnLiteBackbone:
             def __init__(self):
                 super().__init__()
                 self.inner = model
+                self.test_transform = test_transform
 
             def forward(self, images, targets=None):
                 if self.training:
@@ -236,6 +237,14 @@ def train(model, dataset, *, iters: int, batch: int, lr: float, warmup: int, see
     return time.perf_counter() - start
 
 
+def set_test_size(model, size: int) -> None:
+    """Make ``model`` (either builder's) resize test images to short side ``size`` (long side at most 2x)."""
+    if hasattr(model, "test_transform"):  # Mask R-CNN (torchvision's transform)
+        model.test_transform.min_size, model.test_transform.max_size = (size,), 2 * size
+    else:
+        model.transform.min_size_test, model.transform.max_size_test = size, 2 * size
+
+
 def mask_ap(model, data: Path, tta: bool = False, size: int = 0, output_dir=None) -> float:
     from blendmask.data import CocoInstanceDataset
     from blendmask.evaluation import evaluate_model
@@ -279,9 +288,17 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
               "mask_ap": mask_ap(model, data, output_dir=_results_dir(args, dataset, model_name, variant, seed))}
     if model_name == "blendmask" and not args.no_tta:
         record["mask_ap_tta"] = mask_ap(model, data, tta=True, size=args.size)
+    for size in args.test_sizes:
+        set_test_size(model, size)
+        record[f"mask_ap@{size}"] = mask_ap(model, data)
     record.update(command=" ".join(sys.argv), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   machine=_machine(), threads=torch.get_num_threads())
     return record
+
+
+def _test_size_metrics(records: List[Dict[str, Any]]) -> tuple:
+    """The ``mask_ap@SIZE`` keys of ``records`` (``--test-sizes``), by size."""
+    return tuple(sorted({k for r in records for k in r if k.startswith("mask_ap@")}, key=lambda k: int(k[8:])))
 
 
 def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -294,7 +311,7 @@ def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary = {}
     for key, rs in sorted(groups.items()):
         entry = {"seeds": [r["seed"] for r in rs]}
-        for metric in ("mask_ap", "mask_ap_tta"):
+        for metric in ("mask_ap", "mask_ap_tta") + _test_size_metrics(rs):
             values = [r[metric] for r in rs if metric in r]
             if values:
                 entry[metric] = {"mean": statistics.mean(values),
@@ -311,7 +328,8 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
 
     labels, means, stds, seeds = [], [], [], []
     for key, entry in summary.items():
-        for metric, suffix in (("mask_ap", ""), ("mask_ap_tta", " +TTA")):
+        sizes = tuple((m, " test " + m[8:]) for m in entry if m.startswith("mask_ap@"))
+        for metric, suffix in (("mask_ap", ""), ("mask_ap_tta", " +TTA")) + sizes:
             if metric in entry:
                 labels.append(key + suffix)
                 means.append(entry[metric]["mean"])
@@ -331,12 +349,13 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
 
 
 def markdown_table(summary: Dict[str, Any]) -> str:
-    lines = ["| data set / model / variant | seeds | mask AP per seed | mask AP (mean +- std) | with TTA |",
-             "|---|---|---|---|---|"]
+    lines = ["| data set / model / variant | seeds | mask AP per seed | mask AP (mean +- std) | with TTA | at other test sizes |",
+             "|---|---|---|---|---|---|"]
     for key, entry in summary.items():
         cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
         per_seed = ", ".join(f"{v:.3f}" for v in entry["mask_ap"]["values"])
-        lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} |")
+        sizes = "; ".join(f"{m[8:]}: {cell(m)}" for m in entry if m.startswith("mask_ap@")) or "-"
+        lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} | {sizes} |")
     ratios = blendmask_over_maskrcnn(summary)
     if ratios:
         lines += ["", "| data set / variant (BlendMask's / Mask R-CNN's) | BlendMask / Mask R-CNN mask AP (ratio of the means) |",
@@ -348,7 +367,8 @@ def markdown_table(summary: Dict[str, Any]) -> str:
 def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
     """BlendMask mean mask AP / Mask R-CNN mean mask AP for every pair of runs on the same data set with
     the same augmentation, with or without P2 on either side: ``{"nuclei/cp": r}`` for the same variant,
-    ``{"nuclei/cp+p2 / cp": r}`` (BlendMask's / Mask R-CNN's) where they differ."""
+    ``{"nuclei/cp+p2 / cp": r}`` (BlendMask's / Mask R-CNN's) where they differ; and at every
+    ``--test-sizes`` size that both were scored at, ``{"nuclei/cp (test 144)": r}``."""
     ratios = {}
     for key, entry in summary.items():
         dataset, model, variant = key.split("/")
@@ -361,6 +381,9 @@ def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
                     and other["mask_ap"]["mean"] > 0):
                 label = variant if variant == other_variant else f"{variant} / {other_variant}"
                 ratios[f"{dataset}/{label}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
+                for metric in entry:
+                    if metric.startswith("mask_ap@") and metric in other and other[metric]["mean"] > 0:
+                        ratios[f"{dataset}/{label} (test {metric[8:]})"] = entry[metric]["mean"] / other[metric]["mean"]
     return ratios
 
 
@@ -386,6 +409,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--size", type=int, default=128, help="training and test short side")
+    parser.add_argument("--test-sizes", nargs="+", type=int, default=[], metavar="SIZE",
+                        help="also score every run with the test images at these short sides (mask_ap@SIZE)")
     parser.add_argument("--lsj-size", type=int, default=0,
                         help="LSJ output square (default: the long side of the images at --size: 256 for nuclei "
                              "(256 x 128 images), --size for shapes), so that jitter scale 1 is the test scale")
