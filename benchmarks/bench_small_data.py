@@ -299,9 +299,14 @@ def run_one(data: Path, dataset: str, model_name: str, variant: str, seed: int, 
     return record
 
 
-def _test_size_metrics(records: List[Dict[str, Any]]) -> tuple:
-    """The ``mask_ap@SIZE`` keys of ``records`` (``--test-sizes``), by size."""
-    return tuple(sorted({k for r in records for k in r if k.startswith("mask_ap@")}, key=lambda k: int(k[8:])))
+def _test_size_metrics(keys) -> tuple:
+    """The ``mask_ap@SIZE`` keys (``--test-sizes``) among ``keys``, by size."""
+    return tuple(sorted({k for k in keys if k.startswith("mask_ap@")}, key=_test_size))
+
+
+def _test_size(metric: str) -> int:
+    """``SIZE`` of a ``mask_ap@SIZE`` key."""
+    return int(metric.split("@")[1])
 
 
 def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -314,7 +319,7 @@ def summarise(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary = {}
     for key, rs in sorted(groups.items()):
         entry = {"seeds": [r["seed"] for r in rs]}
-        for metric in ("mask_ap", "mask_ap_tta") + _test_size_metrics(rs):
+        for metric in ("mask_ap", "mask_ap_tta") + _test_size_metrics(k for r in rs for k in r):
             values = [r[metric] for r in rs if metric in r]
             if values:
                 entry[metric] = {"mean": statistics.mean(values),
@@ -331,7 +336,7 @@ def plot(summary: Dict[str, Any], path: Path) -> None:
 
     labels, means, stds, seeds = [], [], [], []
     for key, entry in summary.items():
-        sizes = tuple((m, " test " + m[8:]) for m in entry if m.startswith("mask_ap@"))
+        sizes = tuple((m, f" test {_test_size(m)}") for m in _test_size_metrics(entry))
         for metric, suffix in (("mask_ap", ""), ("mask_ap_tta", " +TTA")) + sizes:
             if metric in entry:
                 labels.append(key + suffix)
@@ -357,7 +362,7 @@ def markdown_table(summary: Dict[str, Any]) -> str:
     for key, entry in summary.items():
         cell = lambda m: (f"{entry[m]['mean']:.3f} +- {entry[m]['std']:.3f}" if m in entry else "-")  # noqa: E731
         per_seed = ", ".join(f"{v:.3f}" for v in entry["mask_ap"]["values"])
-        sizes = "; ".join(f"{m[8:]}: {cell(m)}" for m in entry if m.startswith("mask_ap@")) or "-"
+        sizes = "; ".join(f"{_test_size(m)}: {cell(m)}" for m in _test_size_metrics(entry)) or "-"
         lines.append(f"| {key} | {entry['seeds']} | {per_seed} | {cell('mask_ap')} | {cell('mask_ap_tta')} | {sizes} |")
     ratios = blendmask_over_maskrcnn(summary)
     if ratios:
@@ -384,9 +389,9 @@ def blendmask_over_maskrcnn(summary: Dict[str, Any]) -> Dict[str, float]:
                     and other["mask_ap"]["mean"] > 0):
                 label = variant if variant == other_variant else f"{variant} / {other_variant}"
                 ratios[f"{dataset}/{label}"] = entry["mask_ap"]["mean"] / other["mask_ap"]["mean"]
-                for metric in entry:
-                    if metric.startswith("mask_ap@") and metric in other and other[metric]["mean"] > 0:
-                        ratios[f"{dataset}/{label} (test {metric[8:]})"] = entry[metric]["mean"] / other[metric]["mean"]
+                for metric in _test_size_metrics(entry):
+                    if metric in other and other[metric]["mean"] > 0:
+                        ratios[f"{dataset}/{label} (test {_test_size(metric)})"] = entry[metric]["mean"] / other[metric]["mean"]
     return ratios
 
 
