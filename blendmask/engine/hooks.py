@@ -10,8 +10,8 @@ makes every rank wait (checkpointing, evaluation) does it on every rank.
 
 The default hooks, in order: :class:`ProgressBar`, :class:`PeriodicCheckpoint`,
 :class:`PeriodicEvaluation` (with an ``evaluate`` function), :class:`JSONMetricsWriter`,
-:class:`TensorBoardWriter` (only when ``torch.utils.tensorboard`` is importable) and
-:class:`LossCurvePlot`. Add your own with ``Trainer(..., hooks=[...])`` or
+:class:`TensorBoardWriter` (only when ``torch.utils.tensorboard`` is importable),
+:class:`LossSpikeWarning` and :class:`LossCurvePlot`. Add your own with ``Trainer(..., hooks=[...])`` or
 ``trainer.register_hooks([...])``; they run after the defaults.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "PeriodicEvaluation",
     "JSONMetricsWriter",
     "TensorBoardWriter",
+    "LossSpikeWarning",
     "LossCurvePlot",
     "tensorboard_available",
     "json_safe",
@@ -248,6 +249,35 @@ class TensorBoardWriter(_RecordWriter):
         self._sink.flush()
 
 
+class LossSpikeWarning(HookBase):
+    """Log a warning (once per run) when the total loss jumps to ``factor`` times its median over
+    the last ``window`` iterations: a finite loss spike can leave a model with no detection at all
+    without ever becoming NaN (which stops the run). Watched once ``min_history`` iterations of the
+    run are recorded."""
+
+    def __init__(self, factor: float = 10.0, window: int = 50, min_history: int = 20):
+        self.factor, self.window, self.min_history = factor, window, min_history
+        self._history: List[float] = []
+        self.warned_at: Optional[int] = None
+
+    def before_train(self) -> None:
+        self._history, self.warned_at = [], None
+
+    def after_step(self) -> None:
+        loss = self.trainer.storage.latest_step()["loss_total"]
+        if len(self._history) >= self.min_history and self.warned_at is None:
+            median = sorted(self._history)[len(self._history) // 2]
+            if loss > self.factor * median:
+                self.warned_at = self.trainer.iter
+                if is_main_process():  # the metrics are rank-averaged: every rank sees the same spike
+                    logger.warning(
+                        "loss_total %.4g at iteration %d is %.0fx its median (%.4g) over the last %d iterations: "
+                        "training may be diverging (a model can end with no detection without a NaN). Try "
+                        "solver.clip_grad_norm (e.g. 5), a lower solver.base_lr or a longer solver.warmup_iters.",
+                        loss, self.trainer.iter, loss / median, median, len(self._history))
+        self._history = (self._history + [loss])[-self.window:]
+
+
 class LossCurvePlot(HookBase):
     """At the end of a successful run, ``png_path`` from the metrics file (main process):
     one panel per loss term and the learning rate (``trainer.result.loss_curve_path``).
@@ -285,5 +315,6 @@ def default_hooks(*, solver, output_dir: Path, evaluate: Optional[EvaluateFn], s
     hooks.append(JSONMetricsWriter(out / METRICS_FILE))
     if tensorboard_available():
         hooks.append(TensorBoardWriter(out / "tensorboard"))
+    hooks.append(LossSpikeWarning())
     hooks.append(LossCurvePlot(out / "loss_curve.png"))
     return hooks
