@@ -62,11 +62,28 @@ def test_fuzz_forward_and_backward_match_reference(problem):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10, msg=lambda s: f"{name} {config}: {s}")
 
 
+def _adaptive_grid_sizes(rois: torch.Tensor, config) -> torch.Tensor:
+    """``(D, 2)`` sample-grid sizes (h, w) of each roi with ``sampling_ratio == 0``, computed in the
+    rois' dtype as RoIAlign does (``ceil(roi size / output size)``)."""
+    offset = 0.5 if config["aligned"] else 0.0
+    scale, r = config["spatial_scale"], config["output_size"]
+    sizes = torch.stack([(rois[:, 4] * scale - offset) - (rois[:, 2] * scale - offset),
+                         (rois[:, 3] * scale - offset) - (rois[:, 1] * scale - offset)], dim=1)
+    if not config["aligned"]:
+        sizes = sizes.clamp(min=1)
+    return torch.ceil(sizes / r)
+
+
 @settings(max_examples=100, deadline=None)
 @given(blend_problems())
 def test_fuzz_float32_matches_the_float64_reference(problem):
     """float32 takes the AVX2 copy's 64-bit tap-pair loads (float only), which the float64 fuzz
-    above does not reach; the float64 reference of the same float32 inputs bounds their error."""
+    above does not reach; the float64 reference of the same float32 inputs bounds their error.
+
+    Except where the two precisions give a roi a different adaptive sample grid: a box whose
+    extent is below float32's resolution at its coordinates (e.g. y1 - y0 = 4e-16) is 0 px tall
+    in float32 (no sample: a zero crop) and not in float64 (one sample). There the op is a step
+    function of the box, and the float32 reference (the same grid) is the one to match."""
     n, k, h, w, m, boxes, config, seed = problem
     g = torch.Generator().manual_seed(seed)
     bases = torch.randn(n, k, h, w, generator=g)
@@ -74,8 +91,11 @@ def test_fuzz_float32_matches_the_float64_reference(problem):
     rois = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 5)
     r = config["output_size"]
     grad_out = torch.randn(len(boxes), r, r, generator=g)
+    same_grids = config["sampling_ratio"] > 0 or torch.equal(_adaptive_grid_sizes(rois, config),
+                                                             _adaptive_grid_sizes(rois.double(), config))
+    reference_dtype = torch.float64 if same_grids else torch.float32
     results = []
-    for fn, dtype in ((blend, torch.float32), (blend_reference, torch.float64)):
+    for fn, dtype in ((blend, torch.float32), (blend_reference, reference_dtype)):
         b = bases.to(dtype).requires_grad_(True)
         a = attns.to(dtype).requires_grad_(True)
         out = fn(b, a, rois.to(dtype), **config)
@@ -83,6 +103,20 @@ def test_fuzz_float32_matches_the_float64_reference(problem):
         results.append([t.double() for t in (out, *[torch.zeros_like(x) if gx is None else gx for gx, x in zip(grads, (b, a))])])
     for name, x, y in zip(("out", "grad bases", "grad attns"), *results):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=lambda s: f"{name} {config}: {s}")
+
+
+def test_a_box_thinner_than_float32_resolution_gets_float32_s_sample_grid():
+    """The case hypothesis found: y1 - y0 = 3.9e-16 is no height in float32 (no sample, zero crop)
+    and a positive one in float64 (one sample); the float32 op matches the float32 reference."""
+    config = dict(output_size=1, spatial_scale=0.25, sampling_ratio=0, aligned=True)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 1.0, 3.912546893579105e-16]])
+    bases, attns = torch.full((1, 1, 1, 1), 1.5), torch.zeros(1, 1, 1, 1)
+    grids32, grids64 = _adaptive_grid_sizes(rois, config), _adaptive_grid_sizes(rois.double(), config)
+    assert grids32.tolist() == [[0.0, 1.0]] and grids64.tolist() == [[1.0, 1.0]]
+    out = blend(bases, attns, rois, **config)
+    torch.testing.assert_close(out, blend_reference(bases, attns, rois, **config))
+    assert out.abs().max() == 0
+    assert blend_reference(bases.double(), attns.double(), rois.double(), **config).abs().max() > 0
 
 
 def test_adaptive_inverted_box_is_zero():
