@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -46,6 +47,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+
+#: What to try when training diverges (a NaN/inf loss, or a loss spike).
+DIVERGENCE_ADVICE = "Try solver.clip_grad_norm (e.g. 5), a lower solver.base_lr or a longer solver.warmup_iters."
 def json_safe(value: Any) -> Any:
     """``value`` with every NaN/inf float (at any depth of dicts/lists) replaced by ``None``, so
     that ``json.dumps`` writes ``null`` instead of the non-JSON ``NaN``/``Infinity``."""
@@ -256,12 +260,13 @@ class LossSpikeWarning(HookBase):
     run are recorded."""
 
     def __init__(self, factor: float = 10.0, window: int = 50, min_history: int = 20):
-        self.factor, self.window, self.min_history = factor, window, min_history
-        self._history: List[float] = []
+        self.factor, self.min_history = factor, min_history
+        self._history: deque = deque(maxlen=window)
         self.warned_at: Optional[int] = None
 
     def before_train(self) -> None:
-        self._history, self.warned_at = [], None
+        self._history.clear()
+        self.warned_at = None
 
     def after_step(self) -> None:
         loss = self.trainer.storage.latest_step()["loss_total"]
@@ -272,10 +277,9 @@ class LossSpikeWarning(HookBase):
                 if is_main_process():  # the metrics are rank-averaged: every rank sees the same spike
                     logger.warning(
                         "loss_total %.4g at iteration %d is %.0fx its median (%.4g) over the last %d iterations: "
-                        "training may be diverging (a model can end with no detection without a NaN). Try "
-                        "solver.clip_grad_norm (e.g. 5), a lower solver.base_lr or a longer solver.warmup_iters.",
-                        loss, self.trainer.iter, loss / median, median, len(self._history))
-        self._history = (self._history + [loss])[-self.window:]
+                        "training may be diverging (a model can end with no detection without a NaN). %s",
+                        loss, self.trainer.iter, loss / median, median, len(self._history), DIVERGENCE_ADVICE)
+        self._history.append(loss)
 
 
 class LossCurvePlot(HookBase):

@@ -25,7 +25,7 @@ from .checkpoint import (
     restore_rng_state,
     rng_state_of_this_rank,
 )
-from .hooks import default_hooks
+from .hooks import DIVERGENCE_ADVICE, default_hooks
 from .train_loop import EvaluateFn, HookBase, RunRecords, TrainerBase, TrainResult
 from .solver import build_lr_scheduler, build_optimizer, changed_solver_keys, load_solver_state
 
@@ -268,7 +268,7 @@ class Trainer(TrainerBase):
             raise NonFiniteLossError(
                 "training stopped: the loss became non-finite ("
                 + ", ".join(f"{k}={v}" for k, v in sorted(metrics.items()))
-                + "). Try a lower solver.base_lr, a longer solver.warmup_iters or solver.clip_grad_norm."
+                + "). " + DIVERGENCE_ADVICE
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
