@@ -19,7 +19,7 @@ the extension is missing, and the ONNX export path.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Union
+from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,20 @@ def _nearest_index(coord: Tensor, size: int) -> Tensor:
     return torch.floor(coord.clamp(min=0) + 0.5).clamp(max=size - 1).long()
 
 
+def _roi_geometry(rois: Tensor, spatial_scale: float, aligned: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(start_h, start_w, roi_h, roi_w)``, each ``(D,)``, of rois ``(D, 5)`` in the bases' pixels,
+    computed in the rois' dtype (``math::roi_geometry``, torchvision's RoIAlign): shifted by half a
+    pixel when ``aligned``, at least 1 pixel wide and tall when not."""
+    offset = 0.5 if aligned else 0.0
+    start_w = rois[:, 1] * spatial_scale - offset
+    start_h = rois[:, 2] * spatial_scale - offset
+    roi_w = (rois[:, 3] * spatial_scale - offset) - start_w
+    roi_h = (rois[:, 4] * spatial_scale - offset) - start_h
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    return start_h, start_w, roi_h, roi_w
+
+
 def _roi_pool_nearest(
     bases: Tensor, rois: Tensor, r: int, spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
@@ -117,13 +131,7 @@ def _roi_pool_nearest(
     sample, samples beyond one pixel outside the map count 0, the bin averages its samples.
     ``bases`` and ``rois`` are in the coordinate dtype. One roi at a time when the grid is
     adaptive (``sampling_ratio == 0``: its size depends on the roi), all rois at once otherwise."""
-    offset = 0.5 if aligned else 0.0
-    start_w = rois[:, 1] * spatial_scale - offset
-    start_h = rois[:, 2] * spatial_scale - offset
-    roi_w = (rois[:, 3] * spatial_scale - offset) - start_w
-    roi_h = (rois[:, 4] * spatial_scale - offset) - start_h
-    if not aligned:
-        roi_w, roi_h = roi_w.clamp(min=1), roi_h.clamp(min=1)
+    start_h, start_w, roi_h, roi_w = _roi_geometry(rois, spatial_scale, aligned)
     bin_h, bin_w = roi_h / r, roi_w / r
     if sampling_ratio > 0 or rois.shape[0] == 0:
         return _nearest_crop(bases, rois[:, 0].long(), start_h, start_w, bin_h, bin_w, r, sampling_ratio, sampling_ratio)

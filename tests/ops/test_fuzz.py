@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blendmask import _extension
-from blendmask.ops import blend, blend_reference
+from blendmask.ops import _roi_geometry, blend, blend_reference
 
 pytestmark = pytest.mark.skipif(not _extension.extension_loaded(), reason=f"blendmask._C not built: {_extension.load_error()}")
 
@@ -65,13 +65,8 @@ def test_fuzz_forward_and_backward_match_reference(problem):
 def _adaptive_grid_sizes(rois: torch.Tensor, config) -> torch.Tensor:
     """``(D, 2)`` sample-grid sizes (h, w) of each roi with ``sampling_ratio == 0``, computed in the
     rois' dtype as RoIAlign does (``ceil(roi size / output size)``)."""
-    offset = 0.5 if config["aligned"] else 0.0
-    scale, r = config["spatial_scale"], config["output_size"]
-    sizes = torch.stack([(rois[:, 4] * scale - offset) - (rois[:, 2] * scale - offset),
-                         (rois[:, 3] * scale - offset) - (rois[:, 1] * scale - offset)], dim=1)
-    if not config["aligned"]:
-        sizes = sizes.clamp(min=1)
-    return torch.ceil(sizes / r)
+    _, _, roi_h, roi_w = _roi_geometry(rois, config["spatial_scale"], config["aligned"])
+    return torch.ceil(torch.stack([roi_h, roi_w], dim=1) / config["output_size"])
 
 
 @settings(max_examples=100, deadline=None)
